@@ -1,0 +1,92 @@
+# retune — build, test and install dependencies.
+#   make            build/retune (CPU backend: BLAS)
+#   make CUDA=1     also the CUDA backend (nvcc, cuBLAS)
+#   make test       build and run every test (unit, numerical, end-to-end)
+#   make san-test   unit tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make deps       install the Debian packages the build and tests need
+
+CC      ?= cc
+BUILD   ?= build
+OPT     ?= -O2
+CFLAGS  ?=
+CFLAGS  += -std=c11 -Wall -Wextra -Werror $(OPT) -g -D_GNU_SOURCE -I. -I$(BUILD)/gen \
+           -I/usr/include/x86_64-linux-gnu/openblas-pthread -pthread
+LDLIBS  += -lmicrohttpd -lcjson -lsqlite3 -lpcre2-8 \
+           -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas -lm -lpthread
+
+ifeq ($(SAN),1)
+  CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+endif
+
+CUDA_HOME ?= /usr/local/cuda
+ifeq ($(CUDA),1)
+  NVCC      ?= $(CUDA_HOME)/bin/nvcc
+  NVCCFLAGS ?= -O2 -std=c++17 -I. -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+  CFLAGS    += -DRT_WITH_CUDA -I$(CUDA_HOME)/include
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
+  CU_SRC    := $(wildcard kernels/cuda/*.cu)
+  CUDA_C_SRC := $(wildcard kernels/cuda/*.c)
+endif
+
+LIB_DIRS  := common storage engine kernels kernels/cpu api server
+LIB_SRC   := $(filter-out server/main.c,$(wildcard $(addsuffix /*.c,$(LIB_DIRS)))) $(CUDA_C_SRC)
+LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/migrations_embedded.o \
+             $(CU_SRC:%.cu=$(BUILD)/obj/%.cu.o)
+TEST_SRC  := $(wildcard tests/test_*.c)
+TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+BENCH_SRC := $(wildcard bench/*.c)
+BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+
+.PHONY: all test unit-test san-test deps clean bench
+all: $(BUILD)/retune $(TEST_BIN) $(BENCH_BIN)
+
+$(BUILD)/retune: $(BUILD)/obj/server/main.o $(BUILD)/libretune.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/libretune.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/obj/%.o: %.c $(BUILD)/gen/migrations_embedded.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/obj/gen/migrations_embedded.o: $(BUILD)/gen/migrations_embedded.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/gen/migrations_embedded.c: $(MIGRATIONS) tools/embed_migrations.sh
+	@mkdir -p $(dir $@)
+	sh tools/embed_migrations.sh $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libretune.a tests/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libretune.a $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libretune.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libretune.a $(LDLIBS)
+
+# Every test: C unit/numerical tests, then end-to-end tests on a real server.
+test: all
+	sh tests/run.sh $(BUILD)
+
+unit-test: all
+	sh tests/run.sh $(BUILD) unit
+
+san-test:
+	$(MAKE) BUILD=build-san SAN=1 OPT=-O1 all
+	ASAN_OPTIONS=detect_leaks=1 sh tests/run.sh build-san unit
+
+deps:
+	sh tools/install_deps.sh
+
+clean:
+	rm -rf $(BUILD) build-san
+
+-include $(LIB_OBJ:.o=.d) $(BUILD)/obj/server/main.d

@@ -1,0 +1,52 @@
+/*
+ * api/api.h — the HTTP surface of retune (OpenAI-compatible), its one door.
+ *
+ * api_server_start() binds a libmicrohttpd daemon and serves the route table
+ * (api/routes.c) on its own threads; api_server_stop() stops accepting, lets
+ * requests in flight finish (bounded) and frees everything. Requests are
+ * parsed into native structs at this edge; storage and the engine never see
+ * HTTP or JSON-over-HTTP.
+ */
+#ifndef RT_API_H
+#define RT_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/rt.h"
+#include "storage/storage.h"
+
+typedef struct api_server api_server;
+
+/* One API key and the tenant (organisation) it belongs to. */
+typedef struct api_key {
+    const char *key;    /* the bearer token */
+    const char *tenant; /* organisation name; NULL means "retune" */
+} api_key;
+
+typedef struct api_config {
+    const char *host;          /* address to bind, e.g. "127.0.0.1" or "::" */
+    int port;                  /* TCP port; 0 picks a free one */
+    const api_key *keys;       /* borrowed; n_keys == 0 means no auth */
+    size_t n_keys;
+    int64_t max_upload_bytes;  /* POST /v1/files body limit */
+    int shutdown_grace_ms;     /* how long stop waits for requests in flight */
+    const char *model_dir;     /* the base model directory, or NULL */
+} api_config;
+
+/*
+ * Starts serving. Borrows cfg's strings/keys and st for the server's
+ * lifetime. On success *out is the running server, freed by api_server_stop.
+ */
+int api_server_start(const api_config *cfg, storage *st, api_server **out);
+
+/* The port actually bound (useful when cfg->port was 0). */
+int api_server_port(const api_server *srv);
+
+/*
+ * Stops accepting connections, waits up to shutdown_grace_ms for requests in
+ * flight, stops the daemon and frees the server. Accepts NULL.
+ */
+void api_server_stop(api_server *srv);
+
+#endif

@@ -1,0 +1,156 @@
+/*
+ * api/api_internal.h — shared between the files of api/: the request
+ * context, the route table, response helpers and the metrics registry.
+ * Nothing outside api/ (and api's own unit tests) includes it.
+ */
+#ifndef RT_API_INTERNAL_H
+#define RT_API_INTERNAL_H
+
+#include <cjson/cJSON.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "api/api.h"
+
+#define API_MAX_PARAMS 4
+#define API_PARAM_MAX 256
+
+typedef struct api_request api_request;
+
+/* A handler runs once the whole body (if any) has arrived. It must queue a
+ * response through one of the api_respond_* helpers and return RT_OK; any
+ * other return makes the dispatcher answer 500. */
+typedef int (*api_handler)(api_request *req);
+
+/* Streaming body hooks for routes with API_FLAG_STREAM_BODY: chunk is called
+ * for each piece of body as it arrives; an error return stops reading and
+ * the handler must then answer from the state it left. */
+typedef int (*api_body_chunk)(api_request *req, const char *data, size_t len);
+
+enum api_route_flags {
+    API_FLAG_AUTH = 1,        /* needs a valid API key when keys are set */
+    API_FLAG_JSON_BODY = 2,   /* body buffered, must be application/json */
+    API_FLAG_STREAM_BODY = 4, /* body passed to `chunk` as it streams in */
+    API_FLAG_MULTIPART = 8,   /* Content-Type must be multipart/form-data */
+};
+
+typedef struct api_route {
+    const char *method;   /* "GET", "POST", "DELETE" */
+    const char *pattern;  /* "/v1/files/{id}/content": {x} matches one segment */
+    api_handler handler;
+    api_body_chunk chunk; /* only with API_FLAG_STREAM_BODY */
+    int64_t body_limit;   /* bytes; -1 = the server's upload limit; 0 = none */
+    unsigned flags;
+    const char *name;     /* metrics label */
+} api_route;
+
+/* The route table (api/routes.c) and its size. */
+extern const api_route api_routes[];
+extern const size_t api_route_count;
+
+enum api_match {
+    API_MATCH_OK,           /* route found; params filled */
+    API_MATCH_NOT_FOUND,    /* no pattern fits the path */
+    API_MATCH_BAD_METHOD,   /* a pattern fits but not with this method */
+    API_MATCH_BAD_PATH      /* undecodable segment, "..", "%2F", bad UTF-8 */
+};
+
+/*
+ * Matches a raw (still percent-encoded, query-free) path and method against
+ * the table. Segments are percent-decoded one by one, so an encoded "/"
+ * cannot split a segment. On API_MATCH_OK *route and params are set.
+ */
+enum api_match api_route_match(const char *method, const char *raw_path,
+                               const api_route **route,
+                               char params[API_MAX_PARAMS][API_PARAM_MAX],
+                               int *n_params);
+
+/* Percent-decodes src (len bytes) into dst (size bytes, NUL-terminated);
+ * with plus_is_space a '+' becomes ' ' (query strings). Returns false on a
+ * bad escape, an embedded NUL or overflow. */
+bool api_percent_decode(const char *src, size_t len, char *dst, size_t size,
+                        bool plus_is_space);
+
+struct api_server {
+    struct MHD_Daemon *daemon;
+    storage *st;
+    api_config cfg;
+    int port;
+    int in_flight;                 /* requests between first call and completion */
+    pthread_mutex_t lock;          /* guards in_flight */
+};
+
+struct api_request {
+    api_server *srv;
+    struct MHD_Connection *conn;
+    const api_route *route;
+    char method[8];
+    char path[1024];               /* raw path, for the log */
+    char params[API_MAX_PARAMS][API_PARAM_MAX];
+    int n_params;
+    const char *tenant;            /* the caller's organisation */
+    double started;                /* rt_now_seconds() at arrival */
+    int64_t body_seen;             /* body bytes received so far */
+    int64_t body_limit;
+    char *body;                    /* buffered JSON body (API_FLAG_JSON_BODY) */
+    size_t body_len, body_cap;
+    bool responded;                /* a response was queued */
+    int status;                    /* status of that response, for logs/metrics */
+    void *state;                   /* handler-owned; freed by state_free */
+    void (*state_free)(void *state);
+};
+
+/* ---- responses (api/respond.c) ---- */
+
+/* Queues a JSON response; takes ownership of json (deleted here). */
+int api_respond_json(api_request *req, int status, cJSON *json);
+
+/* Queues {"error": {message, type, param, code}}; param/code may be NULL. */
+int api_respond_error(api_request *req, int status, const char *type,
+                      const char *param, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+/* Queues a plain response with the given content type (text is copied). */
+int api_respond_text(api_request *req, int status, const char *content_type,
+                     const char *text, size_t len);
+
+/* Queues a response that streams an open file descriptor (taken). */
+int api_respond_fd(api_request *req, int status, const char *content_type,
+                   int fd, uint64_t size);
+
+/* Common errors. */
+int api_respond_not_found(api_request *req, const char *what, const char *id);
+int api_respond_internal(api_request *req, int rc);
+
+/* ---- request helpers (api/request.c) ---- */
+
+/* A query argument, percent-decoded into buf; false when absent or bad. */
+bool api_query(api_request *req, const char *key, char *buf, size_t size);
+
+/* Parses the buffered body as JSON (answers 400 itself and returns NULL). */
+cJSON *api_body_json(api_request *req);
+
+/* Parses query "limit" in [lo, hi] (default def); answers 400 on bad input. */
+bool api_query_limit(api_request *req, int def, int lo, int hi, int *out);
+
+/* ---- metrics (api/metrics.c) ---- */
+
+void api_metrics_observe(const char *route, const char *method, int status,
+                         double seconds);
+/* Prometheus text exposition; the caller frees the string. */
+char *api_metrics_render(void);
+
+/* ---- handlers ---- */
+int api_health(api_request *req);
+int api_metrics(api_request *req);
+int api_files_upload(api_request *req);
+int api_files_upload_chunk(api_request *req, const char *data, size_t len);
+int api_files_list(api_request *req);
+int api_files_get(api_request *req);
+int api_files_content(api_request *req);
+int api_files_delete(api_request *req);
+
+#endif

@@ -1,0 +1,254 @@
+/*
+ * server/serve.c — `retune serve`: reads flags (and RETUNE_* environment
+ * variables), opens storage, starts the HTTP API and waits for SIGINT or
+ * SIGTERM, then stops gracefully: no new connections, requests in flight
+ * finish (bounded), the database is closed cleanly, exit status 0.
+ */
+#include "api/api.h"
+#include "server/server.h"
+#include "storage/storage.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_KEYS 64
+
+typedef struct serve_options {
+    const char *data_dir;
+    const char *host;
+    int port;
+    const char *model_dir;
+    const char *keys_file;
+    bool insecure_no_auth;
+    int64_t max_upload_bytes;
+    api_key keys[MAX_KEYS];
+    size_t n_keys;
+    char *key_storage[MAX_KEYS]; /* owned copies of keys read from a file */
+} serve_options;
+
+static void serve_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: retune serve [options]\n"
+            "  --data-dir DIR         where records and files live (RETUNE_DATA_DIR, default ./data)\n"
+            "  --host ADDR            address to bind (RETUNE_HOST, default 127.0.0.1)\n"
+            "  --port N               TCP port (RETUNE_PORT, default 8080; 0 = any free port)\n"
+            "  --model DIR            base model directory (RETUNE_MODEL)\n"
+            "  --api-key KEY          require this bearer key on /v1 (repeatable; RETUNE_API_KEY,\n"
+            "                         comma-separated)\n"
+            "  --api-keys-file FILE   one 'KEY [TENANT]' per line (RETUNE_API_KEYS_FILE)\n"
+            "  --max-upload-bytes N   largest accepted upload (RETUNE_MAX_UPLOAD_BYTES, default 512 MiB)\n"
+            "  --insecure-no-auth     allow listening beyond loopback without keys\n");
+}
+
+/* Adds one key; the strings are borrowed (argv, environment or key_storage). */
+static int add_key(serve_options *o, const char *key, const char *tenant)
+{
+    if (o->n_keys == MAX_KEYS) {
+        fprintf(stderr, "retune serve: at most %d API keys\n", MAX_KEYS);
+        return 2;
+    }
+    if (!key[0]) {
+        fprintf(stderr, "retune serve: an API key may not be empty\n");
+        return 2;
+    }
+    o->keys[o->n_keys].key = key;
+    o->keys[o->n_keys].tenant = tenant;
+    o->n_keys++;
+    return 0;
+}
+
+/* Reads "KEY [TENANT]" lines ('#' starts a comment). */
+static int read_keys_file(serve_options *o, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "retune serve: cannot read --api-keys-file %s: %s\n", path, strerror(errno));
+        return 2;
+    }
+    char line[1024];
+    int rc = 0;
+    while (rc == 0 && fgets(line, sizeof line, f)) {
+        char *save = NULL;
+        char *key = strtok_r(line, " \t\r\n", &save);
+        if (!key || key[0] == '#')
+            continue;
+        char *tenant = strtok_r(NULL, " \t\r\n", &save);
+        size_t klen = strlen(key) + 1, tlen = tenant ? strlen(tenant) + 1 : 0;
+        char *copy = malloc(klen + tlen);
+        if (!copy) {
+            rc = 1;
+            break;
+        }
+        memcpy(copy, key, klen);
+        if (tenant)
+            memcpy(copy + klen, tenant, tlen);
+        o->key_storage[o->n_keys] = copy;
+        rc = add_key(o, copy, tenant ? copy + klen : NULL);
+        if (rc)
+            free(copy);
+    }
+    fclose(f);
+    return rc;
+}
+
+/* Parses a positive integer option; 2 on a bad value. */
+static int parse_int64(const char *name, const char *text, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long long v = strtoll(text, &end, 10);
+    if (errno || !end || *end || end == text || v < lo || v > hi) {
+        fprintf(stderr, "retune serve: %s must be an integer from %lld to %lld (got '%s')\n", name,
+                (long long)lo, (long long)hi, text);
+        return 2;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Defaults first, then the environment, then flags (flags win). */
+static int read_environment(serve_options *o)
+{
+    o->data_dir = getenv("RETUNE_DATA_DIR") ? getenv("RETUNE_DATA_DIR") : "./data";
+    o->host = getenv("RETUNE_HOST") ? getenv("RETUNE_HOST") : "127.0.0.1";
+    o->model_dir = getenv("RETUNE_MODEL");
+    o->keys_file = getenv("RETUNE_API_KEYS_FILE");
+    o->insecure_no_auth = getenv("RETUNE_INSECURE_NO_AUTH") != NULL;
+    o->port = 8080;
+    o->max_upload_bytes = 512LL << 20;
+    int64_t v;
+    if (getenv("RETUNE_PORT")) {
+        if (parse_int64("RETUNE_PORT", getenv("RETUNE_PORT"), 0, 65535, &v))
+            return 2;
+        o->port = (int)v;
+    }
+    if (getenv("RETUNE_MAX_UPLOAD_BYTES")) {
+        if (parse_int64("RETUNE_MAX_UPLOAD_BYTES", getenv("RETUNE_MAX_UPLOAD_BYTES"), 1,
+                        INT64_MAX / 2, &o->max_upload_bytes))
+            return 2;
+    }
+    static char env_keys[4096];
+    const char *keys = getenv("RETUNE_API_KEY");
+    if (keys) {
+        snprintf(env_keys, sizeof env_keys, "%s", keys);
+        char *save = NULL;
+        for (char *k = strtok_r(env_keys, ",", &save); k; k = strtok_r(NULL, ",", &save))
+            if (add_key(o, k, NULL))
+                return 2;
+    }
+    return 0;
+}
+
+static int parse_flags(serve_options *o, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"data-dir", required_argument, NULL, 'd'}, {"host", required_argument, NULL, 'H'},
+        {"port", required_argument, NULL, 'p'},     {"model", required_argument, NULL, 'm'},
+        {"api-key", required_argument, NULL, 'k'},  {"api-keys-file", required_argument, NULL, 'K'},
+        {"max-upload-bytes", required_argument, NULL, 'u'},
+        {"insecure-no-auth", no_argument, NULL, 'I'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    int c;
+    int64_t v;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        int rc = 0;
+        switch (c) {
+        case 'd': o->data_dir = optarg; break;
+        case 'H': o->host = optarg; break;
+        case 'p': rc = parse_int64("--port", optarg, 0, 65535, &v); o->port = (int)v; break;
+        case 'm': o->model_dir = optarg; break;
+        case 'k': rc = add_key(o, optarg, NULL); break;
+        case 'K': o->keys_file = optarg; break;
+        case 'u': rc = parse_int64("--max-upload-bytes", optarg, 1, INT64_MAX / 2, &o->max_upload_bytes); break;
+        case 'I': o->insecure_no_auth = true; break;
+        case 'h': serve_usage(stdout); return -1;
+        default: serve_usage(stderr); return 2;
+        }
+        if (rc)
+            return rc;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "retune serve: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    return o->keys_file ? read_keys_file(o, o->keys_file) : 0;
+}
+
+static bool is_loopback(const char *host)
+{
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0 ||
+           strcmp(host, "::1") == 0;
+}
+
+/* Blocks until SIGINT or SIGTERM arrives (the signals are blocked in every
+ * thread, so only this sigwait sees them). */
+static int wait_for_stop_signal(const sigset_t *set)
+{
+    int sig = 0;
+    sigwait(set, &sig);
+    return sig;
+}
+
+static void free_options(serve_options *o)
+{
+    for (size_t i = 0; i < MAX_KEYS; i++)
+        free(o->key_storage[i]);
+}
+
+int server_serve_main(int argc, char **argv)
+{
+    serve_options o = {0};
+    int rc = read_environment(&o);
+    if (rc == 0)
+        rc = parse_flags(&o, argc, argv);
+    if (rc) {
+        free_options(&o);
+        return rc < 0 ? 0 : rc;
+    }
+    if (o.n_keys == 0 && !is_loopback(o.host) && !o.insecure_no_auth) {
+        fprintf(stderr, "retune serve: refusing to listen on %s without API keys; give --api-key "
+                        "or --api-keys-file, or --insecure-no-auth to accept the risk\n", o.host);
+        free_options(&o);
+        return 2;
+    }
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    storage *st = NULL;
+    api_server *srv = NULL;
+    int status = 1;
+    if (storage_open(o.data_dir, &st) != RT_OK) {
+        fprintf(stderr, "retune serve: cannot open data directory %s\n", o.data_dir);
+        goto out_free;
+    }
+    api_config cfg = {.host = o.host, .port = o.port, .keys = o.keys, .n_keys = o.n_keys,
+                      .max_upload_bytes = o.max_upload_bytes, .shutdown_grace_ms = 10000,
+                      .model_dir = o.model_dir};
+    if (api_server_start(&cfg, st, &srv) != RT_OK)
+        goto out_storage;
+    rt_log(RT_LOG_INFO, "retune listening on http://%s:%d (data dir %s, %s)", o.host,
+           api_server_port(srv), o.data_dir, o.n_keys ? "API keys required" : "no auth");
+    fflush(stderr);
+    int sig = wait_for_stop_signal(&set);
+    rt_log(RT_LOG_INFO, "signal %d: stopping (finishing requests in flight)", sig);
+    api_server_stop(srv);
+    status = 0;
+out_storage:
+    storage_close(st);
+out_free:
+    free_options(&o);
+    if (status == 0)
+        rt_log(RT_LOG_INFO, "stopped cleanly");
+    return status;
+}

@@ -1,0 +1,111 @@
+/*
+ * storage/clean.c — removes what a crash can leave in <data-dir>/files/:
+ * temporary uploads (".tmp-*") and blobs whose id has no files row (a crash
+ * between rename and INSERT, or between DELETE and unlink). Nothing else is
+ * touched: only regular files directly in files/ whose name is ".tmp-*" or
+ * has the exact shape of a generated id.
+ *
+ * Cleaning is only safe when no other handle (this process or another) is
+ * mid-upload on the same folder. Every open handle holds a shared flock on
+ * files/ for its lifetime; clean-up runs only when an exclusive flock can be
+ * had at once, otherwise it is skipped (the next lone open does it).
+ */
+#include "storage/storage_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define STORAGE_TMP_PREFIX ".tmp-"
+
+/* Whether a files row exists for id; q is "SELECT 1 ... WHERE id = ?1". */
+static int storage_clean_has_row(sqlite3 *db, sqlite3_stmt *q, const char *id, bool *out)
+{
+    sqlite3_reset(q);
+    int rc = sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(q);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return storage_db_error(db, rc, "look up file id");
+    *out = rc == SQLITE_ROW;
+    return RT_OK;
+}
+
+/* Decides whether the entry name in dfd is a leftover; *out says so. */
+static int storage_clean_is_orphan(sqlite3 *db, sqlite3_stmt *q, int dfd,
+                                   const char *name, bool *out)
+{
+    *out = false;
+    bool tmp = strncmp(name, STORAGE_TMP_PREFIX, strlen(STORAGE_TMP_PREFIX)) == 0;
+    if (!tmp && !storage_id_is_generated(name))
+        return RT_OK;
+    struct stat sb;
+    if (fstatat(dfd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(sb.st_mode))
+        return RT_OK;
+    if (tmp) {
+        *out = true;
+        return RT_OK;
+    }
+    bool has_row = true;
+    int err = storage_clean_has_row(db, q, name, &has_row);
+    if (!err)
+        *out = !has_row;
+    return err;
+}
+
+/* Walks files/ and unlinks every leftover. Unlink failures are logged and
+ * skipped; a database failure stops the walk and is returned. */
+static int storage_clean_dir(storage *st, sqlite3 *db)
+{
+    sqlite3_stmt *q = NULL;
+    int err = storage_db_prepare(db, "SELECT 1 FROM files WHERE id = ?1", &q);
+    if (err)
+        return err;
+    DIR *d = opendir(st->files_dir);
+    if (!d) {
+        rt_log(RT_LOG_ERROR, "storage: opendir %s: %s", st->files_dir, strerror(errno));
+        err = RT_ERR_IO;
+        goto cleanup_stmt;
+    }
+    struct dirent *e;
+    while (!err && (e = readdir(d)) != NULL) {
+        bool orphan = false;
+        err = storage_clean_is_orphan(db, q, dirfd(d), e->d_name, &orphan);
+        if (err || !orphan)
+            continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+            rt_log(RT_LOG_INFO, "storage: removed leftover files/%s", e->d_name);
+        else
+            rt_log(RT_LOG_WARN, "storage: cannot remove files/%s: %s", e->d_name,
+                   strerror(errno));
+    }
+    closedir(d);
+cleanup_stmt:
+    sqlite3_finalize(q);
+    return err;
+}
+
+/*
+ * Cleans files/ if this is the only open handle on it, then holds a shared
+ * flock on st->files_fd until storage_close closes it. A failing flock only
+ * skips the clean-up (logged); a database failure is returned.
+ */
+int storage_clean_orphans(storage *st, sqlite3 *db)
+{
+    int err = RT_OK;
+    if (flock(st->files_fd, LOCK_EX | LOCK_NB) == 0)
+        err = storage_clean_dir(st, db);
+    else if (errno == EWOULDBLOCK)
+        rt_log(RT_LOG_INFO, "storage: %s is in use by another handle; "
+               "skipping leftover clean-up", st->files_dir);
+    else
+        rt_log(RT_LOG_WARN, "storage: flock %s: %s; skipping leftover clean-up",
+               st->files_dir, strerror(errno));
+    if (flock(st->files_fd, LOCK_SH) != 0)
+        rt_log(RT_LOG_WARN, "storage: flock %s: %s", st->files_dir, strerror(errno));
+    return err;
+}

@@ -1,0 +1,335 @@
+/*
+ * storage/file.c — file records (the files table): validation, insert, get,
+ * list with seq-based pagination, path and delete. The blob bytes themselves
+ * are written by blob.c; this file only unlinks them on delete.
+ */
+#include "storage/storage_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define FILE_COLS "id, filename, purpose, status, status_details, bytes, " \
+                  "created_at, n_examples, n_tokens"
+
+/* RT_OK when id is a usable lookup key: present and shorter than
+ * STORAGE_ID_MAX. Anything else is RT_ERR_INVALID. */
+int storage_id_check(const char *id)
+{
+    if (!id || strnlen(id, STORAGE_ID_MAX) >= STORAGE_ID_MAX)
+        return RT_ERR_INVALID;
+    return RT_OK;
+}
+
+/* Whether the fixed-size field s (size bytes) holds a terminated string,
+ * non-empty when required. */
+static bool storage_field_ok(const char *s, size_t size, bool required)
+{
+    size_t len = strnlen(s, size);
+    return len < size && (!required || len > 0);
+}
+
+/* Checks the caller-provided fields of a new file record (id, bytes and
+ * created_at are ignored: storage fills them). RT_ERR_INVALID if bad. */
+int storage_file_meta_check(const storage_file *meta)
+{
+    if (!meta)
+        return RT_ERR_INVALID;
+    bool ok = storage_field_ok(meta->filename, sizeof meta->filename, false) &&
+              storage_field_ok(meta->purpose, sizeof meta->purpose, true) &&
+              storage_field_ok(meta->status, sizeof meta->status, true) &&
+              storage_field_ok(meta->status_details, sizeof meta->status_details, false) &&
+              meta->n_examples >= 0 && meta->n_tokens >= 0;
+    if (!ok) {
+        rt_log(RT_LOG_WARN, "storage: rejected file record with missing or overlong fields");
+        return RT_ERR_INVALID;
+    }
+    return RT_OK;
+}
+
+/* Copies text column i into dst (size bytes). RT_ERR_DB if it does not fit
+ * (the schema's length checks make that a corrupt row). */
+static int storage_col_text(sqlite3_stmt *stmt, int i, char *dst, size_t size)
+{
+    const unsigned char *s = sqlite3_column_text(stmt, i);
+    size_t len = (size_t)sqlite3_column_bytes(stmt, i);
+    if (len >= size) {
+        rt_log(RT_LOG_ERROR, "storage: column %s too long (%zu bytes)",
+               sqlite3_column_name(stmt, i), len);
+        return RT_ERR_DB;
+    }
+    if (s)
+        memcpy(dst, s, len);
+    dst[len] = '\0';
+    return RT_OK;
+}
+
+/* Reads the current row of a "SELECT " FILE_COLS statement into *out. */
+int storage_file_row_read(sqlite3_stmt *stmt, storage_file *out)
+{
+    storage_file rec;
+    memset(&rec, 0, sizeof rec);
+    int err = storage_col_text(stmt, 0, rec.id, sizeof rec.id);
+    if (!err)
+        err = storage_col_text(stmt, 1, rec.filename, sizeof rec.filename);
+    if (!err)
+        err = storage_col_text(stmt, 2, rec.purpose, sizeof rec.purpose);
+    if (!err)
+        err = storage_col_text(stmt, 3, rec.status, sizeof rec.status);
+    if (!err)
+        err = storage_col_text(stmt, 4, rec.status_details, sizeof rec.status_details);
+    if (err)
+        return err;
+    rec.bytes = sqlite3_column_int64(stmt, 5);
+    rec.created_at = sqlite3_column_int64(stmt, 6);
+    rec.n_examples = sqlite3_column_int64(stmt, 7);
+    rec.n_tokens = sqlite3_column_int64(stmt, 8);
+    *out = rec;
+    return RT_OK;
+}
+
+/* Inserts a complete record; seq (insertion order) is assigned by SQLite.
+ * rec is borrowed. RT_ERR_EXISTS if the id is taken. */
+int storage_file_insert(sqlite3 *db, const storage_file *rec)
+{
+    static const char sql[] = "INSERT INTO files (" FILE_COLS ") "
+                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+    sqlite3_stmt *stmt = NULL;
+    int err = storage_db_prepare(db, sql, &stmt);
+    if (err)
+        return err;
+    sqlite3_bind_text(stmt, 1, rec->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, rec->filename, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 3, rec->purpose, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 4, rec->status, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 5, rec->status_details, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(stmt, 6, rec->bytes);
+    sqlite3_bind_int64(stmt, 7, rec->created_at);
+    sqlite3_bind_int64(stmt, 8, rec->n_examples);
+    sqlite3_bind_int64(stmt, 9, rec->n_tokens);
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        err = storage_db_error(db, rc, "insert file");
+    sqlite3_finalize(stmt);
+    return err;
+}
+
+/* See storage.h. RT_ERR_INVALID for a NULL or overlong id. */
+int storage_file_get(storage *st, const char *id, storage_file *out)
+{
+    if (!st || !out || storage_id_check(id))
+        return RT_ERR_INVALID;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    int err = storage_db_get(st, &db);
+    if (!err)
+        err = storage_db_prepare(db, "SELECT " FILE_COLS " FROM files WHERE id = ?1", &stmt);
+    if (err)
+        return err;
+    sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW)
+        err = storage_file_row_read(stmt, out);
+    else if (rc == SQLITE_DONE)
+        err = RT_ERR_NOT_FOUND;
+    else
+        err = storage_db_error(db, rc, "get file");
+    sqlite3_finalize(stmt);
+    return err;
+}
+
+/* Looks up the seq (list position) of record id. RT_ERR_NOT_FOUND if none. */
+static int storage_file_seq(sqlite3 *db, const char *id, int64_t *out)
+{
+    sqlite3_stmt *stmt = NULL;
+    int err = storage_db_prepare(db, "SELECT seq FROM files WHERE id = ?1", &stmt);
+    if (err)
+        return err;
+    sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int64(stmt, 0);
+    else if (rc == SQLITE_DONE)
+        err = RT_ERR_NOT_FOUND;
+    else
+        err = storage_db_error(db, rc, "look up file");
+    sqlite3_finalize(stmt);
+    return err;
+}
+
+/* A growing array of records being collected for a list answer. */
+struct storage_file_rows {
+    storage_file *v;
+    size_t n, cap;
+};
+
+/* Makes room for one more record in rows. */
+static int storage_file_rows_grow(struct storage_file_rows *rows)
+{
+    if (rows->n < rows->cap)
+        return RT_OK;
+    size_t cap = rows->cap ? rows->cap * 2 : 16;
+    storage_file *v = realloc(rows->v, cap * sizeof *v);
+    if (!v)
+        return RT_ERR_NOMEM;
+    rows->v = v;
+    rows->cap = cap;
+    return RT_OK;
+}
+
+/* Runs a prepared list query (LIMIT limit + 1) and keeps up to limit rows;
+ * *more says whether a further row exists. */
+static int storage_file_rows_collect(sqlite3 *db, sqlite3_stmt *stmt, int limit,
+                                     struct storage_file_rows *rows, bool *more)
+{
+    int rc = SQLITE_DONE, err = RT_OK;
+    *more = false;
+    while (!err && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        if (rows->n == (size_t)limit) {
+            *more = true;
+            return RT_OK;
+        }
+        err = storage_file_rows_grow(rows);
+        if (!err)
+            err = storage_file_row_read(stmt, &rows->v[rows->n]);
+        if (!err)
+            rows->n++;
+    }
+    if (!err && rc != SQLITE_DONE)
+        err = storage_db_error(db, rc, "list files");
+    return err;
+}
+
+/* Selects up to limit records strictly beyond seq `cursor` in the given
+ * order, optionally of one purpose, into rows. */
+static int storage_file_query(sqlite3 *db, const char *purpose, int64_t cursor, int limit,
+                              bool descending, struct storage_file_rows *rows, bool *more)
+{
+    static const char *const sql[2][2] = {
+        {"SELECT " FILE_COLS " FROM files WHERE seq > ?1 ORDER BY seq ASC LIMIT ?3",
+         "SELECT " FILE_COLS " FROM files WHERE seq > ?1 AND purpose = ?2 "
+         "ORDER BY seq ASC LIMIT ?3"},
+        {"SELECT " FILE_COLS " FROM files WHERE seq < ?1 ORDER BY seq DESC LIMIT ?3",
+         "SELECT " FILE_COLS " FROM files WHERE seq < ?1 AND purpose = ?2 "
+         "ORDER BY seq DESC LIMIT ?3"},
+    };
+    sqlite3_stmt *stmt = NULL;
+    int err = storage_db_prepare(db, sql[descending][purpose != NULL], &stmt);
+    if (err)
+        return err;
+    sqlite3_bind_int64(stmt, 1, cursor);
+    if (purpose)
+        sqlite3_bind_text(stmt, 2, purpose, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(stmt, 3, (int64_t)limit + 1);
+    err = storage_file_rows_collect(db, stmt, limit, rows, more);
+    sqlite3_finalize(stmt);
+    return err;
+}
+
+/* The cursor lookup and the query, in one read transaction so both see the
+ * same snapshot. */
+static int storage_file_list_txn(sqlite3 *db, const char *purpose, const char *after,
+                                 int limit, bool descending,
+                                 struct storage_file_rows *rows, bool *more)
+{
+    int64_t cursor = descending ? INT64_MAX : 0;
+    int err = storage_db_exec(db, "BEGIN");
+    if (err)
+        return err;
+    if (after)
+        err = storage_file_seq(db, after, &cursor);
+    if (!err)
+        err = storage_file_query(db, purpose, cursor, limit, descending, rows, more);
+    if (!err)
+        err = storage_db_exec(db, "COMMIT");
+    if (err && !sqlite3_get_autocommit(db))
+        storage_db_exec(db, "ROLLBACK");
+    return err;
+}
+
+/* See storage.h. limit must be 1..STORAGE_LIST_LIMIT_MAX (10000), purpose
+ * shorter than STORAGE_PURPOSE_MAX, after a valid id, else RT_ERR_INVALID.
+ * On success *out is a malloc'd array (never NULL, even for 0 records). */
+int storage_file_list(storage *st, const char *purpose, const char *after,
+                      int limit, bool descending,
+                      storage_file **out, size_t *count, bool *has_more)
+{
+    if (!st || !out || !count || !has_more || limit < 1 || limit > STORAGE_LIST_LIMIT_MAX)
+        return RT_ERR_INVALID;
+    if ((purpose && strnlen(purpose, STORAGE_PURPOSE_MAX) >= STORAGE_PURPOSE_MAX) ||
+        (after && storage_id_check(after)))
+        return RT_ERR_INVALID;
+    sqlite3 *db = NULL;
+    int err = storage_db_get(st, &db);
+    if (err)
+        return err;
+    struct storage_file_rows rows = {NULL, 0, 0};
+    bool more = false;
+    err = storage_file_list_txn(db, purpose, after, limit, descending, &rows, &more);
+    if (!err)
+        err = storage_file_rows_grow(&rows); /* so the array is never NULL */
+    if (err) {
+        free(rows.v);
+        return err;
+    }
+    *out = rows.v;
+    *count = rows.n;
+    *has_more = more;
+    return RT_OK;
+}
+
+/* Whether a row exists for id. */
+static int storage_file_exists(sqlite3 *db, const char *id)
+{
+    int64_t seq = 0;
+    return storage_file_seq(db, id, &seq);
+}
+
+/* See storage.h. RT_ERR_INVALID for a bad id or a buffer too small. */
+int storage_file_path(storage *st, const char *id, char *buf, size_t size)
+{
+    if (!st || !buf || size == 0 || storage_id_check(id))
+        return RT_ERR_INVALID;
+    sqlite3 *db = NULL;
+    int err = storage_db_get(st, &db);
+    if (!err)
+        err = storage_file_exists(db, id);
+    if (err)
+        return err;
+    int n = snprintf(NULL, 0, "%s/%s", st->files_dir, id);
+    if (n < 0 || (size_t)n >= size)
+        return RT_ERR_INVALID;
+    snprintf(buf, size, "%s/%s", st->files_dir, id);
+    return RT_OK;
+}
+
+/* See storage.h. The row goes first (one statement, its own transaction);
+ * a failed unlink only leaves an orphan blob, which the next open removes,
+ * so it is logged and the delete still succeeds. */
+int storage_file_delete(storage *st, const char *id)
+{
+    if (!st || storage_id_check(id))
+        return RT_ERR_INVALID;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *stmt = NULL;
+    int err = storage_db_get(st, &db);
+    if (!err)
+        err = storage_db_prepare(db, "DELETE FROM files WHERE id = ?1", &stmt);
+    if (err)
+        return err;
+    sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        err = storage_db_error(db, rc, "delete file");
+    else if (sqlite3_changes(db) == 0)
+        err = RT_ERR_NOT_FOUND;
+    sqlite3_finalize(stmt);
+    if (err)
+        return err;
+    /* id named a row, so it is a generated id: safe as a name in files/ */
+    if (unlinkat(st->files_fd, id, 0) != 0 && errno != ENOENT)
+        rt_log(RT_LOG_WARN, "storage: cannot remove files/%s: %s", id, strerror(errno));
+    return RT_OK;
+}

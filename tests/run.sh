@@ -1,0 +1,35 @@
+#!/bin/sh
+# Runs every test binary in BUILD/tests and (unless "unit" is given) every
+# end-to-end script tests/e2e_*.py against BUILD/retune. Each prints its own
+# "N passed, N failed" line; the last line here is the sum of them all.
+BUILD=${1:-build}
+MODE=${2:-all}
+passed=0; failed=0; broken=""
+tally() { # $1 = name, $2 = exit status, $3 = output file
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$3" | tail -n 1)
+    if [ -z "$line" ]; then
+        failed=$((failed + 1)); broken="$broken $1"; return
+    fi
+    p=$(echo "$line" | sed 's/ passed.*//'); f=$(echo "$line" | sed 's/.* passed, \([0-9]*\) failed.*/\1/')
+    passed=$((passed + p)); failed=$((failed + f))
+    if [ "$2" != 0 ] && [ "$f" = 0 ]; then failed=$((failed + 1)); broken="$broken $1"; fi
+}
+out=$(mktemp)
+for t in "$BUILD"/tests/test_*; do
+    [ -x "$t" ] || continue
+    echo "== $t"
+    "$t" > "$out" 2>&1; rc=$?
+    cat "$out"; tally "$t" $rc "$out"
+done
+if [ "$MODE" = all ]; then
+    for t in tests/e2e_*.py; do
+        [ -f "$t" ] || continue
+        echo "== $t"
+        RETUNE_BIN="$BUILD/retune" python3 "$t" > "$out" 2>&1; rc=$?
+        cat "$out"; tally "$t" $rc "$out"
+    done
+fi
+rm -f "$out"
+[ -z "$broken" ] || echo "broken (crashed or no summary):$broken"
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,128 @@
+/*
+ * tests/test_api.c — unit tests of the HTTP layer's pure parts: route
+ * matching, percent-decoding, and the fine-tuning JSONL line checker.
+ */
+#include "api/api_internal.h"
+#include "engine/engine.h"
+#include "tests/test.h"
+
+static enum api_match match(const char *method, const char *path, const api_route **r,
+                            char params[API_MAX_PARAMS][API_PARAM_MAX], int *n)
+{
+    return api_route_match(method, path, r, params, n);
+}
+
+static void test_route_matching(void)
+{
+    const api_route *r = NULL;
+    char params[API_MAX_PARAMS][API_PARAM_MAX];
+    int n = -1;
+    CHECK_EQ_INT(match("GET", "/healthz", &r, params, &n), API_MATCH_OK);
+    CHECK_EQ_STR(r->name, "healthz");
+    CHECK_EQ_INT(match("GET", "/v1/files", &r, params, &n), API_MATCH_OK);
+    CHECK_EQ_STR(r->name, "files.list");
+    CHECK_EQ_INT(match("POST", "/v1/files", &r, params, &n), API_MATCH_OK);
+    CHECK_EQ_STR(r->name, "files.create");
+    CHECK_EQ_INT(match("GET", "/v1/files/file-abc/content", &r, params, &n), API_MATCH_OK);
+    CHECK_EQ_STR(r->name, "files.content");
+    CHECK_EQ_INT(n, 1);
+    CHECK_EQ_STR(params[0], "file-abc");
+    CHECK_EQ_INT(match("DELETE", "/v1/files/file-abc", &r, params, &n), API_MATCH_OK);
+    CHECK_EQ_STR(r->name, "files.delete");
+    CHECK_EQ_INT(match("GET", "/v1/files/", &r, params, &n), API_MATCH_OK); /* trailing slash */
+    CHECK_EQ_INT(match("PUT", "/v1/files", &r, params, &n), API_MATCH_BAD_METHOD);
+    CHECK_EQ_INT(match("GET", "/v1/nope", &r, params, &n), API_MATCH_NOT_FOUND);
+    CHECK_EQ_INT(match("GET", "/v1/files/a/b/c/d", &r, params, &n), API_MATCH_NOT_FOUND);
+    CHECK_EQ_INT(match("GET", "/v1/files/%66ile-x", &r, params, &n), API_MATCH_OK);
+    CHECK_EQ_STR(params[0], "file-x");
+    CHECK_EQ_INT(match("GET", "/v1/files/a%2Fb", &r, params, &n), API_MATCH_BAD_PATH);
+    CHECK_EQ_INT(match("GET", "/v1/files/..", &r, params, &n), API_MATCH_BAD_PATH);
+    CHECK_EQ_INT(match("GET", "/v1/files/%2E%2E", &r, params, &n), API_MATCH_BAD_PATH);
+    CHECK_EQ_INT(match("GET", "/v1/files/%ff", &r, params, &n), API_MATCH_BAD_PATH);
+    CHECK_EQ_INT(match("GET", "/v1/files/%5Cx", &r, params, &n), API_MATCH_BAD_PATH);
+    CHECK_EQ_INT(match("GET", "v1/files", &r, params, &n), API_MATCH_BAD_PATH);
+}
+
+static void test_percent_decode(void)
+{
+    char out[16];
+    CHECK(api_percent_decode("a%20b", 5, out, sizeof out, false));
+    CHECK_EQ_STR(out, "a b");
+    CHECK(api_percent_decode("a+b", 3, out, sizeof out, true));
+    CHECK_EQ_STR(out, "a b");
+    CHECK(api_percent_decode("a+b", 3, out, sizeof out, false));
+    CHECK_EQ_STR(out, "a+b");
+    CHECK(api_percent_decode("%C3%A9", 6, out, sizeof out, false));
+    CHECK_EQ_STR(out, "\xc3\xa9");
+    CHECK(!api_percent_decode("%", 1, out, sizeof out, false));
+    CHECK(!api_percent_decode("%4", 2, out, sizeof out, false));
+    CHECK(!api_percent_decode("%g0", 3, out, sizeof out, false));
+    CHECK(!api_percent_decode("%00", 3, out, sizeof out, false));
+    CHECK(!api_percent_decode("0123456789abcdefXYZ", 19, out, sizeof out, false));
+}
+
+typedef struct line_case {
+    const char *line;
+    int want_rc;
+    const char *want_reason; /* prefix; NULL when ok */
+} line_case;
+
+static void test_dataset_lines(void)
+{
+    static const line_case cases[] = {
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"yo\"}]}", RT_OK, NULL},
+        {"{\"messages\":[{\"role\":\"assistant\",\"content\":\"a\",\"weight\":0},{\"role\":\"assistant\",\"content\":\"b\",\"weight\":1}]}", RT_OK, NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"q\"},{\"role\":\"assistant\",\"tool_calls\":[]},{\"role\":\"tool\",\"content\":\"r\"},{\"role\":\"assistant\",\"content\":\"x\"}]}", RT_OK, NULL},
+        {"{\"prompt\":\"p\",\"completion\":\"c\"}", RT_OK, NULL},
+        {"  {\"prompt\":\"p\",\"completion\":\"c\"}\r", RT_OK, NULL},
+        {"   \r", RT_ERR_NOT_FOUND, NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\"}]}", RT_ERR_FORMAT, "messages[1] has no \"content\""},
+        {"{\"messages\":[{\"content\":\"hi\"}]}", RT_ERR_FORMAT, "messages[0] has no \"role\""},
+        {"{\"messages\":[{\"role\":\"bot\",\"content\":\"hi\"}]}", RT_ERR_FORMAT, "messages[0].role must be"},
+        {"{\"messages\":[{\"role\":\"assistant\",\"content\":5}]}", RT_ERR_FORMAT, "messages[0].content must be a string"},
+        {"{\"messages\":[]}", RT_ERR_FORMAT, "\"messages\" is empty"},
+        {"{\"messages\":{}}", RT_ERR_FORMAT, "\"messages\" must be an array"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", RT_ERR_FORMAT, "\"messages\" has no assistant message"},
+        {"{\"messages\":[{\"role\":\"assistant\",\"content\":\"x\",\"weight\":0.5}]}", RT_ERR_FORMAT, "messages[0].weight must be 0 or 1"},
+        {"{\"messages\":[{\"role\":\"system\",\"content\":\"x\",\"weight\":1},{\"role\":\"assistant\",\"content\":\"y\"}]}", RT_ERR_FORMAT, "messages[0].weight is only allowed"},
+        {"{\"messages\":[\"x\"]}", RT_ERR_FORMAT, "messages[0] is not an object"},
+        {"{\"prompt\":\"p\"}", RT_ERR_FORMAT, "has no \"completion\""},
+        {"{\"completion\":\"c\"}", RT_ERR_FORMAT, "has no \"prompt\""},
+        {"{\"prompt\":1,\"completion\":\"c\"}", RT_ERR_FORMAT, "\"prompt\" must be a string"},
+        {"{\"text\":\"x\"}", RT_ERR_FORMAT, "has neither"},
+        {"[1]", RT_ERR_FORMAT, "not a JSON object"},
+        {"{\"prompt\":\"p\",", RT_ERR_FORMAT, "not valid JSON"},
+        {"{\"prompt\":\"p\",\"completion\":\"c\"} trailing", RT_ERR_FORMAT, "unexpected data"},
+        {"{\"prompt\":\"\xc3\x28\",\"completion\":\"c\"}", RT_ERR_FORMAT, "invalid UTF-8"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char reason[256];
+        enum engine_example_format fmt;
+        int rc = engine_dataset_check_line(cases[i].line, strlen(cases[i].line), &fmt, reason,
+                                           sizeof reason);
+        CHECK_MSG(rc == cases[i].want_rc, "case %zu: rc %d want %d (%s)", i, rc, cases[i].want_rc, reason);
+        if (cases[i].want_reason)
+            CHECK_MSG(strncmp(reason, cases[i].want_reason, strlen(cases[i].want_reason)) == 0,
+                      "case %zu: reason '%s' want '%s'", i, reason, cases[i].want_reason);
+    }
+}
+
+static void test_utf8(void)
+{
+    CHECK(engine_utf8_valid("plain", 5));
+    CHECK(engine_utf8_valid("\xe2\x82\xac \xf0\x9f\x98\x80", 8));
+    CHECK(!engine_utf8_valid("\xc0\xaf", 2));         /* overlong '/' */
+    CHECK(!engine_utf8_valid("\xed\xa0\x80", 3));     /* surrogate */
+    CHECK(!engine_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    CHECK(!engine_utf8_valid("\xe2\x82", 2));         /* truncated */
+    CHECK(!engine_utf8_valid("\x80", 1));
+}
+
+int main(void)
+{
+    RUN(test_route_matching);
+    RUN(test_percent_decode);
+    RUN(test_dataset_lines);
+    RUN(test_utf8);
+    return TEST_SUMMARY();
+}
