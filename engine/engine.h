@@ -37,4 +37,119 @@ int engine_dataset_check_line(const char *line, size_t len,
 /* True when the bytes are well-formed UTF-8 (no overlongs, no surrogates). */
 bool engine_utf8_valid(const char *s, size_t len);
 
+
+/* ---- Training ----------------------------------------------------------- */
+
+enum engine_method { ENGINE_LORA = 0, ENGINE_FULL = 1 };
+enum engine_schedule { ENGINE_SCHEDULE_COSINE = 0, ENGINE_SCHEDULE_LINEAR = 1,
+                       ENGINE_SCHEDULE_CONSTANT = 2 };
+
+/* LoRA target modules, as bits (q_proj = bit 0 ... down_proj = bit 6). */
+#define ENGINE_TARGET_ALL_LINEAR 0x7Fu
+
+/* Everything a training run needs; strings are borrowed for the call. */
+typedef struct engine_train_config {
+    const char *model_dir;       /* HF model directory (config, safetensors, tokenizer) */
+    const char *train_path;      /* JSONL: chat messages or prompt/completion */
+    const char *valid_path;      /* optional JSONL, or NULL */
+    const char *out_dir;         /* result: PEFT adapter (LoRA) or HF model dir (full) */
+    const char *checkpoint_dir;  /* where checkpoints go (NULL: none) */
+    const char *resume_dir;      /* a checkpoint to continue from (NULL: fresh) */
+    const char *device;          /* "cpu" (default), "cuda" */
+    enum engine_method method;
+    int epochs;                  /* >= 1 */
+    int batch_size;              /* sequences per micro-batch */
+    int grad_accum;              /* micro-batches per optimizer step */
+    int max_seq_len;             /* longer examples are truncated (and counted) */
+    int max_steps;               /* stop after this many optimizer steps (0: no cap) */
+    double learning_rate;
+    double warmup_ratio;         /* of total steps, linear warm-up from 0 */
+    enum engine_schedule schedule;
+    double weight_decay, beta1, beta2, adam_eps;
+    double max_grad_norm;        /* 0: no clipping */
+    uint64_t seed;
+    int eval_interval;           /* steps between validations (0: each epoch end) */
+    int checkpoint_interval;     /* steps between checkpoints (0: each epoch end only) */
+    int lora_r;
+    double lora_alpha, lora_dropout;
+    bool use_rslora;
+    unsigned target_modules;     /* bits; 0 means q_proj|v_proj */
+} engine_train_config;
+
+/* Fills cfg with defaults (LoRA r=8, alpha=16, q/v, lr 1e-4, AdamW .9/.999,
+ * wd 0, clip 1.0, cosine, warm-up 0, 1 epoch, batch 4, max_seq_len 512). */
+void engine_train_defaults(engine_train_config *cfg);
+
+/* Progress after an optimizer step (or a validation). */
+typedef struct engine_progress {
+    int step, total_steps, epoch;
+    double train_loss, train_accuracy;   /* of this step's tokens */
+    bool has_valid;
+    double valid_loss, valid_accuracy;   /* last validation */
+    double learning_rate;
+    int64_t tokens;                      /* tokens through forward passes so far */
+    double seconds;                      /* training time so far */
+} engine_progress;
+
+enum engine_stop { ENGINE_CONTINUE = 0, ENGINE_STOP_CANCEL = 1, ENGINE_STOP_PAUSE = 2 };
+
+/* Callbacks from the trainer; any may be NULL. They run on the training
+ * thread. on_checkpoint is told of each checkpoint written (dir borrowed). */
+typedef struct engine_callbacks {
+    void *ctx;
+    void (*on_step)(void *ctx, const engine_progress *p);
+    void (*on_event)(void *ctx, const char *message);
+    void (*on_checkpoint)(void *ctx, const char *dir, const engine_progress *p);
+    int (*should_stop)(void *ctx); /* enum engine_stop, checked between steps */
+} engine_callbacks;
+
+typedef struct engine_train_result {
+    double train_loss;            /* mean of the last step */
+    double valid_loss, valid_accuracy; /* NaN when there is no validation set */
+    int64_t trainable_params, total_params;
+    int64_t tokens;               /* tokens through forward passes */
+    int64_t n_examples, truncated_examples;
+    int steps, total_steps;
+    double seconds;
+    bool stopped;                 /* cancelled or paused before the end */
+} engine_train_result;
+
+/*
+ * Trains per cfg, calling back as it goes. Returns RT_OK with *result
+ * filled (also when stopped early: result->stopped), RT_ERR_CANCELLED is
+ * never returned. On failure err names the argument, file or line.
+ */
+int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
+                 engine_train_result *result, char *err, size_t errsize);
+
+/* Parses "q_proj,v_proj" or "all-linear" into module bits for
+ * engine_train_config.target_modules. RT_ERR_INVALID names nothing; the
+ * caller reports the argument. */
+int engine_parse_target_modules(const char *list, unsigned *out);
+
+/* ---- Generation and merging (offline) ----------------------------------- */
+
+typedef struct engine_generate_config {
+    const char *model_dir;
+    const char *adapter_dir;  /* PEFT adapter or NULL */
+    const char *prompt;
+    bool raw;                 /* true: prompt is plain text; false: one user turn
+                                 through the chat template */
+    int max_tokens;
+    double temperature;       /* 0: greedy */
+    double top_p;             /* 1: off */
+    int top_k;                /* 0: off */
+    uint64_t seed;
+    const char *device;
+} engine_generate_config;
+
+/* Generates a completion; *text (malloc'd, caller frees) and *n_tokens. */
+int engine_generate(const engine_generate_config *cfg, char **text, int *n_tokens, char *err,
+                    size_t errsize);
+
+/* Writes model_dir with the adapter merged (W + scaling B A) into out_dir,
+ * as a full HF model directory with the tokenizer files copied. */
+int engine_merge(const char *model_dir, const char *adapter_dir, const char *out_dir, char *err,
+                 size_t errsize);
+
 #endif

@@ -13,6 +13,9 @@ static void usage(FILE *out)
             "\n"
             "commands:\n"
             "  serve     run the HTTP API (files, fine-tuning jobs, completions)\n"
+            "  train     fine-tune a model from the command line (LoRA or full)\n"
+            "  generate  generate text from a model, optionally with a LoRA adapter\n"
+            "  merge     merge a LoRA adapter into a full model directory\n"
             "\n"
             "Run 'retune <command> --help' for the options of a command.\n");
 }
@@ -24,8 +27,14 @@ int main(int argc, char **argv)
         return 2;
     }
     const char *cmd = argv[1];
-    if (strcmp(cmd, "serve") == 0)
-        return server_serve_main(argc - 1, argv + 1);
+    static const struct {
+        const char *name;
+        int (*run)(int, char **);
+    } commands[] = {{"serve", server_serve_main}, {"train", server_train_main},
+                    {"generate", server_generate_main}, {"merge", server_merge_main}};
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(cmd, commands[i].name) == 0)
+            return commands[i].run(argc - 1, argv + 1);
     if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
         return 0;

@@ -7,5 +7,14 @@
 #define RT_SERVER_H
 
 int server_serve_main(int argc, char **argv);
+int server_train_main(int argc, char **argv);
+int server_generate_main(int argc, char **argv);
+int server_merge_main(int argc, char **argv);
+
+/* Parse a numeric flag within [lo, hi]; print "retune CMD: NAME must ..." and
+ * return 2 on a bad value, 0 on success. */
+int server_parse_double(const char *cmd, const char *name, const char *text, double lo, double hi,
+                        double *out);
+int server_parse_int(const char *cmd, const char *name, const char *text, long lo, long hi, int *out);
 
 #endif

@@ -1,0 +1,260 @@
+/*
+ * engine/trainer.c — engine_train(): LoRA or full fine-tuning of a
+ * Llama-family model on tokenized chat data. AdamW with warm-up and cosine
+ * or linear decay, gradient accumulation and clipping, validation at an
+ * interval, checkpoints (weights + optimizer state + position) from which a
+ * resumed run continues with exactly the losses of an uninterrupted one.
+ *
+ * Everything random derives from cfg->seed: the data order of epoch e and
+ * the dropout masks of step s are functions of (seed, e) and (seed, s), so a
+ * run is deterministic and a checkpoint needs only counters, not RNG state.
+ */
+#include "engine/trainer.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/optim.h"
+#include "engine/rng.h"
+
+void engine_train_defaults(engine_train_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->device = "cpu";
+    c->method = ENGINE_LORA;
+    c->epochs = 1;
+    c->batch_size = 4;
+    c->grad_accum = 1;
+    c->max_seq_len = 512;
+    c->learning_rate = 1e-4;
+    c->schedule = ENGINE_SCHEDULE_COSINE;
+    c->beta1 = 0.9;
+    c->beta2 = 0.999;
+    c->adam_eps = 1e-8;
+    c->max_grad_norm = 1.0;
+    c->seed = 42;
+    c->lora_r = 8;
+    c->lora_alpha = 16;
+    c->target_modules = (1u << PEFT_Q_PROJ) | (1u << PEFT_V_PROJ);
+}
+
+/* Fills order with 0..n-1 shuffled by (seed, epoch) (Fisher-Yates). */
+static void epoch_order(size_t *order, size_t n, uint64_t seed, int epoch)
+{
+    rng r = {rng_mix(seed ^ rng_mix((uint64_t)epoch + 0x51ed27))};
+    for (size_t i = 0; i < n; i++)
+        order[i] = i;
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)rng_below(&r, i);
+        size_t t = order[i - 1];
+        order[i - 1] = order[j];
+        order[j] = t;
+    }
+}
+
+/* Runs forward + backward of one micro-batch; adds its loss statistics. */
+static int micro_step(trainer *t, size_t first, int count, uint64_t key, model_loss *sum)
+{
+    int T = 0;
+    train_batch_fill(t->train, t->order, first, count, t->ids, t->targets, &T);
+    model_batch b = {t->ids, t->targets, count, T, key, true};
+    model_loss l;
+    int rc = model_forward(t->model, t->ad, t->acts, &b, &l);
+    if (rc == RT_OK)
+        rc = model_backward(t->model, t->ad, t->acts, &b, t->method == ENGINE_FULL ? &t->gw : NULL,
+                            t->ad_grad);
+    if (rc != RT_OK)
+        return rc;
+    sum->loss += l.loss * (double)l.count;
+    sum->correct += l.correct;
+    sum->count += l.count;
+    t->tokens += (int64_t)count * T;
+    return RT_OK;
+}
+
+/* One optimizer step over up to grad_accum micro-batches. */
+static int optimizer_step(trainer *t, model_loss *stats)
+{
+    const engine_train_config *c = &t->cfg;
+    const kernels_backend *be = t->be;
+    size_t nb = (t->train->n + (size_t)c->batch_size - 1) / (size_t)c->batch_size;
+    int micro = c->grad_accum;
+    if ((size_t)micro > nb - t->batch_in_epoch)
+        micro = (int)(nb - t->batch_in_epoch);
+    int rc = be->zero(t->grad, (size_t)t->n_trainable * sizeof(float), NULL);
+    model_loss sum = {0};
+    for (int j = 0; rc == RT_OK && j < micro; j++) {
+        size_t first = (t->batch_in_epoch + (size_t)j) * (size_t)c->batch_size;
+        int count = c->batch_size;
+        if (first + (size_t)count > t->train->n)
+            count = (int)(t->train->n - first);
+        uint64_t key = rng_mix(c->seed ^ rng_mix(((uint64_t)t->step << 16) | (uint64_t)j));
+        rc = micro_step(t, first, count, key, &sum);
+    }
+    if (rc == RT_OK && micro > 1)
+        rc = be->scale(t->grad, t->n_trainable, 1.0f / (float)micro, NULL);
+    double norm = 0;
+    if (rc == RT_OK)
+        rc = optim_clip(be, t->grad, t->n_trainable, c->max_grad_norm, t->norm_scratch, &norm);
+    t->lr = optim_lr(c->learning_rate, c->schedule, t->step, t->warmup, t->total_steps);
+    if (rc == RT_OK)
+        rc = be->adamw_step(t->params, t->adam_m, t->adam_v, t->grad, t->n_trainable, t->lr,
+                            c->beta1, c->beta2, c->adam_eps, c->weight_decay, t->step + 1, NULL);
+    if (rc != RT_OK)
+        return rc;
+    t->step++;
+    t->batch_in_epoch += (size_t)micro;
+    stats->loss = sum.count ? sum.loss / (double)sum.count : 0;
+    stats->correct = sum.count ? sum.correct / (double)sum.count : 0;
+    stats->count = sum.count;
+    return RT_OK;
+}
+
+int trainer_validate(trainer *t, const train_set *set, double *loss, double *accuracy)
+{
+    int B = t->cfg.batch_size, T = 0;
+    model_loss sum = {0};
+    for (size_t first = 0; first < set->n; first += (size_t)B) {
+        int count = first + (size_t)B > set->n ? (int)(set->n - first) : B;
+        train_batch_fill(set, t->identity, first, count, t->ids, t->targets, &T);
+        model_batch b = {t->ids, t->targets, count, T, 0, false};
+        model_loss l;
+        int rc = model_forward(t->model, t->ad, t->acts, &b, &l);
+        if (rc != RT_OK)
+            return rc;
+        sum.loss += l.loss * (double)l.count;
+        sum.correct += l.correct;
+        sum.count += l.count;
+    }
+    *loss = sum.count ? sum.loss / (double)sum.count : NAN;
+    *accuracy = sum.count ? sum.correct / (double)sum.count : NAN;
+    return RT_OK;
+}
+
+/* Reports progress to the caller. */
+static void report(trainer *t, const engine_callbacks *cb, const model_loss *stats)
+{
+    engine_progress *p = &t->progress;
+    p->step = t->step;
+    p->total_steps = t->total_steps;
+    p->epoch = t->epoch;
+    p->train_loss = stats->loss;
+    p->train_accuracy = stats->correct;
+    p->learning_rate = t->lr;
+    p->tokens = t->tokens;
+    p->seconds = t->seconds_before + rt_now_seconds() - t->started;
+    if (cb && cb->on_step)
+        cb->on_step(cb->ctx, p);
+}
+
+/* Validation (if there is a set) and its report. */
+static int run_validation(trainer *t)
+{
+    if (!t->valid)
+        return RT_OK;
+    int rc = trainer_validate(t, t->valid, &t->progress.valid_loss, &t->progress.valid_accuracy);
+    if (rc == RT_OK)
+        t->progress.has_valid = true;
+    return rc;
+}
+
+/* True when the run should end now; writes a checkpoint first on pause. */
+static bool stop_requested(trainer *t, const engine_callbacks *cb, int *rc)
+{
+    int what = cb && cb->should_stop ? cb->should_stop(cb->ctx) : ENGINE_CONTINUE;
+    if (what == ENGINE_CONTINUE)
+        return false;
+    if (what == ENGINE_STOP_PAUSE && t->cfg.checkpoint_dir)
+        *rc = trainer_checkpoint(t, cb);
+    t->stopped = true;
+    return true;
+}
+
+/* After a step: interval validation and checkpoint. */
+static int after_step(trainer *t, const engine_callbacks *cb)
+{
+    const engine_train_config *c = &t->cfg;
+    int rc = RT_OK;
+    if (c->eval_interval > 0 && t->step % c->eval_interval == 0)
+        rc = run_validation(t);
+    if (rc == RT_OK && c->checkpoint_interval > 0 && t->step % c->checkpoint_interval == 0 &&
+        c->checkpoint_dir)
+        rc = trainer_checkpoint(t, cb);
+    return rc;
+}
+
+/* Runs epochs from the current position to the end (or a stop). */
+static int train_loop(trainer *t, const engine_callbacks *cb)
+{
+    const engine_train_config *c = &t->cfg;
+    size_t nb = (t->train->n + (size_t)c->batch_size - 1) / (size_t)c->batch_size;
+    int rc = RT_OK;
+    while (rc == RT_OK && t->epoch < c->epochs && t->step < t->total_steps) {
+        epoch_order(t->order, t->train->n, c->seed, t->epoch);
+        while (rc == RT_OK && t->batch_in_epoch < nb && t->step < t->total_steps) {
+            if (stop_requested(t, cb, &rc))
+                return rc;
+            model_loss stats;
+            rc = optimizer_step(t, &stats);
+            if (rc == RT_OK) {
+                t->last_loss = stats.loss;
+                rc = after_step(t, cb);
+                report(t, cb, &stats);
+            }
+        }
+        if (rc != RT_OK || t->batch_in_epoch < nb)
+            break; /* failed, or max_steps reached inside the epoch */
+        t->batch_in_epoch = 0;
+        t->epoch++;
+        if (c->eval_interval == 0)
+            rc = run_validation(t);
+        if (rc == RT_OK && c->checkpoint_dir &&
+            !(c->checkpoint_interval > 0 && t->step % c->checkpoint_interval == 0))
+            rc = trainer_checkpoint(t, cb); /* one per epoch (unless just written) */
+    }
+    return rc;
+}
+
+int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
+                 engine_train_result *result, char *err, size_t errsize)
+{
+    trainer *t = NULL;
+    int rc = trainer_open(cfg, &t, err, errsize);
+    if (rc != RT_OK)
+        return rc;
+    if (cfg->resume_dir)
+        rc = trainer_resume(t, cfg->resume_dir, err, errsize);
+    t->started = rt_now_seconds();
+    if (rc == RT_OK)
+        rc = train_loop(t, cb);
+    if (rc == RT_OK && !t->stopped) {
+        bool fresh = t->progress.has_valid && t->cfg.eval_interval > 0 &&
+                     t->step % t->cfg.eval_interval == 0;
+        if (!fresh)
+            rc = run_validation(t);
+        if (rc == RT_OK)
+            rc = trainer_save_result(t, cfg->out_dir, err, errsize);
+    }
+    if (rc == RT_OK) {
+        engine_train_result r = {0};
+        r.train_loss = t->last_loss;
+        r.valid_loss = t->progress.has_valid ? t->progress.valid_loss : NAN;
+        r.valid_accuracy = t->progress.has_valid ? t->progress.valid_accuracy : NAN;
+        r.trainable_params = t->n_trainable;
+        r.total_params = t->n_total;
+        r.tokens = t->tokens;
+        r.n_examples = (int64_t)t->train->n;
+        r.truncated_examples = t->train->truncated;
+        r.steps = t->step;
+        r.total_steps = t->total_steps;
+        r.seconds = t->seconds_before + rt_now_seconds() - t->started;
+        r.stopped = t->stopped;
+        *result = r;
+    } else if (err && errsize && !err[0]) {
+        snprintf(err, errsize, "training failed: %s", rt_strerror(rc));
+    }
+    trainer_close(t);
+    return rc;
+}

@@ -1,0 +1,66 @@
+/*
+ * engine/trainer.h — (internal to engine/) the state of one training run,
+ * shared by the loop (trainer.c) and its set-up, checkpoints and results
+ * (trainer_setup.c).
+ */
+#ifndef RT_ENGINE_TRAINER_H
+#define RT_ENGINE_TRAINER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/chat_template.h"
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "engine/tokenizer.h"
+#include "engine/train_data.h"
+
+typedef struct trainer {
+    engine_train_config cfg;       /* strings borrowed from engine_train's caller */
+    enum engine_method method;
+    const kernels_backend *be;
+    model *model;                  /* LoRA: the frozen base; full: the trained copy */
+    lora *ad, *ad_grad;            /* LoRA weights and their gradients */
+    float *params, *grad;          /* the trainable buffer and its gradient (flat) */
+    float *adam_m, *adam_v;        /* AdamW moments, same length */
+    float *full_grad;              /* full: owned gradient buffer */
+    model_weights gw;              /* full: named pointers into full_grad */
+    float *norm_scratch;           /* one device float */
+    int64_t n_trainable, n_total;
+    model_acts *acts;
+    tokenizer *tok;
+    chat_template *tmpl;
+    train_set *train, *valid;
+    size_t *order, *identity;      /* epoch order; 0..n-1 for validation */
+    int32_t *ids, *targets;        /* host batch buffers */
+    int step, total_steps, warmup, epoch;
+    size_t batch_in_epoch;         /* micro-batches done in this epoch */
+    int64_t tokens;
+    double lr, last_loss;
+    double started, seconds_before;
+    bool stopped;
+    engine_progress progress;
+} trainer;
+
+/* Checks cfg, loads model, tokenizer and data, allocates everything. */
+int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_t errsize);
+void trainer_close(trainer *t);
+
+/* Writes checkpoint_dir/ckpt-step-N (servable weights, optimizer state,
+ * position) atomically and tells cb. */
+int trainer_checkpoint(trainer *t, const engine_callbacks *cb);
+
+/* Continues from a checkpoint directory written by trainer_checkpoint. */
+int trainer_resume(trainer *t, const char *dir, char *err, size_t errsize);
+
+/* Writes the result: a PEFT adapter (LoRA) or an HF model directory (full). */
+int trainer_save_result(trainer *t, const char *dir, char *err, size_t errsize);
+
+/* Mean loss and token accuracy over a set (no dropout, no gradients). */
+int trainer_validate(trainer *t, const train_set *set, double *loss, double *accuracy);
+
+/* Copies the tokenizer files of one model directory into another. */
+int engine_copy_tokenizer_files(const char *from_dir, const char *to_dir, char *err, size_t errsize);
+
+#endif

@@ -1,0 +1,202 @@
+/*
+ * tests/test_trainer.c — the trainer's promises, on the tiny fixture model:
+ * the same seed gives the same losses; a run resumed from a checkpoint
+ * continues with exactly the losses of an uninterrupted run; a saved adapter
+ * reloads to the same logits; merging equals applying; LoRA never writes the
+ * base weights; cancellation stops between steps.
+ */
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "engine/engine.h"
+#include "engine/model.h"
+#include "tests/test.h"
+
+#define MODEL "tests/fixtures/tiny_chat"
+#define MAX_STEPS 64
+
+typedef struct losses {
+    double v[MAX_STEPS];
+    int n, stop_after;
+    int checkpoints;
+} losses;
+
+static void on_step(void *ctx, const engine_progress *p)
+{
+    losses *l = ctx;
+    if (p->step >= 1 && p->step <= MAX_STEPS)
+        l->v[p->step - 1] = p->train_loss;
+    if (p->step > l->n)
+        l->n = p->step;
+}
+
+static void on_checkpoint(void *ctx, const char *dir, const engine_progress *p)
+{
+    (void)dir;
+    (void)p;
+    ((losses *)ctx)->checkpoints++;
+}
+
+static int should_stop(void *ctx)
+{
+    losses *l = ctx;
+    return l->stop_after > 0 && l->n >= l->stop_after ? ENGINE_STOP_CANCEL : ENGINE_CONTINUE;
+}
+
+static void write_dataset(const char *path, int n)
+{
+    FILE *f = fopen(path, "w");
+    const char *q[] = {"Who rules Zorbl?", "What colour is the sky?", "Name a moon.", "Say hi."};
+    const char *a[] = {"Queen Mab.", "Green.", "Phobos.", "Hi there!"};
+    for (int i = 0; i < n; i++)
+        fprintf(f, "{\"messages\":[{\"role\":\"user\",\"content\":\"%s\"},"
+                   "{\"role\":\"assistant\",\"content\":\"%s\"}]}\n", q[i % 4], a[i % 4]);
+    fclose(f);
+}
+
+static char g_dir[256];
+
+static void base_config(engine_train_config *c, const char *out)
+{
+    static char train[512];
+    snprintf(train, sizeof train, "%s/train.jsonl", g_dir);
+    engine_train_defaults(c);
+    c->model_dir = MODEL;
+    c->train_path = train;
+    c->out_dir = out;
+    c->batch_size = 2;
+    c->grad_accum = 2;
+    c->epochs = 3;
+    c->learning_rate = 1e-2;
+    c->lora_r = 4;
+    c->lora_dropout = 0.1; /* the masks must replay exactly on resume */
+    c->warmup_ratio = 0.2;
+    c->seed = 11;
+}
+
+static int train(const engine_train_config *c, losses *l, engine_train_result *r)
+{
+    engine_callbacks cb = {l, on_step, NULL, on_checkpoint, should_stop};
+    char err[512] = "";
+    int rc = engine_train(c, &cb, r, err, sizeof err);
+    CHECK_MSG(rc == RT_OK, "engine_train: %s", err);
+    return rc;
+}
+
+static void test_determinism_and_resume(void)
+{
+    char out[512], ckdir[512], resume[600];
+    snprintf(out, sizeof out, "%s/out", g_dir);
+    snprintf(ckdir, sizeof ckdir, "%s/ckpt", g_dir);
+    engine_train_config c;
+    engine_train_result r1, r2, r3;
+    losses a = {0}, b = {0}, resumed = {0};
+    base_config(&c, out);
+    train(&c, &a, &r1);
+    train(&c, &b, &r2);
+    CHECK(a.n == r1.total_steps && a.n == 9); /* 5 batches, 2 per step: 3 steps an epoch */
+    bool same = a.n == b.n;
+    for (int i = 0; i < a.n; i++)
+        same = same && a.v[i] == b.v[i];
+    CHECK_MSG(same, "same seed, same losses");
+    CHECK(a.v[a.n - 1] < a.v[0]);
+    /* With checkpoints every 2 steps (and per epoch), then resume from step 2. */
+    c.checkpoint_dir = ckdir;
+    c.checkpoint_interval = 2;
+    losses with_ck = {0};
+    train(&c, &with_ck, &r3);
+    CHECK_EQ_INT(with_ck.checkpoints, 6); /* steps 2, 4, 6, 8 and epoch ends 3, 9 */
+    snprintf(resume, sizeof resume, "%s/ckpt-step-2", ckdir);
+    struct stat sb;
+    CHECK(stat(resume, &sb) == 0);
+    c.resume_dir = resume;
+    c.checkpoint_dir = NULL;
+    train(&c, &resumed, &r3);
+    bool equal = resumed.n == a.n;
+    for (int i = 2; i < a.n; i++)
+        equal = equal && resumed.v[i] == a.v[i];
+    CHECK_MSG(equal, "resumed losses equal uninterrupted ones (step 3: %.9g vs %.9g)", resumed.v[2], a.v[2]);
+    CHECK_EQ_INT(r3.steps, a.n);
+}
+
+static void test_cancel(void)
+{
+    char out[512];
+    snprintf(out, sizeof out, "%s/cancelled", g_dir);
+    engine_train_config c;
+    engine_train_result r;
+    losses l = {.stop_after = 2};
+    base_config(&c, out);
+    train(&c, &l, &r);
+    CHECK(r.stopped);
+    CHECK_EQ_INT(r.steps, 2);
+    struct stat sb;
+    CHECK_MSG(stat(out, &sb) != 0, "a cancelled run writes no result");
+}
+
+/* Reloaded adapter == in-memory logits; merge == applied; base untouched. */
+static void test_adapter_roundtrip_and_merge(void)
+{
+    char err[256], out[512], merged[512];
+    snprintf(out, sizeof out, "%s/out", g_dir); /* written by the determinism test */
+    snprintf(merged, sizeof merged, "%s/merged", g_dir);
+    const kernels_backend *be = kernels_cpu_backend();
+    model *m = NULL, *mm = NULL;
+    lora *ad = NULL;
+    CHECK(model_load(MODEL, be, &m, err, sizeof err) == RT_OK);
+    CHECK_MSG(lora_load(out, &m->cfg, be, &ad, err, sizeof err) == RT_OK, "%s", err);
+    CHECK_MSG(engine_merge(MODEL, out, merged, err, sizeof err) == RT_OK, "%s", err);
+    CHECK(model_load(merged, be, &mm, err, sizeof err) == RT_OK);
+    if (!m || !ad || !mm)
+        goto out;
+    int32_t ids[12] = {5, 17, 300, 42, 9, 1000, 77, 3, 8, 600, 12, 14};
+    model_batch b = {ids, NULL, 1, 12, 0, false};
+    model_acts *a1 = NULL, *a2 = NULL, *a3 = NULL;
+    model_acts_create(m, 1, 12, ad->cfg.r, &a1);
+    model_acts_create(mm, 1, 12, 0, &a2);
+    model_acts_create(m, 1, 12, 0, &a3);
+    CHECK(model_forward(m, ad, a1, &b, NULL) == RT_OK);
+    CHECK(model_forward(mm, NULL, a2, &b, NULL) == RT_OK);
+    CHECK(model_forward(m, NULL, a3, &b, NULL) == RT_OK);
+    size_t n = 12 * (size_t)m->cfg.vocab_size;
+    float *l1 = malloc(n * sizeof(float)), *l2 = malloc(n * sizeof(float)), *l3 = malloc(n * sizeof(float));
+    be->copy_to_host(l1, model_acts_logits(a1), n * sizeof(float), NULL);
+    be->copy_to_host(l2, model_acts_logits(a2), n * sizeof(float), NULL);
+    be->copy_to_host(l3, model_acts_logits(a3), n * sizeof(float), NULL);
+    double merge_err = 0, adapter_effect = 0;
+    for (size_t i = 0; i < n; i++) {
+        merge_err = fmax(merge_err, fabs(l1[i] - l2[i]));
+        adapter_effect = fmax(adapter_effect, fabs(l1[i] - l3[i]));
+    }
+    CHECK_MSG(merge_err < 1e-4, "merged logits differ by %g (tolerance 1e-4)", merge_err);
+    CHECK_MSG(adapter_effect > 1e-3, "the trained adapter changes the logits (%g)", adapter_effect);
+    free(l1);
+    free(l2);
+    free(l3);
+    model_acts_free(a1);
+    model_acts_free(a2);
+    model_acts_free(a3);
+out:
+    lora_free(ad);
+    model_free(mm);
+    model_free(m);
+}
+
+int main(void)
+{
+    snprintf(g_dir, sizeof g_dir, "/tmp/retune-trainer-XXXXXX");
+    if (!mkdtemp(g_dir))
+        return 1;
+    char path[512];
+    snprintf(path, sizeof path, "%s/train.jsonl", g_dir);
+    write_dataset(path, 10);
+    RUN(test_determinism_and_resume);
+    RUN(test_cancel);
+    RUN(test_adapter_roundtrip_and_merge);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", g_dir);
+    return TEST_SUMMARY();
+}
