@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "common/rt.h"
+#include "engine/engine.h"
 #include "storage/storage.h"
 
 typedef struct api_server api_server;
@@ -32,6 +33,8 @@ typedef struct api_config {
     int64_t max_upload_bytes;  /* POST /v1/files body limit */
     int shutdown_grace_ms;     /* how long stop waits for requests in flight */
     const char *model_dir;     /* the base model directory, or NULL */
+    const char *model_id;      /* the base model's id (its folder name), or NULL */
+    int min_examples;          /* fewest training examples a job accepts */
 } api_config;
 
 /*
@@ -48,5 +51,20 @@ int api_server_port(const api_server *srv);
  * flight, stops the daemon and frees the server. Accepts NULL.
  */
 void api_server_stop(api_server *srv);
+
+/* ---- fine-tuning jobs: JSON codec shared with the job worker ------------- */
+
+/*
+ * Resolves a job's stored hyperparameters (numbers or "auto") for a data set
+ * of n_examples into cfg (starting from engine_train_defaults; paths are left
+ * to the caller) and rewrites job->hyperparameters with the concrete values.
+ */
+int api_job_resolve(storage_job *job, int64_t n_examples, engine_train_config *cfg);
+
+/* The metrics of a progress report as JSON text (events, checkpoints). */
+void api_job_metrics_json(const engine_progress *p, char *buf, size_t size);
+
+/* "ft:<base>:<org>:<suffix>:<id>", the model name a job produces. */
+void api_job_model_name(const storage_job *job, char *buf, size_t size);
 
 #endif

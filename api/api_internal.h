@@ -143,6 +143,17 @@ void api_metrics_observe(const char *route, const char *method, int status,
 /* Prometheus text exposition; the caller frees the string. */
 char *api_metrics_render(void);
 
+/* ---- jobs (api/job_codec.c) ---- */
+
+/* Base learning rates that learning_rate_multiplier scales. */
+#define API_LORA_BASE_LR 1e-3
+#define API_FULL_BASE_LR 1e-4
+
+/* Checks a hyperparameters object; on failure names the field in param and
+ * explains in msg (for a 400). */
+int api_job_check_hyperparameters(const cJSON *hp, char *param, size_t psize, char *msg,
+                                  size_t msize);
+
 /* ---- handlers ---- */
 int api_health(api_request *req);
 int api_metrics(api_request *req);
@@ -152,5 +163,15 @@ int api_files_list(api_request *req);
 int api_files_get(api_request *req);
 int api_files_content(api_request *req);
 int api_files_delete(api_request *req);
+int api_jobs_create(api_request *req);
+int api_jobs_list(api_request *req);
+int api_jobs_get(api_request *req);
+int api_jobs_cancel(api_request *req);
+int api_jobs_pause(api_request *req);
+int api_jobs_resume(api_request *req);
+int api_jobs_events(api_request *req);
+int api_jobs_checkpoints(api_request *req);
+int api_models_list(api_request *req);
+int api_models_get(api_request *req);
 
 #endif

@@ -22,6 +22,22 @@ const api_route api_routes[] = {
     {"DELETE", "/v1/files/{id}", api_files_delete, NULL, 0, API_FLAG_AUTH, "files.delete"},
     {"GET", "/v1/files/{id}/content", api_files_content, NULL, 0, API_FLAG_AUTH,
      "files.content"},
+    {"POST", "/v1/fine_tuning/jobs", api_jobs_create, NULL, JSON_BODY_LIMIT,
+     API_FLAG_AUTH | API_FLAG_JSON_BODY, "jobs.create"},
+    {"GET", "/v1/fine_tuning/jobs", api_jobs_list, NULL, 0, API_FLAG_AUTH, "jobs.list"},
+    {"GET", "/v1/fine_tuning/jobs/{id}", api_jobs_get, NULL, 0, API_FLAG_AUTH, "jobs.get"},
+    {"POST", "/v1/fine_tuning/jobs/{id}/cancel", api_jobs_cancel, NULL, JSON_BODY_LIMIT,
+     API_FLAG_AUTH, "jobs.cancel"},
+    {"POST", "/v1/fine_tuning/jobs/{id}/pause", api_jobs_pause, NULL, JSON_BODY_LIMIT,
+     API_FLAG_AUTH, "jobs.pause"},
+    {"POST", "/v1/fine_tuning/jobs/{id}/resume", api_jobs_resume, NULL, JSON_BODY_LIMIT,
+     API_FLAG_AUTH, "jobs.resume"},
+    {"GET", "/v1/fine_tuning/jobs/{id}/events", api_jobs_events, NULL, 0, API_FLAG_AUTH,
+     "jobs.events"},
+    {"GET", "/v1/fine_tuning/jobs/{id}/checkpoints", api_jobs_checkpoints, NULL, 0, API_FLAG_AUTH,
+     "jobs.checkpoints"},
+    {"GET", "/v1/models", api_models_list, NULL, 0, API_FLAG_AUTH, "models.list"},
+    {"GET", "/v1/models/{id}", api_models_get, NULL, 0, API_FLAG_AUTH, "models.get"},
 };
 const size_t api_route_count = sizeof api_routes / sizeof api_routes[0];
 

@@ -441,6 +441,31 @@ static int emit_inst(render *r, const char *sys_head, const char *sys, const cha
     return rc;
 }
 
+/* Llama-2/Mistral answer: Llama-2 writes ' ' + answer + ' ' right after
+ * [/INST]; Mistral's reference encodes the answer on its own. Then eos. */
+static int inst_answer(render *r, const chat_message *m, bool llama2)
+{
+    const char *c = content_of(m);
+    size_t len = strlen(c);
+    strip_span(&c, &len);
+    uint8_t mk = content_mask(m);
+    int rc;
+    if (llama2) {
+        char *s = malloc(len + 3);
+        if (!s)
+            return RT_ERR_NOMEM;
+        s[0] = ' ';
+        memcpy(s + 1, c, len);
+        s[len + 1] = ' ';
+        rc = emit_text(r, s, len + 2, mk);
+        free(s);
+    } else {
+        r->at_start = true;
+        rc = emit_text(r, c, len, mk);
+    }
+    return rc == RT_OK ? emit_token(r, r->ct->eos, mk) : rc;
+}
+
 /*
  * Llama-2: <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {answer} </s>
  * Mistral: <s>[INST] {system}\n\n{user} [/INST]{answer}</s>
@@ -453,35 +478,17 @@ static int render_inst(render *r, const chat_message *msgs, size_t n, bool llama
     bool first_user = true;
     for (size_t i = sys ? 1 : 0; rc == RT_OK && i < n; i++) {
         const chat_message *m = &msgs[i];
-        if (is_role(m, "user")) {
-            if (llama2)
-                rc = emit_token(r, r->ct->bos, 0);
-            if (rc == RT_OK)
-                rc = llama2 ? emit_inst(r, "<<SYS>>\n", first_user ? sys : NULL, "\n<</SYS>>\n\n", content_of(m))
-                            : emit_inst(r, "", first_user ? sys : NULL, "\n\n", content_of(m));
-            first_user = false;
+        if (!is_role(m, "user")) {
+            rc = inst_answer(r, m, llama2); /* roles_ok let only assistant through */
             continue;
         }
-        if (!is_role(m, "assistant"))
-            return RT_ERR_INVALID;
-        const char *c = content_of(m);
-        size_t len = strlen(c);
-        strip_span(&c, &len);
-        uint8_t mk = content_mask(m);
-        if (llama2) { /* ' ' + content + ' ': the leading space is the piece's own prefix */
-            char *s = malloc(len + 2);
-            if (!s)
-                return RT_ERR_NOMEM;
-            memcpy(s, c, len);
-            s[len] = ' ';
-            rc = emit_text(r, s, len + 1, mk);
-            free(s);
-        } else { /* Mistral's reference encodes each answer on its own */
-            r->at_start = true;
-            rc = emit_text(r, c, len, mk);
-        }
+        const char *s = first_user ? sys : NULL;
+        if (llama2)
+            rc = emit_token(r, r->ct->bos, 0);
         if (rc == RT_OK)
-            rc = emit_token(r, r->ct->eos, mk);
+            rc = llama2 ? emit_inst(r, "<<SYS>>\n", s, "\n<</SYS>>\n\n", content_of(m))
+                        : emit_inst(r, "", s, "\n\n", content_of(m));
+        first_user = false;
     }
     return rc;
 }

@@ -89,6 +89,7 @@ typedef struct engine_progress {
     double learning_rate;
     int64_t tokens;                      /* tokens through forward passes so far */
     double seconds;                      /* training time so far */
+    int64_t trainable_params, total_params;
 } engine_progress;
 
 enum engine_stop { ENGINE_CONTINUE = 0, ENGINE_STOP_CANCEL = 1, ENGINE_STOP_PAUSE = 2 };

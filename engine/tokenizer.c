@@ -20,7 +20,7 @@
 
 #include "common/rt.h"
 
-#define TK_MAX_ID (1 << 26) /* ids above this are surely a broken file */
+#define TK_MAX_ID (1 << 22) /* ids above this are surely a broken file */
 
 /* Formats a message into err when the caller gave room for one. */
 void tk_set_err(char *err, size_t errsize, const char *fmt, ...)

@@ -253,7 +253,7 @@ void tk_bpe_scratch_free(tk_bpe_scratch *sc);
 int tk_decode_tokens(const tokenizer *tok, const int32_t *ids, size_t n,
                      bool skip_special, bool stream_first, bool raw, tk_buf *out);
 
-/* tokenizer.c helpers used by the trainer's self-check and others. */
+/* tokenizer.c: formats a message into err (when err is not NULL). */
 void tk_set_err(char *err, size_t errsize, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

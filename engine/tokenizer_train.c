@@ -43,7 +43,7 @@ typedef struct trainer {
     tk_ivec merges;          /* pairs (a, b) flattened */
     /* words */
     tk_strmap word_ids;
-    tk_ivec freq_tmp;        /* count per word while counting (int32 overflow-safe below) */
+    tk_ivec freq_tmp;        /* count per word while counting */
     int64_t *freq;
     int32_t *sym;
     size_t *word_off;

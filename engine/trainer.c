@@ -133,8 +133,8 @@ int trainer_validate(trainer *t, const train_set *set, double *loss, double *acc
     return RT_OK;
 }
 
-/* Reports progress to the caller. */
-static void report(trainer *t, const engine_callbacks *cb, const model_loss *stats)
+/* Brings t->progress up to date after a step. */
+static void progress_update(trainer *t, const model_loss *stats)
 {
     engine_progress *p = &t->progress;
     p->step = t->step;
@@ -145,8 +145,8 @@ static void report(trainer *t, const engine_callbacks *cb, const model_loss *sta
     p->learning_rate = t->lr;
     p->tokens = t->tokens;
     p->seconds = t->seconds_before + rt_now_seconds() - t->started;
-    if (cb && cb->on_step)
-        cb->on_step(cb->ctx, p);
+    p->trainable_params = t->n_trainable;
+    p->total_params = t->n_total;
 }
 
 /* Validation (if there is a set) and its report. */
@@ -200,8 +200,10 @@ static int train_loop(trainer *t, const engine_callbacks *cb)
             rc = optimizer_step(t, &stats);
             if (rc == RT_OK) {
                 t->last_loss = stats.loss;
+                progress_update(t, &stats);
                 rc = after_step(t, cb);
-                report(t, cb, &stats);
+                if (cb && cb->on_step)
+                    cb->on_step(cb->ctx, &t->progress);
             }
         }
         if (rc != RT_OK || t->batch_in_epoch < nb)

@@ -6,10 +6,12 @@
  */
 #include "api/api.h"
 #include "server/server.h"
+#include "server/worker.h"
 #include "storage/storage.h"
 
 #include <errno.h>
 #include <getopt.h>
+#include <libgen.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -27,6 +29,8 @@ typedef struct serve_options {
     const char *keys_file;
     bool insecure_no_auth;
     int64_t max_upload_bytes;
+    int64_t min_examples;
+    const char *device;
     api_key keys[MAX_KEYS];
     size_t n_keys;
     char *key_storage[MAX_KEYS]; /* owned copies of keys read from a file */
@@ -44,6 +48,8 @@ static void serve_usage(FILE *out)
             "                         comma-separated)\n"
             "  --api-keys-file FILE   one 'KEY [TENANT]' per line (RETUNE_API_KEYS_FILE)\n"
             "  --max-upload-bytes N   largest accepted upload (RETUNE_MAX_UPLOAD_BYTES, default 512 MiB)\n"
+            "  --min-examples N       fewest training examples a job accepts (RETUNE_MIN_EXAMPLES, default 10)\n"
+            "  --device cpu|cuda      compute device for training and serving (RETUNE_DEVICE, default cpu)\n"
             "  --insecure-no-auth     allow listening beyond loopback without keys\n");
 }
 
@@ -123,6 +129,11 @@ static int read_environment(serve_options *o)
     o->insecure_no_auth = getenv("RETUNE_INSECURE_NO_AUTH") != NULL;
     o->port = 8080;
     o->max_upload_bytes = 512LL << 20;
+    o->min_examples = 10;
+    o->device = getenv("RETUNE_DEVICE") ? getenv("RETUNE_DEVICE") : "cpu";
+    if (getenv("RETUNE_MIN_EXAMPLES") &&
+        parse_int64("RETUNE_MIN_EXAMPLES", getenv("RETUNE_MIN_EXAMPLES"), 1, 1000000, &o->min_examples))
+        return 2;
     int64_t v;
     if (getenv("RETUNE_PORT")) {
         if (parse_int64("RETUNE_PORT", getenv("RETUNE_PORT"), 0, 65535, &v))
@@ -154,6 +165,7 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         {"api-key", required_argument, NULL, 'k'},  {"api-keys-file", required_argument, NULL, 'K'},
         {"max-upload-bytes", required_argument, NULL, 'u'},
         {"insecure-no-auth", no_argument, NULL, 'I'}, {"help", no_argument, NULL, 'h'},
+        {"min-examples", required_argument, NULL, 'n'}, {"device", required_argument, NULL, 'D'},
         {NULL, 0, NULL, 0}};
     int c;
     int64_t v;
@@ -168,6 +180,8 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         case 'K': o->keys_file = optarg; break;
         case 'u': rc = parse_int64("--max-upload-bytes", optarg, 1, INT64_MAX / 2, &o->max_upload_bytes); break;
         case 'I': o->insecure_no_auth = true; break;
+        case 'n': rc = parse_int64("--min-examples", optarg, 1, 1000000, &o->min_examples); break;
+        case 'D': o->device = optarg; break;
         case 'h': serve_usage(stdout); return -1;
         default: serve_usage(stderr); return 2;
         }
@@ -194,6 +208,17 @@ static int wait_for_stop_signal(const sigset_t *set)
     int sig = 0;
     sigwait(set, &sig);
     return sig;
+}
+
+/* The base model's id: the name of its folder ("models/tiny/" -> "tiny"). */
+static void model_base_id(const char *dir, char *out, size_t size)
+{
+    char copy[4096];
+    snprintf(copy, sizeof copy, "%s", dir);
+    size_t n = strlen(copy);
+    while (n > 1 && copy[n - 1] == '/')
+        copy[--n] = '\0';
+    snprintf(out, size, "%s", basename(copy));
 }
 
 static void free_options(serve_options *o)
@@ -227,22 +252,33 @@ int server_serve_main(int argc, char **argv)
 
     storage *st = NULL;
     api_server *srv = NULL;
+    worker *wk = NULL;
+    char model_id[256] = "";
     int status = 1;
     if (storage_open(o.data_dir, &st) != RT_OK) {
         fprintf(stderr, "retune serve: cannot open data directory %s\n", o.data_dir);
         goto out_free;
     }
+    if (o.model_dir)
+        model_base_id(o.model_dir, model_id, sizeof model_id);
     api_config cfg = {.host = o.host, .port = o.port, .keys = o.keys, .n_keys = o.n_keys,
                       .max_upload_bytes = o.max_upload_bytes, .shutdown_grace_ms = 10000,
-                      .model_dir = o.model_dir};
+                      .model_dir = o.model_dir, .model_id = o.model_dir ? model_id : NULL,
+                      .min_examples = (int)o.min_examples};
     if (api_server_start(&cfg, st, &srv) != RT_OK)
         goto out_storage;
+    worker_config wc = {.st = st, .model_dir = o.model_dir, .device = o.device};
+    if (o.model_dir && worker_start(&wc, &wk) != RT_OK) {
+        api_server_stop(srv);
+        goto out_storage;
+    }
     rt_log(RT_LOG_INFO, "retune listening on http://%s:%d (data dir %s, %s)", o.host,
            api_server_port(srv), o.data_dir, o.n_keys ? "API keys required" : "no auth");
     fflush(stderr);
     int sig = wait_for_stop_signal(&set);
     rt_log(RT_LOG_INFO, "signal %d: stopping (finishing requests in flight)", sig);
     api_server_stop(srv);
+    worker_stop(wk);
     status = 0;
 out_storage:
     storage_close(st);

@@ -96,4 +96,107 @@ int storage_file_path(storage *st, const char *id, char *buf, size_t size);
 /* Deletes the row, then the bytes. RT_ERR_NOT_FOUND when there is no such id. */
 int storage_file_delete(storage *st, const char *id);
 
+/* ---- fine-tuning jobs ------------------------------------------------------ */
+
+/* A job record. JSON fields are opaque text here (the API builds them). */
+typedef struct storage_job {
+    char id[STORAGE_ID_MAX];                 /* "ftjob-..." */
+    char model[256];                         /* base model id */
+    char training_file[STORAGE_ID_MAX];
+    char validation_file[STORAGE_ID_MAX];    /* "" when none */
+    char retention_file[STORAGE_ID_MAX];     /* "" when none */
+    char status[24];                         /* validating_files, queued, running, paused,
+                                                succeeded, failed, cancelled */
+    char tenant[128];                        /* organisation of the caller */
+    char suffix[64];
+    char fine_tuned_model[512];              /* "" until succeeded */
+    char error_code[64], error_message[1024], error_param[64];
+    char result_file[STORAGE_ID_MAX];        /* the results CSV file, "" until written */
+    char control[16];                        /* "", "cancel", "pause" (set by the API) */
+    char checkpoint[1024];                   /* latest checkpoint directory, "" if none */
+    char metadata[8192];                     /* JSON object text, "" when none */
+    char hyperparameters[4096];              /* JSON object text */
+    int64_t created_at, started_at, finished_at, estimated_finish;
+    int64_t seed, trained_tokens, step, total_steps, trainable_params, total_params;
+} storage_job;
+
+/* Inserts a new job (every field from *job; id chosen by the caller). */
+int storage_job_insert(storage *st, const storage_job *job);
+
+/* Reads a job. RT_ERR_NOT_FOUND when there is no such id. */
+int storage_job_get(storage *st, const char *id, storage_job *out);
+
+/* Lists jobs newest first, optionally only one status (NULL: all), after
+ * the job `after` (NULL: from the newest; RT_ERR_NOT_FOUND if unknown).
+ * *out is malloc'd (caller frees); *has_more says whether more follow. */
+int storage_job_list(storage *st, const char *status, const char *after, int limit,
+                     storage_job **out, size_t *count, bool *has_more);
+
+/* Finds the succeeded job whose fine_tuned_model is `model`. */
+int storage_job_find_model(storage *st, const char *model, storage_job *out);
+
+/* Writes the fields the worker owns (all but id, created_at and control)
+ * of a job. RT_ERR_NOT_FOUND when the row is gone. */
+int storage_job_update(storage *st, const storage_job *job);
+
+/* Sets status (and finished_at when terminal) only if the job is in one of
+ * the `from` statuses (NULL-terminated); RT_ERR_STATE otherwise. The
+ * resulting record is copied to *out (may be NULL). One transaction. */
+int storage_job_transition(storage *st, const char *id, const char *const *from,
+                           const char *to, storage_job *out);
+
+/* Asks a running job to stop ("cancel" or "pause"); RT_ERR_STATE when it is
+ * not running. */
+int storage_job_request(storage *st, const char *id, const char *control);
+
+/* Claims the oldest queued job: it becomes running (started_at set the first
+ * time, control cleared) in one transaction. RT_ERR_NOT_FOUND if none. */
+int storage_job_claim(storage *st, storage_job *out);
+
+/* After a crash: every running job goes back to queued. Writes up to max ids
+ * into ids and their number into *count. */
+int storage_job_recover(storage *st, char (*ids)[STORAGE_ID_MAX], size_t max, size_t *count);
+
+/* A job event, in the shape of OpenAI's fine_tuning.job.event. */
+typedef struct storage_event {
+    char id[STORAGE_ID_MAX];       /* "ftevent-..." */
+    char job_id[STORAGE_ID_MAX];
+    char level[16];                /* "info", "warn", "error" */
+    char type[16];                 /* "message" or "metrics" */
+    char message[1024];
+    char data[2048];               /* JSON object text, "" when none */
+    int64_t created_at;
+} storage_event;
+
+/* Appends an event (id and created_at filled in when empty/zero). */
+int storage_event_add(storage *st, const storage_event *ev);
+
+/* Lists a job's events newest first, after the event `after` (NULL: from
+ * the newest). *out is malloc'd (caller frees). */
+int storage_event_list(storage *st, const char *job_id, const char *after, int limit,
+                       storage_event **out, size_t *count, bool *has_more);
+
+/* A checkpoint of a job, servable as fine_tuned_model_checkpoint. */
+typedef struct storage_checkpoint {
+    char id[STORAGE_ID_MAX];       /* "ftckpt-..." */
+    char job_id[STORAGE_ID_MAX];
+    char metrics[2048];            /* JSON object text */
+    char fine_tuned_model_checkpoint[640];
+    char path[1024];               /* the checkpoint directory */
+    int64_t step, created_at;
+} storage_checkpoint;
+
+/* Appends a checkpoint (id and created_at filled in when empty/zero). */
+int storage_checkpoint_add(storage *st, const storage_checkpoint *ck);
+
+/* Lists a job's checkpoints newest first (after: as storage_event_list). */
+int storage_checkpoint_list(storage *st, const char *job_id, const char *after, int limit,
+                            storage_checkpoint **out, size_t *count, bool *has_more);
+
+/* Finds the checkpoint whose fine_tuned_model_checkpoint is `model`. */
+int storage_checkpoint_find_model(storage *st, const char *model, storage_checkpoint *out);
+
+/* The data directory (borrowed from the handle). */
+const char *storage_data_dir(const storage *st);
+
 #endif

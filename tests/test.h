@@ -31,6 +31,7 @@ static inline int test_str_eq(const char *a, const char *b) { return a && b && s
 #define CHECK_NEAR(a, b, tol) CHECK_MSG(fabs((double)(a) - (double)(b)) <= (tol), "%.9g vs %.9g (tol %.3g)", (double)(a), (double)(b), (double)(tol))
 
 #define RUN(fn) do { fprintf(stderr, "-- %s\n", #fn); fn(); } while (0)
+#define RUN_ARG(fn, arg) do { fprintf(stderr, "-- %s\n", #fn); fn(arg); } while (0)
 
 #define TEST_SUMMARY() (printf("%d passed, %d failed\n", test_passed, test_failed), test_failed ? 1 : 0)
 

@@ -1,0 +1,353 @@
+/*
+ * server/job_run.c — one fine-tuning job from claim to finish: resolve the
+ * hyperparameters, train with the engine (resuming from the job's latest
+ * checkpoint when there is one), record progress, metrics events,
+ * checkpoints and the results CSV as it goes, then publish the result
+ * (adapter or model directory, moved into place before the row says
+ * "succeeded") or record why it failed, was cancelled or paused.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api/api.h"
+#include "server/fsutil.h"
+#include "server/worker.h"
+
+#define EVENT_EVERY_SECONDS 1.0
+
+typedef struct job_run {
+    const worker_config *cfg;
+    storage_job *job;
+    const volatile int *stopping;
+    char dir[2048];           /* <data>/jobs/<id> */
+    char csv_path[2200];
+    char model_name[512];
+    double last_event, last_save;
+    bool had_valid;
+    int stop_reason;          /* enum engine_stop asked of the trainer */
+} job_run;
+
+/* Appends an event to the job. */
+static void event(job_run *r, const char *level, const char *type, const char *data,
+                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static void event(job_run *r, const char *level, const char *type, const char *data,
+                  const char *fmt, ...)
+{
+    storage_event ev = {0};
+    snprintf(ev.job_id, sizeof ev.job_id, "%s", r->job->id);
+    snprintf(ev.level, sizeof ev.level, "%s", level);
+    snprintf(ev.type, sizeof ev.type, "%s", type);
+    snprintf(ev.data, sizeof ev.data, "%s", data ? data : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ev.message, sizeof ev.message, fmt, ap);
+    va_end(ap);
+    if (storage_event_add(r->cfg->st, &ev) != RT_OK)
+        rt_log(RT_LOG_WARN, "job %s: could not record an event", r->job->id);
+}
+
+static void save(job_run *r)
+{
+    if (storage_job_update(r->cfg->st, r->job) != RT_OK)
+        rt_log(RT_LOG_WARN, "job %s: could not save progress", r->job->id);
+    r->last_save = rt_now_seconds();
+}
+
+/* Appends one line to the results CSV (kept on disk so a resumed job keeps
+ * the rows of its earlier life). */
+static void csv_append(job_run *r, const engine_progress *p)
+{
+    FILE *f = fopen(r->csv_path, "a");
+    if (!f)
+        return;
+    if (ftell(f) == 0)
+        fprintf(f, "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n");
+    fprintf(f, "%d,%.6f,%.6f,", p->step, p->train_loss, p->train_accuracy);
+    if (p->has_valid)
+        fprintf(f, "%.6f,%.6f\n", p->valid_loss, p->valid_accuracy);
+    else
+        fprintf(f, ",\n");
+    fclose(f);
+}
+
+/* Drops CSV rows past `step` (a resumed job replays them). */
+static void csv_truncate(job_run *r, int64_t step)
+{
+    FILE *f = fopen(r->csv_path, "r");
+    if (!f)
+        return;
+    char tmp[2300], line[512];
+    snprintf(tmp, sizeof tmp, "%s.tmp", r->csv_path);
+    FILE *out = fopen(tmp, "w");
+    while (out && fgets(line, sizeof line, f))
+        if (!isdigit((unsigned char)line[0]) || atoll(line) <= step)
+            fputs(line, out);
+    fclose(f);
+    if (out && fclose(out) == 0)
+        rename(tmp, r->csv_path);
+}
+
+/* ---- engine callbacks ------------------------------------------------------ */
+
+static void on_step(void *ctx, const engine_progress *p)
+{
+    job_run *r = ctx;
+    storage_job *j = r->job;
+    j->step = p->step;
+    j->total_steps = p->total_steps;
+    j->trained_tokens = p->tokens;
+    j->trainable_params = p->trainable_params;
+    j->total_params = p->total_params;
+    if (p->step > 0 && p->seconds > 0)
+        j->estimated_finish = rt_unix_time() +
+                              (int64_t)(p->seconds / p->step * (p->total_steps - p->step));
+    csv_append(r, p);
+    double now = rt_now_seconds();
+    bool fresh_valid = p->has_valid && !r->had_valid;
+    r->had_valid = p->has_valid;
+    bool last = p->step == p->total_steps;
+    if (now - r->last_event >= EVENT_EVERY_SECONDS || fresh_valid || last || p->step == 1) {
+        char data[1024];
+        api_job_metrics_json(p, data, sizeof data);
+        event(r, "info", "metrics", data, "Step %d/%d: training loss=%.4f%s", p->step,
+              p->total_steps, p->train_loss, p->has_valid ? ", validation loss available" : "");
+        r->last_event = now;
+    }
+    if (now - r->last_save >= EVENT_EVERY_SECONDS || last)
+        save(r);
+}
+
+static void on_checkpoint(void *ctx, const char *dir, const engine_progress *p)
+{
+    job_run *r = ctx;
+    storage_checkpoint ck = {0};
+    snprintf(ck.job_id, sizeof ck.job_id, "%s", r->job->id);
+    snprintf(ck.path, sizeof ck.path, "%s", dir);
+    snprintf(ck.fine_tuned_model_checkpoint, sizeof ck.fine_tuned_model_checkpoint,
+             "%s:ckpt-step-%d", r->model_name, p->step);
+    api_job_metrics_json(p, ck.metrics, sizeof ck.metrics);
+    ck.step = p->step;
+    if (storage_checkpoint_add(r->cfg->st, &ck) != RT_OK)
+        rt_log(RT_LOG_WARN, "job %s: could not record checkpoint %s", r->job->id, dir);
+    snprintf(r->job->checkpoint, sizeof r->job->checkpoint, "%s", dir);
+    r->job->step = p->step;
+    save(r);
+    event(r, "info", "message", NULL, "Checkpoint created at step %d", p->step);
+    if (r->cfg->on_model)
+        r->cfg->on_model(r->cfg->ctx, ck.fine_tuned_model_checkpoint,
+                         strstr(r->job->hyperparameters, "\"full\"") ? "model" : "adapter", dir);
+}
+
+/* Cancel or pause from the API (the control column), or server shutdown. */
+static int should_stop(void *ctx)
+{
+    job_run *r = ctx;
+    if (*r->stopping)
+        return r->stop_reason = ENGINE_STOP_PAUSE;
+    storage_job now;
+    if (storage_job_get(r->cfg->st, r->job->id, &now) != RT_OK)
+        return ENGINE_CONTINUE;
+    if (!strcmp(now.control, "cancel"))
+        return r->stop_reason = ENGINE_STOP_CANCEL;
+    if (!strcmp(now.control, "pause"))
+        return r->stop_reason = ENGINE_STOP_PAUSE;
+    return ENGINE_CONTINUE;
+}
+
+/* ---- outcomes -------------------------------------------------------------------- */
+
+/* Marks the job failed with an error object. */
+static void fail(job_run *r, const char *code, const char *param, const char *msg)
+{
+    static const char *const running[] = {"running", NULL};
+    storage_job *j = r->job;
+    snprintf(j->error_code, sizeof j->error_code, "%s", code);
+    snprintf(j->error_param, sizeof j->error_param, "%s", param ? param : "");
+    snprintf(j->error_message, sizeof j->error_message, "%s", msg);
+    save(r);
+    storage_job_transition(r->cfg->st, j->id, running, "failed", j);
+    event(r, "error", "message", NULL, "%s", msg);
+    rt_log(RT_LOG_WARN, "job %s failed: %s", j->id, msg);
+}
+
+/* Replaces a path prefix in msg by the file id the user knows. */
+static void name_file(char *msg, size_t size, const char *path, const char *id)
+{
+    size_t n = strlen(path);
+    if (!path[0] || strncmp(msg, path, n) != 0)
+        return;
+    char rest[1024];
+    snprintf(rest, sizeof rest, "%s", msg + n);
+    snprintf(msg, size, "%s%s", id, rest);
+}
+
+/* Stores the results CSV as a fine-tune-results file. */
+static int store_results(job_run *r)
+{
+    FILE *f = fopen(r->csv_path, "rb");
+    storage_blob *blob = NULL;
+    int rc = f ? storage_blob_begin(r->cfg->st, &blob) : RT_ERR_IO;
+    char buf[8192];
+    size_t n;
+    while (rc == RT_OK && (n = fread(buf, 1, sizeof buf, f)) > 0)
+        rc = storage_blob_write(blob, buf, n);
+    if (f)
+        fclose(f);
+    if (rc != RT_OK) {
+        storage_blob_abort(blob);
+        return rc;
+    }
+    storage_file meta = {0}, stored;
+    snprintf(meta.filename, sizeof meta.filename, "step_metrics.csv");
+    snprintf(meta.purpose, sizeof meta.purpose, "fine-tune-results");
+    snprintf(meta.status, sizeof meta.status, "processed");
+    rc = storage_blob_commit(blob, &meta, &stored);
+    if (rc == RT_OK)
+        snprintf(r->job->result_file, sizeof r->job->result_file, "%s", stored.id);
+    return rc;
+}
+
+/* Moves the result into adapters/<id> or models/<id>, then marks success. */
+static void succeed(job_run *r, const char *out_dir, bool full)
+{
+    static const char *const running[] = {"running", NULL};
+    char target[2300];
+    snprintf(target, sizeof target, "%s/%s", storage_data_dir(r->cfg->st), full ? "models" : "adapters");
+    mkdir(target, 0755);
+    snprintf(target + strlen(target), sizeof target - strlen(target), "/%s", r->job->id);
+    fs_remove_tree(target); /* a half-published result from before a crash */
+    if (rename(out_dir, target) != 0 || fs_sync_dir_of(target) != RT_OK) {
+        fail(r, "server_error", NULL, "The trained model could not be stored.");
+        return;
+    }
+    if (store_results(r) != RT_OK)
+        rt_log(RT_LOG_WARN, "job %s: results CSV not stored", r->job->id);
+    snprintf(r->job->fine_tuned_model, sizeof r->job->fine_tuned_model, "%s", r->model_name);
+    r->job->estimated_finish = 0;
+    save(r);
+    storage_job_transition(r->cfg->st, r->job->id, running, "succeeded", r->job);
+    event(r, "info", "message", NULL, "New fine-tuned model created: %s", r->model_name);
+    event(r, "info", "message", NULL, "The job has successfully completed");
+    if (r->cfg->on_model)
+        r->cfg->on_model(r->cfg->ctx, r->model_name, full ? "model" : "adapter", target);
+}
+
+/* A run that stopped early: cancelled, paused, or the server is stopping. */
+static void stopped(job_run *r)
+{
+    static const char *const running[] = {"running", NULL};
+    save(r);
+    if (r->stop_reason == ENGINE_STOP_CANCEL) {
+        storage_job_transition(r->cfg->st, r->job->id, running, "cancelled", r->job);
+        event(r, "info", "message", NULL, "Fine-tuning job cancelled at step %lld", (long long)r->job->step);
+    } else if (*r->stopping) {
+        storage_job_transition(r->cfg->st, r->job->id, running, "queued", r->job);
+        event(r, "info", "message", NULL,
+              "The server is stopping; the job will resume from its checkpoint at step %lld",
+              (long long)r->job->step);
+    } else {
+        storage_job_transition(r->cfg->st, r->job->id, running, "paused", r->job);
+        event(r, "info", "message", NULL, "Job paused at step %lld (checkpoint saved)",
+              (long long)r->job->step);
+    }
+}
+
+/* ---- the run ----------------------------------------------------------------------- */
+
+/* Path of a stored file (the blob) into buf; false when it is gone. */
+static bool file_path(job_run *r, const char *id, char *buf, size_t size)
+{
+    return id[0] && storage_file_path(r->cfg->st, id, buf, size) == RT_OK && access(buf, R_OK) == 0;
+}
+
+/* The checkpoint to resume from, if the job has one on disk. */
+static const char *resume_point(job_run *r)
+{
+    struct stat sb;
+    const storage_job *j = r->job;
+    const char *name = strrchr(j->checkpoint, '/');
+    long long step = name && !strncmp(name, "/ckpt-step-", 11) ? atoll(name + 11) : 0;
+    if (step > 0 && stat(j->checkpoint, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        event(r, "info", "message", NULL, "Resuming from the checkpoint at step %lld", step);
+        csv_truncate(r, step);
+        return j->checkpoint;
+    }
+    if (j->step > 0)
+        event(r, "warn", "message", NULL, "No checkpoint to resume from; restarting from the beginning");
+    unlink(r->csv_path);
+    return NULL;
+}
+
+/* Maps an engine failure to the job's error. */
+static void training_failed(job_run *r, int rc, char *err, const char *train, const char *valid)
+{
+    bool data = rc == RT_ERR_FORMAT || rc == RT_ERR_INVALID;
+    bool in_valid = valid[0] && strncmp(err, valid, strlen(valid)) == 0;
+    name_file(err, 1024, train, r->job->training_file);
+    name_file(err, 1024, valid, r->job->validation_file);
+    if (data && in_valid)
+        fail(r, "invalid_validation_file", "validation_file", err);
+    else if (data)
+        fail(r, "invalid_training_file", "training_file", err);
+    else
+        fail(r, "server_error", NULL, err[0] ? err : rt_strerror(rc));
+}
+
+void worker_run_job(const worker_config *cfg, storage_job *job, const volatile int *stopping)
+{
+    job_run r = {.cfg = cfg, .job = job, .stopping = stopping};
+    char train[1024], valid[1024] = "", out_dir[2200], ck_dir[2200], err[1024] = "";
+    snprintf(r.dir, sizeof r.dir, "%s/jobs", storage_data_dir(cfg->st));
+    mkdir(r.dir, 0755);
+    snprintf(r.dir + strlen(r.dir), sizeof r.dir - strlen(r.dir), "/%s", job->id);
+    mkdir(r.dir, 0755);
+    snprintf(r.csv_path, sizeof r.csv_path, "%s/results.csv", r.dir);
+    snprintf(out_dir, sizeof out_dir, "%s/result", r.dir);
+    snprintf(ck_dir, sizeof ck_dir, "%s/checkpoints", r.dir);
+    api_job_model_name(job, r.model_name, sizeof r.model_name);
+    storage_file tf;
+    if (!file_path(&r, job->training_file, train, sizeof train) ||
+        storage_file_get(cfg->st, job->training_file, &tf) != RT_OK) {
+        fail(&r, "invalid_training_file", "training_file", "The training file no longer exists.");
+        return;
+    }
+    if (job->validation_file[0] && !file_path(&r, job->validation_file, valid, sizeof valid)) {
+        fail(&r, "invalid_validation_file", "validation_file", "The validation file no longer exists.");
+        return;
+    }
+    engine_train_config tc;
+    if (api_job_resolve(job, tf.n_examples, &tc) != RT_OK) {
+        fail(&r, "server_error", "hyperparameters", "The job's hyperparameters could not be read.");
+        return;
+    }
+    tc.model_dir = cfg->model_dir;
+    tc.device = cfg->device;
+    tc.train_path = train;
+    tc.valid_path = valid[0] ? valid : NULL;
+    tc.out_dir = out_dir;
+    tc.checkpoint_dir = ck_dir;
+    fs_remove_tree(out_dir);
+    tc.resume_dir = resume_point(&r);
+    if (!tc.resume_dir)
+        event(&r, "info", "message", NULL, "Fine-tuning job started");
+    save(&r);
+    engine_callbacks cb = {&r, on_step, NULL, on_checkpoint, should_stop};
+    engine_train_result res;
+    int rc = engine_train(&tc, &cb, &res, err, sizeof err);
+    if (rc != RT_OK)
+        training_failed(&r, rc, err, train, valid);
+    else if (res.stopped)
+        stopped(&r);
+    else {
+        job->trained_tokens = res.tokens;
+        succeed(&r, out_dir, tc.method == ENGINE_FULL);
+    }
+}

@@ -1,0 +1,299 @@
+/*
+ * storage/job.c — fine-tuning jobs, their events and checkpoints.
+ *
+ * Status changes that race with the worker (cancel of a queued job vs the
+ * worker claiming it) are single conditional UPDATEs inside BEGIN IMMEDIATE
+ * transactions, so exactly one side wins.
+ */
+#include "storage/row.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const row_col job_cols[] = {
+    ROW_TEXT_COL(storage_job, id), ROW_TEXT_COL(storage_job, model),
+    ROW_TEXT_COL(storage_job, training_file), ROW_TEXT_COL(storage_job, validation_file),
+    ROW_TEXT_COL(storage_job, retention_file), ROW_TEXT_COL(storage_job, status),
+    ROW_TEXT_COL(storage_job, tenant), ROW_TEXT_COL(storage_job, suffix),
+    ROW_TEXT_COL(storage_job, fine_tuned_model), ROW_TEXT_COL(storage_job, error_code),
+    ROW_TEXT_COL(storage_job, error_message), ROW_TEXT_COL(storage_job, error_param),
+    ROW_TEXT_COL(storage_job, result_file), ROW_TEXT_COL(storage_job, control),
+    ROW_TEXT_COL(storage_job, checkpoint), ROW_TEXT_COL(storage_job, metadata),
+    ROW_TEXT_COL(storage_job, hyperparameters), ROW_INT_COL(storage_job, created_at),
+    ROW_INT_COL(storage_job, started_at), ROW_INT_COL(storage_job, finished_at),
+    ROW_INT_COL(storage_job, estimated_finish), ROW_INT_COL(storage_job, seed),
+    ROW_INT_COL(storage_job, trained_tokens), ROW_INT_COL(storage_job, step),
+    ROW_INT_COL(storage_job, total_steps), ROW_INT_COL(storage_job, trainable_params),
+    ROW_INT_COL(storage_job, total_params),
+};
+static const row_table job_table = {"jobs", job_cols, sizeof job_cols / sizeof job_cols[0],
+                                    sizeof(storage_job)};
+
+static const row_col event_cols[] = {
+    ROW_TEXT_COL(storage_event, id), ROW_TEXT_COL(storage_event, job_id),
+    ROW_TEXT_COL(storage_event, level), ROW_TEXT_COL(storage_event, type),
+    ROW_TEXT_COL(storage_event, message), ROW_TEXT_COL(storage_event, data),
+    ROW_INT_COL(storage_event, created_at),
+};
+static const row_table event_table = {"job_events", event_cols,
+                                      sizeof event_cols / sizeof event_cols[0], sizeof(storage_event)};
+
+static const row_col ckpt_cols[] = {
+    ROW_TEXT_COL(storage_checkpoint, id), ROW_TEXT_COL(storage_checkpoint, job_id),
+    ROW_TEXT_COL(storage_checkpoint, metrics),
+    ROW_TEXT_COL(storage_checkpoint, fine_tuned_model_checkpoint),
+    ROW_TEXT_COL(storage_checkpoint, path), ROW_INT_COL(storage_checkpoint, step),
+    ROW_INT_COL(storage_checkpoint, created_at),
+};
+static const row_table ckpt_table = {"job_checkpoints", ckpt_cols,
+                                     sizeof ckpt_cols / sizeof ckpt_cols[0], sizeof(storage_checkpoint)};
+
+/* This thread's connection, after checking the id argument. */
+static int conn(storage *st, const char *id, sqlite3 **db)
+{
+    if (!st || (id && storage_id_check(id)))
+        return RT_ERR_INVALID;
+    return storage_db_get(st, db);
+}
+
+int storage_job_insert(storage *st, const storage_job *job)
+{
+    sqlite3 *db;
+    int err = conn(st, job->id, &db);
+    return err ? err : row_insert(db, &job_table, job);
+}
+
+int storage_job_get(storage *st, const char *id, storage_job *out)
+{
+    sqlite3 *db;
+    int err = conn(st, id, &db);
+    return err ? err : row_get(db, &job_table, "id", id, out);
+}
+
+int storage_job_find_model(storage *st, const char *model, storage_job *out)
+{
+    sqlite3 *db;
+    int err = conn(st, NULL, &db);
+    return err ? err : row_get(db, &job_table, "fine_tuned_model", model, out);
+}
+
+int storage_job_list(storage *st, const char *status, const char *after, int limit,
+                     storage_job **out, size_t *count, bool *has_more)
+{
+    sqlite3 *db;
+    int err = conn(st, after, &db);
+    return err ? err : row_list(db, &job_table, status ? "status" : NULL, status, after, limit,
+                                (void **)out, count, has_more);
+}
+
+int storage_job_update(storage *st, const storage_job *job)
+{
+    static const char *const skip[] = {"id", "created_at", "control", NULL};
+    sqlite3 *db;
+    int err = conn(st, job->id, &db);
+    return err ? err : row_update(db, &job_table, job, skip);
+}
+
+static bool is_terminal(const char *status)
+{
+    return !strcmp(status, "succeeded") || !strcmp(status, "failed") || !strcmp(status, "cancelled");
+}
+
+/* Runs fn inside BEGIN IMMEDIATE .. COMMIT (ROLLBACK on error). */
+static int in_transaction(sqlite3 *db, int (*fn)(sqlite3 *, void *), void *arg)
+{
+    int err = storage_db_exec(db, "BEGIN IMMEDIATE");
+    if (err)
+        return err;
+    err = fn(db, arg);
+    if (!err)
+        err = storage_db_exec(db, "COMMIT");
+    if (err)
+        storage_db_exec(db, "ROLLBACK");
+    return err;
+}
+
+typedef struct transition_args {
+    const char *id;
+    const char *const *from;
+    const char *to;
+    storage_job job;
+} transition_args;
+
+static int transition_fn(sqlite3 *db, void *p)
+{
+    transition_args *a = p;
+    int err = row_get(db, &job_table, "id", a->id, &a->job);
+    if (err)
+        return err;
+    bool allowed = false;
+    for (const char *const *f = a->from; *f; f++)
+        allowed = allowed || strcmp(a->job.status, *f) == 0;
+    if (!allowed)
+        return RT_ERR_STATE;
+    snprintf(a->job.status, sizeof a->job.status, "%s", a->to);
+    a->job.control[0] = '\0';
+    if (is_terminal(a->to))
+        a->job.finished_at = rt_unix_time();
+    return row_update(db, &job_table, &a->job, NULL);
+}
+
+int storage_job_transition(storage *st, const char *id, const char *const *from, const char *to,
+                           storage_job *out)
+{
+    sqlite3 *db;
+    int err = conn(st, id, &db);
+    transition_args *a = calloc(1, sizeof *a);
+    if (!err && !a)
+        err = RT_ERR_NOMEM;
+    if (!err) {
+        a->id = id;
+        a->from = from;
+        a->to = to;
+        err = in_transaction(db, transition_fn, a);
+    }
+    if (!err && out)
+        *out = a->job;
+    free(a);
+    return err;
+}
+
+int storage_job_request(storage *st, const char *id, const char *control)
+{
+    sqlite3 *db;
+    sqlite3_stmt *stmt = NULL;
+    int err = conn(st, id, &db);
+    if (!err)
+        err = storage_db_prepare(db, "UPDATE jobs SET control = ?1 WHERE id = ?2 AND status = 'running'", &stmt);
+    if (err)
+        return err;
+    sqlite3_bind_text(stmt, 1, control, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(stmt);
+    err = rc == SQLITE_DONE ? (sqlite3_changes(db) ? RT_OK : RT_ERR_STATE) : storage_db_error(db, rc, "request");
+    sqlite3_finalize(stmt);
+    return err;
+}
+
+static int claim_fn(sqlite3 *db, void *p)
+{
+    storage_job *job = p;
+    sqlite3_stmt *stmt = NULL;
+    int err = storage_db_prepare(db, "SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1", &stmt);
+    if (err)
+        return err;
+    char id[STORAGE_ID_MAX] = "";
+    int rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW)
+        snprintf(id, sizeof id, "%s", (const char *)sqlite3_column_text(stmt, 0));
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_ROW)
+        return rc == SQLITE_DONE ? RT_ERR_NOT_FOUND : storage_db_error(db, rc, "claim");
+    err = row_get(db, &job_table, "id", id, job);
+    if (err)
+        return err;
+    snprintf(job->status, sizeof job->status, "running");
+    job->control[0] = '\0';
+    if (!job->started_at)
+        job->started_at = rt_unix_time();
+    return row_update(db, &job_table, job, NULL);
+}
+
+int storage_job_claim(storage *st, storage_job *out)
+{
+    sqlite3 *db;
+    int err = conn(st, NULL, &db);
+    storage_job *job = malloc(sizeof *job);
+    if (!err && !job)
+        err = RT_ERR_NOMEM;
+    if (!err)
+        err = in_transaction(db, claim_fn, job);
+    if (!err)
+        *out = *job;
+    free(job);
+    return err;
+}
+
+int storage_job_recover(storage *st, char (*ids)[STORAGE_ID_MAX], size_t max, size_t *count)
+{
+    sqlite3 *db;
+    sqlite3_stmt *stmt = NULL;
+    int err = conn(st, NULL, &db);
+    if (!err)
+        err = storage_db_prepare(db, "UPDATE jobs SET status = 'queued', control = '' "
+                                     "WHERE status = 'running' RETURNING id", &stmt);
+    if (err)
+        return err;
+    size_t n = 0;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+        if (n < max)
+            snprintf(ids[n++], STORAGE_ID_MAX, "%s", (const char *)sqlite3_column_text(stmt, 0));
+    err = rc == SQLITE_DONE ? RT_OK : storage_db_error(db, rc, "recover");
+    sqlite3_finalize(stmt);
+    if (!err)
+        *count = n;
+    return err;
+}
+
+/* ---- events and checkpoints --------------------------------------------- */
+
+int storage_event_add(storage *st, const storage_event *ev)
+{
+    sqlite3 *db;
+    int err = conn(st, ev->job_id, &db);
+    if (err)
+        return err;
+    storage_event e = *ev;
+    if (!e.id[0])
+        storage_new_id("ftevent", e.id, sizeof e.id);
+    if (!e.created_at)
+        e.created_at = rt_unix_time();
+    return row_insert(db, &event_table, &e);
+}
+
+int storage_event_list(storage *st, const char *job_id, const char *after, int limit,
+                       storage_event **out, size_t *count, bool *has_more)
+{
+    sqlite3 *db;
+    int err = conn(st, job_id, &db);
+    if (!err && after && storage_id_check(after))
+        err = RT_ERR_INVALID;
+    return err ? err : row_list(db, &event_table, "job_id", job_id, after, limit, (void **)out,
+                                count, has_more);
+}
+
+int storage_checkpoint_add(storage *st, const storage_checkpoint *ck)
+{
+    sqlite3 *db;
+    int err = conn(st, ck->job_id, &db);
+    if (err)
+        return err;
+    storage_checkpoint c = *ck;
+    if (!c.id[0])
+        storage_new_id("ftckpt", c.id, sizeof c.id);
+    if (!c.created_at)
+        c.created_at = rt_unix_time();
+    return row_insert(db, &ckpt_table, &c);
+}
+
+int storage_checkpoint_list(storage *st, const char *job_id, const char *after, int limit,
+                            storage_checkpoint **out, size_t *count, bool *has_more)
+{
+    sqlite3 *db;
+    int err = conn(st, job_id, &db);
+    if (!err && after && storage_id_check(after))
+        err = RT_ERR_INVALID;
+    return err ? err : row_list(db, &ckpt_table, "job_id", job_id, after, limit, (void **)out,
+                                count, has_more);
+}
+
+int storage_checkpoint_find_model(storage *st, const char *model, storage_checkpoint *out)
+{
+    sqlite3 *db;
+    int err = conn(st, NULL, &db);
+    return err ? err : row_get(db, &ckpt_table, "fine_tuned_model_checkpoint", model, out);
+}
+
+const char *storage_data_dir(const storage *st) { return st->dir; }

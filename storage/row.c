@@ -1,0 +1,204 @@
+/*
+ * storage/row.c — generic insert, update, get and list over column tables
+ * (storage/row.h). SQL is built from the table description, never from user
+ * input; values are always bound.
+ */
+#include "storage/row.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SQL_MAX 8192   /* a whole statement */
+#define COLS_MAX 2048  /* its column list */
+
+/* Appends "a, b, c" (or "a = ?1, ...") of the columns not skipped to sql. */
+static void append_cols(char *sql, size_t size, const row_table *t, const char *const *skip,
+                        bool assign, int *n_bound)
+{
+    int n = 0;
+    for (size_t i = 0; i < t->n_cols; i++) {
+        bool skipped = false;
+        for (const char *const *s = skip; s && *s; s++)
+            skipped = skipped || strcmp(*s, t->cols[i].name) == 0;
+        if (skipped)
+            continue;
+        size_t len = strlen(sql);
+        if (assign)
+            snprintf(sql + len, size - len, "%s%s = ?%d", n ? ", " : "", t->cols[i].name, n + 1);
+        else
+            snprintf(sql + len, size - len, "%s%s", n ? ", " : "", t->cols[i].name);
+        n++;
+    }
+    *n_bound = n;
+}
+
+/* Binds the non-skipped columns of rec as ?1..?n. */
+static void bind_cols(sqlite3_stmt *stmt, const row_table *t, const void *rec,
+                      const char *const *skip)
+{
+    int n = 0;
+    for (size_t i = 0; i < t->n_cols; i++) {
+        bool skipped = false;
+        for (const char *const *s = skip; s && *s; s++)
+            skipped = skipped || strcmp(*s, t->cols[i].name) == 0;
+        if (skipped)
+            continue;
+        const char *field = (const char *)rec + t->cols[i].offset;
+        if (t->cols[i].type == ROW_TEXT)
+            sqlite3_bind_text(stmt, ++n, field, (int)strnlen(field, t->cols[i].size), SQLITE_STATIC);
+        else
+            sqlite3_bind_int64(stmt, ++n, *(const int64_t *)field);
+    }
+}
+
+/* Reads the current row (all columns, in table order) into rec. */
+static int read_cols(sqlite3_stmt *stmt, const row_table *t, void *rec)
+{
+    memset(rec, 0, t->rec_size);
+    for (size_t i = 0; i < t->n_cols; i++) {
+        char *field = (char *)rec + t->cols[i].offset;
+        if (t->cols[i].type == ROW_INT) {
+            *(int64_t *)field = sqlite3_column_int64(stmt, (int)i);
+            continue;
+        }
+        const unsigned char *s = sqlite3_column_text(stmt, (int)i);
+        size_t len = (size_t)sqlite3_column_bytes(stmt, (int)i);
+        if (len >= t->cols[i].size) {
+            rt_log(RT_LOG_ERROR, "storage: %s.%s too long (%zu bytes)", t->name, t->cols[i].name, len);
+            return RT_ERR_DB;
+        }
+        if (s)
+            memcpy(field, s, len);
+        field[len] = '\0';
+    }
+    return RT_OK;
+}
+
+/* Runs a statement that returns no rows. */
+static int run(sqlite3 *db, sqlite3_stmt *stmt, const char *what)
+{
+    int rc = sqlite3_step(stmt);
+    int err = rc == SQLITE_DONE ? RT_OK : storage_db_error(db, rc, what);
+    sqlite3_finalize(stmt);
+    return err;
+}
+
+int row_insert(sqlite3 *db, const row_table *t, const void *rec)
+{
+    char sql[SQL_MAX], cols[COLS_MAX] = "", marks[COLS_MAX] = "";
+    int n = 0;
+    append_cols(cols, sizeof cols, t, NULL, false, &n);
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(marks);
+        snprintf(marks + len, sizeof marks - len, "%s?%d", i ? ", " : "", i + 1);
+    }
+    snprintf(sql, sizeof sql, "INSERT INTO %s (%s) VALUES (%s)", t->name, cols, marks);
+    sqlite3_stmt *stmt = NULL;
+    int err = storage_db_prepare(db, sql, &stmt);
+    if (err)
+        return err;
+    bind_cols(stmt, t, rec, NULL);
+    return run(db, stmt, "insert");
+}
+
+int row_update(sqlite3 *db, const row_table *t, const void *rec, const char *const *skip)
+{
+    char sql[SQL_MAX], sets[COLS_MAX] = "";
+    int n = 0;
+    append_cols(sets, sizeof sets, t, skip, true, &n);
+    snprintf(sql, sizeof sql, "UPDATE %s SET %s WHERE %s = ?%d", t->name, sets, t->cols[0].name, n + 1);
+    sqlite3_stmt *stmt = NULL;
+    int err = storage_db_prepare(db, sql, &stmt);
+    if (err)
+        return err;
+    bind_cols(stmt, t, rec, skip);
+    sqlite3_bind_text(stmt, n + 1, (const char *)rec + t->cols[0].offset, -1, SQLITE_STATIC);
+    err = run(db, stmt, "update");
+    if (!err && sqlite3_changes(db) == 0)
+        err = RT_ERR_NOT_FOUND;
+    return err;
+}
+
+int row_get(sqlite3 *db, const row_table *t, const char *key, const char *value, void *rec)
+{
+    char sql[SQL_MAX], cols[COLS_MAX] = "";
+    int n = 0;
+    append_cols(cols, sizeof cols, t, NULL, false, &n);
+    snprintf(sql, sizeof sql, "SELECT %s FROM %s WHERE %s = ?1 ORDER BY seq DESC LIMIT 1", cols,
+             t->name, key);
+    sqlite3_stmt *stmt = NULL;
+    int err = storage_db_prepare(db, sql, &stmt);
+    if (err)
+        return err;
+    sqlite3_bind_text(stmt, 1, value, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW)
+        err = read_cols(stmt, t, rec);
+    else
+        err = rc == SQLITE_DONE ? RT_ERR_NOT_FOUND : storage_db_error(db, rc, "get");
+    sqlite3_finalize(stmt);
+    return err;
+}
+
+/* The seq of the row with id `after`; RT_ERR_NOT_FOUND when unknown. */
+static int seq_of(sqlite3 *db, const row_table *t, const char *after, int64_t *seq)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT seq FROM %s WHERE %s = ?1", t->name, t->cols[0].name);
+    sqlite3_stmt *stmt = NULL;
+    int err = storage_db_prepare(db, sql, &stmt);
+    if (err)
+        return err;
+    sqlite3_bind_text(stmt, 1, after, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW)
+        *seq = sqlite3_column_int64(stmt, 0);
+    else
+        err = rc == SQLITE_DONE ? RT_ERR_NOT_FOUND : storage_db_error(db, rc, "seq");
+    sqlite3_finalize(stmt);
+    return err;
+}
+
+int row_list(sqlite3 *db, const row_table *t, const char *key, const char *value,
+             const char *after, int limit, void **out, size_t *count, bool *has_more)
+{
+    if (limit < 1 || limit > STORAGE_LIST_LIMIT_MAX)
+        return RT_ERR_INVALID;
+    int64_t below = INT64_MAX;
+    int err = after ? seq_of(db, t, after, &below) : RT_OK;
+    if (err)
+        return err;
+    char sql[SQL_MAX], cols[COLS_MAX] = "";
+    int n = 0;
+    append_cols(cols, sizeof cols, t, NULL, false, &n);
+    snprintf(sql, sizeof sql, "SELECT %s FROM %s WHERE seq < ?1%s%s%s ORDER BY seq DESC LIMIT ?3",
+             cols, t->name, key ? " AND " : "", key ? key : "", key ? " = ?2" : "");
+    sqlite3_stmt *stmt = NULL;
+    err = storage_db_prepare(db, sql, &stmt);
+    if (err)
+        return err;
+    sqlite3_bind_int64(stmt, 1, below);
+    if (key)
+        sqlite3_bind_text(stmt, 2, value, -1, SQLITE_STATIC);
+    sqlite3_bind_int(stmt, 3, limit + 1);
+    char *recs = calloc((size_t)limit + 1, t->rec_size);
+    size_t got = 0;
+    int rc = SQLITE_ROW;
+    while (!err && recs && (rc = sqlite3_step(stmt)) == SQLITE_ROW)
+        err = read_cols(stmt, t, recs + got++ * t->rec_size);
+    if (!recs)
+        err = RT_ERR_NOMEM;
+    else if (!err && rc != SQLITE_DONE)
+        err = storage_db_error(db, rc, "list");
+    sqlite3_finalize(stmt);
+    if (err) {
+        free(recs);
+        return err;
+    }
+    *has_more = got > (size_t)limit;
+    *count = got > (size_t)limit ? (size_t)limit : got;
+    *out = recs;
+    return RT_OK;
+}

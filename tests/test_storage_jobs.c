@@ -1,0 +1,123 @@
+/*
+ * tests/test_storage_jobs.c — jobs, events and checkpoints in storage:
+ * FIFO claims, guarded status transitions, control requests, crash
+ * recovery, and newest-first pagination of events and checkpoints.
+ */
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "storage/storage.h"
+#include "tests/test.h"
+
+static storage_job make_job(const char *id, const char *status)
+{
+    storage_job j;
+    memset(&j, 0, sizeof j);
+    snprintf(j.id, sizeof j.id, "%s", id);
+    snprintf(j.model, sizeof j.model, "tiny");
+    snprintf(j.training_file, sizeof j.training_file, "file-1");
+    snprintf(j.status, sizeof j.status, "%s", status);
+    snprintf(j.tenant, sizeof j.tenant, "retune");
+    snprintf(j.hyperparameters, sizeof j.hyperparameters, "{\"n_epochs\":\"auto\"}");
+    j.created_at = 100;
+    return j;
+}
+
+static void test_claim_and_transitions(storage *st)
+{
+    static const char *const queued[] = {"queued", NULL};
+    static const char *const cancellable[] = {"queued", "paused", NULL};
+    storage_job a = make_job("ftjob-a", "queued"), b = make_job("ftjob-b", "queued"), got;
+    CHECK(storage_job_insert(st, &a) == RT_OK);
+    CHECK(storage_job_insert(st, &b) == RT_OK);
+    CHECK(storage_job_insert(st, &a) != RT_OK); /* ids are unique */
+    CHECK(storage_job_claim(st, &got) == RT_OK);
+    CHECK_EQ_STR(got.id, "ftjob-a"); /* oldest first */
+    CHECK_EQ_STR(got.status, "running");
+    CHECK(got.started_at > 0);
+    CHECK(storage_job_transition(st, "ftjob-a", cancellable, "cancelled", NULL) == RT_ERR_STATE);
+    CHECK(storage_job_request(st, "ftjob-a", "cancel") == RT_OK);
+    CHECK(storage_job_get(st, "ftjob-a", &got) == RT_OK);
+    CHECK_EQ_STR(got.control, "cancel");
+    CHECK(storage_job_request(st, "ftjob-b", "pause") == RT_ERR_STATE); /* not running */
+    CHECK(storage_job_transition(st, "ftjob-b", queued, "cancelled", &got) == RT_OK);
+    CHECK_EQ_STR(got.status, "cancelled");
+    CHECK(got.finished_at > 0);
+    CHECK(storage_job_claim(st, &got) == RT_ERR_NOT_FOUND); /* b was cancelled, not claimable */
+    /* The worker's update keeps the API's control request. */
+    CHECK(storage_job_get(st, "ftjob-a", &got) == RT_OK);
+    got.step = 5;
+    got.control[0] = '\0';
+    CHECK(storage_job_update(st, &got) == RT_OK);
+    CHECK(storage_job_get(st, "ftjob-a", &got) == RT_OK);
+    CHECK_EQ_STR(got.control, "cancel");
+    CHECK_EQ_INT(got.step, 5);
+    char ids[4][STORAGE_ID_MAX];
+    size_t n = 0;
+    CHECK(storage_job_recover(st, ids, 4, &n) == RT_OK);
+    CHECK_EQ_INT(n, 1);
+    CHECK_EQ_STR(ids[0], "ftjob-a");
+    CHECK(storage_job_get(st, "ftjob-a", &got) == RT_OK);
+    CHECK_EQ_STR(got.status, "queued");
+    CHECK_EQ_STR(got.control, "");
+    CHECK(storage_job_get(st, "ftjob-zzz", &got) == RT_ERR_NOT_FOUND);
+}
+
+static void test_lists(storage *st)
+{
+    for (int i = 0; i < 5; i++) {
+        storage_event ev = {0};
+        snprintf(ev.job_id, sizeof ev.job_id, "ftjob-a");
+        snprintf(ev.level, sizeof ev.level, "info");
+        snprintf(ev.type, sizeof ev.type, "message");
+        snprintf(ev.message, sizeof ev.message, "event %d", i);
+        CHECK(storage_event_add(st, &ev) == RT_OK);
+    }
+    storage_event *evs = NULL;
+    size_t n = 0;
+    bool more = false;
+    CHECK(storage_event_list(st, "ftjob-a", NULL, 2, &evs, &n, &more) == RT_OK);
+    CHECK(n == 2 && more);
+    CHECK_EQ_STR(evs[0].message, "event 4");
+    char after[STORAGE_ID_MAX];
+    snprintf(after, sizeof after, "%s", evs[1].id);
+    free(evs);
+    CHECK(storage_event_list(st, "ftjob-a", after, 10, &evs, &n, &more) == RT_OK);
+    CHECK(n == 3 && !more);
+    CHECK_EQ_STR(evs[0].message, "event 2");
+    free(evs);
+    storage_checkpoint ck = {0};
+    snprintf(ck.job_id, sizeof ck.job_id, "ftjob-a");
+    snprintf(ck.fine_tuned_model_checkpoint, sizeof ck.fine_tuned_model_checkpoint, "ft:x:ckpt-step-3");
+    snprintf(ck.path, sizeof ck.path, "/tmp/x");
+    ck.step = 3;
+    CHECK(storage_checkpoint_add(st, &ck) == RT_OK);
+    storage_checkpoint found;
+    CHECK(storage_checkpoint_find_model(st, "ft:x:ckpt-step-3", &found) == RT_OK);
+    CHECK_EQ_INT(found.step, 3);
+    CHECK(strncmp(found.id, "ftckpt-", 7) == 0);
+    storage_job *jobs = NULL;
+    CHECK(storage_job_list(st, "cancelled", NULL, 10, &jobs, &n, &more) == RT_OK);
+    CHECK(n == 1 && !more);
+    CHECK_EQ_STR(jobs[0].id, "ftjob-b");
+    free(jobs);
+}
+
+int main(void)
+{
+    char dir[] = "/tmp/retune-jobs-XXXXXX";
+    if (!mkdtemp(dir))
+        return 1;
+    storage *st = NULL;
+    CHECK(storage_open(dir, &st) == RT_OK);
+    if (st) {
+        RUN_ARG(test_claim_and_transitions, st);
+        RUN_ARG(test_lists, st);
+    }
+    storage_close(st);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0)
+        return 1;
+    return TEST_SUMMARY();
+}
