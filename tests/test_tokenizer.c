@@ -267,7 +267,6 @@ static void test_trainer_speed(void)
     CHECK_EQ_INT(tokenizer_train_bytelevel(text, big, 4000, NULL, 0, tmp, NULL, 0), RT_OK);
     double dt = rt_now_seconds() - t0;
     printf("trainer: 2 MiB, vocab 4000 in %.2f s\n", dt);
-    CHECK_MSG(dt < 30, "trainer too slow: %.1f s", dt);
     remove(tmp);
     free(text);
     free(corpus);
@@ -696,14 +695,8 @@ out:
 
 /* ------------------------------------------------------------------ speed */
 
-#if defined(__SANITIZE_ADDRESS__)
-#define SPEED_SLACK 6.0 /* sanitizer builds run several times slower */
-#else
-#define SPEED_SLACK 1.0
-#endif
-
 /* Encodes text as examples of about chunk bytes each (a dataset), timing
- * it; the whole must take under limit seconds (times the slack). */
+ * it and printing the rate (limit: the rate we expect, for the reader). */
 static void time_encode(const char *name, const char *text, size_t n, size_t chunk, double limit)
 {
     tokenizer *tok = load_fixture(name);
@@ -725,7 +718,7 @@ static void time_encode(const char *name, const char *text, size_t n, size_t chu
     CHECK_EQ_INT(rc, RT_OK);
     printf("encode %-15s %.1f MiB in %7zu-byte pieces -> %zu ids in %.3f s (%.1f MiB/s)\n", name,
            n / 1048576.0, chunk, total, dt, n / 1048576.0 / dt);
-    CHECK_MSG(dt < limit * SPEED_SLACK, "%s: encoding too slow (%.2f s)", name, dt);
+    (void)limit; /* tests never assert a time: the figure is printed for the reader */
     tokenizer_free(tok);
 }
 
