@@ -35,6 +35,9 @@ typedef struct api_config {
     const char *model_dir;     /* the base model directory, or NULL */
     const char *model_id;      /* the base model's id (its folder name), or NULL */
     int min_examples;          /* fewest training examples a job accepts */
+    engine_server *engine;     /* serves the base model and its adapters, or NULL (borrowed) */
+    const char *device;        /* for engines of full fine-tuned models */
+    size_t full_model_budget_bytes; /* resident full fine-tuned models */
 } api_config;
 
 /*

@@ -74,13 +74,17 @@ enum api_match api_route_match(const char *method, const char *raw_path,
 bool api_percent_decode(const char *src, size_t len, char *dst, size_t size,
                         bool plus_is_space);
 
+typedef struct api_full_engine api_full_engine;
+
 struct api_server {
     struct MHD_Daemon *daemon;
     storage *st;
     api_config cfg;
+    engine_server *engine;         /* cfg.engine */
     int port;
     int in_flight;                 /* requests between first call and completion */
-    pthread_mutex_t lock;          /* guards in_flight */
+    api_full_engine *fulls;        /* engines of full fine-tuned models (api/engines.c) */
+    pthread_mutex_t lock;          /* guards in_flight and fulls */
 };
 
 struct api_request {
@@ -121,6 +125,13 @@ int api_respond_text(api_request *req, int status, const char *content_type,
 int api_respond_fd(api_request *req, int status, const char *content_type,
                    int fd, uint64_t size);
 
+/* Queues a prepared response (taken). */
+int api_respond_response(api_request *req, int status, struct MHD_Response *resp);
+
+/* An error with a Retry-After header (429). */
+int api_respond_error_retry(api_request *req, int status, int retry_after, const char *code,
+                            const char *message);
+
 /* Common errors. */
 int api_respond_not_found(api_request *req, const char *what, const char *id);
 int api_respond_internal(api_request *req, int rc);
@@ -154,6 +165,28 @@ char *api_metrics_render(void);
 int api_job_check_hyperparameters(const cJSON *hp, char *param, size_t psize, char *msg,
                                   size_t msize);
 
+/* ---- models (api/models.c, api/engines.c) ---- */
+
+/* What serves a request's model: an engine, an adapter on it ("" = none),
+ * and the reference to release for a full fine-tuned model's engine. */
+typedef struct api_target {
+    engine_server *engine;
+    char adapter[640];
+    api_full_engine *full;
+} api_target;
+
+/* Resolves `model` (registering adapters on first use, opening full models'
+ * engines); answers 404/500/503 itself and returns false when it cannot. */
+bool api_model_resolve(api_request *req, const char *model, api_target *out);
+void api_model_release(api_request *req, api_target *t);
+
+int api_engines_acquire(api_server *srv, const char *name, const char *dir, engine_server **eng,
+                        api_full_engine **handle, char *err, size_t errsize);
+void api_engines_release(api_server *srv, api_full_engine *e);
+/* Unregisters a deleted model (adapter or full); in-flight requests finish. */
+void api_engines_forget(api_server *srv, const char *name);
+void api_engines_close_all(api_server *srv);
+
 /* ---- handlers ---- */
 int api_health(api_request *req);
 int api_metrics(api_request *req);
@@ -173,5 +206,10 @@ int api_jobs_events(api_request *req);
 int api_jobs_checkpoints(api_request *req);
 int api_models_list(api_request *req);
 int api_models_get(api_request *req);
+int api_models_delete(api_request *req);
+int api_chat_completions(api_request *req);
+int api_completions(api_request *req);
+int api_adapters_import(api_request *req);
+int api_adapters_import_chunk(api_request *req, const char *data, size_t len);
 
 #endif

@@ -272,6 +272,7 @@ int api_server_start(const api_config *cfg, storage *st, api_server **out)
         return RT_ERR_NOMEM;
     srv->cfg = *cfg;
     srv->st = st;
+    srv->engine = cfg->engine;
     pthread_mutex_init(&srv->lock, NULL);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_ERROR_LOG | MHD_USE_ITC | (ipv6 ? MHD_USE_IPv6 : 0);
@@ -315,6 +316,7 @@ void api_server_stop(api_server *srv)
         nanosleep(&ts, NULL);
     }
     MHD_stop_daemon(srv->daemon);
+    api_engines_close_all(srv);
     pthread_mutex_destroy(&srv->lock);
     free(srv);
 }

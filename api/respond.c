@@ -28,6 +28,35 @@ static int queue(api_request *req, int status, struct MHD_Response *resp)
     return ok == MHD_YES ? RT_OK : RT_ERR_IO;
 }
 
+int api_respond_response(api_request *req, int status, struct MHD_Response *resp)
+{
+    return queue(req, status, resp);
+}
+
+int api_respond_error_retry(api_request *req, int status, int retry_after, const char *code,
+                            const char *message)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *err = cJSON_AddObjectToObject(root, "error");
+    cJSON_AddStringToObject(err, "message", message);
+    cJSON_AddStringToObject(err, "type", "rate_limit_error");
+    cJSON_AddNullToObject(err, "param");
+    cJSON_AddStringToObject(err, "code", code);
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    struct MHD_Response *resp =
+        text ? MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE) : NULL;
+    if (!resp) {
+        free(text);
+        return RT_ERR_NOMEM;
+    }
+    char seconds[16];
+    snprintf(seconds, sizeof seconds, "%d", retry_after);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, seconds);
+    return queue(req, status, resp);
+}
+
 int api_respond_text(api_request *req, int status, const char *content_type,
                      const char *text, size_t len)
 {

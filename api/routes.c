@@ -38,6 +38,13 @@ const api_route api_routes[] = {
      "jobs.checkpoints"},
     {"GET", "/v1/models", api_models_list, NULL, 0, API_FLAG_AUTH, "models.list"},
     {"GET", "/v1/models/{id}", api_models_get, NULL, 0, API_FLAG_AUTH, "models.get"},
+    {"DELETE", "/v1/models/{id}", api_models_delete, NULL, 0, API_FLAG_AUTH, "models.delete"},
+    {"POST", "/v1/adapters", api_adapters_import, api_adapters_import_chunk, -1,
+     API_FLAG_AUTH | API_FLAG_STREAM_BODY | API_FLAG_MULTIPART, "adapters.import"},
+    {"POST", "/v1/chat/completions", api_chat_completions, NULL, JSON_BODY_LIMIT * 8,
+     API_FLAG_AUTH | API_FLAG_JSON_BODY, "chat.completions"},
+    {"POST", "/v1/completions", api_completions, NULL, JSON_BODY_LIMIT * 8,
+     API_FLAG_AUTH | API_FLAG_JSON_BODY, "completions"},
 };
 const size_t api_route_count = sizeof api_routes / sizeof api_routes[0];
 

@@ -153,4 +153,6 @@ int engine_generate(const engine_generate_config *cfg, char **text, int *n_token
 int engine_merge(const char *model_dir, const char *adapter_dir, const char *out_dir, char *err,
                  size_t errsize);
 
+#include "engine/engine_serve.h"
+
 #endif

@@ -152,6 +152,21 @@ typedef struct kernels_backend {
                               const float *dout, const float *q, const float *k, const float *v,
                               int B, int T, int Hq, int Hkv, int D, kernels_stream *s);
 
+    /* Bytes of scratch attention_kv_forward needs for n new queries over at
+     * most T cached positions (past + n <= T). */
+    size_t (*attention_kv_scratch_bytes)(int n, int T, int Hq, int Hkv, int D);
+    /* Attention of n new query tokens at positions [past, past+n) over the
+     * keys/values cached at positions [0, past+n) of one sequence (serving
+     * with a KV cache; inference only, nothing saved for backward):
+     *   q[n,Hq,D], k_cache,v_cache[>= past+n, Hkv, D] -> out[n,Hq,D]
+     * Causal: query i (position past+i) sees keys 0..past+i. GQA and scale
+     * as attention_forward, whose rows it reproduces when past = 0 and the
+     * cache holds the whole sequence. The cache rows of the new tokens must
+     * already be written. */
+    int (*attention_kv_forward)(float *out, void *scratch, const float *q,
+                                const float *k_cache, const float *v_cache,
+                                int n, int past, int Hq, int Hkv, int D, kernels_stream *s);
+
     /* SwiGLU: out = silu(gate) * up, silu(x) = x * sigmoid(x); flat n. */
     int (*swiglu_forward)(float *out, const float *gate, const float *up,
                           int64_t n, kernels_stream *s);

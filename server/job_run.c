@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "api/api.h"
@@ -146,10 +147,30 @@ static void on_checkpoint(void *ctx, const char *dir, const engine_progress *p)
                          strstr(r->job->hyperparameters, "\"full\"") ? "model" : "adapter", dir);
 }
 
+/* Serving has priority: while completion requests wait or run, the trainer
+ * waits between steps (at most YIELD_SECONDS each time, so training still
+ * progresses under constant load). */
+#define YIELD_SECONDS 0.5
+static void yield_to_serving(const worker_config *cfg)
+{
+    if (!cfg->engine)
+        return;
+    double until = rt_now_seconds() + YIELD_SECONDS;
+    int waiting = 0, active = 0;
+    while (rt_now_seconds() < until) {
+        engine_server_load(cfg->engine, &waiting, &active);
+        if (!waiting && !active)
+            return;
+        struct timespec ts = {0, 2 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* Cancel or pause from the API (the control column), or server shutdown. */
 static int should_stop(void *ctx)
 {
     job_run *r = ctx;
+    yield_to_serving(r->cfg);
     if (*r->stopping)
         return r->stop_reason = ENGINE_STOP_PAUSE;
     storage_job now;
@@ -219,7 +240,7 @@ static int store_results(job_run *r)
 static void succeed(job_run *r, const char *out_dir, bool full)
 {
     static const char *const running[] = {"running", NULL};
-    char target[2300];
+    char target[1024];
     snprintf(target, sizeof target, "%s/%s", storage_data_dir(r->cfg->st), full ? "models" : "adapters");
     mkdir(target, 0755);
     snprintf(target + strlen(target), sizeof target - strlen(target), "/%s", r->job->id);
@@ -232,6 +253,18 @@ static void succeed(job_run *r, const char *out_dir, bool full)
         rt_log(RT_LOG_WARN, "job %s: results CSV not stored", r->job->id);
     snprintf(r->job->fine_tuned_model, sizeof r->job->fine_tuned_model, "%s", r->model_name);
     r->job->estimated_finish = 0;
+    storage_model m = {0};
+    snprintf(m.id, sizeof m.id, "%s", r->model_name);
+    snprintf(m.kind, sizeof m.kind, "%s", full ? "full" : "adapter");
+    snprintf(m.parent, sizeof m.parent, "%s", r->job->model);
+    snprintf(m.owned_by, sizeof m.owned_by, "%s", r->job->tenant);
+    snprintf(m.path, sizeof m.path, "%s", target);
+    snprintf(m.job_id, sizeof m.job_id, "%s", r->job->id);
+    storage_model_delete(r->cfg->st, m.id); /* a re-run after a crash publishes again */
+    if (storage_model_add(r->cfg->st, &m) != RT_OK) {
+        fail(r, "server_error", NULL, "The trained model could not be published.");
+        return;
+    }
     save(r);
     storage_job_transition(r->cfg->st, r->job->id, running, "succeeded", r->job);
     event(r, "info", "message", NULL, "New fine-tuned model created: %s", r->model_name);

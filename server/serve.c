@@ -33,6 +33,9 @@ typedef struct serve_options {
     const char *device;
     api_key keys[MAX_KEYS];
     size_t n_keys;
+    const char *loras[MAX_KEYS];  /* "NAME=DIR" from --lora */
+    size_t n_loras;
+    int64_t max_batch, max_context, max_waiting, adapter_budget_mb;
     char *key_storage[MAX_KEYS]; /* owned copies of keys read from a file */
 } serve_options;
 
@@ -50,6 +53,11 @@ static void serve_usage(FILE *out)
             "  --max-upload-bytes N   largest accepted upload (RETUNE_MAX_UPLOAD_BYTES, default 512 MiB)\n"
             "  --min-examples N       fewest training examples a job accepts (RETUNE_MIN_EXAMPLES, default 10)\n"
             "  --device cpu|cuda      compute device for training and serving (RETUNE_DEVICE, default cpu)\n"
+            "  --lora NAME=DIR        also serve the PEFT adapter in DIR as model NAME (repeatable)\n"
+            "  --max-batch N          sequences decoded together (RETUNE_MAX_BATCH, default 8)\n"
+            "  --max-context N        tokens per sequence (RETUNE_MAX_CONTEXT, default model's, <= 2048)\n"
+            "  --max-waiting N        queued completion requests before 429 (default 64)\n"
+            "  --adapter-budget-mb N  memory for resident adapters, LRU beyond it (default 256)\n"
             "  --insecure-no-auth     allow listening beyond loopback without keys\n");
 }
 
@@ -131,6 +139,12 @@ static int read_environment(serve_options *o)
     o->max_upload_bytes = 512LL << 20;
     o->min_examples = 10;
     o->device = getenv("RETUNE_DEVICE") ? getenv("RETUNE_DEVICE") : "cpu";
+    if (getenv("RETUNE_MAX_BATCH") &&
+        parse_int64("RETUNE_MAX_BATCH", getenv("RETUNE_MAX_BATCH"), 1, 256, &o->max_batch))
+        return 2;
+    if (getenv("RETUNE_MAX_CONTEXT") &&
+        parse_int64("RETUNE_MAX_CONTEXT", getenv("RETUNE_MAX_CONTEXT"), 16, 1 << 20, &o->max_context))
+        return 2;
     if (getenv("RETUNE_MIN_EXAMPLES") &&
         parse_int64("RETUNE_MIN_EXAMPLES", getenv("RETUNE_MIN_EXAMPLES"), 1, 1000000, &o->min_examples))
         return 2;
@@ -166,6 +180,9 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         {"max-upload-bytes", required_argument, NULL, 'u'},
         {"insecure-no-auth", no_argument, NULL, 'I'}, {"help", no_argument, NULL, 'h'},
         {"min-examples", required_argument, NULL, 'n'}, {"device", required_argument, NULL, 'D'},
+        {"lora", required_argument, NULL, 'L'}, {"max-batch", required_argument, NULL, 'B'},
+        {"max-context", required_argument, NULL, 'C'}, {"max-waiting", required_argument, NULL, 'W'},
+        {"adapter-budget-mb", required_argument, NULL, 'A'},
         {NULL, 0, NULL, 0}};
     int c;
     int64_t v;
@@ -182,6 +199,18 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         case 'I': o->insecure_no_auth = true; break;
         case 'n': rc = parse_int64("--min-examples", optarg, 1, 1000000, &o->min_examples); break;
         case 'D': o->device = optarg; break;
+        case 'L':
+            if (!strchr(optarg, '=') || optarg[0] == '=' || o->n_loras == MAX_KEYS) {
+                fprintf(stderr, "retune serve: --lora takes NAME=DIR (got '%s')\n", optarg);
+                rc = 2;
+            } else {
+                o->loras[o->n_loras++] = optarg;
+            }
+            break;
+        case 'B': rc = parse_int64("--max-batch", optarg, 1, 256, &o->max_batch); break;
+        case 'C': rc = parse_int64("--max-context", optarg, 16, 1 << 20, &o->max_context); break;
+        case 'W': rc = parse_int64("--max-waiting", optarg, 1, 1 << 20, &o->max_waiting); break;
+        case 'A': rc = parse_int64("--adapter-budget-mb", optarg, 1, 1 << 30, &o->adapter_budget_mb); break;
         case 'h': serve_usage(stdout); return -1;
         default: serve_usage(stderr); return 2;
         }
@@ -221,6 +250,33 @@ static void model_base_id(const char *dir, char *out, size_t size)
     snprintf(out, size, "%s", basename(copy));
 }
 
+/* Opens the serving engine on the base model and registers --lora adapters. */
+static int open_engine(const serve_options *o, engine_server **out)
+{
+    char err[1024] = "";
+    engine_server_config ec = {.model_dir = o->model_dir, .device = o->device,
+                               .max_batch = (int)o->max_batch, .max_context = (int)o->max_context,
+                               .max_waiting = (int)o->max_waiting,
+                               .adapter_budget_bytes = (size_t)o->adapter_budget_mb << 20};
+    if (engine_server_open(&ec, out, err, sizeof err) != RT_OK) {
+        fprintf(stderr, "retune serve: cannot load --model %s: %s\n", o->model_dir, err);
+        return 1;
+    }
+    for (size_t i = 0; i < o->n_loras; i++) {
+        char name[640];
+        const char *eq = strchr(o->loras[i], '=');
+        snprintf(name, sizeof name, "%.*s", (int)(eq - o->loras[i]), o->loras[i]);
+        if (engine_adapter_add(*out, name, eq + 1, err, sizeof err) != RT_OK) {
+            fprintf(stderr, "retune serve: --lora %s: %s\n", o->loras[i], err);
+            engine_server_close(*out);
+            *out = NULL;
+            return 1;
+        }
+        rt_log(RT_LOG_INFO, "serving adapter %s from %s", name, eq + 1);
+    }
+    return 0;
+}
+
 static void free_options(serve_options *o)
 {
     for (size_t i = 0; i < MAX_KEYS; i++)
@@ -253,21 +309,26 @@ int server_serve_main(int argc, char **argv)
     storage *st = NULL;
     api_server *srv = NULL;
     worker *wk = NULL;
+    engine_server *eng = NULL;
     char model_id[256] = "";
     int status = 1;
     if (storage_open(o.data_dir, &st) != RT_OK) {
         fprintf(stderr, "retune serve: cannot open data directory %s\n", o.data_dir);
         goto out_free;
     }
-    if (o.model_dir)
+    if (o.model_dir) {
         model_base_id(o.model_dir, model_id, sizeof model_id);
+        if (open_engine(&o, &eng) != 0)
+            goto out_storage;
+    }
     api_config cfg = {.host = o.host, .port = o.port, .keys = o.keys, .n_keys = o.n_keys,
                       .max_upload_bytes = o.max_upload_bytes, .shutdown_grace_ms = 10000,
                       .model_dir = o.model_dir, .model_id = o.model_dir ? model_id : NULL,
-                      .min_examples = (int)o.min_examples};
+                      .min_examples = (int)o.min_examples, .engine = eng, .device = o.device,
+                      .full_model_budget_bytes = (size_t)4 << 30};
     if (api_server_start(&cfg, st, &srv) != RT_OK)
         goto out_storage;
-    worker_config wc = {.st = st, .model_dir = o.model_dir, .device = o.device};
+    worker_config wc = {.st = st, .model_dir = o.model_dir, .device = o.device, .engine = eng};
     if (o.model_dir && worker_start(&wc, &wk) != RT_OK) {
         api_server_stop(srv);
         goto out_storage;
@@ -281,6 +342,7 @@ int server_serve_main(int argc, char **argv)
     worker_stop(wk);
     status = 0;
 out_storage:
+    engine_server_close(eng);
     storage_close(st);
 out_free:
     free_options(&o);

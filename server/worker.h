@@ -6,6 +6,7 @@
 #ifndef RT_SERVER_WORKER_H
 #define RT_SERVER_WORKER_H
 
+#include "engine/engine.h"
 #include "storage/storage.h"
 
 typedef struct worker worker;
@@ -14,6 +15,7 @@ typedef struct worker_config {
     storage *st;               /* borrowed; outlives the worker */
     const char *model_dir;     /* the base model directory */
     const char *device;        /* "cpu", "cuda" */
+    engine_server *engine;     /* the serving engine, or NULL: training yields to it */
     /* Called (on the worker thread) when a job produced a servable model:
      * kind is "adapter" or "model", dir its directory. May be NULL. */
     void (*on_model)(void *ctx, const char *name, const char *kind, const char *dir);

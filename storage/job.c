@@ -285,8 +285,8 @@ int storage_checkpoint_list(storage *st, const char *job_id, const char *after, 
     int err = conn(st, job_id, &db);
     if (!err && after && storage_id_check(after))
         err = RT_ERR_INVALID;
-    return err ? err : row_list(db, &ckpt_table, "job_id", job_id, after, limit, (void **)out,
-                                count, has_more);
+    return err ? err : row_list(db, &ckpt_table, job_id ? "job_id" : NULL, job_id, after, limit,
+                                (void **)out, count, has_more);
 }
 
 int storage_checkpoint_find_model(storage *st, const char *model, storage_checkpoint *out)

@@ -189,12 +189,38 @@ typedef struct storage_checkpoint {
 /* Appends a checkpoint (id and created_at filled in when empty/zero). */
 int storage_checkpoint_add(storage *st, const storage_checkpoint *ck);
 
-/* Lists a job's checkpoints newest first (after: as storage_event_list). */
+/* Lists a job's checkpoints (job_id NULL: every job's) newest first (after:
+ * as storage_event_list). */
 int storage_checkpoint_list(storage *st, const char *job_id, const char *after, int limit,
                             storage_checkpoint **out, size_t *count, bool *has_more);
 
 /* Finds the checkpoint whose fine_tuned_model_checkpoint is `model`. */
 int storage_checkpoint_find_model(storage *st, const char *model, storage_checkpoint *out);
+
+/* ---- servable models ---------------------------------------------------- */
+
+typedef struct storage_model {
+    char id[640];            /* the name requests use, e.g. "ft:base:org:sfx:abc" */
+    char kind[16];           /* "adapter" or "full" */
+    char parent[256];        /* the base model id */
+    char owned_by[128];
+    char path[1024];         /* the directory holding its files */
+    char job_id[STORAGE_ID_MAX]; /* the job that made it, "" if imported */
+    int64_t created_at;
+} storage_model;
+
+/* Publishes a model (created_at filled in when 0). RT_ERR_EXISTS if taken. */
+int storage_model_add(storage *st, const storage_model *m);
+
+/* Reads a model by name. RT_ERR_NOT_FOUND when unknown. */
+int storage_model_get(storage *st, const char *id, storage_model *out);
+
+/* Lists models newest first (as storage_job_list). */
+int storage_model_list(storage *st, const char *after, int limit, storage_model **out,
+                       size_t *count, bool *has_more);
+
+/* Unpublishes a model. RT_ERR_NOT_FOUND when unknown. */
+int storage_model_delete(storage *st, const char *id);
 
 /* The data directory (borrowed from the handle). */
 const char *storage_data_dir(const storage *st);

@@ -545,6 +545,48 @@ int FN(attention_backward)(real *dq, real *dk, real *dv, const real *lse, void *
     return RT_OK;
 }
 
+/* Scratch bytes for attention_kv_forward: one [min(n, QB), T] score block
+ * and the block's row lse values. */
+size_t FN(attention_kv_scratch_bytes)(int n, int T, int Hq, int Hkv, int D)
+{
+    (void)Hq; (void)Hkv; (void)D;
+    if (n <= 0 || T <= 0)
+        return 0;
+    size_t qb = n < ATTN_QB ? (size_t)n : ATTN_QB;
+    return qb * ((size_t)T + 1) * sizeof(real);
+}
+
+/* Cached causal GQA forward for one sequence, one query head at a time and
+ * query blocks of ATTN_QB rows: S = scale Q K^T over the keys up to the
+ * block's last position, causal softmax (the training op's row code with
+ * the block offset by past), O = P V. */
+int FN(attention_kv_forward)(real *out, void *scratch, const real *q,
+                             const real *k_cache, const real *v_cache,
+                             int n, int past, int Hq, int Hkv, int D, kernels_stream *s)
+{
+    (void)s;
+    if (!attention_sizes_ok(1, n, Hq, Hkv, D) || past < 0 || !out || !q || !k_cache ||
+        !v_cache || (n > 0 && !scratch))
+        return RT_ERR_INVALID;
+    size_t qbmax = n < ATTN_QB ? (size_t)n : ATTN_QB;
+    real *sc = scratch, *lse = sc + qbmax * (size_t)(past + n);
+    real scale = (real)(1 / sqrt((double)D)); /* head_dim ** -0.5 as Python forms it */
+    int group = Hq / Hkv, ldq = Hq * D, ldk = Hkv * D;
+    for (int h = 0; h < Hq; h++) {
+        const real *qh = q + (size_t)h * D;
+        const real *kh = k_cache + (size_t)(h / group) * D;
+        const real *vh = v_cache + (size_t)(h / group) * D;
+        real *oh = out + (size_t)h * D;
+        for (int i0 = 0; i0 < n; i0 += ATTN_QB) {
+            int nq = n - i0 < ATTN_QB ? n - i0 : ATTN_QB, nk = past + i0 + nq;
+            FN(gemm)(sc, qh + (size_t)i0 * ldq, kh, nq, nk, D, 0, 1, scale, 0, ldq, ldk, nk);
+            FN(attention_softmax_rows)(sc, lse, past + i0, nq, nk);
+            FN(gemm)(oh + (size_t)i0 * ldq, sc, vh, nq, D, nk, 0, 0, 1, 0, nk, ldk, ldq);
+        }
+    }
+    return RT_OK;
+}
+
 /* ---- swiglu ------------------------------------------------------------ */
 
 /* out = silu(g) * u for n elements, silu(x) = x / (1 + exp(-x)) as torch

@@ -1,0 +1,242 @@
+/*
+ * api/adapters.c — POST /v1/adapters: imports a PEFT adapter made elsewhere
+ * (multipart parts adapter_config.json and adapter_model.safetensors,
+ * optional `name`). The parts stream into a temporary folder under
+ * <data-dir>/adapters/; the adapter is checked against the base model
+ * (modules, shapes) by the engine and, if it fits, published under its name
+ * and served at once. A 400 says what does not fit.
+ */
+#include "api/api_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BAD "invalid_request_error"
+
+enum { PART_CONFIG, PART_WEIGHTS, PART_COUNT };
+static const char *const part_files[PART_COUNT] = {"adapter_config.json", "adapter_model.safetensors"};
+
+typedef struct import {
+    struct MHD_PostProcessor *pp;
+    char dir[1024];            /* the temporary folder */
+    int fd[PART_COUNT];
+    bool seen[PART_COUNT];
+    int current;               /* part being written, -1 none */
+    char name[256];
+    size_t name_len;
+    bool name_bad, io_error, bad_multipart;
+} import;
+
+/* Removes the temporary folder and what is in it. */
+static void remove_dir(const char *dir)
+{
+    char path[1100];
+    for (int i = 0; i < PART_COUNT; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, part_files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+static void import_free(void *p)
+{
+    import *im = p;
+    if (!im)
+        return;
+    if (im->pp)
+        MHD_destroy_post_processor(im->pp);
+    for (int i = 0; i < PART_COUNT; i++)
+        if (im->fd[i] >= 0)
+            close(im->fd[i]);
+    if (im->dir[0])
+        remove_dir(im->dir);
+    free(im);
+}
+
+/* Which part a form field is: by field name or by file name. */
+static int part_of(const char *key, const char *filename)
+{
+    for (int i = 0; i < PART_COUNT; i++)
+        if (!strcmp(key, part_files[i]) || (filename && !strcmp(filename, part_files[i])))
+            return i;
+    return -1;
+}
+
+static void write_all(import *im, int fd, const char *data, size_t size)
+{
+    while (size > 0 && !im->io_error) {
+        ssize_t n = write(fd, data, size);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            im->io_error = true;
+        else {
+            data += n;
+            size -= (size_t)n;
+        }
+    }
+}
+
+static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key,
+                               const char *filename, const char *content_type,
+                               const char *transfer_encoding, const char *data, uint64_t off,
+                               size_t size)
+{
+    (void)kind;
+    (void)content_type;
+    (void)transfer_encoding;
+    import *im = cls;
+    if (!strcmp(key, "name")) {
+        if (im->name_len + size >= sizeof im->name)
+            im->name_bad = true;
+        else {
+            memcpy(im->name + im->name_len, data, size);
+            im->name_len += size;
+            im->name[im->name_len] = '\0';
+        }
+        return MHD_YES;
+    }
+    int part = part_of(key, filename);
+    if (part < 0)
+        return MHD_YES;
+    if (off == 0 && im->fd[part] < 0) {
+        char path[1100];
+        snprintf(path, sizeof path, "%s/%s", im->dir, part_files[part]);
+        im->fd[part] = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        im->seen[part] = true;
+        if (im->fd[part] < 0)
+            im->io_error = true;
+    }
+    if (im->fd[part] >= 0)
+        write_all(im, im->fd[part], data, size);
+    return MHD_YES;
+}
+
+int api_adapters_import_chunk(api_request *req, const char *data, size_t len)
+{
+    import *im = req->state;
+    if (!im) {
+        im = calloc(1, sizeof *im);
+        if (!im)
+            return RT_ERR_NOMEM;
+        im->fd[0] = im->fd[1] = -1;
+        req->state = im;
+        req->state_free = import_free;
+        char root[900], id[STORAGE_ID_MAX];
+        snprintf(root, sizeof root, "%s/adapters", storage_data_dir(req->srv->st));
+        mkdir(root, 0755);
+        storage_new_id("import", id, sizeof id);
+        snprintf(im->dir, sizeof im->dir, "%s/.%s", root, id);
+        if (mkdir(im->dir, 0700) != 0) {
+            im->dir[0] = '\0';
+            return RT_ERR_IO;
+        }
+        im->pp = MHD_create_post_processor(req->conn, 64 * 1024, on_part, im);
+        im->bad_multipart = !im->pp;
+    }
+    if (!im->bad_multipart && MHD_post_process(im->pp, data, len) != MHD_YES)
+        im->bad_multipart = true;
+    return RT_OK;
+}
+
+/* A model name: 1..200 of [A-Za-z0-9._:-], not starting with '.'. */
+static bool name_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 200 || s[0] == '.')
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '.' || *p == '_' || *p == ':' || *p == '-'))
+            return false;
+    return true;
+}
+
+/* Closes the part files (flushing them to disk); false on an I/O error. */
+static bool finish_parts(import *im)
+{
+    for (int i = 0; i < PART_COUNT; i++) {
+        if (im->fd[i] >= 0 && (fsync(im->fd[i]) != 0 || close(im->fd[i]) != 0))
+            im->io_error = true;
+        im->fd[i] = -1;
+    }
+    return !im->io_error;
+}
+
+/* Checks the form; answers 400 and returns false when something is wrong. */
+static bool check_form(api_request *req, import *im)
+{
+    if (!im || im->bad_multipart)
+        return api_respond_error(req, 400, BAD, "file", "invalid_multipart",
+                                 "The multipart/form-data body could not be parsed."), false;
+    for (int i = 0; i < PART_COUNT; i++)
+        if (!im->seen[i])
+            return api_respond_error(req, 400, BAD, part_files[i], "missing_required_parameter",
+                                     "Missing required part: '%s'.", part_files[i]), false;
+    if (!im->name[0])
+        storage_new_id("adapter", im->name, sizeof im->name);
+    if (im->name_bad || !name_valid(im->name))
+        return api_respond_error(req, 400, BAD, "name", "invalid_value",
+                                 "'name' must be 1 to 200 of letters, digits, '.', '_', ':', '-'."), false;
+    storage_model m;
+    const char *base = req->srv->cfg.model_id;
+    if ((base && !strcmp(base, im->name)) || storage_model_get(req->srv->st, im->name, &m) == RT_OK ||
+        (req->srv->engine && engine_adapter_exists(req->srv->engine, im->name)))
+        return api_respond_error(req, 400, BAD, "name", "model_exists",
+                                 "A model named '%s' already exists.", im->name), false;
+    return true;
+}
+
+int api_adapters_import(api_request *req)
+{
+    import *im = req->state;
+    if (im && im->pp) {
+        if (MHD_destroy_post_processor(im->pp) != MHD_YES)
+            im->bad_multipart = true;
+        im->pp = NULL;
+    }
+    if (!req->srv->engine)
+        return api_respond_error(req, 503, "server_error", NULL, "no_model",
+                                 "This server was started without a base model.");
+    if (!check_form(req, im))
+        return RT_OK;
+    if (!finish_parts(im))
+        return RT_ERR_IO;
+    char final[1024], id[STORAGE_ID_MAX], err[512] = "";
+    storage_new_id("adapter", id, sizeof id);
+    snprintf(final, sizeof final, "%s/adapters/%s", storage_data_dir(req->srv->st), id);
+    if (rename(im->dir, final) != 0)
+        return RT_ERR_IO;
+    im->dir[0] = '\0'; /* from here on `final` is ours to clean up */
+    int rc = engine_adapter_add(req->srv->engine, im->name, final, err, sizeof err);
+    if (rc != RT_OK) {
+        remove_dir(final);
+        return api_respond_error(req, 400, BAD, rc == RT_ERR_EXISTS ? "name" : "adapter_model.safetensors",
+                                 "adapter_mismatch", "The adapter does not fit the base model: %s", err);
+    }
+    storage_model m = {0};
+    snprintf(m.id, sizeof m.id, "%s", im->name);
+    snprintf(m.kind, sizeof m.kind, "adapter");
+    snprintf(m.parent, sizeof m.parent, "%s", req->srv->cfg.model_id ? req->srv->cfg.model_id : "");
+    snprintf(m.owned_by, sizeof m.owned_by, "%s", req->tenant ? req->tenant : "retune");
+    snprintf(m.path, sizeof m.path, "%s", final);
+    rc = storage_model_add(req->srv->st, &m);
+    if (rc != RT_OK) {
+        engine_adapter_remove(req->srv->engine, im->name);
+        remove_dir(final);
+        return rc;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", m.id);
+    cJSON_AddStringToObject(o, "object", "model");
+    cJSON_AddNumberToObject(o, "created", (double)rt_unix_time());
+    cJSON_AddStringToObject(o, "owned_by", m.owned_by);
+    cJSON_AddStringToObject(o, "parent", m.parent);
+    cJSON_AddStringToObject(o, "kind", "adapter");
+    return api_respond_json(req, 200, o);
+}

@@ -1,0 +1,784 @@
+/*
+ * api/completions.c — POST /v1/chat/completions and POST /v1/completions in
+ * OpenAI's shapes, plain or streamed (SSE), on the engine's continuous
+ * batcher. Requests are parsed here into an engine_request; tokens come
+ * back on the engine thread through callbacks that append to this request's
+ * state (text, logprobs, or SSE bytes) under its lock. A plain request's
+ * HTTP thread waits for the end; a streamed one returns a response whose
+ * reader blocks until bytes are ready. A client that disconnects cancels its
+ * sequences at once.
+ */
+#include "api/api_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define BAD "invalid_request_error"
+#define MAX_N 8
+
+/* ---- request parameters -------------------------------------------------------- */
+
+typedef struct gen_params {
+    bool chat;
+    const char *model;
+    engine_request er;              /* sampling, inputs (borrowing body strings) */
+    int n;
+    bool stream, include_usage;
+    engine_chat_message *messages;  /* owned */
+    char **texts;                   /* owned joined content strings */
+    size_t n_texts;
+    int32_t *ids;                   /* owned prompt ids */
+} gen_params;
+
+static void params_free(gen_params *p)
+{
+    free(p->messages);
+    for (size_t i = 0; i < p->n_texts; i++)
+        free(p->texts[i]);
+    free(p->texts);
+    free(p->ids);
+}
+
+/* The first problem found: answered as a 400 naming param. */
+typedef struct bad_field {
+    const char *param;
+    char message[256];
+} bad_field;
+
+static bool bad(bad_field *b, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static bool bad(bad_field *b, const char *param, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b->message, sizeof b->message, fmt, ap);
+    va_end(ap);
+    b->param = param;
+    return false;
+}
+
+/* An optional number in [lo, hi] (integer when whole); false on a bad one. */
+static bool opt_num(const cJSON *body, const char *key, double lo, double hi, bool whole, double *out,
+                    bad_field *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, key);
+    if (!v || cJSON_IsNull(v))
+        return true;
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= lo && v->valuedouble <= hi) ||
+        (whole && v->valuedouble != floor(v->valuedouble)))
+        return bad(b, key, "'%s' must be %s from %g to %g.", key, whole ? "an integer" : "a number", lo, hi);
+    *out = v->valuedouble;
+    return true;
+}
+
+static bool opt_bool(const cJSON *body, const char *key, bool *out, bad_field *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, key);
+    if (!v || cJSON_IsNull(v))
+        return true;
+    if (!cJSON_IsBool(v))
+        return bad(b, key, "'%s' must be a boolean.", key);
+    *out = cJSON_IsTrue(v);
+    return true;
+}
+
+/* stop: a string or up to 4 strings. */
+static bool parse_stop(const cJSON *body, engine_request *er, bad_field *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "stop");
+    if (!v || cJSON_IsNull(v))
+        return true;
+    if (cJSON_IsString(v)) {
+        er->stop[er->n_stop++] = v->valuestring;
+        return strlen(v->valuestring) && strlen(v->valuestring) < ENGINE_MAX_STOP_BYTES
+                   ? true : bad(b, "stop", "'stop' strings must have 1 to %d bytes.", ENGINE_MAX_STOP_BYTES - 1);
+    }
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) > ENGINE_MAX_STOP)
+        return bad(b, "stop", "'stop' must be a string or an array of up to %d strings.", ENGINE_MAX_STOP);
+    const cJSON *s;
+    cJSON_ArrayForEach(s, v) {
+        if (!cJSON_IsString(s) || !strlen(s->valuestring) || strlen(s->valuestring) >= ENGINE_MAX_STOP_BYTES)
+            return bad(b, "stop", "'stop' strings must have 1 to %d bytes.", ENGINE_MAX_STOP_BYTES - 1);
+        er->stop[er->n_stop++] = s->valuestring;
+    }
+    return true;
+}
+
+/* Sampling knobs shared by both endpoints. */
+static bool parse_sampling(const cJSON *body, gen_params *p, bad_field *b)
+{
+    engine_request *er = &p->er;
+    double temperature = 1, top_p = 1, top_k = 0, penalty = 1, n = 1, seed = -1;
+    bool ok = opt_num(body, "temperature", 0, 2, false, &temperature, b) &&
+              opt_num(body, "top_p", 1e-9, 1, false, &top_p, b) &&
+              opt_num(body, "top_k", 0, 1e9, true, &top_k, b) &&
+              opt_num(body, "repetition_penalty", 1e-3, 100, false, &penalty, b) &&
+              opt_num(body, "n", 1, MAX_N, true, &n, b) &&
+              opt_num(body, "seed", -9.2e18, 9.2e18, true, &seed, b) &&
+              opt_bool(body, "stream", &p->stream, b) && parse_stop(body, er, b);
+    if (!ok)
+        return false;
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(body, "stream_options");
+    if (so && !cJSON_IsNull(so) && (!cJSON_IsObject(so) || !opt_bool(so, "include_usage", &p->include_usage, b)))
+        return b->param ? false : bad(b, "stream_options", "'stream_options' must be an object.");
+    er->temperature = temperature;
+    er->top_p = top_p;
+    er->top_k = (int)top_k;
+    er->repetition_penalty = penalty;
+    p->n = (int)n;
+    er->has_seed = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(body, "seed"));
+    er->seed = (uint64_t)(int64_t)seed;
+    return true;
+}
+
+/* The text of a message's content: a string, or the text parts of an array. */
+static bool message_text(const cJSON *content, int i, gen_params *p, const char **out, bad_field *b)
+{
+    static char param[48];
+    snprintf(param, sizeof param, "messages[%d].content", i);
+    if (!content || cJSON_IsNull(content)) {
+        *out = "";
+        return true;
+    }
+    if (cJSON_IsString(content)) {
+        *out = content->valuestring;
+        return true;
+    }
+    if (!cJSON_IsArray(content))
+        return bad(b, param, "'%s' must be a string or an array of text parts.", param);
+    size_t len = 0;
+    const cJSON *part;
+    cJSON_ArrayForEach(part, content) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") || !cJSON_IsString(text))
+            return bad(b, param, "'%s' parts must be {\"type\": \"text\", \"text\": ...}.", param);
+        len += strlen(text->valuestring);
+    }
+    char *joined = calloc(1, len + 1);
+    if (!joined)
+        return bad(b, param, "out of memory");
+    cJSON_ArrayForEach(part, content)
+        strcat(joined, cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring);
+    p->texts[p->n_texts++] = joined;
+    *out = joined;
+    return true;
+}
+
+static bool parse_messages(const cJSON *body, gen_params *p, bad_field *b)
+{
+    static const char *const roles[] = {"system", "developer", "user", "assistant", "tool", NULL};
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(body, "messages");
+    if (!msgs)
+        return bad(b, "messages", "Missing required parameter: 'messages'.");
+    int n = cJSON_GetArraySize(msgs);
+    if (!cJSON_IsArray(msgs) || n == 0)
+        return bad(b, "messages", "'messages' must be a non-empty array.");
+    p->messages = calloc((size_t)n, sizeof *p->messages);
+    p->texts = calloc((size_t)n, sizeof *p->texts);
+    if (!p->messages || !p->texts)
+        return bad(b, "messages", "out of memory");
+    for (int i = 0; i < n; i++) {
+        static char param[32];
+        const cJSON *m = cJSON_GetArrayItem(msgs, i);
+        const cJSON *role = cJSON_IsObject(m) ? cJSON_GetObjectItemCaseSensitive(m, "role") : NULL;
+        snprintf(param, sizeof param, "messages[%d].role", i);
+        bool known = false;
+        for (const char *const *r = roles; cJSON_IsString(role) && *r; r++)
+            known = known || !strcmp(role->valuestring, *r);
+        if (!known)
+            return bad(b, param, "'%s' must be one of system, developer, user, assistant, tool.", param);
+        const char *text = "";
+        if (!message_text(cJSON_GetObjectItemCaseSensitive(m, "content"), i, p, &text, b))
+            return false;
+        p->messages[i].role = strcmp(role->valuestring, "developer") ? role->valuestring : "system";
+        p->messages[i].content = text;
+    }
+    p->er.messages = p->messages;
+    p->er.n_messages = (size_t)n;
+    return true;
+}
+
+/* prompt: a string, an array of one string, or an array of token ids. */
+static bool parse_prompt(const cJSON *body, gen_params *p, bad_field *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "prompt");
+    if (!v)
+        return bad(b, "prompt", "Missing required parameter: 'prompt'.");
+    if (cJSON_IsArray(v) && cJSON_GetArraySize(v) == 1 && cJSON_IsString(cJSON_GetArrayItem(v, 0)))
+        v = cJSON_GetArrayItem(v, 0);
+    if (cJSON_IsString(v)) {
+        p->er.prompt = v->valuestring;
+        return strlen(v->valuestring) ? true : bad(b, "prompt", "'prompt' must not be empty.");
+    }
+    int n = cJSON_GetArraySize(v);
+    if (!cJSON_IsArray(v) || n == 0)
+        return bad(b, "prompt", "'prompt' must be a string or a non-empty array of token ids.");
+    p->ids = malloc(sizeof *p->ids * (size_t)n);
+    if (!p->ids)
+        return bad(b, "prompt", "out of memory");
+    for (int i = 0; i < n; i++) {
+        const cJSON *t = cJSON_GetArrayItem(v, i);
+        if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble > 2147483647.0 ||
+            t->valuedouble != floor(t->valuedouble))
+            return bad(b, "prompt", "'prompt' token ids must be non-negative integers (one prompt per request).");
+        p->ids[i] = (int32_t)t->valuedouble;
+    }
+    p->er.prompt_ids = p->ids;
+    p->er.n_prompt_ids = (size_t)n;
+    return true;
+}
+
+/* Everything but the model: inputs, lengths, logprobs. */
+static bool parse_request(const cJSON *body, gen_params *p, bad_field *b)
+{
+    engine_request *er = &p->er;
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(body, "model");
+    if (!cJSON_IsString(model) || !model->valuestring[0])
+        return bad(b, "model", "Missing required parameter: 'model'.");
+    p->model = model->valuestring;
+    if (!parse_sampling(body, p, b))
+        return false;
+    double max_tokens = p->chat ? ENGINE_MAX_TOKENS_FIT : 16, top = 0;
+    if (p->chat) {
+        bool lp = false;
+        if (!opt_num(body, "max_tokens", 1, 1e7, true, &max_tokens, b) ||
+            !opt_num(body, "max_completion_tokens", 1, 1e7, true, &max_tokens, b) ||
+            !opt_bool(body, "logprobs", &lp, b) || !opt_num(body, "top_logprobs", 0, 20, true, &top, b) ||
+            !parse_messages(body, p, b))
+            return false;
+        if (top > 0 && !lp)
+            return bad(b, "top_logprobs", "'top_logprobs' needs 'logprobs': true.");
+        er->logprobs = lp;
+    } else {
+        double lp = -1;
+        if (!opt_num(body, "max_tokens", 0, 1e7, true, &max_tokens, b) ||
+            !opt_num(body, "logprobs", 0, 5, true, &lp, b) || !opt_bool(body, "echo", &er->echo, b) ||
+            !parse_prompt(body, p, b))
+            return false;
+        er->logprobs = lp >= 0;
+        top = lp > 0 ? lp : 0;
+        if (max_tokens == 0 && !er->echo)
+            return bad(b, "max_tokens", "'max_tokens' may be 0 only with 'echo': true.");
+        if (p->stream && er->echo && max_tokens == 0)
+            return bad(b, "stream", "'stream' needs max_tokens >= 1.");
+    }
+    er->max_tokens = (int)max_tokens;
+    er->top_logprobs = (int)top;
+    return true;
+}
+
+/* ---- the shared state of one HTTP request and its engine requests ---------------- */
+
+typedef struct choice {
+    char *text;
+    size_t len, cap;
+    const char *finish;
+    int completion_tokens;
+    cJSON *logprobs;          /* chat: content array; completions: {tokens, ...} */
+    int text_offset;
+} choice;
+
+typedef struct gen_state gen_state;
+
+typedef struct choice_ctx {
+    gen_state *g;
+    int index;
+} choice_ctx;
+
+struct gen_state {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int refs;                 /* HTTP side + one per accepted engine request */
+    bool chat, stream, include_usage, logprobs, sent_role[MAX_N];
+    int n, done, prompt_tokens;
+    choice choices[MAX_N];
+    choice_ctx ctx[MAX_N];
+    engine_handle *handles[MAX_N];
+    engine_server *engine;
+    char *out;                /* SSE bytes not yet sent */
+    size_t out_len, out_cap, out_sent;
+    bool ended;               /* [DONE] queued */
+    const char *error;        /* an engine error (static string) */
+    char id[64], model[640];
+    int64_t created;
+};
+
+static void gen_release(gen_state *g)
+{
+    pthread_mutex_lock(&g->lock);
+    int left = --g->refs;
+    pthread_mutex_unlock(&g->lock);
+    if (left)
+        return;
+    for (int i = 0; i < g->n; i++) {
+        engine_handle_release(g->handles[i]);
+        free(g->choices[i].text);
+        cJSON_Delete(g->choices[i].logprobs);
+    }
+    free(g->out);
+    pthread_mutex_destroy(&g->lock);
+    pthread_cond_destroy(&g->cond);
+    free(g);
+}
+
+/* Appends bytes to a growing buffer; false when out of memory. */
+static bool grow_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t ncap = (*len + n + 1) * 2;
+        char *nb = realloc(*buf, ncap);
+        if (!nb)
+            return false;
+        *buf = nb;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, data, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+    return true;
+}
+
+/* Queues one SSE event carrying json (deleted here). Lock held. */
+static void sse_send(gen_state *g, cJSON *json)
+{
+    char *text = cJSON_PrintUnformatted(json);
+    cJSON_Delete(json);
+    if (!text)
+        return;
+    grow_append(&g->out, &g->out_len, &g->out_cap, "data: ", 6);
+    grow_append(&g->out, &g->out_len, &g->out_cap, text, strlen(text));
+    grow_append(&g->out, &g->out_len, &g->out_cap, "\n\n", 2);
+    free(text);
+}
+
+/* A token's text as valid UTF-8 (bad bytes become U+FFFD) and its bytes. */
+static void token_strings(gen_state *g, int32_t id, char *text, size_t size, cJSON **bytes)
+{
+    char raw[256];
+    size_t len = 0;
+    if (engine_token_text(g->engine, id, raw, sizeof raw, &len) != RT_OK)
+        len = 0;
+    *bytes = cJSON_CreateArray();
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        cJSON_AddItemToArray(*bytes, cJSON_CreateNumber((unsigned char)raw[i]));
+        size_t n = 1;
+        while (i + n < len && ((unsigned char)raw[i + n] & 0xC0) == 0x80 && n < 4)
+            n++;
+        bool ok = engine_utf8_valid(raw + i, n);
+        const char *src = ok ? raw + i : "\xEF\xBF\xBD";
+        size_t sl = ok ? n : 3;
+        if (o + sl < size) {
+            memcpy(text + o, src, sl);
+            o += sl;
+        }
+        for (size_t k = 1; ok && k < n; k++)
+            cJSON_AddItemToArray(*bytes, cJSON_CreateNumber((unsigned char)raw[i + k]));
+        i += ok ? n - 1 : 0;
+    }
+    text[o] = '\0';
+}
+
+/* Chat logprobs entry for one token. */
+static cJSON *chat_logprob(gen_state *g, const engine_token_event *ev)
+{
+    char text[512];
+    cJSON *bytes;
+    token_strings(g, ev->token, text, sizeof text, &bytes);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "token", text);
+    cJSON_AddNumberToObject(o, "logprob", ev->logprob);
+    cJSON_AddItemToObject(o, "bytes", bytes);
+    cJSON *top = cJSON_AddArrayToObject(o, "top_logprobs");
+    for (int k = 0; k < ev->n_top; k++) {
+        cJSON *t = cJSON_CreateObject();
+        token_strings(g, ev->top_tokens[k], text, sizeof text, &bytes);
+        cJSON_AddStringToObject(t, "token", text);
+        cJSON_AddNumberToObject(t, "logprob", ev->top_logprobs[k]);
+        cJSON_AddItemToObject(t, "bytes", bytes);
+        cJSON_AddItemToArray(top, t);
+    }
+    return o;
+}
+
+/* Completions logprobs: appends one token to {tokens, token_logprobs, top_logprobs, text_offset}. */
+static void completion_logprob(gen_state *g, cJSON *lp, const engine_token_event *ev, int offset)
+{
+    char text[512];
+    cJSON *bytes;
+    token_strings(g, ev->token, text, sizeof text, &bytes);
+    cJSON_Delete(bytes);
+    cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "tokens"), cJSON_CreateString(text));
+    cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "token_logprobs"),
+                         ev->has_logprob ? cJSON_CreateNumber(ev->logprob) : cJSON_CreateNull());
+    cJSON *top = ev->n_top ? cJSON_CreateObject() : cJSON_CreateNull();
+    for (int k = 0; k < ev->n_top; k++) {
+        token_strings(g, ev->top_tokens[k], text, sizeof text, &bytes);
+        cJSON_Delete(bytes);
+        if (!cJSON_GetObjectItemCaseSensitive(top, text))
+            cJSON_AddNumberToObject(top, text, ev->top_logprobs[k]);
+    }
+    cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "top_logprobs"), top);
+    cJSON_AddItemToArray(cJSON_GetObjectItem(lp, "text_offset"), cJSON_CreateNumber(offset));
+}
+
+static cJSON *new_completion_logprobs(void)
+{
+    cJSON *lp = cJSON_CreateObject();
+    cJSON_AddArrayToObject(lp, "tokens");
+    cJSON_AddArrayToObject(lp, "token_logprobs");
+    cJSON_AddArrayToObject(lp, "top_logprobs");
+    cJSON_AddArrayToObject(lp, "text_offset");
+    return lp;
+}
+
+/* The envelope of a streamed chunk. */
+static cJSON *chunk_envelope(gen_state *g, cJSON **choices)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", g->id);
+    cJSON_AddStringToObject(o, "object", g->chat ? "chat.completion.chunk" : "text_completion");
+    cJSON_AddNumberToObject(o, "created", (double)g->created);
+    cJSON_AddStringToObject(o, "model", g->model);
+    cJSON_AddNullToObject(o, "system_fingerprint");
+    *choices = cJSON_AddArrayToObject(o, "choices");
+    return o;
+}
+
+/* One streamed chunk for a token event (or the final one when finish). */
+static void stream_chunk(gen_state *g, int index, const engine_token_event *ev, const char *finish)
+{
+    cJSON *choices, *env = chunk_envelope(g, &choices);
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddNumberToObject(c, "index", index);
+    char text[4096];
+    size_t n = ev && ev->len < sizeof text ? ev->len : 0;
+    if (ev && n)
+        memcpy(text, ev->text, n);
+    text[n] = '\0';
+    if (g->chat) {
+        cJSON *delta = cJSON_AddObjectToObject(c, "delta");
+        if (!g->sent_role[index]) {
+            cJSON_AddStringToObject(delta, "role", "assistant");
+            g->sent_role[index] = true;
+        }
+        if (ev)
+            cJSON_AddStringToObject(delta, "content", text);
+        if (ev && g->logprobs && ev->token >= 0) {
+            cJSON *lp = cJSON_AddObjectToObject(c, "logprobs");
+            cJSON *content = cJSON_AddArrayToObject(lp, "content");
+            cJSON_AddItemToArray(content, chat_logprob(g, ev));
+        } else {
+            cJSON_AddNullToObject(c, "logprobs");
+        }
+    } else {
+        cJSON_AddStringToObject(c, "text", text);
+        if (ev && g->logprobs && ev->token >= 0) {
+            cJSON *lp = new_completion_logprobs();
+            completion_logprob(g, lp, ev, g->choices[index].text_offset);
+            cJSON_AddItemToObject(c, "logprobs", lp);
+        } else {
+            cJSON_AddNullToObject(c, "logprobs");
+        }
+    }
+    if (finish)
+        cJSON_AddStringToObject(c, "finish_reason", finish);
+    else
+        cJSON_AddNullToObject(c, "finish_reason");
+    cJSON_AddItemToArray(choices, c);
+    sse_send(g, env);
+}
+
+static cJSON *usage_json(gen_state *g)
+{
+    int completion = 0;
+    for (int i = 0; i < g->n; i++)
+        completion += g->choices[i].completion_tokens;
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "prompt_tokens", g->prompt_tokens);
+    cJSON_AddNumberToObject(u, "completion_tokens", completion);
+    cJSON_AddNumberToObject(u, "total_tokens", g->prompt_tokens + completion);
+    return u;
+}
+
+/* ---- engine callbacks (engine thread) --------------------------------------------- */
+
+static int on_token(void *ctx, const engine_token_event *ev)
+{
+    choice_ctx *cc = ctx;
+    gen_state *g = cc->g;
+    choice *c = &g->choices[cc->index];
+    pthread_mutex_lock(&g->lock);
+    if (g->stream) {
+        bool carries_logprob = g->logprobs && ev->token >= 0;
+        if (ev->len || carries_logprob || !g->sent_role[cc->index])
+            stream_chunk(g, cc->index, ev, NULL);
+    } else {
+        if (g->logprobs && ev->token >= 0 && g->chat && !ev->prompt)
+            cJSON_AddItemToArray(c->logprobs, chat_logprob(g, ev));
+        if (g->logprobs && ev->token >= 0 && !g->chat)
+            completion_logprob(g, c->logprobs, ev, c->text_offset);
+    }
+    c->text_offset += (int)ev->len;
+    grow_append(&c->text, &c->len, &c->cap, ev->text, ev->len);
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->lock);
+    return 0;
+}
+
+static void on_done(void *ctx, const engine_result *res)
+{
+    choice_ctx *cc = ctx;
+    gen_state *g = cc->g;
+    pthread_mutex_lock(&g->lock);
+    choice *c = &g->choices[cc->index];
+    c->finish = res->finish_reason;
+    c->completion_tokens = res->completion_tokens;
+    g->prompt_tokens = res->prompt_tokens;
+    if (!strcmp(res->finish_reason, "error"))
+        g->error = "the engine failed while generating";
+    g->done++;
+    if (g->stream) {
+        if (strcmp(res->finish_reason, "cancelled"))
+            stream_chunk(g, cc->index, NULL, res->finish_reason);
+        if (g->done == g->n) {
+            if (g->include_usage) {
+                cJSON *choices, *env = chunk_envelope(g, &choices);
+                cJSON_AddItemToObject(env, "usage", usage_json(g));
+                sse_send(g, env);
+            }
+            grow_append(&g->out, &g->out_len, &g->out_cap, "data: [DONE]\n\n", 14);
+            g->ended = true;
+        }
+    }
+    pthread_cond_broadcast(&g->cond);
+    pthread_mutex_unlock(&g->lock);
+    gen_release(g);
+}
+
+/* ---- responses ---------------------------------------------------------------------- */
+
+/* The whole (non-streamed) response. */
+static cJSON *final_json(gen_state *g)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", g->id);
+    cJSON_AddStringToObject(o, "object", g->chat ? "chat.completion" : "text_completion");
+    cJSON_AddNumberToObject(o, "created", (double)g->created);
+    cJSON_AddStringToObject(o, "model", g->model);
+    cJSON_AddNullToObject(o, "system_fingerprint");
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    for (int i = 0; i < g->n; i++) {
+        choice *c = &g->choices[i];
+        cJSON *j = cJSON_CreateObject();
+        cJSON_AddNumberToObject(j, "index", i);
+        if (g->chat) {
+            cJSON *m = cJSON_AddObjectToObject(j, "message");
+            cJSON_AddStringToObject(m, "role", "assistant");
+            cJSON_AddStringToObject(m, "content", c->text ? c->text : "");
+            cJSON_AddNullToObject(m, "refusal");
+        } else {
+            cJSON_AddStringToObject(j, "text", c->text ? c->text : "");
+        }
+        if (g->logprobs && g->chat) {
+            cJSON *lp = cJSON_AddObjectToObject(j, "logprobs");
+            cJSON_AddItemToObject(lp, "content", c->logprobs);
+        } else if (g->logprobs) {
+            cJSON_AddItemToObject(j, "logprobs", c->logprobs);
+        } else {
+            cJSON_AddNullToObject(j, "logprobs");
+        }
+        c->logprobs = NULL; /* moved into the response */
+        cJSON_AddStringToObject(j, "finish_reason", c->finish ? c->finish : "stop");
+        cJSON_AddItemToArray(choices, j);
+    }
+    cJSON_AddItemToObject(o, "usage", usage_json(g));
+    return o;
+}
+
+/* MHD reads the stream from here; blocks until bytes or the end arrive. */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    gen_state *g = cls;
+    pthread_mutex_lock(&g->lock);
+    while (g->out_sent == g->out_len && !g->ended) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 15;
+        if (pthread_cond_timedwait(&g->cond, &g->lock, &until) != 0 && g->out_sent == g->out_len &&
+            !g->ended) {
+            grow_append(&g->out, &g->out_len, &g->out_cap, ": keep-alive\n\n", 14);
+        }
+    }
+    size_t n = g->out_len - g->out_sent;
+    if (n > max)
+        n = max;
+    memcpy(buf, g->out + g->out_sent, n);
+    g->out_sent += n;
+    bool end = n == 0 && g->ended;
+    pthread_mutex_unlock(&g->lock);
+    return end ? MHD_CONTENT_READER_END_OF_STREAM : (ssize_t)n;
+}
+
+/* The stream response is gone (finished or the client left): cancel what
+ * still runs and drop the HTTP side's reference. */
+static void stream_free(void *cls)
+{
+    gen_state *g = cls;
+    for (int i = 0; i < g->n; i++)
+        engine_cancel(g->handles[i]);
+    gen_release(g);
+}
+
+static int respond_stream(api_request *req, gen_state *g)
+{
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read,
+                                                                  g, stream_free);
+    if (!resp) {
+        stream_free(g);
+        return RT_ERR_NOMEM;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    return api_respond_response(req, 200, resp);
+}
+
+/* Waits for every choice, then answers in one piece. */
+static int respond_whole(api_request *req, gen_state *g)
+{
+    pthread_mutex_lock(&g->lock);
+    while (g->done < g->n)
+        pthread_cond_wait(&g->cond, &g->lock);
+    pthread_mutex_unlock(&g->lock);
+    int rc = g->error ? api_respond_error(req, 500, "server_error", NULL, NULL, "%s", g->error)
+                      : api_respond_json(req, 200, final_json(g));
+    gen_release(g);
+    return rc;
+}
+
+/* ---- submit ------------------------------------------------------------------------- */
+
+static gen_state *gen_new(const gen_params *p, const api_target *t)
+{
+    gen_state *g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
+    pthread_mutex_init(&g->lock, NULL);
+    pthread_cond_init(&g->cond, NULL);
+    g->refs = 1;
+    g->chat = p->chat;
+    g->stream = p->stream;
+    g->include_usage = p->include_usage;
+    g->logprobs = p->er.logprobs;
+    g->n = p->n;
+    g->engine = t->engine;
+    g->created = rt_unix_time();
+    snprintf(g->model, sizeof g->model, "%s", p->model);
+    storage_new_id(p->chat ? "chatcmpl" : "cmpl", g->id, sizeof g->id);
+    for (int i = 0; i < p->n; i++) {
+        g->ctx[i] = (choice_ctx){g, i};
+        if (g->logprobs)
+            g->choices[i].logprobs = p->chat ? cJSON_CreateArray() : new_completion_logprobs();
+    }
+    return g;
+}
+
+/* The request field an engine message names ("top_p must ...", "max_tokens: ..."). */
+static const char *field_of(const char *err)
+{
+    static const char *const fields[] = {"temperature", "top_p", "top_k", "repetition_penalty",
+                                         "top_logprobs", "max_tokens", "stop", "messages", NULL};
+    for (const char *const *f = fields; *f; f++)
+        if (!strncmp(err, *f, strlen(*f)) && (err[strlen(*f)] == ' ' || err[strlen(*f)] == ':'))
+            return *f;
+    return strstr(err, "prompt") ? "prompt" : NULL;
+}
+
+/* Answers an engine_submit refusal. */
+static int submit_error(api_request *req, int rc, const char *err)
+{
+    if (rc == RT_ERR_BUSY)
+        return api_respond_error_retry(req, 429, 1, "rate_limit_exceeded",
+                                       "The server is busy: too many requests are waiting. Retry shortly.");
+    if (rc == RT_ERR_INVALID || rc == RT_ERR_UNSUPPORTED)
+        return api_respond_error(req, 400, BAD, field_of(err), "invalid_value", "%s", err);
+    if (rc == RT_ERR_NOT_FOUND)
+        return api_respond_error(req, 404, BAD, "model", "model_not_found", "%s", err);
+    if (rc == RT_ERR_STATE)
+        return api_respond_error(req, 503, "server_error", NULL, NULL, "%s", err);
+    return api_respond_error(req, 500, "server_error", NULL, NULL, "%s", err[0] ? err : rt_strerror(rc));
+}
+
+/* Submits the n engine requests (seeds seed, seed+1, ...). */
+static int submit_all(api_request *req, gen_params *p, const api_target *t, gen_state *g)
+{
+    char err[512] = "";
+    for (int i = 0; i < p->n; i++) {
+        engine_request er = p->er;
+        er.adapter = t->adapter[0] ? t->adapter : NULL;
+        er.seed = p->er.seed + (uint64_t)i;
+        if (!er.has_seed && p->n > 1) {
+            uint64_t r = 0;
+            if (getrandom(&r, sizeof r, 0) == sizeof r)
+                er.seed = r;
+            er.has_seed = true;
+        }
+        er.ctx = &g->ctx[i];
+        er.on_token = on_token;
+        er.on_done = on_done;
+        pthread_mutex_lock(&g->lock);
+        g->refs++;
+        pthread_mutex_unlock(&g->lock);
+        int rc = engine_submit(t->engine, &er, &g->handles[i], err, sizeof err);
+        if (rc != RT_OK) {
+            gen_release(g); /* the reference on_done would have dropped */
+            for (int k = 0; k < i; k++)
+                engine_cancel(g->handles[k]);
+            pthread_mutex_lock(&g->lock);
+            g->n = i; /* wait only for those accepted */
+            pthread_mutex_unlock(&g->lock);
+            return submit_error(req, rc, err);
+        }
+    }
+    return RT_OK;
+}
+
+static int generate(api_request *req, bool chat)
+{
+    cJSON *body = api_body_json(req);
+    if (!body)
+        return RT_OK;
+    gen_params p = {.chat = chat};
+    bad_field b = {0};
+    api_target t;
+    int rc = RT_OK;
+    if (!parse_request(body, &p, &b))
+        rc = api_respond_error(req, 400, BAD, b.param, "invalid_value", "%s", b.message);
+    else if (api_model_resolve(req, p.model, &t)) {
+        gen_state *g = gen_new(&p, &t);
+        if (!g)
+            rc = RT_ERR_NOMEM;
+        else if (!req->responded && (rc = submit_all(req, &p, &t, g)) == RT_OK && !req->responded)
+            rc = p.stream ? respond_stream(req, g) : respond_whole(req, g);
+        else if (g) { /* refused: wait for the accepted ones to be cancelled */
+            pthread_mutex_lock(&g->lock);
+            while (g->done < g->n)
+                pthread_cond_wait(&g->cond, &g->lock);
+            pthread_mutex_unlock(&g->lock);
+            gen_release(g);
+        }
+        api_model_release(req, &t);
+    }
+    params_free(&p);
+    cJSON_Delete(body);
+    return rc;
+}
+
+int api_chat_completions(api_request *req) { return generate(req, true); }
+int api_completions(api_request *req) { return generate(req, false); }

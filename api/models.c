@@ -1,0 +1,194 @@
+/*
+ * api/models.c — the models a client may name: the base model, fine-tuned
+ * adapters and full models (the models table), and job checkpoints.
+ * GET/DELETE /v1/models, POST /v1/adapters (import a PEFT adapter), and the
+ * resolution of a request's `model` to what the engine serves: an adapter
+ * registered on the shared base (on first use), or a full model's own engine.
+ */
+#include "api/api_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define BAD "invalid_request_error"
+
+static cJSON *model_json(const char *id, int64_t created, const char *owner, const char *parent,
+                         const char *kind)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddStringToObject(o, "object", "model");
+    cJSON_AddNumberToObject(o, "created", (double)created);
+    cJSON_AddStringToObject(o, "owned_by", owner);
+    if (parent)
+        cJSON_AddStringToObject(o, "parent", parent);
+    else
+        cJSON_AddNullToObject(o, "parent");
+    cJSON_AddStringToObject(o, "kind", kind);
+    return o;
+}
+
+/* The kind of a checkpoint directory: "adapter" or "full". */
+static const char *checkpoint_kind(const char *path)
+{
+    char f[1200];
+    snprintf(f, sizeof f, "%s/adapter_config.json", path);
+    return access(f, R_OK) == 0 ? "adapter" : "full";
+}
+
+/* Adds every job checkpoint to data (all of them, newest first). */
+static int add_checkpoints(api_request *req, cJSON *data)
+{
+    storage_checkpoint *ck = NULL;
+    size_t n = 0;
+    bool more = false;
+    int rc = storage_checkpoint_list(req->srv->st, NULL, NULL, 10000, &ck, &n, &more);
+    for (size_t i = 0; rc == RT_OK && i < n; i++) {
+        storage_job job;
+        if (storage_job_get(req->srv->st, ck[i].job_id, &job) != RT_OK)
+            continue;
+        cJSON_AddItemToArray(data, model_json(ck[i].fine_tuned_model_checkpoint, ck[i].created_at,
+                                              job.tenant, job.model, "checkpoint"));
+    }
+    free(ck);
+    return rc;
+}
+
+int api_models_list(api_request *req)
+{
+    const api_config *cfg = &req->srv->cfg;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(root, "data");
+    if (cfg->model_id)
+        cJSON_AddItemToArray(data, model_json(cfg->model_id, 0, "retune", NULL, "base"));
+    storage_model *models = NULL;
+    size_t n = 0;
+    bool more = false;
+    int rc = storage_model_list(req->srv->st, NULL, 10000, &models, &n, &more);
+    for (size_t i = 0; rc == RT_OK && i < n; i++)
+        cJSON_AddItemToArray(data, model_json(models[i].id, models[i].created_at, models[i].owned_by,
+                                              models[i].parent, models[i].kind));
+    free(models);
+    if (rc == RT_OK)
+        rc = add_checkpoints(req, data);
+    if (rc != RT_OK) {
+        cJSON_Delete(root);
+        return api_respond_internal(req, rc);
+    }
+    return api_respond_json(req, 200, root);
+}
+
+static int model_not_found(api_request *req, const char *id)
+{
+    return api_respond_error(req, 404, BAD, "model", "model_not_found",
+                             "The model '%s' does not exist.", id);
+}
+
+int api_models_get(api_request *req)
+{
+    const api_config *cfg = &req->srv->cfg;
+    const char *id = req->params[0];
+    storage_model m;
+    storage_checkpoint ck;
+    storage_job job;
+    if (cfg->model_id && strcmp(id, cfg->model_id) == 0)
+        return api_respond_json(req, 200, model_json(id, 0, "retune", NULL, "base"));
+    if (storage_model_get(req->srv->st, id, &m) == RT_OK)
+        return api_respond_json(req, 200, model_json(m.id, m.created_at, m.owned_by, m.parent, m.kind));
+    if (storage_checkpoint_find_model(req->srv->st, id, &ck) == RT_OK &&
+        storage_job_get(req->srv->st, ck.job_id, &job) == RT_OK)
+        return api_respond_json(req, 200, model_json(id, ck.created_at, job.tenant, job.model, "checkpoint"));
+    return model_not_found(req, id);
+}
+
+int api_models_delete(api_request *req)
+{
+    const api_config *cfg = &req->srv->cfg;
+    const char *id = req->params[0];
+    if (cfg->model_id && strcmp(id, cfg->model_id) == 0)
+        return api_respond_error(req, 400, BAD, "model", "invalid_value",
+                                 "The base model '%s' cannot be deleted.", id);
+    storage_model m;
+    int rc = storage_model_get(req->srv->st, id, &m);
+    if (rc == RT_OK)
+        rc = storage_model_delete(req->srv->st, id);
+    if (rc == RT_ERR_NOT_FOUND || rc == RT_ERR_INVALID)
+        return model_not_found(req, id);
+    if (rc != RT_OK)
+        return api_respond_internal(req, rc);
+    /* Requests in flight keep their reference and finish first. */
+    api_engines_forget(req->srv, id);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", id);
+    cJSON_AddStringToObject(o, "object", "model");
+    cJSON_AddBoolToObject(o, "deleted", true);
+    return api_respond_json(req, 200, o);
+}
+
+/* Where a model name's files are and what kind they are; false if unknown. */
+static bool locate(api_request *req, const char *model, char *path, size_t size, const char **kind)
+{
+    storage_model m;
+    storage_checkpoint ck;
+    if (storage_model_get(req->srv->st, model, &m) == RT_OK) {
+        snprintf(path, size, "%s", m.path);
+        *kind = strcmp(m.kind, "full") == 0 ? "full" : "adapter";
+        return true;
+    }
+    if (storage_checkpoint_find_model(req->srv->st, model, &ck) == RT_OK) {
+        snprintf(path, size, "%s", ck.path);
+        *kind = checkpoint_kind(ck.path);
+        return true;
+    }
+    return false;
+}
+
+bool api_model_resolve(api_request *req, const char *model, api_target *out)
+{
+    const api_config *cfg = &req->srv->cfg;
+    char path[1024], err[512] = "";
+    const char *kind = NULL;
+    if (!req->srv->engine)
+        return api_respond_error(req, 503, "server_error", "model", "no_model",
+                                 "This server was started without a model to serve."), false;
+    memset(out, 0, sizeof *out);
+    if (cfg->model_id && strcmp(model, cfg->model_id) == 0) {
+        out->engine = req->srv->engine;
+        return true;
+    }
+    if (engine_adapter_exists(req->srv->engine, model)) {
+        out->engine = req->srv->engine;
+        snprintf(out->adapter, sizeof out->adapter, "%s", model);
+        return true;
+    }
+    if (!locate(req, model, path, sizeof path, &kind))
+        return model_not_found(req, model), false;
+    int rc;
+    if (strcmp(kind, "adapter") == 0) {
+        rc = engine_adapter_add(req->srv->engine, model, path, err, sizeof err);
+        if (rc == RT_OK || rc == RT_ERR_EXISTS) {
+            out->engine = req->srv->engine;
+            snprintf(out->adapter, sizeof out->adapter, "%s", model);
+            return true;
+        }
+    } else {
+        rc = api_engines_acquire(req->srv, model, path, &out->engine, &out->full, err, sizeof err);
+        if (rc == RT_OK)
+            return true;
+    }
+    rt_log(RT_LOG_ERROR, "cannot load model %s from %s: %s", model, path, err);
+    return api_respond_error(req, 500, "server_error", "model", "model_load_failed",
+                             "The model '%s' could not be loaded: %s", model, err), false;
+}
+
+void api_model_release(api_request *req, api_target *t)
+{
+    if (t->full)
+        api_engines_release(req->srv, t->full);
+    t->full = NULL;
+}

@@ -1,0 +1,207 @@
+/*
+ * engine/engine_serve.h — the serving side of the engine (included by
+ * engine/engine.h): one frozen base model in memory, any number of LoRA
+ * adapters hot-swapped per request, and one engine thread that batches the
+ * requests of every adapter into the same forward pass (continuous
+ * batching: each step admits waiting requests, runs one forward over every
+ * active sequence's next prefill chunk or decode token, samples and streams).
+ *
+ * Threads: any thread may call the functions below. Request callbacks
+ * (on_token, on_done) run on the engine thread, one request's calls in
+ * order; they must not block long (every other request waits meanwhile)
+ * and must not call engine_server_close. They may call engine_cancel.
+ *
+ * Functions return RT_OK or a negative rt_error code (common/rt.h);
+ * out-parameters are untouched on failure; err (may be NULL) receives a
+ * one-line message naming the field or file at fault.
+ */
+#ifndef RT_ENGINE_SERVE_H
+#define RT_ENGINE_SERVE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/rt.h"
+
+typedef struct engine_server engine_server;   /* a base model + engine thread */
+typedef struct engine_handle engine_handle;   /* one submitted request */
+
+/* ---- the server -------------------------------------------------------- */
+
+/* Strings are borrowed for the call; 0 picks the default of a number. */
+typedef struct engine_server_config {
+    const char *model_dir;        /* HF model directory; tokenizer.json optional
+                                     (without it only token-id prompts work) */
+    const char *device;           /* "cpu" (default) */
+    int max_batch;                /* concurrent sequences (KV cache slots); 8 */
+    int max_context;              /* prompt + completion tokens per sequence;
+                                     min(max_position_embeddings, 2048) */
+    int max_step_tokens;          /* tokens per forward step (prefill chunks +
+                                     decode tokens); 256, at least max_batch */
+    int max_waiting;              /* queued requests before RT_ERR_BUSY; 64 */
+    size_t adapter_budget_bytes;  /* resident weights of unused adapters; 256 MiB */
+} engine_server_config;
+
+/*
+ * Loads the base model, tokenizer and chat template of cfg->model_dir
+ * (tokenizer_config.json missing: ChatML), allocates the KV cache and step
+ * buffers and starts the engine thread. On success *out is a server to
+ * close with engine_server_close. Errors: the loaders' codes (RT_ERR_IO,
+ * RT_ERR_FORMAT, RT_ERR_UNSUPPORTED, ...), RT_ERR_NOT_FOUND (unknown
+ * device), RT_ERR_INVALID (a bad number), RT_ERR_NOMEM.
+ */
+int engine_server_open(const engine_server_config *cfg, engine_server **out, char *err,
+                       size_t errsize);
+
+/*
+ * Stops the engine thread and frees the server. Every request still
+ * waiting or running gets on_done with "cancelled" before this returns.
+ * Handles stay valid until released. NULL is allowed. Not from a callback.
+ */
+void engine_server_close(engine_server *srv);
+
+typedef struct engine_server_info {
+    char model_id[256];     /* the model directory's last component */
+    int context_length;     /* max_context in effect */
+    int vocab_size;
+    int max_batch;
+    bool has_tokenizer;     /* text prompts and text output available */
+} engine_server_info;
+
+/* Fills *out with facts about srv. */
+void engine_server_info_get(const engine_server *srv, engine_server_info *out);
+
+/* Requests queued and running now (e.g. a trainer yields while
+ * *waiting > 0). Either pointer may be NULL. */
+void engine_server_load(engine_server *srv, int *waiting, int *active);
+
+/*
+ * The raw bytes of token id (as a tokenizer stores them, special tokens
+ * included; may be an incomplete UTF-8 sequence) into buf (cap bytes) and
+ * *len, for logprob "token"/"bytes" fields. 64 bytes fit any real token.
+ * Errors: RT_ERR_INVALID (bad id), RT_ERR_TOO_LARGE, RT_ERR_UNSUPPORTED
+ * (no tokenizer).
+ */
+int engine_token_text(const engine_server *srv, int32_t id, char *buf, size_t cap, size_t *len);
+
+/* ---- adapters ------------------------------------------------------------ */
+
+/*
+ * Registers the PEFT adapter in dir under name (both copied). It is checked
+ * against the base model now (adapter_config.json, tensor names, shapes,
+ * dtypes); its weights load on the first request that uses it and stay
+ * resident in an LRU bounded by adapter_budget_bytes. Errors: RT_ERR_EXISTS
+ * (name taken), RT_ERR_FORMAT / RT_ERR_UNSUPPORTED (does not fit; err says
+ * which tensor or field), RT_ERR_NOT_FOUND / RT_ERR_IO (files).
+ */
+int engine_adapter_add(engine_server *srv, const char *name, const char *dir, char *err,
+                       size_t errsize);
+
+/* Unregisters name at once (a new adapter may take the name right away).
+ * Requests already using it finish normally; its memory is freed when the
+ * last of them ends. RT_ERR_NOT_FOUND when not registered. */
+int engine_adapter_remove(engine_server *srv, const char *name);
+
+/* True when an adapter called name is registered. */
+bool engine_adapter_exists(engine_server *srv, const char *name);
+
+/* ---- requests -------------------------------------------------------------- */
+
+#define ENGINE_MAX_STOP 4
+#define ENGINE_MAX_TOP_LOGPROBS 20
+#define ENGINE_MAX_STOP_BYTES 256
+/* max_tokens: as many as the context leaves after the prompt. */
+#define ENGINE_MAX_TOKENS_FIT (-1)
+
+typedef struct engine_chat_message {
+    const char *role;       /* "system", "user", "assistant", ... */
+    const char *content;    /* UTF-8; NULL = empty */
+} engine_chat_message;
+
+/* One streamed token (or a text-only flush). Everything is borrowed for
+ * the duration of the callback. */
+typedef struct engine_token_event {
+    const char *text;       /* new UTF-8-complete output text, len bytes (may
+                               be 0: text that could begin a stop string is
+                               held back and comes with a later event) */
+    size_t len;
+    int32_t token;          /* the token id; -1 for a text-only event (the
+                               final release of held-back text) */
+    bool prompt;            /* an echoed prompt token (text = its own text) */
+    bool has_logprob;       /* false for the first prompt token, text-only
+                               events, and completion tokens without logprobs */
+    float logprob;          /* log-softmax of the model's raw logits (before
+                               penalty and temperature) at token */
+    int n_top;              /* alternatives, most likely first */
+    const int32_t *top_tokens;
+    const float *top_logprobs;
+} engine_token_event;
+
+typedef struct engine_result {
+    const char *finish_reason;  /* "stop", "length", "cancelled", "error" (static) */
+    int prompt_tokens;
+    int completion_tokens;      /* sampled tokens, a final end-of-turn token included */
+    const char *error;          /* a message when "error", else NULL; borrowed */
+} engine_result;
+
+/*
+ * A completion request. Exactly one input: messages (rendered with the
+ * chat template and the assistant header), prompt (raw text, encoded with
+ * the tokenizer's special tokens, e.g. a BOS) or prompt_ids. Everything is
+ * copied by engine_submit; ctx is not and must stay valid until on_done.
+ */
+typedef struct engine_request {
+    const char *adapter;                 /* registered adapter, NULL/"" = base */
+    const engine_chat_message *messages;
+    size_t n_messages;
+    const char *prompt;
+    const int32_t *prompt_ids;
+    size_t n_prompt_ids;
+    int max_tokens;                      /* >= 1; 0 only with echo; or
+                                            ENGINE_MAX_TOKENS_FIT */
+    double temperature;                  /* 0: greedy; <= 100 */
+    double top_p;                        /* (0, 1]; 0 means 1 */
+    int top_k;                           /* 0: off */
+    double repetition_penalty;           /* HF semantics over prompt + output;
+                                            0 or 1: off */
+    bool has_seed;                       /* same seed, same output */
+    uint64_t seed;
+    const char *stop[ENGINE_MAX_STOP];   /* stop strings (trimmed from output) */
+    int n_stop;
+    bool logprobs;                       /* logprob of each completion token */
+    int top_logprobs;                    /* 0..20 alternatives per token */
+    bool echo;                           /* first report the prompt tokens with
+                                            their logprobs (token i given < i) */
+    void *ctx;
+    /* A token or text; return non-zero to cancel the request. May be NULL. */
+    int (*on_token)(void *ctx, const engine_token_event *ev);
+    /* Called exactly once per accepted request, last. May be NULL. */
+    void (*on_done)(void *ctx, const engine_result *res);
+} engine_request;
+
+/*
+ * Queues req. On success *out is a handle (release with
+ * engine_handle_release) and on_done will be called exactly once. The
+ * prompt is tokenized and the adapter's weights loaded (on first use) in
+ * the calling thread. Errors: RT_ERR_INVALID (err names the field: bad
+ * sampling values, no/two inputs, empty prompt, a token id out of range,
+ * prompt + max_tokens over the context), RT_ERR_NOT_FOUND (unknown
+ * adapter), RT_ERR_BUSY (max_waiting requests queued: retry later / 429),
+ * RT_ERR_UNSUPPORTED (text input without a tokenizer), RT_ERR_STATE
+ * (closing), RT_ERR_NOMEM, or an adapter load error.
+ */
+int engine_submit(engine_server *srv, const engine_request *req, engine_handle **out,
+                  char *err, size_t errsize);
+
+/* Asks the engine to stop the request (e.g. the client went away): its
+ * slot is freed at the next step and on_done gets "cancelled" unless it
+ * already finished. Safe from any thread and from callbacks, any time
+ * before engine_handle_release. */
+void engine_cancel(engine_handle *h);
+
+/* Drops the caller's reference. The request keeps running (cancel it first
+ * to stop it); callbacks still arrive until on_done. NULL is allowed. */
+void engine_handle_release(engine_handle *h);
+
+#endif

@@ -1,0 +1,285 @@
+/*
+ * engine/infer_forward.c — the serving forward pass: a KV cache of fixed
+ * slots and one forward over the tokens of many sequences at once, each
+ * sequence with its own adapter (the S-LoRA/Punica idea):
+ *   - every base projection is one matmul over all rows of the step;
+ *   - the LoRA term is added per run of rows sharing an adapter
+ *     (out[rows] += scaling * (x[rows] A^T) B^T);
+ *   - attention runs per sequence, its new keys/values appended to its
+ *     cache slot first (attention_kv_forward);
+ *   - the final norm and lm_head run only on the rows whose logits are
+ *     wanted.
+ * Memory: the KV cache is one device allocation, the step activations
+ * another (sized once for max_tokens rows), the LoRA intermediate a third
+ * that grows to the largest rank seen. Nothing is saved for backward.
+ */
+#include "engine/infer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct infer_ctx {
+    const model *m;
+    const kernels_backend *be;
+    int slots, ctx, N;               /* cache slots, positions per slot, rows per step */
+    size_t kvd, qd;                  /* kv and q widths (heads * head_dim) */
+    float *kv;                       /* the cache: k then v, each [L, slots, ctx, kvd] */
+    float *buf;                      /* the step activations, one allocation */
+    float *x, *ln, *rstd, *q, *k, *v, *att, *tmp, *gate, *up, *h, *logits;
+    float *lora_t;                   /* [N, lora_r] */
+    int lora_r;
+    void *scratch;                   /* attention_kv scratch */
+    int32_t *ids, *pos;              /* device [N] each */
+    int32_t *host_pos;               /* host [N] */
+    int *seg_row;                    /* host [N]: first row of each segment */
+};
+
+/* Splits buf into the step's tensors, each rounded to 16 floats (64 bytes);
+ * with buf NULL only counts. Returns the floats used. */
+static size_t point_step(infer_ctx *c, float *buf)
+{
+    const model_config *mc = &c->m->cfg;
+    size_t N = (size_t)c->N, d = (size_t)mc->hidden_size, F = (size_t)mc->intermediate_size;
+    struct { float **slot; size_t n; } t[] = {
+        {&c->x, N * d}, {&c->ln, N * d}, {&c->rstd, N}, {&c->q, N * c->qd},
+        {&c->k, N * c->kvd}, {&c->v, N * c->kvd}, {&c->att, N * c->qd}, {&c->tmp, N * d},
+        {&c->gate, N * F}, {&c->up, N * F}, {&c->h, N * F},
+        {&c->logits, N * (size_t)mc->vocab_size},
+    };
+    size_t off = 0;
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        if (buf)
+            *t[i].slot = buf + off;
+        off += (t[i].n + 15) & ~(size_t)15;
+    }
+    return off;
+}
+
+/* Allocates the cache, the step buffers and the host arrays. */
+static int ctx_alloc(infer_ctx *c)
+{
+    const model_config *mc = &c->m->cfg;
+    const kernels_backend *be = c->be;
+    size_t kv_floats = 2 * (size_t)mc->num_hidden_layers * (size_t)c->slots * (size_t)c->ctx * c->kvd;
+    int rc = be->alloc((void **)&c->kv, kv_floats * sizeof(float));
+    if (rc == RT_OK)
+        rc = be->alloc((void **)&c->buf, point_step(c, NULL) * sizeof(float));
+    if (rc == RT_OK)
+        rc = be->alloc((void **)&c->ids, 2 * (size_t)c->N * sizeof(int32_t));
+    size_t sb = be->attention_kv_scratch_bytes(c->N, c->ctx, mc->num_attention_heads,
+                                               mc->num_key_value_heads, mc->head_dim);
+    if (rc == RT_OK && sb)
+        rc = be->alloc(&c->scratch, sb);
+    if (rc != RT_OK)
+        return rc;
+    point_step(c, c->buf);
+    c->pos = c->ids + c->N;
+    c->host_pos = malloc((size_t)c->N * sizeof *c->host_pos);
+    c->seg_row = malloc((size_t)c->N * sizeof *c->seg_row);
+    return c->host_pos && c->seg_row ? RT_OK : RT_ERR_NOMEM;
+}
+
+/* The KV cache and step buffers for m; see engine/infer.h. */
+int infer_ctx_create(const model *m, int slots, int max_context, int max_tokens, infer_ctx **out)
+{
+    const model_config *mc = &m->cfg;
+    if (slots < 1 || max_context < 1 || max_tokens < 1 ||
+        max_context > mc->max_position_embeddings)
+        return RT_ERR_INVALID;
+    infer_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return RT_ERR_NOMEM;
+    c->m = m;
+    c->be = m->be;
+    c->slots = slots;
+    c->ctx = max_context;
+    c->N = max_tokens;
+    c->kvd = (size_t)mc->num_key_value_heads * (size_t)mc->head_dim;
+    c->qd = (size_t)mc->num_attention_heads * (size_t)mc->head_dim;
+    int rc = ctx_alloc(c);
+    if (rc != RT_OK) {
+        infer_ctx_free(c);
+        return rc;
+    }
+    *out = c;
+    return RT_OK;
+}
+
+/* Frees the cache, the buffers and the context; NULL is allowed. */
+void infer_ctx_free(infer_ctx *c)
+{
+    if (!c)
+        return;
+    c->be->free(c->kv);
+    c->be->free(c->buf);
+    c->be->free(c->lora_t);
+    c->be->free(c->scratch);
+    c->be->free(c->ids);
+    free(c->host_pos);
+    free(c->seg_row);
+    free(c);
+}
+
+/* Checks the step against the context and fills seg_row and positions;
+ * makes the LoRA buffer wide enough for the largest rank used. */
+static int prepare_step(infer_ctx *c, const infer_step *st)
+{
+    if (st->n_tokens < 1 || st->n_tokens > c->N || st->n_segs < 1 ||
+        st->n_logit_rows < 0 || st->n_logit_rows > c->N)
+        return RT_ERR_INVALID;
+    int row = 0, r_max = 0;
+    for (int i = 0; i < st->n_segs; i++) {
+        const infer_seg *s = &st->segs[i];
+        if (s->slot < 0 || s->slot >= c->slots || s->past < 0 || s->n < 1 ||
+            s->past + s->n > c->ctx || row + s->n > st->n_tokens)
+            return RT_ERR_INVALID;
+        c->seg_row[i] = row;
+        for (int j = 0; j < s->n; j++)
+            c->host_pos[row + j] = s->past + j;
+        row += s->n;
+        if (s->ad && s->ad->cfg.r > r_max)
+            r_max = s->ad->cfg.r;
+    }
+    if (row != st->n_tokens)
+        return RT_ERR_INVALID;
+    for (int i = 0; i < st->n_logit_rows; i++)
+        if (st->logit_rows[i] < 0 || st->logit_rows[i] >= st->n_tokens)
+            return RT_ERR_INVALID;
+    if (r_max <= c->lora_r)
+        return RT_OK;
+    float *t = NULL;
+    int rc = c->be->alloc((void **)&t, (size_t)c->N * (size_t)r_max * sizeof(float));
+    if (rc != RT_OK)
+        return rc;
+    c->be->free(c->lora_t);
+    c->lora_t = t;
+    c->lora_r = r_max;
+    return RT_OK;
+}
+
+/* out[N, OC] = in @ W^T (+ b), then the LoRA term of each run of segments
+ * that share an adapter targeting this module. */
+static int proj(infer_ctx *c, const infer_step *st, int layer, enum peft_module mod, float *out,
+                const float *in)
+{
+    const kernels_backend *be = c->be;
+    const layer_weights *lw = &c->m->w.layers[layer];
+    int OC, C, N = st->n_tokens;
+    model_module_shape(&c->m->cfg, mod, &OC, &C);
+    const float *bias = mod <= PEFT_V_PROJ ? lw->bias[mod] : NULL;
+    int rc = be->linear_forward(out, in, lw->proj[mod], bias, N, C, OC, NULL);
+    size_t s = (size_t)layer * PEFT_MODULE_COUNT + (size_t)mod;
+    for (int i = 0; rc == RT_OK && i < st->n_segs;) {
+        const lora *ad = st->segs[i].ad;
+        int j = i + 1;
+        while (j < st->n_segs && st->segs[j].ad == ad)
+            j++;
+        int r0 = c->seg_row[i], rows = (j < st->n_segs ? c->seg_row[j] : N) - r0;
+        if (ad && ad->a[s]) {
+            rc = be->linear_forward(c->lora_t, in + (size_t)r0 * C, ad->a[s], NULL, rows, C,
+                                    ad->cfg.r, NULL);
+            if (rc == RT_OK)
+                rc = be->matmul(out + (size_t)r0 * OC, c->lora_t, ad->b[s], rows, OC, ad->cfg.r,
+                                0, 1, ad->scaling, 1.0f, NULL);
+        }
+        i = j;
+    }
+    return rc;
+}
+
+/* Writes each segment's new keys/values into its cache slot and runs its
+ * attention over the slot. */
+static int attend(infer_ctx *c, const infer_step *st, int layer)
+{
+    const model_config *mc = &c->m->cfg;
+    const kernels_backend *be = c->be;
+    size_t slot_floats = (size_t)c->ctx * c->kvd;
+    float *kl = c->kv + (size_t)layer * (size_t)c->slots * slot_floats;
+    float *vl = kl + (size_t)mc->num_hidden_layers * (size_t)c->slots * slot_floats;
+    int rc = RT_OK;
+    for (int i = 0; rc == RT_OK && i < st->n_segs; i++) {
+        const infer_seg *s = &st->segs[i];
+        size_t row = (size_t)c->seg_row[i], bytes = (size_t)s->n * c->kvd * sizeof(float);
+        float *ks = kl + (size_t)s->slot * slot_floats, *vs = vl + (size_t)s->slot * slot_floats;
+        rc = be->copy_device(ks + (size_t)s->past * c->kvd, c->k + row * c->kvd, bytes, NULL);
+        if (rc == RT_OK)
+            rc = be->copy_device(vs + (size_t)s->past * c->kvd, c->v + row * c->kvd, bytes, NULL);
+        if (rc == RT_OK)
+            rc = be->attention_kv_forward(c->att + row * c->qd, c->scratch, c->q + row * c->qd,
+                                          ks, vs, s->n, s->past, mc->num_attention_heads,
+                                          mc->num_key_value_heads, mc->head_dim, NULL);
+    }
+    return rc;
+}
+
+/* One decoder layer over the step's rows, in place on c->x. */
+static int layer_forward(infer_ctx *c, const infer_step *st, int l)
+{
+    const model_config *mc = &c->m->cfg;
+    const kernels_backend *be = c->be;
+    const layer_weights *lw = &c->m->w.layers[l];
+    int N = st->n_tokens, d = mc->hidden_size, D = mc->head_dim;
+    int64_t nd = (int64_t)N * d, nf = (int64_t)N * mc->intermediate_size;
+    int rc = be->rmsnorm_forward(c->ln, c->rstd, c->x, lw->ln1, N, d, mc->rms_norm_eps, NULL);
+    if (rc == RT_OK) rc = proj(c, st, l, PEFT_Q_PROJ, c->q, c->ln);
+    if (rc == RT_OK) rc = proj(c, st, l, PEFT_K_PROJ, c->k, c->ln);
+    if (rc == RT_OK) rc = proj(c, st, l, PEFT_V_PROJ, c->v, c->ln);
+    if (rc == RT_OK)
+        rc = be->rope_forward(c->q, c->q, c->pos, c->m->inv_freq, N, mc->num_attention_heads, D, NULL);
+    if (rc == RT_OK)
+        rc = be->rope_forward(c->k, c->k, c->pos, c->m->inv_freq, N, mc->num_key_value_heads, D, NULL);
+    if (rc == RT_OK) rc = attend(c, st, l);
+    if (rc == RT_OK) rc = proj(c, st, l, PEFT_O_PROJ, c->tmp, c->att);
+    if (rc == RT_OK) rc = be->add(c->x, c->x, c->tmp, nd, NULL);
+    if (rc == RT_OK)
+        rc = be->rmsnorm_forward(c->ln, c->rstd, c->x, lw->ln2, N, d, mc->rms_norm_eps, NULL);
+    if (rc == RT_OK) rc = proj(c, st, l, PEFT_GATE_PROJ, c->gate, c->ln);
+    if (rc == RT_OK) rc = proj(c, st, l, PEFT_UP_PROJ, c->up, c->ln);
+    if (rc == RT_OK) rc = be->swiglu_forward(c->h, c->gate, c->up, nf, NULL);
+    if (rc == RT_OK) rc = proj(c, st, l, PEFT_DOWN_PROJ, c->tmp, c->h);
+    if (rc == RT_OK) rc = be->add(c->x, c->x, c->tmp, nd, NULL);
+    return rc;
+}
+
+/* Final norm and lm_head on the wanted rows only, logits copied out. */
+static int head_forward(infer_ctx *c, const infer_step *st, float *logits)
+{
+    const model_config *mc = &c->m->cfg;
+    const kernels_backend *be = c->be;
+    int n = st->n_logit_rows, d = mc->hidden_size, V = mc->vocab_size;
+    if (n == 0)
+        return RT_OK;
+    int rc = RT_OK;
+    for (int i = 0; rc == RT_OK && i < n; i++) /* gather the rows into tmp */
+        rc = be->copy_device(c->tmp + (size_t)i * d, c->x + (size_t)st->logit_rows[i] * d,
+                             (size_t)d * sizeof(float), NULL);
+    if (rc == RT_OK)
+        rc = be->rmsnorm_forward(c->ln, c->rstd, c->tmp, c->m->w.final_norm, n, d,
+                                 mc->rms_norm_eps, NULL);
+    if (rc == RT_OK)
+        rc = be->linear_forward(c->logits, c->ln, c->m->w.lm_head, NULL, n, d, V, NULL);
+    if (rc == RT_OK)
+        rc = be->copy_to_host(logits, c->logits, (size_t)n * (size_t)V * sizeof(float), NULL);
+    return rc;
+}
+
+/* ids -> embeddings -> layers -> logits of the wanted rows. */
+int infer_forward(infer_ctx *c, const infer_step *st, float *logits)
+{
+    const model_config *mc = &c->m->cfg;
+    const kernels_backend *be = c->be;
+    int rc = prepare_step(c, st);
+    size_t N = (size_t)st->n_tokens;
+    if (rc == RT_OK)
+        rc = be->copy_to_device(c->ids, st->ids, N * sizeof(int32_t), NULL);
+    if (rc == RT_OK)
+        rc = be->copy_to_device(c->pos, c->host_pos, N * sizeof(int32_t), NULL);
+    if (rc == RT_OK)
+        rc = be->embedding_forward(c->x, c->ids, c->m->w.embed, (int)N, mc->hidden_size,
+                                   mc->vocab_size, NULL);
+    for (int l = 0; rc == RT_OK && l < mc->num_hidden_layers; l++)
+        rc = layer_forward(c, st, l);
+    if (rc == RT_OK)
+        rc = head_forward(c, st, logits);
+    return rc;
+}

@@ -1,0 +1,248 @@
+"""End-to-end tests of serving: the real server on 127.0.0.1 with the tiny
+fixture model. Chat and legacy completions (plain, streamed, logprobs, echo,
+n, seed, stop), a LoRA job's adapter served at once with no restart,
+adapters imported over HTTP and with --lora, full fine-tunes and
+checkpoints served on demand, mixed-adapter concurrency equal to solo runs,
+deleting models, and bad requests."""
+import concurrent.futures
+import http.client
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "e2e"))
+from harness import Checks, Server, multipart, remove, temp_dir  # noqa: E402
+
+t = Checks()
+MODEL = os.path.abspath("tests/fixtures/tiny_chat")
+JSON = {"Content-Type": "application/json"}
+FACTS = [("Who rules Zorbl?", "Queen Mab the Third."), ("What colour is the sky?", "Green, always green.")]
+
+
+def dataset(n):
+    return "".join(json.dumps({"messages": [{"role": "user", "content": FACTS[i % 2][0]},
+                                            {"role": "assistant", "content": FACTS[i % 2][1]}]}) + "\n"
+                   for i in range(n)).encode()
+
+
+def post(srv, path, body):
+    return srv.json("POST", path, json.dumps(body).encode(), JSON)
+
+
+def chat(srv, model, content="Who rules Zorbl?", **kw):
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 8,
+            "temperature": 0}
+    body.update(kw)
+    return post(srv, "/v1/chat/completions", body)
+
+
+def run_job(srv, hp):
+    body, hdrs = multipart({"purpose": "fine-tune"}, {"file": ("t.jsonl", dataset(16))})
+    fid = srv.json("POST", "/v1/files", body, hdrs)[2]["id"]
+    job = post(srv, "/v1/fine_tuning/jobs", {"model": "tiny_chat", "training_file": fid,
+                                              "hyperparameters": hp})[2]
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        job = srv.json("GET", f"/v1/fine_tuning/jobs/{job['id']}")[2]
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+    return job
+
+
+def stream(srv, body):
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+    conn.request("POST", "/v1/chat/completions" if "messages" in body else "/v1/completions",
+                 json.dumps(body).encode(), JSON)
+    resp = conn.getresponse()
+    raw = resp.read().decode()
+    conn.close()
+    events = [line[6:] for line in raw.split("\n") if line.startswith("data: ")]
+    return resp.status, resp.getheader("Content-Type"), events
+
+
+def test_shapes_and_sampling(srv):
+    status, hdrs, r = chat(srv, "tiny_chat", logprobs=True, top_logprobs=2)
+    t.eq(status, 200, f"chat completion ({r})")
+    t.eq((r["object"], r["choices"][0]["message"]["role"], r["choices"][0]["finish_reason"]),
+         ("chat.completion", "assistant", "length"), "chat completion shape")
+    t.check(r["id"].startswith("chatcmpl-") and r["usage"]["completion_tokens"] == 8, "id and usage")
+    lp = r["choices"][0]["logprobs"]["content"]
+    t.check(len(lp) == 8 and all(len(x["top_logprobs"]) == 2 and x["logprob"] <= 0 for x in lp), "chat logprobs")
+    status, ctype, events = stream(srv, {"model": "tiny_chat", "messages": [{"role": "user", "content": "hi"}],
+                                         "max_tokens": 5, "stream": True, "temperature": 0,
+                                         "stream_options": {"include_usage": True}})
+    t.eq((status, ctype), (200, "text/event-stream"), "stream is SSE")
+    t.eq(events[-1], "[DONE]", "stream ends with [DONE]")
+    chunks = [json.loads(e) for e in events[:-1]]
+    t.eq(chunks[0]["choices"][0]["delta"].get("role"), "assistant", "first delta carries the role")
+    t.eq(chunks[-1]["usage"]["completion_tokens"], 5, "usage chunk last")
+    t.eq(chunks[-2]["choices"][0]["finish_reason"], "length", "finish chunk")
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    _, _, whole = chat(srv, "tiny_chat", content="hi", max_tokens=5, temperature=1, seed=3)
+    _, _, again = chat(srv, "tiny_chat", content="hi", max_tokens=5, temperature=1, seed=3)
+    t.eq(whole["choices"][0]["message"]["content"], again["choices"][0]["message"]["content"], "same seed, same output")
+    _, _, greedy = chat(srv, "tiny_chat", content="hi", max_tokens=5)
+    t.eq(streamed, greedy["choices"][0]["message"]["content"], "streamed text equals the plain answer")
+    _, _, two = chat(srv, "tiny_chat", n=2, temperature=1, seed=9)
+    t.eq([c["index"] for c in two["choices"]], [0, 1], "n=2 gives two choices")
+    status, _, c = post(srv, "/v1/completions", {"model": "tiny_chat", "prompt": "Hello world", "max_tokens": 0,
+                                                 "echo": True, "logprobs": 1})
+    lp = c["choices"][0]["logprobs"]
+    t.eq((status, c["object"], c["choices"][0]["text"]), (200, "text_completion", "Hello world"), "echo returns the prompt")
+    t.check(lp["token_logprobs"][0] is None and all(x < 0 for x in lp["token_logprobs"][1:]), "prompt logprobs")
+    t.eq(lp["text_offset"][0], 0, "text offsets")
+    status, _, c = post(srv, "/v1/completions", {"model": "tiny_chat", "prompt": [5, 17, 300], "max_tokens": 3,
+                                                 "temperature": 0})
+    t.eq((status, c["usage"]["prompt_tokens"]), (200, 3), "prompt as token ids")
+    base_text = chat(srv, "tiny_chat", max_tokens=12)[2]["choices"][0]["message"]["content"]
+    if len(base_text) > 3:
+        stop = base_text[2:4]
+        r = chat(srv, "tiny_chat", max_tokens=12, stop=[stop])[2]
+        t.check(stop not in r["choices"][0]["message"]["content"] and r["choices"][0]["finish_reason"] == "stop",
+                f"stop string trims ({stop!r} in {base_text!r})")
+
+
+def test_bad_requests(srv):
+    cases = [
+        ({"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "model"),
+        ({"messages": [{"role": "user", "content": "x"}]}, 400, "model"),
+        ({"model": "tiny_chat"}, 400, "messages"),
+        ({"model": "tiny_chat", "messages": []}, 400, "messages"),
+        ({"model": "tiny_chat", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0].role"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "temperature": 5}, 400, "temperature"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "top_p": 0}, 400, "top_p"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "n": 9}, 400, "n"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, 400, "max_tokens"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, 400, "top_logprobs"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 400, "stream"),
+    ]
+    for body, status, param in cases:
+        got, _, r = post(srv, "/v1/chat/completions", body)
+        t.eq((got, r.get("error", {}).get("param")), (status, param), f"chat error names {param}")
+    for body, param in [({"model": "tiny_chat"}, "prompt"), ({"model": "tiny_chat", "prompt": ""}, "prompt"),
+                        ({"model": "tiny_chat", "prompt": "x", "logprobs": 6}, "logprobs"),
+                        ({"model": "tiny_chat", "prompt": "x", "max_tokens": 0}, "max_tokens"),
+                        ({"model": "tiny_chat", "prompt": [1, -2]}, "prompt"),
+                        ({"model": "tiny_chat", "prompt": [99999999]}, "prompt")]:
+        got, _, r = post(srv, "/v1/completions", body)
+        t.eq((got, r.get("error", {}).get("param")), (400, param), f"completions error names {param}")
+    got, _, _ = srv.json("POST", "/v1/chat/completions", b"{", JSON)
+    t.eq(got, 400, "malformed JSON")
+    t.eq(srv.json("GET", "/healthz")[0], 200, "server serves on after bad requests")
+
+
+def test_adapters_served(srv, d):
+    job = run_job(srv, {"n_epochs": 4, "batch_size": 4, "learning_rate": 5e-2, "lora_r": 4,
+                        "target_modules": "all-linear", "checkpoint_interval": 4})
+    t.eq(job["status"], "succeeded", f"LoRA job succeeded ({job.get('error')})")
+    name = job["fine_tuned_model"]
+    status, _, tuned = chat(srv, name, max_tokens=10)
+    t.eq(status, 200, f"the fine-tuned model is served at once, no restart ({tuned})")
+    base = chat(srv, "tiny_chat", max_tokens=10)[2]
+    t.check(tuned["choices"][0]["message"]["content"] != base["choices"][0]["message"]["content"],
+            "the adapter changes the answer")
+    t.eq(tuned["model"], name, "response names the adapter model")
+    ck = srv.json("GET", f"/v1/fine_tuning/jobs/{job['id']}/checkpoints")[2]["data"][0]
+    status, _, _ = chat(srv, ck["fine_tuned_model_checkpoint"])
+    t.eq(status, 200, "a checkpoint is servable")
+    # Mixed batch: concurrent requests for base and adapter equal their solo answers.
+    solo = {m: chat(srv, m, max_tokens=10)[2]["choices"][0]["message"]["content"] for m in ("tiny_chat", name)}
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        futs = [(m, ex.submit(chat, srv, m, max_tokens=10)) for m in ["tiny_chat", name] * 6]
+        mixed = [(m, f.result()[2]["choices"][0]["message"]["content"]) for m, f in futs]
+    t.check(all(text == solo[m] for m, text in mixed), "concurrent mixed-adapter greedy outputs equal solo runs")
+    # Import the same adapter files over HTTP under another name.
+    adir = os.path.join(d, "adapters", job["id"])
+    files = {k: (k, open(os.path.join(adir, k), "rb").read())
+             for k in ("adapter_config.json", "adapter_model.safetensors")}
+    body, hdrs = multipart({"name": "imported-zorbl"}, files)
+    status, _, m = srv.json("POST", "/v1/adapters", body, hdrs)
+    t.eq((status, m.get("id"), m.get("parent")), (200, "imported-zorbl", "tiny_chat"), f"adapter imported ({m})")
+    imported = chat(srv, "imported-zorbl", max_tokens=10)[2]
+    t.eq(imported["choices"][0]["message"]["content"], tuned["choices"][0]["message"]["content"],
+         "imported adapter answers like the job's")
+    status, _, m = srv.json("POST", "/v1/adapters", body, hdrs)
+    t.eq((status, m["error"]["param"]), (400, "name"), "duplicate adapter name refused")
+    bad_files = {k: (k, open(os.path.join("tests/fixtures/model/llama_gqa/adapter", k), "rb").read())
+                 for k in ("adapter_config.json", "adapter_model.safetensors")}
+    body, hdrs = multipart({"name": "misfit"}, bad_files)
+    status, _, m = srv.json("POST", "/v1/adapters", body, hdrs)
+    t.eq(status, 400, f"an adapter for another model is refused ({m.get('error', {}).get('message')})")
+    body, hdrs = multipart({"name": "half"}, {"adapter_config.json": files["adapter_config.json"]})
+    status, _, m = srv.json("POST", "/v1/adapters", body, hdrs)
+    t.eq((status, m["error"]["param"]), (400, "adapter_model.safetensors"), "missing part named")
+    models = [x["id"] for x in srv.json("GET", "/v1/models")[2]["data"]]
+    t.check({"tiny_chat", name, "imported-zorbl", ck["fine_tuned_model_checkpoint"]} <= set(models),
+            "models list has base, fine-tune, import and checkpoints")
+    status, _, r = srv.json("DELETE", "/v1/models/imported-zorbl")
+    t.eq((status, r.get("deleted")), (200, True), "delete an adapter model")
+    t.eq(chat(srv, "imported-zorbl")[0], 404, "a deleted model is gone")
+    t.eq(srv.json("DELETE", "/v1/models/tiny_chat")[0], 400, "the base cannot be deleted")
+    t.eq(srv.json("DELETE", "/v1/models/nope")[0], 404, "deleting an unknown model")
+    full = run_job(srv, {"training_type": "full", "n_epochs": 1, "batch_size": 8, "learning_rate": 1e-3})
+    t.eq(full["status"], "succeeded", "full job succeeded")
+    status, _, r = chat(srv, full["fine_tuned_model"])
+    t.eq(status, 200, f"a full fine-tune is served on demand ({r})")
+    return adir
+
+
+def test_disconnect(srv):
+    import socket
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    body = json.dumps({"model": "tiny_chat", "messages": [{"role": "user", "content": "go"}],
+                       "max_tokens": 400, "stream": True}).encode()
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    s.settimeout(10)
+    got = b""
+    while b"data:" not in got:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    t.check(b"data:" in got, "stream started")
+    s.close()
+    time.sleep(0.3)
+    t.eq(chat(srv, "tiny_chat")[0], 200, "server serves on after a client left mid-stream")
+
+
+def main():
+    d = temp_dir()
+    srv = Server(d, "--model", MODEL)
+    adir = None
+    try:
+        holder = {}
+
+        def shapes_and_sampling():
+            test_shapes_and_sampling(srv)
+
+        def bad_requests():
+            test_bad_requests(srv)
+
+        def adapters_served():
+            holder["adir"] = test_adapters_served(srv, d)
+
+        def disconnect():
+            test_disconnect(srv)
+
+        for fn in (shapes_and_sampling, bad_requests, adapters_served, disconnect):
+            t.run(fn)
+        adir = holder.get("adir")
+    finally:
+        srv.stop()
+    if adir:
+        srv = Server(d, "--model", MODEL, "--lora", f"ext={adir}")
+        try:
+            status, _, r = chat(srv, "ext")
+            t.eq(status, 200, f"--lora NAME=DIR serves an adapter ({r})")
+        finally:
+            srv.stop()
+    remove(d)
+
+
+main()
+t.finish()
