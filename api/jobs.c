@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #define BAD "invalid_request_error"
 
@@ -35,6 +36,15 @@ static void add_time_or_null(cJSON *o, const char *key, int64_t t)
 {
     if (t)
         cJSON_AddNumberToObject(o, key, (double)t);
+    else
+        cJSON_AddNullToObject(o, key);
+}
+
+/* A measured loss, or null while it is unknown (stored as -1). */
+static void add_number_or_null(cJSON *o, const char *key, double v)
+{
+    if (v >= 0)
+        cJSON_AddNumberToObject(o, key, v);
     else
         cJSON_AddNullToObject(o, key);
 }
@@ -89,6 +99,14 @@ static cJSON *job_json(const storage_job *j)
     cJSON_AddNumberToObject(o, "total_params", (double)j->total_params);
     cJSON_AddNumberToObject(o, "trainable_percent",
                             j->total_params ? 100.0 * (double)j->trainable_params / (double)j->total_params : 0);
+    if (j->retention_file[0]) {
+        cJSON *r = cJSON_AddObjectToObject(o, "retention");
+        cJSON_AddStringToObject(r, "file", j->retention_file);
+        add_number_or_null(r, "loss_before", j->retention_loss_before);
+        add_number_or_null(r, "loss_after", j->retention_loss_after);
+    } else {
+        cJSON_AddNullToObject(o, "retention");
+    }
     cJSON_AddNumberToObject(o, "step", (double)j->step);
     cJSON_AddNumberToObject(o, "total_steps", (double)j->total_steps);
     return o;
@@ -146,6 +164,20 @@ static bool check_file(api_request *req, const char *param, const char *id, stor
         return fail(e, param, "invalid_file_purpose", msg);
     }
     return true;
+}
+
+/* retention_file: a fine-tune file, or "base" for the base model's own
+ * retention set (the built-in model ships one). */
+static bool check_retention(api_request *req, const char *id, storage_file *f, create_error *e)
+{
+    if (strcmp(id, "base") != 0)
+        return check_file(req, "retention_file", id, f, e);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/retention.jsonl", req->srv->cfg.model_dir ? req->srv->cfg.model_dir : "");
+    if (access(path, R_OK) == 0)
+        return true;
+    return fail(e, "retention_file", "invalid_file",
+                "retention_file 'base' needs a base model with a retention set (retention.jsonl); upload one instead.");
 }
 
 /* suffix: up to 64 of [A-Za-z0-9_-]. */
@@ -218,7 +250,7 @@ static bool parse_create(api_request *req, const cJSON *body, storage_job *job,
     storage_file other;
     if (!check_file(req, "training_file", tfile, train, e) ||
         (vfile && !check_file(req, "validation_file", vfile, &other, e)) ||
-        (rfile && !check_file(req, "retention_file", rfile, &other, e)) || !check_suffix(suffix, e) ||
+        (rfile && !check_retention(req, rfile, &other, e)) || !check_suffix(suffix, e) ||
         !check_metadata(cJSON_GetObjectItemCaseSensitive(body, "metadata"), e))
         return false;
     const cJSON *seed = cJSON_GetObjectItemCaseSensitive(body, "seed");
@@ -243,6 +275,7 @@ static bool parse_create(api_request *req, const cJSON *body, storage_job *job,
     snprintf(job->tenant, sizeof job->tenant, "%s", req->tenant ? req->tenant : "retune");
     snprintf(job->status, sizeof job->status, "validating_files");
     job->created_at = rt_unix_time();
+    job->retention_loss_before = job->retention_loss_after = -1;
     uint32_t r = 0;
     if (getrandom(&r, sizeof r, 0) != sizeof r)
         r = (uint32_t)job->created_at;

@@ -52,6 +52,7 @@ typedef struct engine_train_config {
     const char *model_dir;       /* HF model directory (config, safetensors, tokenizer) */
     const char *train_path;      /* JSONL: chat messages or prompt/completion */
     const char *valid_path;      /* optional JSONL, or NULL */
+    const char *retention_path;  /* optional JSONL: loss measured before and after */
     const char *out_dir;         /* result: PEFT adapter (LoRA) or HF model dir (full) */
     const char *checkpoint_dir;  /* where checkpoints go (NULL: none) */
     const char *resume_dir;      /* a checkpoint to continue from (NULL: fresh) */
@@ -113,6 +114,7 @@ typedef struct engine_train_result {
     int steps, total_steps;
     double seconds;
     bool stopped;                 /* cancelled or paused before the end */
+    double retention_loss_before, retention_loss_after; /* NaN without a retention set */
 } engine_train_result;
 
 /*
@@ -152,6 +154,27 @@ int engine_generate(const engine_generate_config *cfg, char **text, int *n_token
  * as a full HF model directory with the tokenizer files copied. */
 int engine_merge(const char *model_dir, const char *adapter_dir, const char *out_dir, char *err,
                  size_t errsize);
+
+/* ---- Pre-training the built-in model ------------------------------------- */
+
+typedef struct engine_pretrain_config {
+    const char *out_dir;     /* the model directory to create (appears only when complete) */
+    const char *preset;      /* "tiny" (default), "micro" (tests), "small" */
+    int steps;               /* optimizer steps; 0 = the preset's */
+    uint64_t seed;           /* world, tokenizer and weights all follow from it */
+    const char *device;
+} engine_pretrain_config;
+
+/*
+ * Trains a model from random initialisation on retune's synthetic corpus
+ * (engine/corpus.c): learns a byte-level BPE tokenizer on it, writes an HF
+ * model directory (config.json, model.safetensors, tokenizer.json,
+ * tokenizer_config.json with a ChatML template) plus retention.jsonl, a set
+ * of questions about its world for measuring forgetting. Progress through
+ * cb->on_step.
+ */
+int engine_pretrain(const engine_pretrain_config *cfg, const engine_callbacks *cb,
+                    engine_train_result *result, char *err, size_t errsize);
 
 #include "engine/engine_serve.h"
 

@@ -219,6 +219,20 @@ static int train_loop(trainer *t, const engine_callbacks *cb)
     return rc;
 }
 
+/* The retention loss before training: of the fresh weights, or — for a
+ * resumed run — read back from where the run began (its checkpoint keeps
+ * it), so a resume reports the same "before" as the uninterrupted run. */
+static int retention_loss(trainer *t, const char *resume_dir, double *loss, double *accuracy)
+{
+    if (resume_dir && !isnan(t->retention_before)) {
+        *loss = t->retention_before;
+        return RT_OK;
+    }
+    int rc = trainer_validate(t, t->retention, loss, accuracy);
+    t->retention_before = *loss;
+    return rc;
+}
+
 int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
                  engine_train_result *result, char *err, size_t errsize)
 {
@@ -228,6 +242,9 @@ int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
         return rc;
     if (cfg->resume_dir)
         rc = trainer_resume(t, cfg->resume_dir, err, errsize);
+    double retention_before = NAN, retention_after = NAN, unused;
+    if (rc == RT_OK && t->retention) /* the base's knowledge, before this run's updates */
+        rc = retention_loss(t, cfg->resume_dir, &retention_before, &unused);
     t->started = rt_now_seconds();
     if (rc == RT_OK)
         rc = train_loop(t, cb);
@@ -236,6 +253,8 @@ int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
                      t->step % t->cfg.eval_interval == 0;
         if (!fresh)
             rc = run_validation(t);
+        if (rc == RT_OK && t->retention)
+            rc = trainer_validate(t, t->retention, &retention_after, &unused);
         if (rc == RT_OK)
             rc = trainer_save_result(t, cfg->out_dir, err, errsize);
     }
@@ -253,6 +272,8 @@ int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
         r.total_steps = t->total_steps;
         r.seconds = t->seconds_before + rt_now_seconds() - t->started;
         r.stopped = t->stopped;
+        r.retention_loss_before = retention_before;
+        r.retention_loss_after = retention_after;
         *result = r;
     } else if (err && errsize && !err[0]) {
         snprintf(err, errsize, "training failed: %s", rt_strerror(rc));

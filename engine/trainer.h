@@ -31,13 +31,14 @@ typedef struct trainer {
     model_acts *acts;
     tokenizer *tok;
     chat_template *tmpl;
-    train_set *train, *valid;
+    train_set *train, *valid, *retention;
     size_t *order, *identity;      /* epoch order; 0..n-1 for validation */
     int32_t *ids, *targets;        /* host batch buffers */
     int step, total_steps, warmup, epoch;
     size_t batch_in_epoch;         /* micro-batches done in this epoch */
     int64_t tokens;
     double lr, last_loss;
+    double retention_before;       /* NaN until measured; kept in checkpoints */
     double started, seconds_before;
     bool stopped;
     engine_progress progress;

@@ -74,6 +74,9 @@ static int load_data(trainer *t, char *err, size_t errsize)
         rc = train_set_load(c->train_path, t->tok, t->tmpl, c->max_seq_len, &t->train, err, errsize);
     if (rc == RT_OK && c->valid_path)
         rc = train_set_load(c->valid_path, t->tok, t->tmpl, c->max_seq_len, &t->valid, err, errsize);
+    if (rc == RT_OK && c->retention_path)
+        rc = train_set_load(c->retention_path, t->tok, t->tmpl, c->max_seq_len, &t->retention, err,
+                            errsize);
     if (rc == RT_OK && t->train->n == 0)
         rc = st_fail(err, errsize, RT_ERR_INVALID, "%s has no examples", c->train_path);
     return rc;
@@ -125,14 +128,23 @@ static int setup_trainable(trainer *t)
     return rc;
 }
 
-/* The longest example, which sizes the activations. */
-static int longest(const train_set *a, const train_set *b)
+/* The longest example of the sets, which sizes the activations. */
+static int longest(const train_set *const *sets, size_t n_sets)
 {
     int n = 2;
-    for (size_t i = 0; i < a->n; i++)
-        n = a->ex[i].len > n ? a->ex[i].len : n;
-    for (size_t i = 0; b && i < b->n; i++)
-        n = b->ex[i].len > n ? b->ex[i].len : n;
+    for (size_t s = 0; s < n_sets; s++)
+        for (size_t i = 0; sets[s] && i < sets[s]->n; i++)
+            n = sets[s]->ex[i].len > n ? sets[s]->ex[i].len : n;
+    return n;
+}
+
+/* The size of the largest set (index buffers). */
+static size_t largest(const train_set *const *sets, size_t n_sets)
+{
+    size_t n = 0;
+    for (size_t s = 0; s < n_sets; s++)
+        if (sets[s] && sets[s]->n > n)
+            n = sets[s]->n;
     return n;
 }
 
@@ -140,9 +152,10 @@ static int longest(const train_set *a, const train_set *b)
 static int setup_buffers(trainer *t)
 {
     const engine_train_config *c = &t->cfg;
-    int T = longest(t->train, t->valid);
+    const train_set *sets[] = {t->train, t->valid, t->retention};
+    int T = longest(sets, 3);
     int rc = model_acts_create(t->model, c->batch_size, T, t->ad ? c->lora_r : 0, &t->acts);
-    size_t n = t->train->n > (t->valid ? t->valid->n : 0) ? t->train->n : t->valid->n;
+    size_t n = largest(sets, 3);
     t->order = malloc(n * sizeof *t->order);
     t->identity = malloc(n * sizeof *t->identity);
     t->ids = malloc((size_t)c->batch_size * (size_t)T * sizeof *t->ids);
@@ -174,6 +187,7 @@ int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_
         return RT_ERR_NOMEM;
     t->cfg = *cfg;
     t->method = cfg->method;
+    t->retention_before = NAN;
     if (!t->cfg.target_modules)
         t->cfg.target_modules = (1u << PEFT_Q_PROJ) | (1u << PEFT_V_PROJ);
     rc = kernels_backend_get(cfg->device ? cfg->device : "cpu", &t->be);
@@ -212,6 +226,7 @@ void trainer_close(trainer *t)
     model_free(t->model);
     train_set_free(t->train);
     train_set_free(t->valid);
+    train_set_free(t->retention);
     chat_template_free(t->tmpl);
     tokenizer_free(t->tok);
     free(t->order);
@@ -296,6 +311,8 @@ static int save_state(trainer *t, const char *dir, char *err, size_t errsize)
     cJSON_AddNumberToObject(j, "train_loss", t->last_loss);
     if (t->progress.has_valid)
         cJSON_AddNumberToObject(j, "valid_loss", t->progress.valid_loss);
+    if (!isnan(t->retention_before))
+        cJSON_AddNumberToObject(j, "retention_loss_before", t->retention_before);
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
     char path[4096];
@@ -420,6 +437,7 @@ int trainer_resume(trainer *t, const char *dir, char *err, size_t errsize)
         t->tokens = (int64_t)state_number(j, "tokens");
         t->seconds_before = state_number(j, "seconds");
         t->last_loss = state_number(j, "train_loss");
+        t->retention_before = state_number(j, "retention_loss_before");
     }
     cJSON_Delete(j);
     if (rc == RT_OK)

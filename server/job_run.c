@@ -236,6 +236,20 @@ static int store_results(job_run *r)
     return rc;
 }
 
+/* Records the retention losses (job fields and a metrics event). */
+static void report_retention(job_run *r, const engine_train_result *res)
+{
+    r->job->retention_loss_before = res->retention_loss_before;
+    r->job->retention_loss_after = res->retention_loss_after;
+    char data[256];
+    snprintf(data, sizeof data, "{\"retention_loss_before\": %.6f, \"retention_loss_after\": %.6f, "
+             "\"trainable_percent\": %.4f}", res->retention_loss_before, res->retention_loss_after,
+             res->total_params ? 100.0 * (double)res->trainable_params / (double)res->total_params : 0.0);
+    event(r, "info", "metrics", data, "Retention loss: %.4f before training, %.4f after (%.2f%% of parameters trained)",
+          res->retention_loss_before, res->retention_loss_after,
+          res->total_params ? 100.0 * (double)res->trainable_params / (double)res->total_params : 0.0);
+}
+
 /* Moves the result into adapters/<id> or models/<id>, then marks success. */
 static void succeed(job_run *r, const char *out_dir, bool full)
 {
@@ -365,6 +379,14 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
     tc.device = cfg->device;
     tc.train_path = train;
     tc.valid_path = valid[0] ? valid : NULL;
+    char retention[1100] = "";
+    if (!strcmp(job->retention_file, "base"))
+        snprintf(retention, sizeof retention, "%s/retention.jsonl", cfg->model_dir);
+    else if (job->retention_file[0] && !file_path(&r, job->retention_file, retention, sizeof retention)) {
+        fail(&r, "invalid_retention_file", "retention_file", "The retention file no longer exists.");
+        return;
+    }
+    tc.retention_path = retention[0] ? retention : NULL;
     tc.out_dir = out_dir;
     tc.checkpoint_dir = ck_dir;
     fs_remove_tree(out_dir);
@@ -381,6 +403,8 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
         stopped(&r);
     else {
         job->trained_tokens = res.tokens;
+        if (tc.retention_path)
+            report_retention(&r, &res);
         succeed(&r, out_dir, tc.method == ENGINE_FULL);
     }
 }

@@ -16,6 +16,7 @@ static void usage(FILE *out)
             "  train     fine-tune a model from the command line (LoRA or full)\n"
             "  generate  generate text from a model, optionally with a LoRA adapter\n"
             "  merge     merge a LoRA adapter into a full model directory\n"
+            "  pretrain  build a small model from scratch on retune's synthetic corpus\n"
             "\n"
             "Run 'retune <command> --help' for the options of a command.\n");
 }
@@ -31,7 +32,8 @@ int main(int argc, char **argv)
         const char *name;
         int (*run)(int, char **);
     } commands[] = {{"serve", server_serve_main}, {"train", server_train_main},
-                    {"generate", server_generate_main}, {"merge", server_merge_main}};
+                    {"generate", server_generate_main}, {"merge", server_merge_main},
+                    {"pretrain", server_pretrain_main}};
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(cmd, commands[i].name) == 0)
             return commands[i].run(argc - 1, argv + 1);

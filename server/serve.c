@@ -46,7 +46,8 @@ static void serve_usage(FILE *out)
             "  --data-dir DIR         where records and files live (RETUNE_DATA_DIR, default ./data)\n"
             "  --host ADDR            address to bind (RETUNE_HOST, default 127.0.0.1)\n"
             "  --port N               TCP port (RETUNE_PORT, default 8080; 0 = any free port)\n"
-            "  --model DIR            base model directory (RETUNE_MODEL)\n"
+            "  --model DIR            base model directory (RETUNE_MODEL); default: the built-in\n"
+            "                         model in DATA-DIR/base/retune-tiny, pre-trained on first start\n"
             "  --api-key KEY          require this bearer key on /v1 (repeatable; RETUNE_API_KEY,\n"
             "                         comma-separated)\n"
             "  --api-keys-file FILE   one 'KEY [TENANT]' per line (RETUNE_API_KEYS_FILE)\n"
@@ -315,6 +316,13 @@ int server_serve_main(int argc, char **argv)
     if (storage_open(o.data_dir, &st) != RT_OK) {
         fprintf(stderr, "retune serve: cannot open data directory %s\n", o.data_dir);
         goto out_free;
+    }
+    char default_dir[4096];
+    if (!o.model_dir) { /* the built-in model: pre-trained on first start, cached afterwards */
+        snprintf(default_dir, sizeof default_dir, "%s/base/retune-tiny", o.data_dir);
+        if (server_ensure_default_model(default_dir, o.device) != 0)
+            goto out_storage;
+        o.model_dir = default_dir;
     }
     if (o.model_dir) {
         model_base_id(o.model_dir, model_id, sizeof model_id);

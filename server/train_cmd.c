@@ -24,7 +24,8 @@ static void train_usage(FILE *out)
             "    [--lora-r N] [--lora-alpha X] [--lora-dropout X] [--target-modules a,b|all-linear]\n"
             "    [--use-rslora] [--warmup-ratio X] [--scheduler cosine|linear|constant]\n"
             "    [--weight-decay X] [--max-grad-norm X] [--max-steps N] [--eval-interval N]\n"
-            "    [--checkpoint-dir DIR] [--checkpoint-interval N] [--resume DIR] [--device cpu|cuda]\n");
+            "    [--checkpoint-dir DIR] [--checkpoint-interval N] [--resume DIR] [--device cpu|cuda]\n"
+            "    [--retention FILE]   (loss on FILE before and after: what the model kept)\n");
 }
 
 /* Parses a number option into *out within [lo, hi]; 2 on a bad value. */
@@ -104,6 +105,7 @@ static int apply_flag(engine_train_config *c, int opt, const char *arg)
     case 'C': rc = server_parse_int("train", "--checkpoint-interval", arg, 0, 1000000000, &c->checkpoint_interval); break;
     case 'u': c->resume_dir = arg; break;
     case 'D': c->device = arg; break;
+    case 'K': c->retention_path = arg; break;
     default: rc = 2;
     }
     return rc;
@@ -120,7 +122,7 @@ static int parse_train_flags(engine_train_config *c, int argc, char **argv)
         {"warmup-ratio", 1, 0, 'w'}, {"scheduler", 1, 0, 'S'}, {"weight-decay", 1, 0, 'W'},
         {"max-grad-norm", 1, 0, 'G'}, {"max-steps", 1, 0, 'x'}, {"eval-interval", 1, 0, 'E'},
         {"checkpoint-dir", 1, 0, 'c'}, {"checkpoint-interval", 1, 0, 'C'}, {"resume", 1, 0, 'u'},
-        {"device", 1, 0, 'D'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"device", 1, 0, 'D'}, {"retention", 1, 0, 'K'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (opt == 'h') {
@@ -175,6 +177,9 @@ static void print_summary(const engine_train_result *r)
     printf("{");
     print_number("train_loss", r->train_loss, ", ");
     print_number("valid_loss", r->valid_loss, ", ");
+    print_number("valid_accuracy", r->valid_accuracy, ", ");
+    print_number("retention_loss_before", r->retention_loss_before, ", ");
+    print_number("retention_loss_after", r->retention_loss_after, ", ");
     printf("\"trainable_params\": %lld, \"total_params\": %lld, \"trainable_percent\": %.4f, ",
            (long long)r->trainable_params, (long long)r->total_params,
            r->total_params ? 100.0 * (double)r->trainable_params / (double)r->total_params : 0.0);

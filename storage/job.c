@@ -25,7 +25,8 @@ static const row_col job_cols[] = {
     ROW_INT_COL(storage_job, estimated_finish), ROW_INT_COL(storage_job, seed),
     ROW_INT_COL(storage_job, trained_tokens), ROW_INT_COL(storage_job, step),
     ROW_INT_COL(storage_job, total_steps), ROW_INT_COL(storage_job, trainable_params),
-    ROW_INT_COL(storage_job, total_params),
+    ROW_INT_COL(storage_job, total_params), ROW_REAL_COL(storage_job, retention_loss_before),
+    ROW_REAL_COL(storage_job, retention_loss_after),
 };
 static const row_table job_table = {"jobs", job_cols, sizeof job_cols / sizeof job_cols[0],
                                     sizeof(storage_job)};

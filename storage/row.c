@@ -48,6 +48,8 @@ static void bind_cols(sqlite3_stmt *stmt, const row_table *t, const void *rec,
         const char *field = (const char *)rec + t->cols[i].offset;
         if (t->cols[i].type == ROW_TEXT)
             sqlite3_bind_text(stmt, ++n, field, (int)strnlen(field, t->cols[i].size), SQLITE_STATIC);
+        else if (t->cols[i].type == ROW_REAL)
+            sqlite3_bind_double(stmt, ++n, *(const double *)field);
         else
             sqlite3_bind_int64(stmt, ++n, *(const int64_t *)field);
     }
@@ -61,6 +63,10 @@ static int read_cols(sqlite3_stmt *stmt, const row_table *t, void *rec)
         char *field = (char *)rec + t->cols[i].offset;
         if (t->cols[i].type == ROW_INT) {
             *(int64_t *)field = sqlite3_column_int64(stmt, (int)i);
+            continue;
+        }
+        if (t->cols[i].type == ROW_REAL) {
+            *(double *)field = sqlite3_column_double(stmt, (int)i);
             continue;
         }
         const unsigned char *s = sqlite3_column_text(stmt, (int)i);

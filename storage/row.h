@@ -11,7 +11,7 @@
 
 #include "storage/storage_internal.h"
 
-enum row_type { ROW_TEXT, ROW_INT };
+enum row_type { ROW_TEXT, ROW_INT, ROW_REAL };
 
 /* One column: its name, type and where it lives in the C struct. */
 typedef struct row_col {
@@ -22,6 +22,7 @@ typedef struct row_col {
 
 #define ROW_TEXT_COL(type, field) {#field, ROW_TEXT, offsetof(type, field), sizeof(((type *)0)->field)}
 #define ROW_INT_COL(type, field) {#field, ROW_INT, offsetof(type, field), sizeof(int64_t)}
+#define ROW_REAL_COL(type, field) {#field, ROW_REAL, offsetof(type, field), sizeof(double)}
 
 /* A table: its name, columns (the first is the unique id) and record size. */
 typedef struct row_table {

@@ -118,6 +118,7 @@ typedef struct storage_job {
     char hyperparameters[4096];              /* JSON object text */
     int64_t created_at, started_at, finished_at, estimated_finish;
     int64_t seed, trained_tokens, step, total_steps, trainable_params, total_params;
+    double retention_loss_before, retention_loss_after; /* -1 until measured */
 } storage_job;
 
 /* Inserts a new job (every field from *job; id chosen by the caller). */

@@ -229,7 +229,7 @@ def test_kill_9_recovery():
     train = upload(srv, dataset(40))
     _, _, done = create(srv, training_file=train, hyperparameters={"n_epochs": 1, "batch_size": 8})
     wait(srv, done["id"], {"succeeded"})
-    _, _, job = create(srv, training_file=train, hyperparameters=dict(LONG, n_epochs=6))
+    _, _, job = create(srv, training_file=train, hyperparameters=dict(LONG, n_epochs=25))
     mid = wait(srv, job["id"], {"running"}, cond=lambda j: j.get("step", 0) > 130)
     t.check(mid.get("step", 0) > 130, "job past its first checkpoint")
     srv.stop(signal.SIGKILL)

@@ -27,6 +27,8 @@ class Server:
         self.log_start = self.log.tell()  # the log is shared by restarts
         full_env = dict(os.environ)
         full_env.update(env or {})
+        if "--model" not in args:  # the built-in model would be pre-trained first: use the fixture
+            args = ("--model", os.path.abspath("tests/fixtures/tiny_chat"), *args)
         self.proc = subprocess.Popen(
             [BIN, "serve", "--data-dir", data_dir, "--host", "127.0.0.1", "--port", "0", *args],
             stdout=self.log, stderr=self.log, env=full_env)
