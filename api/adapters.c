@@ -22,7 +22,7 @@ enum { PART_CONFIG, PART_WEIGHTS, PART_COUNT };
 static const char *const part_files[PART_COUNT] = {"adapter_config.json", "adapter_model.safetensors"};
 
 typedef struct import {
-    struct MHD_PostProcessor *pp;
+    api_multipart mp;
     char dir[1024];            /* the temporary folder */
     int fd[PART_COUNT];
     bool seen[PART_COUNT];
@@ -48,8 +48,7 @@ static void import_free(void *p)
     import *im = p;
     if (!im)
         return;
-    if (im->pp)
-        MHD_destroy_post_processor(im->pp);
+    api_multipart_close(&im->mp);
     for (int i = 0; i < PART_COUNT; i++)
         if (im->fd[i] >= 0)
             close(im->fd[i]);
@@ -136,10 +135,9 @@ int api_adapters_import_chunk(api_request *req, const char *data, size_t len)
             im->dir[0] = '\0';
             return RT_ERR_IO;
         }
-        im->pp = MHD_create_post_processor(req->conn, 64 * 1024, on_part, im);
-        im->bad_multipart = !im->pp;
+        im->bad_multipart = !api_multipart_open(&im->mp, req->conn, on_part, im);
     }
-    if (!im->bad_multipart && MHD_post_process(im->pp, data, len) != MHD_YES)
+    if (!im->bad_multipart && !api_multipart_feed(&im->mp, data, len))
         im->bad_multipart = true;
     return RT_OK;
 }
@@ -195,11 +193,8 @@ static bool check_form(api_request *req, import *im)
 int api_adapters_import(api_request *req)
 {
     import *im = req->state;
-    if (im && im->pp) {
-        if (MHD_destroy_post_processor(im->pp) != MHD_YES)
-            im->bad_multipart = true;
-        im->pp = NULL;
-    }
+    if (im && im->mp.pp && !api_multipart_finish(&im->mp))
+        im->bad_multipart = true;
     if (!req->srv->engine)
         return api_respond_error(req, 503, "server_error", NULL, "no_model",
                                  "This server was started without a base model.");

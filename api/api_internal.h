@@ -147,6 +147,24 @@ cJSON *api_body_json(api_request *req);
 /* Parses query "limit" in [lo, hi] (default def); answers 400 on bad input. */
 bool api_query_limit(api_request *req, int def, int lo, int hi, int *out);
 
+/* ---- multipart bodies (api/multipart.c) ---- */
+
+typedef struct api_multipart {
+    struct MHD_PostProcessor *pp;
+    char held[2];      /* the last bytes seen, not yet parsed */
+    size_t n_held;
+} api_multipart;
+
+/* Starts parsing the connection's multipart body; iter gets each field. */
+bool api_multipart_open(api_multipart *mp, struct MHD_Connection *conn, MHD_PostDataIterator iter,
+                        void *cls);
+/* Parses the next piece of body; false when the body is malformed. */
+bool api_multipart_feed(api_multipart *mp, const char *data, size_t len);
+/* Ends the body (dropping a final epilogue CRLF); false when it is malformed. */
+bool api_multipart_finish(api_multipart *mp);
+/* Frees the parser of a body that was not finished. */
+void api_multipart_close(api_multipart *mp);
+
 /* ---- metrics (api/metrics.c) ---- */
 
 void api_metrics_observe(const char *route, const char *method, int status,

@@ -24,7 +24,7 @@ static const char *const upload_purposes[] = {"fine-tune", "assistants", "batch"
                                               "vision", "user_data", "evals"};
 
 typedef struct upload {
-    struct MHD_PostProcessor *pp;
+    api_multipart mp;
     storage_blob *blob;
     int file_parts;                 /* how many `file` parts were seen */
     bool bad_multipart;
@@ -48,8 +48,7 @@ static void upload_free(void *p)
     upload *up = p;
     if (!up)
         return;
-    if (up->pp)
-        MHD_destroy_post_processor(up->pp);
+    api_multipart_close(&up->mp);
     storage_blob_abort(up->blob);
     free(up->line);
     free(up);
@@ -181,11 +180,10 @@ int api_files_upload_chunk(api_request *req, const char *data, size_t len)
             return RT_ERR_NOMEM;
         req->state = up;
         req->state_free = upload_free;
-        up->pp = MHD_create_post_processor(req->conn, 64 * 1024, on_part, req);
-        if (!up->pp)
+        if (!api_multipart_open(&up->mp, req->conn, on_part, req))
             up->bad_multipart = true;
     }
-    if (!up->bad_multipart && MHD_post_process(up->pp, data, len) != MHD_YES)
+    if (!up->bad_multipart && !api_multipart_feed(&up->mp, data, len))
         up->bad_multipart = true;
     return RT_OK;
 }
@@ -266,11 +264,8 @@ static void set_status(upload *up, storage_file *meta)
 int api_files_upload(api_request *req)
 {
     upload *up = req->state;
-    if (up && up->pp) {
-        if (MHD_destroy_post_processor(up->pp) != MHD_YES)
-            up->bad_multipart = true;
-        up->pp = NULL;
-    }
+    if (up && up->mp.pp && !api_multipart_finish(&up->mp))
+        up->bad_multipart = true;
     if (reject_bad_form(req, up))
         return RT_OK;
     if (up->storage_rc != RT_OK)
