@@ -460,7 +460,15 @@ static cJSON *event_json(const storage_event *e)
     return o;
 }
 
-int api_jobs_events(api_request *req)
+/* A page of a job's events or checkpoints, newest first: the shape both
+ * list endpoints share. fetch lists up to limit items after `after` into
+ * a malloc'd array of item_size-byte records; to_json builds one item. */
+typedef int (*page_fetch)(storage *st, const char *job_id, const char *after, int limit,
+                          void **out, size_t *count, bool *has_more);
+typedef cJSON *(*page_item)(const void *item);
+
+static int job_page(api_request *req, int def_limit, page_fetch fetch, page_item to_json,
+                    size_t item_size, bool with_ids)
 {
     int limit;
     char after[STORAGE_ID_MAX];
@@ -468,21 +476,38 @@ int api_jobs_events(api_request *req)
     if (!job)
         return RT_OK;
     free(job);
-    if (!api_query_limit(req, 20, 1, 1000, &limit))
+    if (!api_query_limit(req, def_limit, 1, 1000, &limit))
         return RT_OK;
-    storage_event *events = NULL;
+    char *items = NULL;
     size_t n = 0;
     bool more = false;
-    int rc = storage_event_list(req->srv->st, req->params[0], query_after(req, after, sizeof after),
-                                limit, &events, &n, &more);
+    int rc = fetch(req->srv->st, req->params[0], query_after(req, after, sizeof after), limit,
+                   (void **)&items, &n, &more);
     if (rc != RT_OK)
         return list_error(req, rc);
     cJSON *root = list_json();
     for (size_t i = 0; i < n; i++)
-        cJSON_AddItemToArray(cJSON_GetObjectItem(root, "data"), event_json(&events[i]));
+        cJSON_AddItemToArray(cJSON_GetObjectItem(root, "data"), to_json(items + i * item_size));
+    if (with_ids) { /* every record kind here starts with its id */
+        add_string_or_null(root, "first_id", n ? items : NULL);
+        add_string_or_null(root, "last_id", n ? items + (n - 1) * item_size : NULL);
+    }
     cJSON_AddBoolToObject(root, "has_more", more);
-    free(events);
+    free(items);
     return api_respond_json(req, 200, root);
+}
+
+static int fetch_events(storage *st, const char *job_id, const char *after, int limit, void **out,
+                        size_t *count, bool *has_more)
+{
+    return storage_event_list(st, job_id, after, limit, (storage_event **)out, count, has_more);
+}
+
+static cJSON *event_item(const void *item) { return event_json(item); }
+
+int api_jobs_events(api_request *req)
+{
+    return job_page(req, 20, fetch_events, event_item, sizeof(storage_event), false);
 }
 
 static cJSON *checkpoint_json(const storage_checkpoint *c)
@@ -498,31 +523,18 @@ static cJSON *checkpoint_json(const storage_checkpoint *c)
     return o;
 }
 
+static int fetch_checkpoints(storage *st, const char *job_id, const char *after, int limit,
+                             void **out, size_t *count, bool *has_more)
+{
+    return storage_checkpoint_list(st, job_id, after, limit, (storage_checkpoint **)out, count,
+                                   has_more);
+}
+
+static cJSON *checkpoint_item(const void *item) { return checkpoint_json(item); }
+
 int api_jobs_checkpoints(api_request *req)
 {
-    int limit;
-    char after[STORAGE_ID_MAX];
-    storage_job *job = load_job(req);
-    if (!job)
-        return RT_OK;
-    free(job);
-    if (!api_query_limit(req, 10, 1, 1000, &limit))
-        return RT_OK;
-    storage_checkpoint *ck = NULL;
-    size_t n = 0;
-    bool more = false;
-    int rc = storage_checkpoint_list(req->srv->st, req->params[0], query_after(req, after, sizeof after),
-                                     limit, &ck, &n, &more);
-    if (rc != RT_OK)
-        return list_error(req, rc);
-    cJSON *root = list_json();
-    for (size_t i = 0; i < n; i++)
-        cJSON_AddItemToArray(cJSON_GetObjectItem(root, "data"), checkpoint_json(&ck[i]));
-    add_string_or_null(root, "first_id", n ? ck[0].id : NULL);
-    add_string_or_null(root, "last_id", n ? ck[n - 1].id : NULL);
-    cJSON_AddBoolToObject(root, "has_more", more);
-    free(ck);
-    return api_respond_json(req, 200, root);
+    return job_page(req, 10, fetch_checkpoints, checkpoint_item, sizeof(storage_checkpoint), true);
 }
 
 /* ---- control ---------------------------------------------------------------------- */
