@@ -86,51 +86,6 @@ void adapter_registry_free(adapter_registry *r)
 
 /* ---- validation --------------------------------------------------------- */
 
-/* Checks one tensor of the adapter file; marks it in seen[2*slot + (B)]. */
-static int check_tensor(const model_config *c, const peft_config *pc, const st_tensor *t,
-                        bool *seen, char *err, size_t errsize)
-{
-    int layer, o, in;
-    enum peft_module m;
-    char which;
-    int rc = peft_key_parse(t->name, &layer, &m, &which, err, errsize);
-    if (rc != RT_OK)
-        return rc;
-    if (layer >= c->num_hidden_layers)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: the base model has only %d layers",
-                       t->name, c->num_hidden_layers);
-    if (!((pc->target_modules >> m) & 1u))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: module %s is not in target_modules",
-                       t->name, peft_module_name(m));
-    model_module_shape(c, m, &o, &in);
-    int64_t rows = which == 'A' ? pc->r : o, cols = which == 'A' ? in : pc->r;
-    if (t->rank != 2 || t->shape[0] != rows || t->shape[1] != cols)
-        return st_fail(err, errsize, RT_ERR_FORMAT,
-                       "%s has shape [%lld, %lld]; the base model and r=%d need [%lld, %lld]",
-                       t->name, (long long)t->shape[0], (long long)(t->rank > 1 ? t->shape[1] : 0),
-                       pc->r, (long long)rows, (long long)cols);
-    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: dtype %s cannot be loaded",
-                       t->name, st_dtype_name(t->dtype));
-    seen[2 * ((size_t)layer * PEFT_MODULE_COUNT + (size_t)m) + (which == 'B')] = true;
-    return RT_OK;
-}
-
-/* Every targeted (layer, module) must have both A and B. */
-static int check_complete(const model_config *c, const peft_config *pc, const bool *seen,
-                          char *err, size_t errsize)
-{
-    for (int l = 0; l < c->num_hidden_layers; l++)
-        for (int m = 0; m < PEFT_MODULE_COUNT; m++) {
-            size_t s = (size_t)l * PEFT_MODULE_COUNT + (size_t)m;
-            if (((pc->target_modules >> m) & 1u) && (!seen[2 * s] || !seen[2 * s + 1]))
-                return st_fail(err, errsize, RT_ERR_FORMAT,
-                               "adapter lacks lora_%c of layer %d %s", seen[2 * s] ? 'B' : 'A', l,
-                               peft_module_name((enum peft_module)m));
-        }
-    return RT_OK;
-}
-
 /* Reads and checks dir's config and tensor headers; *pc on success. */
 static int validate(const model_config *c, const char *dir, peft_config *pc, char *err,
                     size_t errsize)
@@ -147,10 +102,15 @@ static int validate(const model_config *c, const char *dir, peft_config *pc, cha
         return rc;
     bool *seen = calloc(2 * (size_t)c->num_hidden_layers * PEFT_MODULE_COUNT, sizeof *seen);
     rc = seen ? RT_OK : RT_ERR_NOMEM;
-    for (size_t i = 0; rc == RT_OK && i < st_tensor_count(f); i++)
-        rc = check_tensor(c, pc, st_tensor_at(f, i), seen, err, errsize);
+    for (size_t i = 0; rc == RT_OK && i < st_tensor_count(f); i++) {
+        size_t slot;
+        char which;
+        rc = lora_check_tensor(c, pc, st_tensor_at(f, i), &slot, &which, err, errsize);
+        if (rc == RT_OK)
+            seen[2 * slot + (which == 'B')] = true;
+    }
     if (rc == RT_OK)
-        rc = check_complete(c, pc, seen, err, errsize);
+        rc = lora_check_complete(c, pc, seen, err, errsize);
     free(seen);
     st_file_close(f);
     return rc;

@@ -137,35 +137,61 @@ int lora_clone_zero(const lora *src, lora **out)
     return RT_OK;
 }
 
-/* Checks one adapter tensor against the base and copies it in. */
-static int load_one(lora *l, const model_config *c, const st_tensor *t, const kernels_backend *be,
-                    float *staging, bool *seen, char *err, size_t errsize)
+int lora_check_tensor(const model_config *c, const peft_config *pc, const st_tensor *t,
+                      size_t *slot, char *which, char *err, size_t errsize)
 {
-    int layer;
+    int layer, o, in;
     enum peft_module m;
-    char which;
-    int rc = peft_key_parse(t->name, &layer, &m, &which, err, errsize);
+    char ab;
+    int rc = peft_key_parse(t->name, &layer, &m, &ab, err, errsize);
     if (rc != RT_OK)
         return rc;
     if (layer >= c->num_hidden_layers)
         return st_fail(err, errsize, RT_ERR_FORMAT, "%s: the base model has only %d layers",
                        t->name, c->num_hidden_layers);
-    if (!targeted(&l->cfg, m))
+    if (!targeted(pc, m))
         return st_fail(err, errsize, RT_ERR_FORMAT, "%s: module %s is not in target_modules",
                        t->name, peft_module_name(m));
-    int o, in;
     model_module_shape(c, m, &o, &in);
-    int64_t rows = which == 'A' ? l->cfg.r : o, cols = which == 'A' ? in : l->cfg.r;
+    int64_t rows = ab == 'A' ? pc->r : o, cols = ab == 'A' ? in : pc->r;
     if (t->rank != 2 || t->shape[0] != rows || t->shape[1] != cols)
         return st_fail(err, errsize, RT_ERR_FORMAT,
                        "%s has shape [%lld, %lld]; the base model and r=%d need [%lld, %lld]",
-                       t->name, (long long)t->shape[0], (long long)t->shape[1], l->cfg.r,
-                       (long long)rows, (long long)cols);
+                       t->name, (long long)t->shape[0], (long long)(t->rank > 1 ? t->shape[1] : 0),
+                       pc->r, (long long)rows, (long long)cols);
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+        return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: dtype %s cannot be loaded", t->name,
+                       st_dtype_name(t->dtype));
+    *slot = (size_t)layer * PEFT_MODULE_COUNT + (size_t)m;
+    *which = ab;
+    return RT_OK;
+}
+
+int lora_check_complete(const model_config *c, const peft_config *pc, const bool *seen, char *err,
+                        size_t errsize)
+{
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        for (int m = 0; m < PEFT_MODULE_COUNT; m++) {
+            size_t s = (size_t)l * PEFT_MODULE_COUNT + (size_t)m;
+            if (targeted(pc, m) && (!seen[2 * s] || !seen[2 * s + 1]))
+                return st_fail(err, errsize, RT_ERR_FORMAT, "adapter lacks lora_%c of layer %d %s",
+                               seen[2 * s] ? 'B' : 'A', l, peft_module_name((enum peft_module)m));
+        }
+    return RT_OK;
+}
+
+/* Checks one adapter tensor against the base and copies it in. */
+static int load_one(lora *l, const model_config *c, const st_tensor *t, const kernels_backend *be,
+                    float *staging, bool *seen, char *err, size_t errsize)
+{
+    size_t s;
+    char which;
+    int rc = lora_check_tensor(c, &l->cfg, t, &s, &which, err, errsize);
+    if (rc != RT_OK)
+        return rc;
     rc = st_tensor_read_f32(t, staging, t->numel);
     if (rc != RT_OK)
-        return st_fail(err, errsize, rc, "%s: dtype %s cannot be loaded", t->name,
-                       st_dtype_name(t->dtype));
-    size_t s = (size_t)layer * PEFT_MODULE_COUNT + (size_t)m;
+        return rc;
     seen[2 * s + (which == 'B')] = true;
     return be->copy_to_device(which == 'A' ? l->a[s] : l->b[s], staging, t->numel * sizeof(float),
                               NULL);
@@ -196,11 +222,8 @@ int lora_load(const char *dir, const model_config *c, const kernels_backend *be,
         rc = RT_ERR_NOMEM;
     for (size_t i = 0; rc == RT_OK && i < st_tensor_count(f); i++)
         rc = load_one(l, c, st_tensor_at(f, i), be, staging, seen, err, errsize);
-    for (size_t s = 0; rc == RT_OK && s < slots; s++)
-        if (l->a[s] && (!seen[2 * s] || !seen[2 * s + 1]))
-            rc = st_fail(err, errsize, RT_ERR_FORMAT, "adapter lacks lora_%c of layer %zu %s",
-                         seen[2 * s] ? 'B' : 'A', s / PEFT_MODULE_COUNT,
-                         peft_module_name((enum peft_module)(s % PEFT_MODULE_COUNT)));
+    if (rc == RT_OK)
+        rc = lora_check_complete(c, &pc, seen, err, errsize);
     free(seen);
     free(staging);
     st_file_close(f);

@@ -98,6 +98,20 @@ int lora_create(const model_config *c, const peft_config *pc, const kernels_back
 int lora_load(const char *dir, const model_config *c, const kernels_backend *be, lora **out,
               char *err, size_t errsize);
 
+struct st_tensor;
+
+/* Checks one adapter tensor against the base and the adapter's config
+ * (key form, layer, target module, shape [r, in] / [out, r], float dtype);
+ * on success sets *slot (layer * PEFT_MODULE_COUNT + module) and *which
+ * ('A' or 'B'). RT_ERR_FORMAT / RT_ERR_UNSUPPORTED with err naming the tensor. */
+int lora_check_tensor(const model_config *c, const peft_config *pc, const struct st_tensor *t,
+                      size_t *slot, char *which, char *err, size_t errsize);
+
+/* Every targeted (layer, module) has both A and B: seen[2*slot + (B)] marks
+ * the tensors met. RT_ERR_FORMAT naming the first missing one. */
+int lora_check_complete(const model_config *c, const peft_config *pc, const bool *seen, char *err,
+                        size_t errsize);
+
 /* Writes adapter_config.json + adapter_model.safetensors (F32) into dir. */
 int lora_save(const lora *l, const model_config *c, const char *dir, char *err, size_t errsize);
 
