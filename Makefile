@@ -22,7 +22,8 @@ endif
 CUDA_HOME ?= /usr/local/cuda
 ifeq ($(CUDA),1)
   NVCC      ?= $(CUDA_HOME)/bin/nvcc
-  NVCCFLAGS ?= -O2 -std=c++17 -I. -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+  NVCCFLAGS ?= -O2 -std=c++17 -I. -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 \
+               -Xcompiler -Wall,-Wextra -Werror all-warnings
   CFLAGS    += -DRT_WITH_CUDA -I$(CUDA_HOME)/include
   LDLIBS    += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
   CU_SRC    := $(wildcard kernels/cuda/*.cu)
@@ -62,7 +63,7 @@ $(BUILD)/gen/migrations_embedded.c: $(MIGRATIONS) tools/embed_migrations.sh
 
 $(BUILD)/obj/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -c -o $@ $<
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c -o $@ $<
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libretune.a tests/test.h
 	@mkdir -p $(dir $@)

@@ -38,6 +38,10 @@ int engine_dataset_check_line(const char *line, size_t len,
 bool engine_utf8_valid(const char *s, size_t len);
 
 
+/* "cuda" when this build has the CUDA backend and a GPU is present, else
+ * "cpu": the device used when none is named. */
+const char *engine_default_device(void);
+
 /* ---- Training ----------------------------------------------------------- */
 
 enum engine_method { ENGINE_LORA = 0, ENGINE_FULL = 1 };

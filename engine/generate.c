@@ -39,9 +39,9 @@ static int generator_open(generator *g, const engine_generate_config *c, char *e
 {
     const kernels_backend *be = NULL;
     char path[4096];
-    int rc = kernels_backend_get(c->device ? c->device : "cpu", &be);
+    int rc = kernels_backend_get(c->device ? c->device : engine_default_device(), &be);
     if (rc != RT_OK)
-        return st_fail(err, errsize, rc, "device %s is not available", c->device);
+        return st_fail(err, errsize, rc, "device %s is not available (%s)", c->device ? c->device : "default", rt_strerror(rc));
     rc = model_load(c->model_dir, be, &g->m, err, errsize);
     if (rc == RT_OK && c->adapter_dir)
         rc = lora_load(c->adapter_dir, &g->m->cfg, be, &g->ad, err, errsize);

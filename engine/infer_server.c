@@ -213,9 +213,9 @@ static void server_free(engine_server *srv)
 static int server_build(engine_server *srv, const engine_server_config *cfg, char *err,
                         size_t errsize)
 {
-    int rc = kernels_backend_get(cfg->device ? cfg->device : "cpu", &srv->be);
+    int rc = kernels_backend_get(cfg->device ? cfg->device : engine_default_device(), &srv->be);
     if (rc != RT_OK)
-        return st_fail(err, errsize, rc, "device %s is not available", cfg->device);
+        return st_fail(err, errsize, rc, "device %s is not available (%s)", cfg->device ? cfg->device : "default", rt_strerror(rc));
     rc = model_load(cfg->model_dir, srv->be, &srv->m, err, errsize);
     if (rc == RT_OK)
         rc = resolve_config(srv, cfg, err, errsize);

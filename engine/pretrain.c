@@ -126,8 +126,10 @@ int engine_pretrain(const engine_pretrain_config *cfg, const engine_callbacks *c
     if (!p)
         return st_fail(err, errsize, RT_ERR_INVALID, "preset must be tiny, micro or small");
     const kernels_backend *be = NULL;
-    if (kernels_backend_get(cfg->device ? cfg->device : "cpu", &be) != RT_OK)
-        return st_fail(err, errsize, RT_ERR_INVALID, "device %s is not available", cfg->device);
+    int brc = kernels_backend_get(cfg->device ? cfg->device : engine_default_device(), &be);
+    if (brc != RT_OK)
+        return st_fail(err, errsize, RT_ERR_INVALID, "device %s is not available (%s)",
+                       cfg->device ? cfg->device : "default", rt_strerror(brc));
     char work[4096], corpus[4200], trained[4200], retention[4300];
     snprintf(work, sizeof work, "%s.tmp", cfg->out_dir);
     snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", work);

@@ -22,7 +22,7 @@
 void engine_train_defaults(engine_train_config *c)
 {
     memset(c, 0, sizeof *c);
-    c->device = "cpu";
+    c->device = NULL; /* engine_default_device() */
     c->method = ENGINE_LORA;
     c->epochs = 1;
     c->batch_size = 4;

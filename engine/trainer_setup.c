@@ -190,9 +190,9 @@ int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_
     t->retention_before = NAN;
     if (!t->cfg.target_modules)
         t->cfg.target_modules = (1u << PEFT_Q_PROJ) | (1u << PEFT_V_PROJ);
-    rc = kernels_backend_get(cfg->device ? cfg->device : "cpu", &t->be);
+    rc = kernels_backend_get(cfg->device ? cfg->device : engine_default_device(), &t->be);
     if (rc != RT_OK)
-        st_fail(err, errsize, rc, "device %s is not available in this build", cfg->device);
+        st_fail(err, errsize, rc, "device %s is not available (%s)", cfg->device ? cfg->device : "default", rt_strerror(rc));
     if (rc == RT_OK)
         rc = model_load(cfg->model_dir, t->be, &t->model, err, errsize);
     if (rc == RT_OK)

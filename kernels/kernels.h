@@ -1,8 +1,9 @@
 /*
  * kernels/kernels.h — the compute backend interface: the only door of
  * kernels/. A backend is a table of function pointers (kernels_backend) that
- * the CPU side (kernels/cpu/: OpenBLAS + C loops) fills today and a CUDA side
- * (cuBLAS + .cu kernels) can fill with the same signatures.
+ * the CPU side (kernels/cpu/: OpenBLAS + C loops) and, in a CUDA=1 build,
+ * the CUDA side (kernels/cuda/: cuBLAS + .cu kernels) fill with the same
+ * signatures.
  *
  * Tensors are device pointers (float *, int32_t * for token ids) that the
  * engine must never dereference on the host: the host reaches device memory
@@ -35,6 +36,11 @@
  *   - Numerics (CPU): fp32 throughout; softmax, cross-entropy and SiLU use a
  *     polynomial exp within 1.4 ulp of expf; every reduction outside BLAS
  *     has a fixed order, so a run repeats bit for bit on the same machine.
+ *   - Numerics (CUDA): fp32 tensors; cuBLAS products round their operands
+ *     to TF32 (about 1e-3 relative; RETUNE_CUDA_TF32=0 turns that off);
+ *     the other ops agree with the CPU's to a few ulp. Device-resident
+ *     ids and targets are not checked (see kernels/cuda/ops.cu), and a few
+ *     reductions use atomics, so runs may differ in the last bits.
  *
  * Ownership: backends are static singletons; the table pointer stays valid
  * for the life of the process and is never freed. Memory from alloc() is
@@ -50,6 +56,15 @@
 
 /* An ordered queue of device work (a CUDA stream). Opaque; NULL = default. */
 typedef struct kernels_stream kernels_stream;
+
+/* One adapter's rows for lora_group_forward; a and b are device pointers
+ * with the PEFT layouts lora_A.weight [r, C] and lora_B.weight [OC, r]. */
+typedef struct kernels_lora_group {
+    const float *a, *b;
+    int row0, rows; /* rows [row0, row0 + rows) of x and y; rows may be 0 */
+    int r;          /* the adapter's rank */
+    float scale;    /* alpha / r (or alpha / sqrt(r) for rsLoRA) */
+} kernels_lora_group;
 
 typedef struct kernels_backend {
     const char *name; /* "cpu", "cuda" */
@@ -221,14 +236,36 @@ typedef struct kernels_backend {
     int (*adamw_step)(float *param, float *m, float *v, const float *grad, int64_t n,
                       double lr, double beta1, double beta2, double eps,
                       double weight_decay, int t, kernels_stream *s);
+
+    /* ---- serving: many LoRA adapters in one batch (optional) ----------- */
+
+    /* Optional: NULL in a backend without it (callers then loop over
+     * matmul); both built-in backends provide it.
+     * Bytes of scratch lora_group_forward needs for N rows and ranks up to
+     * max_rank. */
+    size_t (*lora_group_scratch_bytes)(int N, int max_rank);
+    /* The LoRA terms of a batch whose token rows are grouped by adapter
+     * (SGMV): for each of the n_groups groups g,
+     *   y[rows_g] += g.scale * (x[rows_g] @ g.a^T) @ g.b^T
+     * with rows_g = [g.row0, g.row0 + g.rows) of x[N, C] and y[N, OC].
+     * groups is a HOST array (borrowed; reusable when the call returns) of
+     * device weight pointers; row ranges must not overlap, rows outside
+     * every group are untouched, and 1 <= g.r <= max_rank. */
+    int (*lora_group_forward)(float *y, void *scratch, const float *x,
+                              const kernels_lora_group *groups, int n_groups,
+                              int N, int C, int OC, int max_rank, kernels_stream *s);
 } kernels_backend;
 
 /* The CPU backend (OpenBLAS + C loops). Never NULL; do not free. */
 const kernels_backend *kernels_cpu_backend(void);
 
-/* *out = the backend called name ("cpu"; "cuda" when built with it).
- * RT_ERR_NOT_FOUND for an unknown name, RT_ERR_UNSUPPORTED for a known
- * backend not compiled into this build; *out untouched on failure. */
+/* *out = the backend called name: "cpu", or "cuda" / "cuda:N" (GPU N,
+ * default 0) when the build has the CUDA backend (make CUDA=1).
+ * RT_ERR_NOT_FOUND for an unknown name or a GPU index the machine lacks,
+ * RT_ERR_UNSUPPORTED for "cuda" in a build without it or on a machine with
+ * no GPU (or no driver), and when a process that already uses one GPU asks
+ * for another (one GPU per process); RT_ERR_DEVICE when the GPU fails to
+ * start. *out untouched on failure. */
 int kernels_backend_get(const char *name, const kernels_backend **out);
 
 #endif

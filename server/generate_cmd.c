@@ -46,7 +46,7 @@ int server_generate_main(int argc, char **argv)
         {"max-tokens", 1, 0, 'n'}, {"temperature", 1, 0, 't'}, {"top-p", 1, 0, 'P'},
         {"top-k", 1, 0, 'k'}, {"seed", 1, 0, 's'}, {"device", 1, 0, 'D'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
-    engine_generate_config c = {.max_tokens = 64, .temperature = 0, .top_p = 1, .device = "cpu"};
+    engine_generate_config c = {.max_tokens = 64, .temperature = 0, .top_p = 1, .device = NULL};
     int opt;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (opt == 'h') {

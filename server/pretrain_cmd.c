@@ -74,7 +74,7 @@ int server_pretrain_main(int argc, char **argv)
     static const struct option opts[] = {{"out", 1, 0, 'o'}, {"preset", 1, 0, 'p'},
                                          {"steps", 1, 0, 'n'}, {"seed", 1, 0, 's'},
                                          {"device", 1, 0, 'D'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    const char *out = NULL, *preset = "tiny", *device = "cpu";
+    const char *out = NULL, *preset = "tiny", *device = NULL;
     int steps = 0, opt;
     double seed = 42;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {

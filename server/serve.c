@@ -53,7 +53,8 @@ static void serve_usage(FILE *out)
             "  --api-keys-file FILE   one 'KEY [TENANT]' per line (RETUNE_API_KEYS_FILE)\n"
             "  --max-upload-bytes N   largest accepted upload (RETUNE_MAX_UPLOAD_BYTES, default 512 MiB)\n"
             "  --min-examples N       fewest training examples a job accepts (RETUNE_MIN_EXAMPLES, default 10)\n"
-            "  --device cpu|cuda      compute device for training and serving (RETUNE_DEVICE, default cpu)\n"
+            "  --device cpu|cuda[:N]  compute device for training and serving (RETUNE_DEVICE; default:\n"
+            "                         the GPU when this build has CUDA and one is present, else cpu)\n"
             "  --lora NAME=DIR        also serve the PEFT adapter in DIR as model NAME (repeatable)\n"
             "  --max-batch N          sequences decoded together (RETUNE_MAX_BATCH, default 8)\n"
             "  --max-context N        tokens per sequence (RETUNE_MAX_CONTEXT, default model's, <= 2048)\n"
@@ -139,7 +140,7 @@ static int read_environment(serve_options *o)
     o->port = 8080;
     o->max_upload_bytes = 512LL << 20;
     o->min_examples = 10;
-    o->device = getenv("RETUNE_DEVICE") ? getenv("RETUNE_DEVICE") : "cpu";
+    o->device = getenv("RETUNE_DEVICE"); /* NULL: the GPU if present, else the CPU */
     if (getenv("RETUNE_MAX_BATCH") &&
         parse_int64("RETUNE_MAX_BATCH", getenv("RETUNE_MAX_BATCH"), 1, 256, &o->max_batch))
         return 2;

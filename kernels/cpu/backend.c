@@ -100,6 +100,8 @@ static const kernels_backend cpu_backend = {
     .mul_backward = kernels_mul_backward,
     .sum_squares = kernels_sum_squares,
     .adamw_step = kernels_adamw_step,
+    .lora_group_scratch_bytes = kernels_lora_group_scratch_bytes,
+    .lora_group_forward = kernels_lora_group_forward,
 };
 
 /* The CPU backend table; static, never freed. */

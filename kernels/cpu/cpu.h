@@ -18,4 +18,13 @@
 #undef FN
 #undef real
 
+/* The grouped-LoRA op (float only; see kernels_backend.lora_group_forward). */
+size_t kernels_lora_group_scratch_bytes(int N, int max_rank);
+int kernels_lora_group_forward(float *y, void *scratch, const float *x,
+                               const kernels_lora_group *groups, int n_groups,
+                               int N, int C, int OC, int max_rank, kernels_stream *s);
+/* 1 when groups[n_groups] are valid for N rows and ranks up to max_rank
+ * (shared with the CUDA backend's argument check). */
+int kernels_lora_groups_valid(const kernels_lora_group *groups, int n_groups, int N, int max_rank);
+
 #endif

@@ -127,3 +127,50 @@ static int attention_sizes_ok(int B, int T, int Hq, int Hkv, int D)
 #undef SQRT
 #undef COS
 #undef SIN
+
+/* ---- serving: grouped LoRA (float only) ---------------------------------- */
+
+/* Scratch for lora_group_forward: one [N, max_rank] float block. */
+size_t kernels_lora_group_scratch_bytes(int N, int max_rank)
+{
+    if (N <= 0 || max_rank <= 0)
+        return 0;
+    return (size_t)N * (size_t)max_rank * sizeof(float);
+}
+
+/* 1 when every group is usable for x[N, C] -> y[N, OC]; see kernels.h. */
+int kernels_lora_groups_valid(const kernels_lora_group *groups, int n_groups, int N, int max_rank)
+{
+    if (n_groups < 0 || (n_groups > 0 && !groups))
+        return 0;
+    for (int i = 0; i < n_groups; i++) {
+        const kernels_lora_group *g = &groups[i];
+        if (g->row0 < 0 || g->rows < 0 || g->row0 > N - g->rows || g->r < 1 || g->r > max_rank ||
+            (g->rows > 0 && (!g->a || !g->b)))
+            return 0;
+    }
+    return 1;
+}
+
+/* The reference: per group, t = x[rows] a^T into scratch, then
+ * y[rows] += scale * t b^T (two sgemms). */
+int kernels_lora_group_forward(float *y, void *scratch, const float *x,
+                               const kernels_lora_group *groups, int n_groups,
+                               int N, int C, int OC, int max_rank, kernels_stream *s)
+{
+    (void)s;
+    if (N < 0 || C < 0 || OC < 0 || max_rank < 1 || !y || !x ||
+        !kernels_lora_groups_valid(groups, n_groups, N, max_rank) || (N > 0 && !scratch))
+        return RT_ERR_INVALID;
+    float *t = scratch;
+    for (int i = 0; i < n_groups; i++) {
+        const kernels_lora_group *g = &groups[i];
+        if (g->rows == 0)
+            continue;
+        kernels_gemm(t, x + (size_t)g->row0 * C, g->a, g->rows, g->r, C, 0, 1, 1, 0,
+                     imax1(C), imax1(C), g->r);
+        kernels_gemm(y + (size_t)g->row0 * OC, t, g->b, g->rows, OC, g->r, 0, 1, g->scale, 1,
+                     g->r, g->r, imax1(OC));
+    }
+    return RT_OK;
+}
