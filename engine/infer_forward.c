@@ -157,11 +157,32 @@ static int prepare_step(infer_ctx *c, const infer_step *st)
     return RT_OK;
 }
 
-/* out[N, OC] = in @ W^T (+ b), then the LoRA term of each run of segments
- * that share an adapter targeting this module. */
+/* Applies the LoRA terms of n groups: one gathered call (SGMV) when the
+ * backend has it, else two products per group. */
+static int lora_groups(infer_ctx *c, float *out, const float *in, const kernels_lora_group *g, int n,
+                       int N, int C, int OC)
+{
+    const kernels_backend *be = c->be;
+    if (be->lora_group_forward)
+        return be->lora_group_forward(out, c->lora_t, in, g, n, N, C, OC, c->lora_r, NULL);
+    int rc = RT_OK;
+    for (int i = 0; rc == RT_OK && i < n; i++) {
+        rc = be->linear_forward(c->lora_t, in + (size_t)g[i].row0 * C, g[i].a, NULL, g[i].rows, C,
+                                g[i].r, NULL);
+        if (rc == RT_OK)
+            rc = be->matmul(out + (size_t)g[i].row0 * OC, c->lora_t, g[i].b, g[i].rows, OC, g[i].r,
+                            0, 1, g[i].scale, 1.0f, NULL);
+    }
+    return rc;
+}
+
+/* out[N, OC] = in @ W^T (+ b) once for every row of the step, then the LoRA
+ * term of each run of segments sharing an adapter (rows are ordered by
+ * adapter, so each adapter is one contiguous group). */
 static int proj(infer_ctx *c, const infer_step *st, int layer, enum peft_module mod, float *out,
                 const float *in)
 {
+    enum { BATCH = 64 };
     const kernels_backend *be = c->be;
     const layer_weights *lw = &c->m->w.layers[layer];
     int OC, C, N = st->n_tokens;
@@ -169,21 +190,24 @@ static int proj(infer_ctx *c, const infer_step *st, int layer, enum peft_module 
     const float *bias = mod <= PEFT_V_PROJ ? lw->bias[mod] : NULL;
     int rc = be->linear_forward(out, in, lw->proj[mod], bias, N, C, OC, NULL);
     size_t s = (size_t)layer * PEFT_MODULE_COUNT + (size_t)mod;
+    kernels_lora_group groups[BATCH];
+    int n = 0;
     for (int i = 0; rc == RT_OK && i < st->n_segs;) {
         const lora *ad = st->segs[i].ad;
         int j = i + 1;
         while (j < st->n_segs && st->segs[j].ad == ad)
             j++;
         int r0 = c->seg_row[i], rows = (j < st->n_segs ? c->seg_row[j] : N) - r0;
-        if (ad && ad->a[s]) {
-            rc = be->linear_forward(c->lora_t, in + (size_t)r0 * C, ad->a[s], NULL, rows, C,
-                                    ad->cfg.r, NULL);
-            if (rc == RT_OK)
-                rc = be->matmul(out + (size_t)r0 * OC, c->lora_t, ad->b[s], rows, OC, ad->cfg.r,
-                                0, 1, ad->scaling, 1.0f, NULL);
+        if (ad && ad->a[s])
+            groups[n++] = (kernels_lora_group){ad->a[s], ad->b[s], r0, rows, ad->cfg.r, ad->scaling};
+        if (n == BATCH) {
+            rc = lora_groups(c, out, in, groups, n, N, C, OC);
+            n = 0;
         }
         i = j;
     }
+    if (rc == RT_OK && n)
+        rc = lora_groups(c, out, in, groups, n, N, C, OC);
     return rc;
 }
 
