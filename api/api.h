@@ -67,6 +67,10 @@ int api_job_resolve(storage_job *job, int64_t n_examples, engine_train_config *c
 /* The metrics of a progress report as JSON text (events, checkpoints). */
 void api_job_metrics_json(const engine_progress *p, char *buf, size_t size);
 
+/* The data of a retention metrics event as JSON text (null for NaN). */
+void api_job_retention_json(double before, double after, double trainable_percent, char *buf,
+                            size_t size);
+
 /* "ft:<base>:<org>:<suffix>:<id>", the model name a job produces. */
 void api_job_model_name(const storage_job *job, char *buf, size_t size);
 

@@ -224,6 +224,19 @@ void api_job_metrics_json(const engine_progress *p, char *buf, size_t size)
     free(text);
 }
 
+void api_job_retention_json(double before, double after, double trainable_percent, char *buf,
+                            size_t size)
+{
+    cJSON *o = cJSON_CreateObject();
+    add_number(o, "retention_loss_before", before, true);
+    add_number(o, "retention_loss_after", after, true);
+    cJSON_AddNumberToObject(o, "trainable_percent", trainable_percent);
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    snprintf(buf, size, "%s", text && strlen(text) < size ? text : "{}");
+    free(text);
+}
+
 void api_job_model_name(const storage_job *job, char *buf, size_t size)
 {
     const char *hex = strchr(job->id, '-');

@@ -242,12 +242,10 @@ static void report_retention(job_run *r, const engine_train_result *res)
     r->job->retention_loss_before = res->retention_loss_before;
     r->job->retention_loss_after = res->retention_loss_after;
     char data[256];
-    snprintf(data, sizeof data, "{\"retention_loss_before\": %.6f, \"retention_loss_after\": %.6f, "
-             "\"trainable_percent\": %.4f}", res->retention_loss_before, res->retention_loss_after,
-             res->total_params ? 100.0 * (double)res->trainable_params / (double)res->total_params : 0.0);
+    double pct = res->total_params ? 100.0 * (double)res->trainable_params / (double)res->total_params : 0.0;
+    api_job_retention_json(res->retention_loss_before, res->retention_loss_after, pct, data, sizeof data);
     event(r, "info", "metrics", data, "Retention loss: %.4f before training, %.4f after (%.2f%% of parameters trained)",
-          res->retention_loss_before, res->retention_loss_after,
-          res->total_params ? 100.0 * (double)res->trainable_params / (double)res->total_params : 0.0);
+          res->retention_loss_before, res->retention_loss_after, pct);
 }
 
 /* Moves the result into adapters/<id> or models/<id>, then marks success. */
