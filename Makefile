@@ -2,7 +2,7 @@
 #   make            build/retune (CPU backend: BLAS)
 #   make CUDA=1     also the CUDA backend (nvcc, cuBLAS)
 #   make test       build and run every test (unit, numerical, end-to-end)
-#   make san-test   unit tests under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make san-test   every test under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make deps       install the Debian packages the build and tests need
 
 CC      ?= cc
@@ -80,9 +80,10 @@ test: all
 unit-test: all
 	sh tests/run.sh $(BUILD) unit
 
+# Unit tests, then the end-to-end tests against the sanitized server.
 san-test:
 	$(MAKE) BUILD=build-san SAN=1 OPT=-O1 all
-	ASAN_OPTIONS=detect_leaks=1 sh tests/run.sh build-san unit
+	ASAN_OPTIONS=detect_leaks=1 sh tests/run.sh build-san
 
 deps:
 	sh tools/install_deps.sh

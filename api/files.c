@@ -82,7 +82,7 @@ static void check_line(upload *up)
 /* Adds bytes to the current line (bounded). */
 static void line_append(upload *up, const char *data, size_t len)
 {
-    if (up->invalid || up->line_too_long)
+    if (len == 0 || up->invalid || up->line_too_long)
         return;
     if (up->line_len + len > MAX_LINE_BYTES) {
         up->line_too_long = true;

@@ -148,6 +148,15 @@ static void resolve_auto(const cJSON *hp, int64_t n_examples, int *epochs, int *
     *mult = num(hp, "learning_rate_multiplier", 1.0);
 }
 
+/* Sets key to v, replacing an existing value ("auto") or adding it. */
+static void set_number(cJSON *o, const char *key, double v)
+{
+    if (cJSON_GetObjectItemCaseSensitive(o, key))
+        cJSON_ReplaceItemInObjectCaseSensitive(o, key, cJSON_CreateNumber(v));
+    else
+        cJSON_AddNumberToObject(o, key, v);
+}
+
 int api_job_resolve(storage_job *job, int64_t n_examples, engine_train_config *cfg)
 {
     cJSON *hp = cJSON_Parse(job->hyperparameters[0] ? job->hyperparameters : "{}");
@@ -181,13 +190,9 @@ int api_job_resolve(storage_job *job, int64_t n_examples, engine_train_config *c
         cfg->target_modules = bits;
     cfg->seed = (uint64_t)job->seed;
     /* Show the concrete values from now on. */
-    cJSON_ReplaceItemInObject(hp, "n_epochs", cJSON_CreateNumber(epochs));
-    cJSON_ReplaceItemInObject(hp, "batch_size", cJSON_CreateNumber(batch));
-    cJSON_ReplaceItemInObject(hp, "learning_rate_multiplier", cJSON_CreateNumber(mult));
-    if (!cJSON_GetObjectItem(hp, "n_epochs")) cJSON_AddNumberToObject(hp, "n_epochs", epochs);
-    if (!cJSON_GetObjectItem(hp, "batch_size")) cJSON_AddNumberToObject(hp, "batch_size", batch);
-    if (!cJSON_GetObjectItem(hp, "learning_rate_multiplier"))
-        cJSON_AddNumberToObject(hp, "learning_rate_multiplier", mult);
+    set_number(hp, "n_epochs", epochs);
+    set_number(hp, "batch_size", batch);
+    set_number(hp, "learning_rate_multiplier", mult);
     if (!cJSON_GetObjectItem(hp, "training_type"))
         cJSON_AddStringToObject(hp, "training_type", full ? "full" : "lora");
     char *text = cJSON_PrintUnformatted(hp);
