@@ -107,6 +107,7 @@ typedef struct engine_callbacks {
     void (*on_event)(void *ctx, const char *message);
     void (*on_checkpoint)(void *ctx, const char *dir, const engine_progress *p);
     int (*should_stop)(void *ctx); /* enum engine_stop, checked between steps */
+    void (*yield)(void *ctx);      /* called between micro-steps: a chance to let others run */
 } engine_callbacks;
 
 typedef struct engine_train_result {

@@ -75,7 +75,7 @@ static int micro_step(trainer *t, size_t first, int count, uint64_t key, model_l
 }
 
 /* One optimizer step over up to grad_accum micro-batches. */
-static int optimizer_step(trainer *t, model_loss *stats)
+static int optimizer_step(trainer *t, const engine_callbacks *cb, model_loss *stats)
 {
     const engine_train_config *c = &t->cfg;
     const kernels_backend *be = t->be;
@@ -91,6 +91,8 @@ static int optimizer_step(trainer *t, model_loss *stats)
         if (first + (size_t)count > t->train->n)
             count = (int)(t->train->n - first);
         uint64_t key = rng_mix(c->seed ^ rng_mix(((uint64_t)t->step << 16) | (uint64_t)j));
+        if (cb && cb->yield)
+            cb->yield(cb->ctx);
         rc = micro_step(t, first, count, key, &sum);
     }
     if (rc == RT_OK && micro > 1)
@@ -197,7 +199,7 @@ static int train_loop(trainer *t, const engine_callbacks *cb)
             if (stop_requested(t, cb, &rc))
                 return rc;
             model_loss stats;
-            rc = optimizer_step(t, &stats);
+            rc = optimizer_step(t, cb, &stats);
             if (rc == RT_OK) {
                 t->last_loss = stats.loss;
                 progress_update(t, &stats);

@@ -148,11 +148,12 @@ static void on_checkpoint(void *ctx, const char *dir, const engine_progress *p)
 }
 
 /* Serving has priority: while completion requests wait or run, the trainer
- * waits between steps (at most YIELD_SECONDS each time, so training still
- * progresses under constant load). */
+ * waits between micro-steps (at most YIELD_SECONDS each time, so training
+ * still progresses under constant load). */
 #define YIELD_SECONDS 0.5
-static void yield_to_serving(const worker_config *cfg)
+static void yield_to_serving(void *ctx)
 {
+    const worker_config *cfg = ((job_run *)ctx)->cfg;
     if (!cfg->engine)
         return;
     double until = rt_now_seconds() + YIELD_SECONDS;
@@ -170,7 +171,6 @@ static void yield_to_serving(const worker_config *cfg)
 static int should_stop(void *ctx)
 {
     job_run *r = ctx;
-    yield_to_serving(r->cfg);
     if (*r->stopping)
         return r->stop_reason = ENGINE_STOP_PAUSE;
     storage_job now;
@@ -392,7 +392,7 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
     if (!tc.resume_dir)
         event(&r, "info", "message", NULL, "Fine-tuning job started");
     save(&r);
-    engine_callbacks cb = {&r, on_step, NULL, on_checkpoint, should_stop};
+    engine_callbacks cb = {&r, on_step, NULL, on_checkpoint, should_stop, yield_to_serving};
     engine_train_result res;
     int rc = engine_train(&tc, &cb, &res, err, sizeof err);
     if (rc != RT_OK)
