@@ -32,17 +32,6 @@ typedef struct import {
     bool name_bad, io_error, bad_multipart;
 } import;
 
-/* Removes the temporary folder and what is in it. */
-static void remove_dir(const char *dir)
-{
-    char path[1100];
-    for (int i = 0; i < PART_COUNT; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, part_files[i]);
-        unlink(path);
-    }
-    rmdir(dir);
-}
-
 static void import_free(void *p)
 {
     import *im = p;
@@ -53,7 +42,7 @@ static void import_free(void *p)
         if (im->fd[i] >= 0)
             close(im->fd[i]);
     if (im->dir[0])
-        remove_dir(im->dir);
+        rt_remove_tree(im->dir);
     free(im);
 }
 
@@ -210,7 +199,7 @@ int api_adapters_import(api_request *req)
     im->dir[0] = '\0'; /* from here on `final` is ours to clean up */
     int rc = engine_adapter_add(req->srv->engine, im->name, final, err, sizeof err);
     if (rc != RT_OK) {
-        remove_dir(final);
+        rt_remove_tree(final);
         return api_respond_error(req, 400, BAD, rc == RT_ERR_EXISTS ? "name" : "adapter_model.safetensors",
                                  "adapter_mismatch", "The adapter does not fit the base model: %s", err);
     }
@@ -223,7 +212,7 @@ int api_adapters_import(api_request *req)
     rc = storage_model_add(req->srv->st, &m);
     if (rc != RT_OK) {
         engine_adapter_remove(req->srv->engine, im->name);
-        remove_dir(final);
+        rt_remove_tree(final);
         return rc;
     }
     cJSON *o = cJSON_CreateObject();

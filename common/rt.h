@@ -1,7 +1,8 @@
 /*
  * common/rt.h — the project-wide error type and the tiny utilities every
  * module may use (logging, monotonic time). This is the one leaf module all
- * others may include; it depends on nothing but libc.
+ * others may include; it depends on nothing but libc. (common/fs.c holds
+ * its two file-system helpers.)
  *
  * Fallible functions return an int: RT_OK (0) or one of the negative codes
  * below. Results come back through out-parameters that stay untouched on
@@ -48,5 +49,11 @@ double rt_now_seconds(void);
 
 /* Wall clock as Unix seconds, for records shown to users. */
 int64_t rt_unix_time(void);
+
+/* Removes a folder tree (or a file); a path that does not exist is a no-op. */
+void rt_remove_tree(const char *path);
+
+/* fsyncs the folder that holds path, so a rename into it is durable. */
+int rt_sync_dir_of(const char *path);
 
 #endif

@@ -106,19 +106,6 @@ static int make_model(const preset *p, const char *dir, int vocab, uint64_t seed
     return rc;
 }
 
-/* Removes the working folder's files (the corpus, the untrained model). */
-static void remove_work(const char *work)
-{
-    static const char *const names[] = {"corpus.jsonl", "tokenizer.json", "tokenizer_config.json",
-                                        "config.json", "model.safetensors"};
-    char path[4200];
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", work, names[i]);
-        remove(path);
-    }
-    rmdir(work);
-}
-
 int engine_pretrain(const engine_pretrain_config *cfg, const engine_callbacks *cb,
                     engine_train_result *result, char *err, size_t errsize)
 {
@@ -169,6 +156,6 @@ int engine_pretrain(const engine_pretrain_config *cfg, const engine_callbacks *c
         rc = st_fail(err, errsize, RT_ERR_CANCELLED, "pre-training was stopped");
     if (rc == RT_OK && rename(trained, cfg->out_dir) != 0)
         rc = st_fail(err, errsize, RT_ERR_IO, "cannot move the model to %s: %s", cfg->out_dir, strerror(errno));
-    remove_work(work);
+    rt_remove_tree(work); /* the corpus, the untrained model */
     return rc;
 }

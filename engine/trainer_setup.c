@@ -322,40 +322,24 @@ static int save_state(trainer *t, const char *dir, char *err, size_t errsize)
     return rc;
 }
 
-/* Removes a directory and the plain files in it (a failed checkpoint). */
-static void remove_dir(const char *dir)
-{
-    static const char *names[] = {"adapter_config.json", "adapter_model.safetensors",
-                                  "config.json", "model.safetensors", "tokenizer.json",
-                                  "tokenizer_config.json", "special_tokens_map.json",
-                                  "generation_config.json", "optimizer.safetensors",
-                                  "trainer_state.json"};
-    char path[4096];
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        unlink(path);
-    }
-    rmdir(dir);
-}
-
 int trainer_checkpoint(trainer *t, const engine_callbacks *cb)
 {
     char dir[3800], tmp[3808], err[256] = "";
     snprintf(dir, sizeof dir, "%s/ckpt-step-%d", t->cfg.checkpoint_dir, t->step);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);
     mkdir(t->cfg.checkpoint_dir, 0755);
-    remove_dir(tmp);
+    rt_remove_tree(tmp);
     int rc = save_weights(t, tmp, err, sizeof err);
     if (rc == RT_OK) rc = save_optimizer(t, tmp, err, sizeof err);
     if (rc == RT_OK) rc = save_state(t, tmp, err, sizeof err);
     if (rc == RT_OK) {
-        remove_dir(dir);
+        rt_remove_tree(dir);
         if (rename(tmp, dir) != 0)
             rc = RT_ERR_IO;
     }
     if (rc != RT_OK) {
         rt_log(RT_LOG_ERROR, "checkpoint %s failed: %s %s", dir, rt_strerror(rc), err);
-        remove_dir(tmp);
+        rt_remove_tree(tmp);
         return rc;
     }
     if (cb && cb->on_checkpoint)

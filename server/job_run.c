@@ -18,7 +18,6 @@
 #include <unistd.h>
 
 #include "api/api.h"
-#include "server/fsutil.h"
 #include "server/worker.h"
 
 #define EVENT_EVERY_SECONDS 1.0
@@ -256,8 +255,8 @@ static void succeed(job_run *r, const char *out_dir, bool full)
     snprintf(target, sizeof target, "%s/%s", storage_data_dir(r->cfg->st), full ? "models" : "adapters");
     mkdir(target, 0755);
     snprintf(target + strlen(target), sizeof target - strlen(target), "/%s", r->job->id);
-    fs_remove_tree(target); /* a half-published result from before a crash */
-    if (rename(out_dir, target) != 0 || fs_sync_dir_of(target) != RT_OK) {
+    rt_remove_tree(target); /* a half-published result from before a crash */
+    if (rename(out_dir, target) != 0 || rt_sync_dir_of(target) != RT_OK) {
         fail(r, "server_error", NULL, "The trained model could not be stored.");
         return;
     }
@@ -387,7 +386,7 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
     tc.retention_path = retention[0] ? retention : NULL;
     tc.out_dir = out_dir;
     tc.checkpoint_dir = ck_dir;
-    fs_remove_tree(out_dir);
+    rt_remove_tree(out_dir);
     tc.resume_dir = resume_point(&r);
     if (!tc.resume_dir)
         event(&r, "info", "message", NULL, "Fine-tuning job started");

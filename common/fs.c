@@ -1,16 +1,15 @@
 /*
- * server/fsutil.c — directory removal and durable renames.
+ * common/fs.c — the two file-system helpers several modules need: removing
+ * a folder tree (a half-written checkpoint, a failed import, a work folder)
+ * and making a rename into a folder durable.
  */
-#include "server/fsutil.h"
+#include "common/rt.h"
 
 #include <fcntl.h>
 #include <ftw.h>
 #include <libgen.h>
 #include <stdio.h>
-#include <string.h>
 #include <unistd.h>
-
-#include "common/rt.h"
 
 static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
@@ -21,13 +20,13 @@ static int remove_entry(const char *path, const struct stat *sb, int flag, struc
     return 0;
 }
 
-void fs_remove_tree(const char *path)
+void rt_remove_tree(const char *path)
 {
     if (access(path, F_OK) == 0)
         nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-int fs_sync_dir_of(const char *path)
+int rt_sync_dir_of(const char *path)
 {
     char copy[4096];
     snprintf(copy, sizeof copy, "%s", path);
