@@ -30,31 +30,13 @@ typedef struct fixture {
     int B, T;
 } fixture;
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf)
-        buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
 static cJSON *read_json(const char *dir, const char *name)
 {
     char path[512];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    char *text = read_text(path);
-    cJSON *j = text ? cJSON_Parse(text) : NULL;
+    char *text = NULL;
+    size_t len = 0;
+    cJSON *j = st_read_file(path, 1 << 20, &text, &len, NULL, 0) == RT_OK ? cJSON_ParseWithLength(text, len) : NULL;
     free(text);
     return j;
 }

@@ -19,6 +19,7 @@
 
 #include "common/rt.h"
 #include "engine/chat_template.h"
+#include "engine/safetensors.h"
 #include "engine/tokenizer.h"
 #include "tests/test.h"
 
@@ -32,23 +33,12 @@ static const char *const TRAINED_SPECIALS[] = { "<|endoftext|>", "<|im_start|>",
 /* Reads a whole file (NUL-terminated); NULL when unreadable. */
 static char *slurp(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    char *p = NULL;
+    size_t n = 0;
+    if (st_read_file(path, (size_t)1 << 30, &p, &n, NULL, 0) != RT_OK)
         return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = malloc((size_t)n + 1);
-    if (p && fread(p, 1, (size_t)n, f) != (size_t)n) {
-        free(p);
-        p = NULL;
-    }
-    fclose(f);
-    if (p) {
-        p[n] = '\0';
-        if (len)
-            *len = (size_t)n;
-    }
+    if (len)
+        *len = n;
     return p;
 }
 
