@@ -174,13 +174,18 @@ static bool stop_requested(trainer *t, const engine_callbacks *cb, int *rc)
     return true;
 }
 
-/* After a step: interval validation and checkpoint. */
+/* After a step: interval validation, the step report, then the interval
+ * checkpoint. The report comes first so that whatever the caller records
+ * for a step (a results row) exists before a checkpoint a crash could
+ * resume from. */
 static int after_step(trainer *t, const engine_callbacks *cb)
 {
     const engine_train_config *c = &t->cfg;
     int rc = RT_OK;
     if (c->eval_interval > 0 && t->step % c->eval_interval == 0)
         rc = run_validation(t);
+    if (rc == RT_OK && cb && cb->on_step)
+        cb->on_step(cb->ctx, &t->progress);
     if (rc == RT_OK && c->checkpoint_interval > 0 && t->step % c->checkpoint_interval == 0 &&
         c->checkpoint_dir)
         rc = trainer_checkpoint(t, cb);
@@ -204,8 +209,6 @@ static int train_loop(trainer *t, const engine_callbacks *cb)
                 t->last_loss = stats.loss;
                 progress_update(t, &stats);
                 rc = after_step(t, cb);
-                if (cb && cb->on_step)
-                    cb->on_step(cb->ctx, &t->progress);
             }
         }
         if (rc != RT_OK || t->batch_in_epoch < nb)
