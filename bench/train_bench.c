@@ -300,20 +300,22 @@ static double att_flops(int B, int T, int Hq, int D)
 
 static int prof_attention_forward(float *o, float *lse, void *sc, const float *q, const float *k,
                                   const float *v, int B, int T, int Hq, int Hkv, int D,
-                                  kernels_stream *s)
+                                  int window, kernels_stream *s)
 {
     double t0 = rt_now_seconds();
-    int rc = prof_inner->attention_forward(o, lse, sc, q, k, v, B, T, Hq, Hkv, D, s);
+    int rc = prof_inner->attention_forward(o, lse, sc, q, k, v, B, T, Hq, Hkv, D, window, s);
     prof_note(P_ATT_FWD, t0, att_flops(B, T, Hq, D));
     return rc;
 }
 
 static int prof_attention_backward(float *dq, float *dk, float *dv, const float *lse, void *sc,
                                    const float *g, const float *q, const float *k, const float *v,
-                                   int B, int T, int Hq, int Hkv, int D, kernels_stream *s)
+                                   int B, int T, int Hq, int Hkv, int D, int window,
+                                   kernels_stream *s)
 {
     double t0 = rt_now_seconds();
-    int rc = prof_inner->attention_backward(dq, dk, dv, lse, sc, g, q, k, v, B, T, Hq, Hkv, D, s);
+    int rc = prof_inner->attention_backward(dq, dk, dv, lse, sc, g, q, k, v, B, T, Hq, Hkv, D, window,
+                                            s);
     prof_note(P_ATT_BWD, t0, 2.0 * att_flops(B, T, Hq, D));
     return rc;
 }

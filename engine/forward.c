@@ -22,6 +22,7 @@ struct model_acts {
     /* saved for backward, per layer (host arrays of device pointers) */
     float **resid, **ln1, **rstd1, **q, **k, **v, **att, **lse, **resid_mid, **ln2, **rstd2;
     float **gate, **up, **h, **lora_t;
+    float **q_raw, **k_raw, **rstdq, **rstdk; /* Qwen3: q/k before their head norms */
     float *lnf, *rstdf, *logits, *losses, *correct, *ce_lse;
     /* backward scratch, reused by every layer */
     float *dresid, *dln, *dq, *dk, *dv, *dqr, *dkr, *datt, *dgate, *dup, *dh, *dlogits;
@@ -35,17 +36,28 @@ struct model_acts {
 /* ---- one-allocation planner: record (slot, floats), then point them ---- */
 
 typedef struct plan {
-    float **slot[512];
-    size_t count[512];
-    size_t n, total;
-    bool overflow;
+    float ***slot;           /* where each tensor's pointer goes */
+    size_t *count;           /* its floats, rounded to 16 */
+    size_t n, cap, total;
+    bool nomem;
 } plan;
 
+/* Records one tensor of floats; grows the plan as needed (no fixed limit on
+ * depth or width). A failed growth sets p->nomem and drops the tensor. */
 static void plan_add(plan *p, float **slot, size_t floats)
 {
-    if (p->n == sizeof p->slot / sizeof p->slot[0]) {
-        p->overflow = true;
-        return;
+    if (p->n == p->cap) {
+        size_t cap = p->cap ? 2 * p->cap : 256;
+        float ***s = realloc(p->slot, cap * sizeof *s);
+        if (s)
+            p->slot = s;
+        size_t *c = s ? realloc(p->count, cap * sizeof *c) : NULL;
+        if (!c) {
+            p->nomem = true;
+            return;
+        }
+        p->count = c;
+        p->cap = cap;
     }
     size_t rounded = (floats + 15) & ~(size_t)15; /* keep every tensor 64-byte aligned */
     p->slot[p->n] = slot;
@@ -65,7 +77,8 @@ static void plan_point(const plan *p, float *base)
 static int alloc_layer_arrays(model_acts *a, int L)
 {
     float ***arrays[] = {&a->ln1, &a->rstd1, &a->q, &a->k, &a->v, &a->att, &a->lse,
-                         &a->resid_mid, &a->ln2, &a->rstd2, &a->gate, &a->up, &a->h};
+                         &a->resid_mid, &a->ln2, &a->rstd2, &a->gate, &a->up, &a->h,
+                         &a->q_raw, &a->k_raw, &a->rstdq, &a->rstdk};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         if (!(*arrays[i] = calloc((size_t)L, sizeof(float *))))
             return RT_ERR_NOMEM;
@@ -97,6 +110,12 @@ static void plan_acts(model_acts *a, const model_config *c, plan *p)
         plan_add(p, &a->gate[l], N * F);
         plan_add(p, &a->up[l], N * F);
         plan_add(p, &a->h[l], N * F);
+        if (c->qk_norm) {
+            plan_add(p, &a->q_raw[l], N * qd);
+            plan_add(p, &a->k_raw[l], N * kvd);
+            plan_add(p, &a->rstdq[l], N * (size_t)c->num_attention_heads);
+            plan_add(p, &a->rstdk[l], N * (size_t)c->num_key_value_heads);
+        }
         for (size_t m = 0; a->r > 0 && m < PEFT_MODULE_COUNT; m++)
             plan_add(p, &a->lora_t[l * PEFT_MODULE_COUNT + m], N * (size_t)a->r);
     }
@@ -145,11 +164,11 @@ int model_acts_create(const model *m, int B, int T, int lora_r, model_acts **out
         a->max_in = (size_t)c->intermediate_size;
     if (qd > a->max_in)
         a->max_in = qd;
-    plan *p = calloc(1, sizeof *p);
-    int rc = p ? alloc_layer_arrays(a, c->num_hidden_layers) : RT_ERR_NOMEM;
+    plan pl = {0}, *p = &pl;
+    int rc = alloc_layer_arrays(a, c->num_hidden_layers);
     if (rc == RT_OK) {
         plan_acts(a, c, p);
-        rc = p->overflow ? RT_ERR_UNSUPPORTED : RT_OK;
+        rc = p->nomem ? RT_ERR_NOMEM : RT_OK;
     }
     if (rc == RT_OK)
         rc = m->be->alloc((void **)&a->buf, p->total * sizeof(float));
@@ -166,7 +185,8 @@ int model_acts_create(const model *m, int B, int T, int lora_r, model_acts **out
     a->host_pos = malloc((size_t)a->N * sizeof(int32_t));
     if (rc == RT_OK && ((lora_r > 0 && !a->host_mask) || !a->host_stats || !a->host_pos))
         rc = RT_ERR_NOMEM;
-    free(p);
+    free(p->slot);
+    free(p->count);
     if (rc != RT_OK) {
         model_acts_free(a);
         return rc;
@@ -186,7 +206,8 @@ void model_acts_free(model_acts *a)
     a->be->free(a->ibuf);
     a->be->free(a->att_scratch);
     float ***arrays[] = {&a->resid, &a->ln1, &a->rstd1, &a->q, &a->k, &a->v, &a->att, &a->lse,
-                         &a->resid_mid, &a->ln2, &a->rstd2, &a->gate, &a->up, &a->h, &a->lora_t};
+                         &a->resid_mid, &a->ln2, &a->rstd2, &a->gate, &a->up, &a->h, &a->lora_t,
+                         &a->q_raw, &a->k_raw, &a->rstdq, &a->rstdk};
     for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
         free(*arrays[i]);
     free(a->host_mask);
@@ -338,14 +359,23 @@ static int layer_forward(const proj_ctx *x, int l)
     int D = c->head_dim, B = x->batch->B, T = x->batch->T;
     int rc = be->rmsnorm_forward(a->ln1[l], a->rstd1[l], a->resid[l], lw->ln1, N, d,
                                  c->rms_norm_eps, NULL);
-    if (rc == RT_OK) rc = proj_forward(x, l, PEFT_Q_PROJ, a->q[l], a->ln1[l]);
-    if (rc == RT_OK) rc = proj_forward(x, l, PEFT_K_PROJ, a->k[l], a->ln1[l]);
+    bool qkn = c->qk_norm;
+    if (rc == RT_OK) rc = proj_forward(x, l, PEFT_Q_PROJ, qkn ? a->q_raw[l] : a->q[l], a->ln1[l]);
+    if (rc == RT_OK) rc = proj_forward(x, l, PEFT_K_PROJ, qkn ? a->k_raw[l] : a->k[l], a->ln1[l]);
     if (rc == RT_OK) rc = proj_forward(x, l, PEFT_V_PROJ, a->v[l], a->ln1[l]);
+    if (rc == RT_OK && qkn) /* Qwen3: RMSNorm over each head, before RoPE */
+        rc = be->rmsnorm_forward(a->q[l], a->rstdq[l], a->q_raw[l], lw->q_norm, N * Hq, D,
+                                 c->rms_norm_eps, NULL);
+    if (rc == RT_OK && qkn)
+        rc = be->rmsnorm_forward(a->k[l], a->rstdk[l], a->k_raw[l], lw->k_norm, N * Hkv, D,
+                                 c->rms_norm_eps, NULL);
     if (rc == RT_OK) rc = be->rope_forward(a->q[l], a->q[l], a->pos, m->inv_freq, N, Hq, D, NULL);
     if (rc == RT_OK) rc = be->rope_forward(a->k[l], a->k[l], a->pos, m->inv_freq, N, Hkv, D, NULL);
+    if (rc == RT_OK && m->rope_qscale != 1.0f) /* YaRN's attention factor, squared */
+        rc = be->scale(a->q[l], (int64_t)N * Hq * D, m->rope_qscale, NULL);
     if (rc == RT_OK)
         rc = be->attention_forward(a->att[l], a->lse[l], a->att_scratch, a->q[l], a->k[l], a->v[l],
-                                   B, T, Hq, Hkv, D, NULL);
+                                   B, T, Hq, Hkv, D, model_layer_window(c, l), NULL);
     if (rc == RT_OK) rc = proj_forward(x, l, PEFT_O_PROJ, a->resid_mid[l], a->att[l]);
     if (rc == RT_OK) rc = be->add(a->resid_mid[l], a->resid_mid[l], a->resid[l], (int64_t)N * d, NULL);
     if (rc == RT_OK)
@@ -420,6 +450,28 @@ static int zero(const kernels_backend *be, float *p, size_t n)
     return be->zero(p, n * sizeof(float), NULL);
 }
 
+/* Backward of Qwen3's head norms: from the gradients of the normed q/k
+ * (a->dqr, a->dkr) to those of the projections' outputs, written into
+ * a->dq and a->dk (free by then); the norm weights' gradients accumulate
+ * into gw when full fine-tuning. */
+static int qk_norm_backward(const proj_ctx *x, int l, const layer_weights *gw)
+{
+    const model_config *c = &x->m->cfg;
+    const kernels_backend *be = x->m->be;
+    const layer_weights *lw = &x->m->w.layers[l];
+    model_acts *a = x->a;
+    int Hq = c->num_attention_heads, Hkv = c->num_key_value_heads, D = c->head_dim, N = x->N;
+    int rc = zero(be, a->dq, (size_t)N * Hq * D);
+    if (rc == RT_OK) rc = zero(be, a->dk, (size_t)N * Hkv * D);
+    if (rc == RT_OK)
+        rc = be->rmsnorm_backward(a->dq, gw ? gw->q_norm : NULL, a->rstdq[l], a->dqr, a->q_raw[l],
+                                  lw->q_norm, N * Hq, D, NULL);
+    if (rc == RT_OK)
+        rc = be->rmsnorm_backward(a->dk, gw ? gw->k_norm : NULL, a->rstdk[l], a->dkr, a->k_raw[l],
+                                  lw->k_norm, N * Hkv, D, NULL);
+    return rc;
+}
+
 /* One decoder layer backward; a->dresid holds the gradient of the layer's
  * output on entry and of its input on return. */
 static int layer_backward(const proj_ctx *x, int l, const model_weights *g, const lora *lg)
@@ -453,14 +505,22 @@ static int layer_backward(const proj_ctx *x, int l, const model_weights *g, cons
     if (rc == RT_OK)
         rc = be->attention_backward(a->dq, a->dk, a->dv, a->lse[l], a->att_scratch, a->datt,
                                     a->q[l], a->k[l], a->v[l], x->batch->B, x->batch->T, Hq, Hkv,
-                                    D, NULL);
+                                    D, model_layer_window(c, l), NULL);
+    if (rc == RT_OK && m->rope_qscale != 1.0f)
+        rc = be->scale(a->dq, (int64_t)(N * qd), m->rope_qscale, NULL);
     if (rc == RT_OK) rc = zero(be, a->dqr, N * qd);
     if (rc == RT_OK) rc = zero(be, a->dkr, N * kvd);
     if (rc == RT_OK) rc = be->rope_backward(a->dqr, a->dq, a->pos, m->inv_freq, x->N, Hq, D, NULL);
     if (rc == RT_OK) rc = be->rope_backward(a->dkr, a->dk, a->pos, m->inv_freq, x->N, Hkv, D, NULL);
+    const float *dq_in = a->dqr, *dk_in = a->dkr; /* gradients of the projections' outputs */
+    if (rc == RT_OK && c->qk_norm) {
+        rc = qk_norm_backward(x, l, gw);
+        dq_in = a->dq;
+        dk_in = a->dk;
+    }
     if (rc == RT_OK) rc = zero(be, a->dln, N * d);
-    if (rc == RT_OK) rc = proj_backward(x, l, PEFT_Q_PROJ, a->dln, a->dqr, a->ln1[l], g, lg);
-    if (rc == RT_OK) rc = proj_backward(x, l, PEFT_K_PROJ, a->dln, a->dkr, a->ln1[l], g, lg);
+    if (rc == RT_OK) rc = proj_backward(x, l, PEFT_Q_PROJ, a->dln, dq_in, a->ln1[l], g, lg);
+    if (rc == RT_OK) rc = proj_backward(x, l, PEFT_K_PROJ, a->dln, dk_in, a->ln1[l], g, lg);
     if (rc == RT_OK) rc = proj_backward(x, l, PEFT_V_PROJ, a->dln, a->dv, a->ln1[l], g, lg);
     if (rc == RT_OK)
         rc = be->rmsnorm_backward(a->dresid, gw ? gw->ln1 : NULL, a->rstd1[l], a->dln,

@@ -48,6 +48,8 @@ static int generator_open(generator *g, const engine_generate_config *c, char *e
     snprintf(path, sizeof path, "%s/tokenizer.json", c->model_dir);
     if (rc == RT_OK)
         rc = tokenizer_load(path, &g->tok, err, errsize);
+    if (rc == RT_OK) /* padding rows past the tokenizer decode to nothing */
+        tokenizer_set_model_vocab(g->tok, (size_t)g->m->cfg.vocab_size);
     snprintf(path, sizeof path, "%s/tokenizer_config.json", c->model_dir);
     if (rc == RT_OK)
         rc = chat_template_load(path, &g->tmpl, err, errsize);
@@ -83,11 +85,12 @@ static int encode_prompt(generator *g, const engine_generate_config *c)
     return rc;
 }
 
-/* Generates up to max_tokens new ids after the prompt. */
+/* Generates up to max_tokens new ids after the prompt, never one of the
+ * model's padding ids past the tokenizer (see sample_vocab_size). */
 static int generate_ids(generator *g, const engine_generate_config *c, int *n_new)
 {
     const model_config *mc = &g->m->cfg;
-    int V = mc->vocab_size;
+    int V = mc->vocab_size, n_sample = sample_vocab_size(V, tokenizer_vocab_size(g->tok));
     model_acts *a = NULL;
     float *row = malloc(3 * (size_t)V * sizeof(float));
     int rc = row ? model_acts_create(g->m, 1, (int)g->cap, g->ad ? g->ad->cfg.r : 0, &a) : RT_ERR_NOMEM;
@@ -102,7 +105,7 @@ static int generate_ids(generator *g, const engine_generate_config *c, int *n_ne
                                         (size_t)V * sizeof(float), NULL);
         if (rc != RT_OK)
             break;
-        int32_t next = sample_token(row, V, &sp, &r, row + V);
+        int32_t next = sample_token(row, n_sample, &sp, &r, row + V);
         if (next == g->stop[0] || next == g->stop[1])
             break;
         g->ids[g->n_ids++] = next;

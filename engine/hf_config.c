@@ -36,6 +36,7 @@ static const struct {
     [MODEL_ARCH_LLAMA] = {"llama", "LlamaForCausalLM", 2048},
     [MODEL_ARCH_MISTRAL] = {"mistral", "MistralForCausalLM", 4096 * 32},
     [MODEL_ARCH_QWEN2] = {"qwen2", "Qwen2ForCausalLM", 32768},
+    [MODEL_ARCH_QWEN3] = {"qwen3", "Qwen3ForCausalLM", 32768},
 };
 
 /* True when key is absent or JSON null: "use the default". */
@@ -124,7 +125,7 @@ static int hf_parse_arch(const hf_ctx *c, model_config *cfg)
             arch = i;
     if (arch < 0)
         return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
-                       "%s: model_type '%.64s' is not supported (llama, mistral, qwen2)", c->src, mt->valuestring);
+                       "%s: model_type '%.64s' is not supported (llama, mistral, qwen2, qwen3)", c->src, mt->valuestring);
     const cJSON *archs = cJSON_GetObjectItemCaseSensitive(c->obj, "architectures");
     if (!hf_absent(archs)) {
         const cJSON *first = cJSON_IsArray(archs) ? archs->child : NULL;
@@ -136,6 +137,35 @@ static int hf_parse_arch(const hf_ctx *c, model_config *cfg)
                            c->src, first->valuestring, hf_arches[arch].model_type, hf_arches[arch].architecture);
     }
     cfg->arch = (enum model_arch)arch;
+    return RT_OK;
+}
+
+/* The limits that remain once memory is not the bound: RoPE's kernels
+ * rotate heads of at most HF_MAX_HEAD_DIM, every row width (heads x
+ * head_dim, the FFN, the vocabulary) is an int in the kernels, and the
+ * parameter count must be a sane number before memory is estimated. Each
+ * failure names the field, its value and the limit. */
+#define HF_MAX_HEAD_DIM 2048
+#define HF_MAX_PARAMS 1e14
+static int hf_check_limits(const hf_ctx *c, const model_config *cfg)
+{
+    if (cfg->head_dim > HF_MAX_HEAD_DIM)
+        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+                       "%s: head_dim %d is above the limit %d of retune's RoPE kernels", c->src,
+                       cfg->head_dim, HF_MAX_HEAD_DIM);
+    double qd = (double)cfg->num_attention_heads * cfg->head_dim;
+    if (qd > 2147483647.0)
+        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+                       "%s: num_attention_heads %d x head_dim %d = %.0f is above the limit 2147483647",
+                       c->src, cfg->num_attention_heads, cfg->head_dim, qd);
+    double d = cfg->hidden_size, f = cfg->intermediate_size, v = cfg->vocab_size;
+    double kvd = (double)cfg->num_key_value_heads * cfg->head_dim;
+    double layer = 2 * d + 2 * qd * d + 2 * kvd * d + 3 * d * f;
+    double params = 2 * v * d + d + (double)cfg->num_hidden_layers * layer;
+    if (params > HF_MAX_PARAMS)
+        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+                       "%s: these sizes imply %.3g parameters, above the limit %.0e", c->src, params,
+                       HF_MAX_PARAMS);
     return RT_OK;
 }
 
@@ -160,23 +190,68 @@ static int hf_parse_sizes(const hf_ctx *c, model_config *cfg)
                        "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
                        c->src, heads, cfg->num_key_value_heads);
     const cJSON *hd = cJSON_GetObjectItemCaseSensitive(c->obj, "head_dim");
-    if (hf_absent(hd) && cfg->hidden_size % heads != 0)
+    bool qwen3 = cfg->arch == MODEL_ARCH_QWEN3; /* Qwen3Config's head_dim defaults to 128 */
+    if (hf_absent(hd) && !qwen3 && cfg->hidden_size % heads != 0)
         return st_fail(c->err, c->errsize, RT_ERR_FORMAT,
                        "%s: hidden_size %d is not divisible by num_attention_heads %d (and no head_dim)",
                        c->src, cfg->hidden_size, heads);
-    if ((rc = hf_int(c, "head_dim", true, cfg->hidden_size / heads, 1, &cfg->head_dim)))
+    if ((rc = hf_int(c, "head_dim", true, qwen3 ? 128 : cfg->hidden_size / heads, 1, &cfg->head_dim)))
         return rc;
     if (cfg->head_dim % 2 != 0)
         return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: head_dim %d must be even for RoPE",
                        c->src, cfg->head_dim);
+    return hf_check_limits(c, cfg);
+}
+
+/* Llama 3.1's rope_scaling: factor, both band factors and the original
+ * context, all required. */
+static int hf_parse_rope_llama3(const hf_ctx *sub, const hf_ctx *c, model_config *cfg)
+{
+    int rc;
+    if ((rc = hf_float(sub, "factor", false, 0, &cfg->rope_scaling_factor)) ||
+        (rc = hf_float(sub, "low_freq_factor", false, 0, &cfg->rope_low_freq_factor)) ||
+        (rc = hf_float(sub, "high_freq_factor", false, 0, &cfg->rope_high_freq_factor)) ||
+        (rc = hf_int(sub, "original_max_position_embeddings", false, 0, 1, &cfg->rope_original_max_position)))
+        return rc;
+    if (cfg->rope_high_freq_factor <= cfg->rope_low_freq_factor)
+        return st_fail(c->err, c->errsize, RT_ERR_FORMAT,
+                       "%s: rope_scaling high_freq_factor must exceed low_freq_factor", c->src);
     return RT_OK;
 }
 
-/* rope_scaling: null, type "default", or type "llama3" with its four
- * parameters; any other type is refused. */
+/* Reads an optional positive float key of rope_scaling (0 when absent). */
+static int hf_opt_float(const hf_ctx *sub, const char *key, float *out)
+{
+    return hf_float(sub, key, true, 0.0f, out);
+}
+
+/* YaRN's rope_scaling as transformers reads it: factor required; the
+ * original context defaults to max_position_embeddings; attention_factor,
+ * beta_fast/beta_slow, mscale/mscale_all_dim and truncate optional. */
+static int hf_parse_rope_yarn(const hf_ctx *sub, model_config *cfg)
+{
+    int rc;
+    bool truncate = true;
+    if ((rc = hf_float(sub, "factor", false, 0, &cfg->rope_scaling_factor)) ||
+        (rc = hf_int(sub, "original_max_position_embeddings", true, cfg->max_position_embeddings, 1,
+                     &cfg->rope_original_max_position)) ||
+        (rc = hf_opt_float(sub, "attention_factor", &cfg->rope_attention_factor)) ||
+        (rc = hf_opt_float(sub, "beta_fast", &cfg->rope_beta_fast)) ||
+        (rc = hf_opt_float(sub, "beta_slow", &cfg->rope_beta_slow)) ||
+        (rc = hf_opt_float(sub, "mscale", &cfg->rope_mscale)) ||
+        (rc = hf_opt_float(sub, "mscale_all_dim", &cfg->rope_mscale_all_dim)) ||
+        (rc = hf_bool(sub, "truncate", true, &truncate)))
+        return rc;
+    cfg->rope_no_truncate = !truncate;
+    return RT_OK;
+}
+
+/* rope_scaling: null, or type default, llama3, linear or yarn with their
+ * parameters; any other type (dynamic, longrope, ...) is refused by name. */
 static int hf_parse_rope_scaling(const hf_ctx *c, const cJSON *rs, model_config *cfg)
 {
     cfg->rope_scaling_factor = 0.0f;
+    cfg->rope_type = MODEL_ROPE_DEFAULT;
     if (hf_absent(rs))
         return RT_OK;
     if (!cJSON_IsObject(rs))
@@ -186,43 +261,72 @@ static int hf_parse_rope_scaling(const hf_ctx *c, const cJSON *rs, model_config 
         type = cJSON_GetObjectItemCaseSensitive(rs, "type");
     if (!cJSON_IsString(type))
         return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: rope_scaling has no rope_type", c->src);
-    if (strcmp(type->valuestring, "default") == 0)
-        return RT_OK;
-    if (strcmp(type->valuestring, "llama3") != 0)
-        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
-                       "%s: rope_scaling type '%.32s' is not supported (only llama3)", c->src, type->valuestring);
+    const char *t = type->valuestring;
     char label[512];
     snprintf(label, sizeof label, "%s: rope_scaling", c->src);
     hf_ctx sub = {rs, label, c->err, c->errsize};
-    int rc;
-    if ((rc = hf_float(&sub, "factor", false, 0, &cfg->rope_scaling_factor)) ||
-        (rc = hf_float(&sub, "low_freq_factor", false, 0, &cfg->rope_low_freq_factor)) ||
-        (rc = hf_float(&sub, "high_freq_factor", false, 0, &cfg->rope_high_freq_factor)) ||
-        (rc = hf_int(&sub, "original_max_position_embeddings", false, 0, 1, &cfg->rope_original_max_position)))
-        return rc;
-    if (cfg->rope_high_freq_factor <= cfg->rope_low_freq_factor)
+    if (strcmp(t, "default") == 0)
+        return RT_OK;
+    if (strcmp(t, "llama3") == 0) {
+        cfg->rope_type = MODEL_ROPE_LLAMA3;
+        return hf_parse_rope_llama3(&sub, c, cfg);
+    }
+    if (strcmp(t, "linear") == 0) {
+        cfg->rope_type = MODEL_ROPE_LINEAR;
+        return hf_float(&sub, "factor", false, 0, &cfg->rope_scaling_factor);
+    }
+    if (strcmp(t, "yarn") == 0) {
+        cfg->rope_type = MODEL_ROPE_YARN;
+        return hf_parse_rope_yarn(&sub, cfg);
+    }
+    return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+                   "%s: rope_scaling type '%.32s' is not supported (default, llama3, linear, yarn)",
+                   c->src, t);
+}
+
+/* Checks an explicit layer_types list against the layers that
+ * max_window_layers makes sliding; a list that differs is refused. */
+static int hf_check_layer_types(const hf_ctx *c, const model_config *cfg)
+{
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(c->obj, "layer_types");
+    if (hf_absent(lt))
+        return RT_OK;
+    if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != cfg->num_hidden_layers)
         return st_fail(c->err, c->errsize, RT_ERR_FORMAT,
-                       "%s: rope_scaling high_freq_factor must exceed low_freq_factor", c->src);
+                       "%s: layer_types must list num_hidden_layers (%d) names", c->src, cfg->num_hidden_layers);
+    int l = 0;
+    for (const cJSON *it = lt->child; it; it = it->next, l++) {
+        bool sliding = cfg->sliding_window > 0 && l >= cfg->max_window_layers;
+        const char *want = sliding ? "sliding_attention" : "full_attention";
+        if (!cJSON_IsString(it) || strcmp(it->valuestring, want) != 0)
+            return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+                           "%s: layer_types[%d] is not '%s', which sliding_window and max_window_layers "
+                           "imply; other layer patterns are not supported", c->src, l, want);
+    }
     return RT_OK;
 }
 
-/* Mistral's sliding_window, or Qwen2's when use_sliding_window is true:
- * accepted, but only a window covering the whole context is exact. */
-static int hf_parse_sliding_window(const hf_ctx *c, const model_config *cfg)
+/* Sliding-window attention as transformers configures it: Mistral's
+ * sliding_window (default 4096, null for none) on every layer; Qwen2/3's
+ * only with use_sliding_window, on layers >= max_window_layers. */
+static int hf_parse_sliding_window(const hf_ctx *c, model_config *cfg)
 {
+    cfg->sliding_window = 0;
+    cfg->max_window_layers = 0;
     if (cfg->arch == MODEL_ARCH_LLAMA)
-        return RT_OK;
-    bool use = true;
-    int rc;
-    if (cfg->arch == MODEL_ARCH_QWEN2 && (rc = hf_bool(c, "use_sliding_window", false, &use)))
+        return hf_check_layer_types(c, cfg);
+    bool use = true, mistral = cfg->arch == MODEL_ARCH_MISTRAL;
+    int rc, window = 0;
+    if (!mistral && ((rc = hf_bool(c, "use_sliding_window", false, &use)) ||
+                     (rc = hf_int(c, "max_window_layers", true, 28, 0, &cfg->max_window_layers))))
         return rc;
-    int window;
-    if ((rc = hf_int(c, "sliding_window", true, 0, 1, &window)))
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(c->obj, "sliding_window");
+    if (sw == NULL)
+        window = 4096; /* the configs' default when the key is absent */
+    else if (!cJSON_IsNull(sw) && (rc = hf_int(c, "sliding_window", true, 0, 1, &window)))
         return rc;
-    if (use && window > 0 && window < cfg->max_position_embeddings)
-        rt_log(RT_LOG_WARN, "%s: sliding_window %d < max_position_embeddings %d is not applied: "
-               "attention spans the whole context", c->src, window, cfg->max_position_embeddings);
-    return RT_OK;
+    cfg->sliding_window = use ? window : 0;
+    return hf_check_layer_types(c, cfg);
 }
 
 /* hidden_act, biases, quantisation, torch_dtype, tying and token ids. */
@@ -250,6 +354,7 @@ static int hf_parse_misc(const hf_ctx *c, model_config *cfg)
         cfg->attention_bias = true;   /* Qwen2's q/k/v always carry a bias */
     else if (cfg->arch == MODEL_ARCH_MISTRAL)
         cfg->attention_bias = false;  /* MistralConfig has no such option */
+    cfg->qk_norm = cfg->arch == MODEL_ARCH_QWEN3; /* Qwen3 norms each q and k head */
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(c->obj, "torch_dtype");
     if (hf_absent(dt))
         dt = cJSON_GetObjectItemCaseSensitive(c->obj, "dtype");  /* transformers >= 4.56 */
@@ -334,17 +439,54 @@ static bool hf_add_token(cJSON *obj, const char *key, int id)
     return (id >= 0 ? cJSON_AddNumberToObject(obj, key, id) : cJSON_AddNullToObject(obj, key)) != NULL;
 }
 
-/* Adds rope_scaling: null, or the llama3 parameters. */
+/* Adds the yarn-only keys that were given (transformers' defaults
+ * otherwise: nothing is written for them). */
+static bool hf_add_yarn(cJSON *rs, const model_config *cfg)
+{
+    struct { const char *key; float v; } opt[] = {
+        {"attention_factor", cfg->rope_attention_factor}, {"beta_fast", cfg->rope_beta_fast},
+        {"beta_slow", cfg->rope_beta_slow}, {"mscale", cfg->rope_mscale},
+        {"mscale_all_dim", cfg->rope_mscale_all_dim},
+    };
+    for (size_t i = 0; i < sizeof opt / sizeof opt[0]; i++)
+        if (opt[i].v > 0.0f && !hf_add_float(rs, opt[i].key, opt[i].v, true))
+            return false;
+    return !cfg->rope_no_truncate || cJSON_AddFalseToObject(rs, "truncate");
+}
+
+/* Adds rope_scaling: null, or the parameters of its type. */
 static bool hf_add_rope_scaling(cJSON *root, const model_config *cfg)
 {
-    if (cfg->rope_scaling_factor == 0.0f)
+    static const char *names[] = {
+        [MODEL_ROPE_LLAMA3] = "llama3", [MODEL_ROPE_LINEAR] = "linear", [MODEL_ROPE_YARN] = "yarn",
+    };
+    if (cfg->rope_type == MODEL_ROPE_DEFAULT)
         return cJSON_AddNullToObject(root, "rope_scaling") != NULL;
     cJSON *rs = cJSON_AddObjectToObject(root, "rope_scaling");
-    return rs && hf_add_float(rs, "factor", cfg->rope_scaling_factor, true) &&
-           hf_add_float(rs, "low_freq_factor", cfg->rope_low_freq_factor, true) &&
-           hf_add_float(rs, "high_freq_factor", cfg->rope_high_freq_factor, true) &&
-           cJSON_AddNumberToObject(rs, "original_max_position_embeddings", cfg->rope_original_max_position) &&
-           cJSON_AddStringToObject(rs, "rope_type", "llama3");
+    bool ok = rs && hf_add_float(rs, "factor", cfg->rope_scaling_factor, true);
+    if (ok && cfg->rope_type == MODEL_ROPE_LLAMA3)
+        ok = hf_add_float(rs, "low_freq_factor", cfg->rope_low_freq_factor, true) &&
+             hf_add_float(rs, "high_freq_factor", cfg->rope_high_freq_factor, true);
+    if (ok && cfg->rope_type != MODEL_ROPE_LINEAR)
+        ok = cJSON_AddNumberToObject(rs, "original_max_position_embeddings",
+                                     cfg->rope_original_max_position) != NULL;
+    if (ok && cfg->rope_type == MODEL_ROPE_YARN)
+        ok = hf_add_yarn(rs, cfg);
+    return ok && cJSON_AddStringToObject(rs, "rope_type", names[cfg->rope_type]);
+}
+
+/* Adds sliding_window (null for none) and, for Qwen2/3, use_sliding_window
+ * and max_window_layers. */
+static bool hf_add_sliding_window(cJSON *root, const model_config *cfg)
+{
+    if (cfg->arch == MODEL_ARCH_LLAMA)
+        return true;
+    bool ok = cfg->sliding_window > 0 ? cJSON_AddNumberToObject(root, "sliding_window", cfg->sliding_window) != NULL
+                                      : cJSON_AddNullToObject(root, "sliding_window") != NULL;
+    if (!ok || cfg->arch == MODEL_ARCH_MISTRAL)
+        return ok;
+    return cJSON_AddNumberToObject(root, "max_window_layers", cfg->max_window_layers) &&
+           cJSON_AddBoolToObject(root, "use_sliding_window", cfg->sliding_window > 0);
 }
 
 /* Builds the config.json object for cfg; NULL when allocation fails. */
@@ -353,8 +495,9 @@ static cJSON *hf_config_json(const model_config *cfg, const char *dtype)
     cJSON *root = cJSON_CreateObject();
     cJSON *archs = cJSON_AddArrayToObject(root, "architectures");
     bool llama = cfg->arch == MODEL_ARCH_LLAMA;
+    bool bias_key = llama || cfg->arch == MODEL_ARCH_QWEN3;
     bool ok = archs && cJSON_AddItemToArray(archs, cJSON_CreateString(hf_arches[cfg->arch].architecture)) &&
-        (!llama || cJSON_AddBoolToObject(root, "attention_bias", cfg->attention_bias)) &&
+        (!bias_key || cJSON_AddBoolToObject(root, "attention_bias", cfg->attention_bias)) &&
         cJSON_AddRawToObject(root, "attention_dropout", "0.0") &&
         hf_add_token(root, "bos_token_id", cfg->bos_token_id) &&
         hf_add_token(root, "eos_token_id", cfg->eos_token_id) &&
@@ -364,7 +507,6 @@ static cJSON *hf_config_json(const model_config *cfg, const char *dtype)
         cJSON_AddRawToObject(root, "initializer_range", "0.02") &&
         cJSON_AddNumberToObject(root, "intermediate_size", cfg->intermediate_size) &&
         cJSON_AddNumberToObject(root, "max_position_embeddings", cfg->max_position_embeddings) &&
-        (cfg->arch != MODEL_ARCH_QWEN2 || cJSON_AddNumberToObject(root, "max_window_layers", cfg->num_hidden_layers)) &&
         (!llama || cJSON_AddFalseToObject(root, "mlp_bias")) &&
         cJSON_AddStringToObject(root, "model_type", hf_arches[cfg->arch].model_type) &&
         cJSON_AddNumberToObject(root, "num_attention_heads", cfg->num_attention_heads) &&
@@ -373,11 +515,10 @@ static cJSON *hf_config_json(const model_config *cfg, const char *dtype)
         hf_add_float(root, "rms_norm_eps", cfg->rms_norm_eps, true) &&
         hf_add_rope_scaling(root, cfg) &&
         hf_add_float(root, "rope_theta", cfg->rope_theta, true) &&
-        (llama || cJSON_AddNullToObject(root, "sliding_window")) &&
+        hf_add_sliding_window(root, cfg) &&
         cJSON_AddBoolToObject(root, "tie_word_embeddings", cfg->tie_word_embeddings) &&
         cJSON_AddStringToObject(root, "torch_dtype", dtype) &&
         cJSON_AddTrueToObject(root, "use_cache") &&
-        (cfg->arch != MODEL_ARCH_QWEN2 || cJSON_AddFalseToObject(root, "use_sliding_window")) &&
         cJSON_AddNumberToObject(root, "vocab_size", cfg->vocab_size);
     if (!ok) {
         cJSON_Delete(root);
@@ -396,12 +537,13 @@ int hf_config_write(const model_config *cfg, const char *path, char *err, size_t
 {
     if (!cfg || !path)
         return st_fail(err, errsize, RT_ERR_INVALID, "hf_config_write: NULL argument");
-    if ((unsigned)cfg->arch > MODEL_ARCH_QWEN2)
+    if ((unsigned)cfg->arch > MODEL_ARCH_QWEN3)
         return st_fail(err, errsize, RT_ERR_INVALID, "%s: unknown model arch %d", path, (int)cfg->arch);
     if (!hf_positive(cfg->rms_norm_eps) || !hf_positive(cfg->rope_theta) ||
-        (cfg->rope_scaling_factor != 0.0f &&
-         (!hf_positive(cfg->rope_scaling_factor) || !hf_positive(cfg->rope_low_freq_factor) ||
-          !hf_positive(cfg->rope_high_freq_factor))))
+        (cfg->rope_type != MODEL_ROPE_DEFAULT && !hf_positive(cfg->rope_scaling_factor)) ||
+        (cfg->rope_type == MODEL_ROPE_LLAMA3 &&
+         (!hf_positive(cfg->rope_low_freq_factor) || !hf_positive(cfg->rope_high_freq_factor))) ||
+        (unsigned)cfg->rope_type > MODEL_ROPE_YARN)
         return st_fail(err, errsize, RT_ERR_INVALID, "%s: rms_norm_eps, rope_theta and rope scaling factors "
                        "must be positive and finite", path);
     char dtype[sizeof cfg->torch_dtype + 1];

@@ -217,6 +217,8 @@ struct engine_server {
     const kernels_backend *be;
     model *m;
     tokenizer *tok;                 /* NULL without tokenizer.json */
+    int n_sample;                   /* ids sampled and in logprobs: the tokenizer's,
+                                       not the model's padding past it */
     chat_template *tmpl;
     infer_ctx *ictx;
     adapter_registry *reg;

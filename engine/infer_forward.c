@@ -26,6 +26,7 @@ struct infer_ctx {
     float *kv;                       /* the cache: k then v, each [L, slots, ctx, kvd] */
     float *buf;                      /* the step activations, one allocation */
     float *x, *ln, *rstd, *q, *k, *v, *att, *tmp, *gate, *up, *h, *logits;
+    float *q_raw, *k_raw, *rstd_qk;  /* Qwen3: q/k before their head norms (else empty) */
     float *lora_t;                   /* [N, lora_r] */
     int lora_r;
     void *scratch;                   /* attention_kv scratch */
@@ -45,6 +46,8 @@ static size_t point_step(infer_ctx *c, float *buf)
         {&c->k, N * c->kvd}, {&c->v, N * c->kvd}, {&c->att, N * c->qd}, {&c->tmp, N * d},
         {&c->gate, N * F}, {&c->up, N * F}, {&c->h, N * F},
         {&c->logits, N * (size_t)mc->vocab_size},
+        {&c->q_raw, mc->qk_norm ? N * c->qd : 0}, {&c->k_raw, mc->qk_norm ? N * c->kvd : 0},
+        {&c->rstd_qk, mc->qk_norm ? N * (size_t)mc->num_attention_heads : 0},
     };
     size_t off = 0;
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
@@ -231,8 +234,24 @@ static int attend(infer_ctx *c, const infer_step *st, int layer)
         if (rc == RT_OK)
             rc = be->attention_kv_forward(c->att + row * c->qd, c->scratch, c->q + row * c->qd,
                                           ks, vs, s->n, s->past, mc->num_attention_heads,
-                                          mc->num_key_value_heads, mc->head_dim, NULL);
+                                          mc->num_key_value_heads, mc->head_dim,
+                                          model_layer_window(mc, layer), NULL);
     }
+    return rc;
+}
+
+/* Qwen3's RMSNorm over each query and key head of N rows (q_raw -> q,
+ * k_raw -> k). */
+static int qk_norm(infer_ctx *c, int N, int l)
+{
+    const model_config *mc = &c->m->cfg;
+    const layer_weights *lw = &c->m->w.layers[l];
+    int D = mc->head_dim;
+    int rc = c->be->rmsnorm_forward(c->q, c->rstd_qk, c->q_raw, lw->q_norm,
+                                    N * mc->num_attention_heads, D, mc->rms_norm_eps, NULL);
+    if (rc == RT_OK)
+        rc = c->be->rmsnorm_forward(c->k, c->rstd_qk, c->k_raw, lw->k_norm,
+                                    N * mc->num_key_value_heads, D, mc->rms_norm_eps, NULL);
     return rc;
 }
 
@@ -245,13 +264,17 @@ static int layer_forward(infer_ctx *c, const infer_step *st, int l)
     int N = st->n_tokens, d = mc->hidden_size, D = mc->head_dim;
     int64_t nd = (int64_t)N * d, nf = (int64_t)N * mc->intermediate_size;
     int rc = be->rmsnorm_forward(c->ln, c->rstd, c->x, lw->ln1, N, d, mc->rms_norm_eps, NULL);
-    if (rc == RT_OK) rc = proj(c, st, l, PEFT_Q_PROJ, c->q, c->ln);
-    if (rc == RT_OK) rc = proj(c, st, l, PEFT_K_PROJ, c->k, c->ln);
+    bool qkn = mc->qk_norm;
+    if (rc == RT_OK) rc = proj(c, st, l, PEFT_Q_PROJ, qkn ? c->q_raw : c->q, c->ln);
+    if (rc == RT_OK) rc = proj(c, st, l, PEFT_K_PROJ, qkn ? c->k_raw : c->k, c->ln);
     if (rc == RT_OK) rc = proj(c, st, l, PEFT_V_PROJ, c->v, c->ln);
+    if (rc == RT_OK && qkn) rc = qk_norm(c, N, l);
     if (rc == RT_OK)
         rc = be->rope_forward(c->q, c->q, c->pos, c->m->inv_freq, N, mc->num_attention_heads, D, NULL);
     if (rc == RT_OK)
         rc = be->rope_forward(c->k, c->k, c->pos, c->m->inv_freq, N, mc->num_key_value_heads, D, NULL);
+    if (rc == RT_OK && c->m->rope_qscale != 1.0f) /* YaRN's attention factor, squared */
+        rc = be->scale(c->q, (int64_t)N * (int64_t)c->qd, c->m->rope_qscale, NULL);
     if (rc == RT_OK) rc = attend(c, st, l);
     if (rc == RT_OK) rc = proj(c, st, l, PEFT_O_PROJ, c->tmp, c->att);
     if (rc == RT_OK) rc = be->add(c->x, c->x, c->tmp, nd, NULL);

@@ -125,11 +125,12 @@ static void emit(infer_seq *s, const engine_token_event *ev)
         atomic_store(&h->cancelled, true);
 }
 
-/* Fills ev's logprob and alternatives from a logits row (host). */
+/* Fills ev's logprob and alternatives from a logits row (host), over the
+ * ids that can be sampled (the model's padding is no alternative). */
 static void fill_logprobs(engine_server *srv, const float *row, int32_t id, int n_top,
                           engine_token_event *ev, int32_t *top_ids, float *top_lps)
 {
-    int V = srv->m->cfg.vocab_size;
+    int V = srv->n_sample;
     double lse = infer_logsumexp(row, V);
     ev->has_logprob = true;
     ev->logprob = (float)((double)row[id] - lse);
@@ -255,7 +256,7 @@ static void sample_next(engine_server *srv, infer_seq *s, float *row)
     }
     if (s->seen)
         infer_repetition_penalty(row, V, s->seen, h->penalty);
-    int32_t id = sample_token(row, V, &h->sp, &s->rng, srv->work);
+    int32_t id = sample_token(row, srv->n_sample, &h->sp, &s->rng, srv->work);
     s->n_gen++;
     h->tokens[s->n_tokens++] = id;
     mark_seen(s->seen, id);

@@ -125,7 +125,8 @@ static int resolve_config(engine_server *srv, const engine_server_config *in, ch
 }
 
 /* Tokenizer and chat template; a model directory without tokenizer.json
- * serves token-id prompts only. */
+ * serves token-id prompts only. The model's padding past the tokenizer
+ * decodes to nothing and is never sampled (srv->n_sample). */
 static int load_text(engine_server *srv, const char *dir, char *err, size_t errsize)
 {
     char path[4096];
@@ -135,6 +136,8 @@ static int load_text(engine_server *srv, const char *dir, char *err, size_t errs
         rc = tokenizer_load(path, &srv->tok, err, errsize);
     if (rc != RT_OK)
         return rc;
+    tokenizer_set_model_vocab(srv->tok, (size_t)srv->m->cfg.vocab_size);
+    srv->n_sample = sample_vocab_size(srv->m->cfg.vocab_size, tokenizer_vocab_size(srv->tok));
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     if (access(path, F_OK) == 0)
         return chat_template_load(path, &srv->tmpl, err, errsize);

@@ -31,10 +31,16 @@ void model_module_shape(const model_config *c, enum peft_module m, int *out, int
     }
 }
 
-/* Floats of one layer: two norms, seven projections, optional q/k/v bias. */
+int model_layer_window(const model_config *c, int layer)
+{
+    return c->sliding_window > 0 && layer >= c->max_window_layers ? c->sliding_window : 0;
+}
+
+/* Floats of one layer: two norms (and Qwen3's two head norms), seven
+ * projections, optional q/k/v bias. */
 static size_t layer_count(const model_config *c)
 {
-    size_t n = 2 * (size_t)c->hidden_size;
+    size_t n = 2 * (size_t)c->hidden_size + (c->qk_norm ? 2 * (size_t)c->head_dim : 0);
     for (int m = 0; m < PEFT_MODULE_COUNT; m++) {
         int o, i;
         model_module_shape(c, (enum peft_module)m, &o, &i);
@@ -67,6 +73,11 @@ int model_weights_point(const model_config *c, float *base, model_weights *w)
         p += c->hidden_size;
         lw->ln2 = p;
         p += c->hidden_size;
+        if (c->qk_norm) {
+            lw->q_norm = p;
+            lw->k_norm = p + c->head_dim;
+            p += 2 * (size_t)c->head_dim;
+        }
         for (int m = 0; m < PEFT_MODULE_COUNT; m++) {
             int o, i;
             model_module_shape(c, (enum peft_module)m, &o, &i);
@@ -106,7 +117,7 @@ static void add_tensor(model_tensor *t, size_t *n, const char *name, float *ptr,
 int model_tensor_list(const model_config *c, const model_weights *w, model_tensor **out,
                       size_t *count)
 {
-    size_t cap = 3 + (size_t)c->num_hidden_layers * 12;
+    size_t cap = 3 + (size_t)c->num_hidden_layers * 14;
     model_tensor *t = calloc(cap, sizeof *t);
     if (!t)
         return RT_ERR_NOMEM;
@@ -119,6 +130,12 @@ int model_tensor_list(const model_config *c, const model_weights *w, model_tenso
         add_tensor(t, &n, name, lw->ln1, 0, c->hidden_size);
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
         add_tensor(t, &n, name, lw->ln2, 0, c->hidden_size);
+        if (lw->q_norm) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+            add_tensor(t, &n, name, lw->q_norm, 0, c->head_dim);
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+            add_tensor(t, &n, name, lw->k_norm, 0, c->head_dim);
+        }
         for (int m = 0; m < PEFT_MODULE_COUNT; m++) {
             int o, i;
             model_module_shape(c, (enum peft_module)m, &o, &i);
@@ -140,25 +157,86 @@ int model_tensor_list(const model_config *c, const model_weights *w, model_tenso
     return RT_OK;
 }
 
-/* HF's RoPE inverse frequencies, with Llama-3 scaling when configured. */
+/* Llama 3.1's band scaling of one inverse frequency f. */
+static double rope_llama3(const model_config *c, double f)
+{
+    double factor = c->rope_scaling_factor, lo = c->rope_low_freq_factor,
+           hi = c->rope_high_freq_factor, old = c->rope_original_max_position;
+    double wavelen = 2.0 * M_PI / f;
+    if (wavelen > old / lo)
+        return f / factor;
+    if (wavelen < old / hi)
+        return f;
+    double smooth = (old / wavelen - lo) / (hi - lo);
+    return (1.0 - smooth) * f / factor + smooth * f;
+}
+
+/* YaRN's dimension where a frequency makes `rotations` turns over the
+ * original context (transformers' find_correction_dim). */
+static double yarn_correction_dim(const model_config *c, double rotations)
+{
+    return c->head_dim * log(c->rope_original_max_position / (rotations * 2 * M_PI)) /
+           (2 * log((double)c->rope_theta));
+}
+
+/* YaRN: frequencies above the [low, high] ramp keep their value, those
+ * below are interpolated (divided by factor), linear in between. */
+static void rope_yarn(const model_config *c, float *out)
+{
+    int D = c->head_dim;
+    double beta_fast = c->rope_beta_fast > 0 ? c->rope_beta_fast : 32;
+    double beta_slow = c->rope_beta_slow > 0 ? c->rope_beta_slow : 1;
+    double low = yarn_correction_dim(c, beta_fast), high = yarn_correction_dim(c, beta_slow);
+    if (!c->rope_no_truncate) {
+        low = floor(low);
+        high = ceil(high);
+    }
+    low = low > 0 ? low : 0;
+    high = high < D - 1 ? high : D - 1;
+    if (low == high)
+        high += 0.001; /* as transformers: no zero-width ramp */
+    for (int i = 0; i < D / 2; i++) {
+        double pos = pow((double)c->rope_theta, (double)(2 * i) / (double)D);
+        double ramp = ((double)i - low) / (high - low);
+        double keep = 1.0 - (ramp < 0 ? 0 : ramp > 1 ? 1 : ramp);
+        out[i] = (float)(1.0 / (c->rope_scaling_factor * pos) * (1.0 - keep) + 1.0 / pos * keep);
+    }
+}
+
+/* HF's RoPE inverse frequencies with the configured rope_scaling. */
 static void rope_inv_freq(const model_config *c, float *out)
 {
+    if (c->rope_type == MODEL_ROPE_YARN) {
+        rope_yarn(c, out);
+        return;
+    }
     int D = c->head_dim;
     for (int i = 0; i < D / 2; i++) {
         double f = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)D);
-        if (c->rope_scaling_factor > 0) {
-            double factor = c->rope_scaling_factor, lo = c->rope_low_freq_factor,
-                   hi = c->rope_high_freq_factor, old = c->rope_original_max_position;
-            double wavelen = 2.0 * M_PI / f;
-            if (wavelen > old / lo) {
-                f = f / factor;
-            } else if (wavelen >= old / hi) {
-                double smooth = (old / wavelen - lo) / (hi - lo);
-                f = (1.0 - smooth) * f / factor + smooth * f;
-            }
-        }
+        if (c->rope_type == MODEL_ROPE_LLAMA3)
+            f = rope_llama3(c, f);
+        else if (c->rope_type == MODEL_ROPE_LINEAR)
+            f /= c->rope_scaling_factor;
         out[i] = (float)f;
     }
+}
+
+/* YaRN's get_mscale. */
+static double yarn_mscale(double scale, double mscale)
+{
+    return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+float model_rope_query_scale(const model_config *c)
+{
+    if (c->rope_type != MODEL_ROPE_YARN)
+        return 1.0f;
+    double f = c->rope_scaling_factor, a = c->rope_attention_factor;
+    if (!(a > 0))
+        a = c->rope_mscale > 0 && c->rope_mscale_all_dim > 0
+                ? yarn_mscale(f, c->rope_mscale) / yarn_mscale(f, c->rope_mscale_all_dim)
+                : yarn_mscale(f, 1.0);
+    return (float)(a * a);
 }
 
 /* Allocates the model shell, its weight buffer and the RoPE table. */
@@ -169,6 +247,7 @@ static int model_alloc(const model_config *cfg, const kernels_backend *be, model
         return RT_ERR_NOMEM;
     m->cfg = *cfg;
     m->be = be;
+    m->rope_qscale = model_rope_query_scale(cfg);
     size_t n = model_weights_count(cfg);
     float host_freq[1024];
     int rc = be->alloc((void **)&m->params, n * sizeof(float));
@@ -241,10 +320,11 @@ int model_load(const char *dir, const kernels_backend *be, model **out, char *er
         rc = model_alloc(&cfg, be, &m);
     if (rc == RT_OK)
         rc = model_tensor_list(&cfg, &m->w, &tensors, &n);
-    size_t biggest = (size_t)cfg.vocab_size * (size_t)cfg.hidden_size;
-    size_t proj = (size_t)cfg.intermediate_size * (size_t)cfg.hidden_size;
-    if (proj > biggest)
-        biggest = proj;
+    size_t biggest = 0; /* the staging buffer holds the largest tensor of the list */
+    for (size_t i = 0; rc == RT_OK && i < n; i++) {
+        size_t numel = (size_t)(tensors[i].rows ? tensors[i].rows : 1) * (size_t)tensors[i].cols;
+        biggest = numel > biggest ? numel : biggest;
+    }
     if (rc == RT_OK && !(staging = malloc(biggest * sizeof(float))))
         rc = RT_ERR_NOMEM;
     for (size_t i = 0; rc == RT_OK && i < n; i++)
@@ -293,6 +373,8 @@ int model_init_random(const model_config *cfg, const kernels_backend *be, uint64
     for (int l = 0; rc == RT_OK && l < cfg->num_hidden_layers; l++) {
         for (int i = 0; i < cfg->hidden_size; i++)
             hw.layers[l].ln1[i] = hw.layers[l].ln2[i] = 1.0f;
+        for (int i = 0; hw.layers[l].q_norm && i < cfg->head_dim; i++)
+            hw.layers[l].q_norm[i] = hw.layers[l].k_norm[i] = 1.0f;
         for (int b = 0; b < 3; b++)
             if (hw.layers[l].bias[b])
                 memset(hw.layers[l].bias[b], 0, sizeof(float) * (size_t)(b == 0 ? cfg->num_attention_heads : cfg->num_key_value_heads) * (size_t)cfg->head_dim);
@@ -332,7 +414,9 @@ int model_save(const model *m, const char *dir, char *err, size_t errsize)
         rc = model_tensor_list(c, &hw, &tensors, &n);
     if (rc == RT_OK)
         rc = st_writer_init(&wr);
-    enum st_dtype dt = strcmp(c->torch_dtype, "bfloat16") == 0 ? ST_BF16 : ST_F32;
+    enum st_dtype dt = strcmp(c->torch_dtype, "bfloat16") == 0 ? ST_BF16
+                     : strcmp(c->torch_dtype, "float16") == 0  ? ST_F16
+                                                               : ST_F32;
     for (size_t i = 0; rc == RT_OK && i < n; i++) {
         int64_t shape[2] = {tensors[i].rows ? tensors[i].rows : tensors[i].cols, tensors[i].cols};
         rc = st_writer_add(wr, tensors[i].name, dt, tensors[i].rows ? 2 : 1, shape, tensors[i].ptr);

@@ -23,6 +23,7 @@
  * gradients and optimizer moments of a full model share this layout. */
 typedef struct layer_weights {
     float *ln1, *ln2;                     /* [d] input / post-attention RMSNorm */
+    float *q_norm, *k_norm;               /* [head_dim] per-head RMSNorm (Qwen3) or NULL */
     float *proj[PEFT_MODULE_COUNT];       /* [out, in] per module (q..down) */
     float *bias[3];                       /* q, k, v biases [out] or NULL */
 } layer_weights;
@@ -36,6 +37,14 @@ typedef struct model_weights {
 
 /* Output and input width of a projection module. */
 void model_module_shape(const model_config *c, enum peft_module m, int *out, int *in);
+
+/* The sliding window of decoder layer l (0: it sees the whole context). */
+int model_layer_window(const model_config *c, int layer);
+
+/* The factor by which queries are multiplied after RoPE: YaRN's attention
+ * factor squared (transformers scales both cos and sin, so q.k gains its
+ * square); 1 for every other rope type. */
+float model_rope_query_scale(const model_config *c);
 
 /* Floats needed for one full set of weights. */
 size_t model_weights_count(const model_config *c);
@@ -62,7 +71,8 @@ typedef struct model {
     const kernels_backend *be;
     float *params;          /* device, model_weights_count floats */
     model_weights w;
-    float *inv_freq;        /* device [head_dim/2], Llama-3 scaling applied */
+    float *inv_freq;        /* device [head_dim/2], rope_scaling applied */
+    float rope_qscale;      /* model_rope_query_scale(&cfg) */
 } model;
 
 /* Loads config.json + safetensors (F32/F16/BF16) from dir onto be. */
@@ -73,7 +83,7 @@ int model_load(const char *dir, const kernels_backend *be, model **out, char *er
 int model_init_random(const model_config *cfg, const kernels_backend *be, uint64_t seed,
                       model **out);
 
-/* Writes config.json + model.safetensors (F32 or BF16 per torch_dtype) into dir. */
+/* Writes config.json + model.safetensors (F32, BF16 or F16 per torch_dtype) into dir. */
 int model_save(const model *m, const char *dir, char *err, size_t errsize);
 
 void model_free(model *m);

@@ -16,6 +16,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -184,6 +185,24 @@ uint16_t st_f32_to_bf16(float f)
     /* round to nearest, ties to even; overflow rounds into inf as it should */
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
+}
+
+uint16_t st_f32_to_f16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u)  /* NaN: keep sign and payload top, force quiet */
+        return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x47800000u) /* >= 2^16, inf included: beyond the largest half */
+        return (uint16_t)(sign | 0x7c00u);
+    if (a < 0x38800000u)  /* below 2^-14: a subnormal half, |f| * 2^24 rounded to even */
+        return (uint16_t)(sign | (uint16_t)lrintf(fabsf(f) * 16777216.0f));
+    uint32_t h = ((a >> 23) - 112u) << 10 | ((a >> 13) & 0x3ffu), rest = a & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+        h++;              /* a carry may reach the exponent, up to inf: as it should */
+    return (uint16_t)(sign | h);
 }
 
 /* ---- parsing one file -------------------------------------------------- */
@@ -753,7 +772,7 @@ int st_writer_add(st_writer *w, const char *name, enum st_dtype dtype,
                   int rank, const int64_t *shape, const float *data)
 {
     if (!w || !name || !name[0] || strcmp(name, "__metadata__") == 0 ||
-        (dtype != ST_F32 && dtype != ST_BF16) || rank < 0 || rank > ST_MAX_RANK || (rank && !shape))
+        (dtype != ST_F32 && dtype != ST_BF16 && dtype != ST_F16) || rank < 0 || rank > ST_MAX_RANK || (rank && !shape))
         return RT_ERR_INVALID;
     struct st_writer_entry e = {.dtype = dtype, .rank = rank, .numel = 1, .data = data};
     for (int i = 0; i < rank; i++) {
@@ -862,7 +881,7 @@ static char *st_writer_header(const st_writer *w)
     return text;
 }
 
-/* Streams one tensor's bytes, converting to BF16 in chunks when asked. */
+/* Streams one tensor's bytes, converting to BF16 or F16 in chunks when asked. */
 static int st_writer_put(st_atomic *a, const struct st_writer_entry *e, char *err, size_t errsize)
 {
     if (e->dtype == ST_F32)
@@ -872,7 +891,7 @@ static int st_writer_put(st_atomic *a, const struct st_writer_entry *e, char *er
     for (size_t i = 0; i < e->numel; i += CHUNK) {
         size_t n = e->numel - i < CHUNK ? e->numel - i : CHUNK;
         for (size_t j = 0; j < n; j++)
-            buf[j] = st_f32_to_bf16(e->data[i + j]);
+            buf[j] = e->dtype == ST_F16 ? st_f32_to_f16(e->data[i + j]) : st_f32_to_bf16(e->data[i + j]);
         int rc = st_atomic_append(a, buf, n * sizeof *buf, err, errsize);
         if (rc != RT_OK)
             return rc;

@@ -59,11 +59,13 @@ const char *st_dtype_name(enum st_dtype dtype);
 size_t st_dtype_size(enum st_dtype dtype);
 
 /* Scalar conversions. F16 handles subnormals, infinities and NaN exactly;
- * BF16 -> F32 is exact; F32 -> BF16 rounds to nearest, ties to even, keeps
- * infinities and turns any NaN into a quiet NaN of the same sign. */
+ * BF16 -> F32 is exact; F32 -> BF16 and F32 -> F16 round to nearest, ties
+ * to even (F16 through its subnormals, overflowing into inf), keep
+ * infinities and turn any NaN into a quiet NaN of the same sign. */
 float st_f16_to_f32(uint16_t h);
 float st_bf16_to_f32(uint16_t b);
 uint16_t st_f32_to_bf16(float f);
+uint16_t st_f32_to_f16(float f);
 
 /* ---- reading one file ------------------------------------------------ */
 
@@ -128,7 +130,7 @@ int st_writer_init(st_writer **out);
 /* Frees a writer (not the tensor data it borrowed); accepts NULL. */
 void st_writer_free(st_writer *w);
 
-/* Adds a tensor to be stored as dtype (ST_F32 or ST_BF16) with the given
+/* Adds a tensor to be stored as dtype (ST_F32, ST_BF16 or ST_F16) with the given
  * shape (rank 0..ST_MAX_RANK, dims >= 0). name and shape are copied; data
  * (numel floats) is BORROWED and must stay valid and unchanged until
  * st_writer_write returns. Tensors are written in the order added. Errors:

@@ -67,3 +67,11 @@ int32_t sample_token(const float *logits, int V, const sample_params *p, rng *r,
     }
     return idx[n - 1];
 }
+
+/* The tokenizer's ids when the model pads past them; see sample.h. */
+int sample_vocab_size(int vocab_size, size_t n_token_ids)
+{
+    if (n_token_ids == 0 || n_token_ids >= (size_t)vocab_size)
+        return vocab_size;
+    return (int)n_token_ids;
+}

@@ -869,6 +869,13 @@ const char *tokenizer_token_text(const tokenizer *tok, int32_t id, size_t *len)
     return tok->text_pool.p + tok->text_off[id];
 }
 
+/* The model's embedding rows; see tokenizer.h. */
+void tokenizer_set_model_vocab(tokenizer *tok, size_t vocab_size)
+{
+    if (tok)
+        tok->model_vocab = vocab_size;
+}
+
 /* One more than the largest id. */
 size_t tokenizer_vocab_size(const tokenizer *tok)
 {

@@ -15,7 +15,8 @@
  * split out before the model; the post-processor's template (e.g. a BOS) is
  * applied when the caller asks for special tokens.
  *
- * A tokenizer is immutable once loaded: every function taking a const
+ * A tokenizer is immutable once loaded (and given its model's vocabulary
+ * size, tokenizer_set_model_vocab): every function taking a const
  * tokenizer * may run on many threads at once. Not supported (the load
  * fails with RT_ERR_UNSUPPORTED): WordPiece/Unigram models, subword
  * prefixes/suffixes, unknown normalizers or pre-tokenizers. Unicode
@@ -48,6 +49,17 @@ int tokenizer_load_json(const char *json, size_t len, tokenizer **out,
 void tokenizer_free(tokenizer *tok);
 
 /*
+ * Tells the tokenizer how many rows its model's embedding has. Many models
+ * pad that past the tokenizer (Qwen2.5: 151936 rows, 151665 token ids):
+ * the ids in [tokenizer_vocab_size, vocab_size) then decode to nothing, as
+ * in Hugging Face, instead of failing; ids at or past the larger of the two
+ * sizes stay invalid. Without this call, or with a size not larger than the
+ * tokenizer's, decoding accepts the tokenizer's own ids only. Call it once,
+ * right after loading, before tok is shared between threads.
+ */
+void tokenizer_set_model_vocab(tokenizer *tok, size_t vocab_size);
+
+/*
  * Encodes len bytes of UTF-8 text into token ids. Invalid UTF-8 is first
  * replaced by U+FFFD. With add_special the post-processor's tokens (e.g.
  * Llama's BOS) are added around the text. On success *ids is a new
@@ -74,9 +86,12 @@ int tokenizer_encode_ex(const tokenizer *tok, const char *text, size_t len,
 /*
  * Decodes ids into UTF-8 text, as Hugging Face's decode does (its decoder
  * chain: ByteLevel, or Replace/ByteFallback/Fuse/Strip, or Metaspace).
- * skip_special drops special added tokens. On success *text is a new
+ * skip_special drops special added tokens; ids without a token (unused
+ * ids, the model's padding) give nothing. On success *text is a new
  * NUL-terminated malloc'd string of *len bytes the caller frees.
- * Errors: RT_ERR_INVALID (an id outside [0, vocab size)), RT_ERR_NOMEM.
+ * Errors: RT_ERR_INVALID (an id outside [0, vocab size), the vocabulary
+ * being the model's when tokenizer_set_model_vocab made it larger),
+ * RT_ERR_NOMEM.
  */
 int tokenizer_decode(const tokenizer *tok, const int32_t *ids, size_t n,
                      bool skip_special, char **text, size_t *len);
@@ -86,9 +101,10 @@ int tokenizer_decode(const tokenizer *tok, const int32_t *ids, size_t n,
  * bytes may be an incomplete UTF-8 sequence (a byte-fallback or byte-level
  * piece). first says whether this is the first token of the output (the
  * SentencePiece decoders drop a leading space there). Writes at most cap
- * bytes into buf and the byte count into *len; a skipped special token
- * gives *len = 0. Errors: RT_ERR_INVALID (bad id), RT_ERR_TOO_LARGE (cap
- * smaller than the token; tokenizer_max_token_bytes is always enough).
+ * bytes into buf and the byte count into *len; a skipped special token or
+ * an id without a token (padding) gives *len = 0. Errors: RT_ERR_INVALID
+ * (an id tokenizer_decode refuses), RT_ERR_TOO_LARGE (cap smaller than the
+ * token; tokenizer_max_token_bytes is always enough).
  */
 int tokenizer_token_bytes(const tokenizer *tok, int32_t id, bool skip_special,
                           bool first, char *buf, size_t cap, size_t *len);
@@ -110,7 +126,9 @@ int tokenizer_stream_new(const tokenizer *tok, bool skip_special,
 
 /*
  * Adds one token. *text points at the new complete UTF-8 text (possibly
- * *len = 0), owned by the stream and valid until the next call on it.
+ * *len = 0; always for an id without a token), owned by the stream and
+ * valid until the next call on it. Errors: RT_ERR_INVALID (an id
+ * tokenizer_decode refuses), RT_ERR_NOMEM.
  */
 int tokenizer_stream_push(tokenizer_stream *st, int32_t id,
                           const char **text, size_t *len);
@@ -130,7 +148,8 @@ int32_t tokenizer_token_id(const tokenizer *tok, const char *token);
 const char *tokenizer_token_text(const tokenizer *tok, int32_t id, size_t *len);
 
 /* One more than the largest id (model vocabulary and added tokens): the
- * number of rows an embedding matrix needs at least. */
+ * number of rows an embedding matrix needs at least, and the ids sampling
+ * may pick (the model's padding past it has no text). */
 size_t tokenizer_vocab_size(const tokenizer *tok);
 
 /* Whether id is a special added token (skipped by skip_special). */

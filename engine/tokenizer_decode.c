@@ -243,15 +243,24 @@ static int run_step(const tk_dec *d, dec_mode *m, const tk_toks *in, tk_toks *ou
 
 /* ----------------------------------------------------------------- chain */
 
-/* Collects the token strings of ids (skipping specials when asked). */
+/* Whether id puts a token into the chain: it has one, and it is not a
+ * special token being skipped. Padding and unused ids put nothing, as in
+ * Hugging Face, whose decode drops ids it has no token for. */
+static bool id_contributes(const tokenizer *tok, int32_t id, bool skip_special)
+{
+    return tk_id_has_token(tok, id) && !(skip_special && tok->special[id]);
+}
+
+/* Collects the token strings of ids (skipping specials when asked).
+ * RT_ERR_INVALID for an id outside the decodable range. */
 static int collect_tokens(const tokenizer *tok, const int32_t *ids, size_t n,
                           bool skip_special, tk_toks *l)
 {
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
-        if (id < 0 || (size_t)id >= tok->n_ids)
+        if (!tk_id_decodable(tok, id))
             return RT_ERR_INVALID;
-        if (tok->text_len[id] < 0 || (skip_special && tok->special[id]))
+        if (!id_contributes(tok, id, skip_special))
             continue;
         if (toks_push(l, tok->text_pool.p + tok->text_off[id], (size_t)tok->text_len[id]) != RT_OK)
             return RT_ERR_NOMEM;
@@ -372,13 +381,14 @@ int tokenizer_stream_push(tokenizer_stream *st, int32_t id, const char **text, s
 {
     if (!st || !text || !len)
         return RT_ERR_INVALID;
-    if (id < 0 || (size_t)id >= st->tok->n_ids)
+    if (!tk_id_decodable(st->tok, id))
         return RT_ERR_INVALID;
-    bool skipped = st->skip_special && st->tok->special[id];
     int rc = tk_decode_tokens(st->tok, &id, 1, st->skip_special, !st->started, true, &st->raw);
     if (rc != RT_OK)
         return rc;
-    st->started |= !skipped;
+    /* only a token that reached the chain opens the output: after a
+     * skipped or padding id the next token is still the first */
+    st->started |= id_contributes(st->tok, id, st->skip_special);
     return stream_emit(st, false, text, len);
 }
 

@@ -194,6 +194,7 @@ typedef struct tk_trie {
 struct tokenizer {
     /* id -> token text (vocabulary form); len < 0 for unused ids */
     size_t n_ids;
+    size_t model_vocab;   /* the model's rows (tokenizer_set_model_vocab); 0: unset */
     size_t *text_off;
     int32_t *text_len;
     tk_buf text_pool;
@@ -248,6 +249,20 @@ typedef struct tk_bpe_scratch {
 int tk_bpe_word(const tokenizer *tok, tk_bpe_scratch *sc, const char *w,
                 size_t n, tk_ivec *out);
 void tk_bpe_scratch_free(tk_bpe_scratch *sc);
+
+/* Whether decoding accepts id: a token id, or padding of the model's
+ * vocabulary past the tokenizer (which decodes to nothing). */
+static inline bool tk_id_decodable(const tokenizer *tok, int32_t id)
+{
+    size_t bound = tok->model_vocab > tok->n_ids ? tok->model_vocab : tok->n_ids;
+    return id >= 0 && (size_t)id < bound;
+}
+
+/* Whether id has a token of its own (not padding, not an unused id). */
+static inline bool tk_id_has_token(const tokenizer *tok, int32_t id)
+{
+    return id >= 0 && (size_t)id < tok->n_ids && tok->text_len[id] >= 0;
+}
 
 /* tokenizer_decode.c: the bytes of one token after the decoder chain. */
 int tk_decode_tokens(const tokenizer *tok, const int32_t *ids, size_t n,

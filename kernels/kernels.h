@@ -156,16 +156,21 @@ typedef struct kernels_backend {
     /* Causal grouped-query attention, scale 1/sqrt(D):
      *   q[B,T,Hq,D], k,v[B,T,Hkv,D] -> out[B,T,Hq,D]
      * query head h reads kv head h / (Hq/Hkv); Hq must be a multiple of Hkv.
+     * window > 0 is a sliding window (Mistral): the query at position i sees
+     * only the keys at positions (i - window, i]; window 0 sees all of [0, i].
      * Saves lse[B,Hq,T] (log-sum-exp of each scaled score row) for backward,
      * which recomputes the probabilities (no [T,T] tensor is kept). */
     int (*attention_forward)(float *out, float *lse, void *scratch,
                              const float *q, const float *k, const float *v,
-                             int B, int T, int Hq, int Hkv, int D, kernels_stream *s);
+                             int B, int T, int Hq, int Hkv, int D, int window,
+                             kernels_stream *s);
     /* dq += .., dk += .., dv += .. (grouped heads accumulate into their kv
-     * head); lse is the forward's. Future keys get exactly zero gradient. */
+     * head); lse and window are the forward's. Keys a query does not see get
+     * exactly zero gradient. */
     int (*attention_backward)(float *dq, float *dk, float *dv, const float *lse, void *scratch,
                               const float *dout, const float *q, const float *k, const float *v,
-                              int B, int T, int Hq, int Hkv, int D, kernels_stream *s);
+                              int B, int T, int Hq, int Hkv, int D, int window,
+                              kernels_stream *s);
 
     /* Bytes of scratch attention_kv_forward needs for n new queries over at
      * most T cached positions (past + n <= T). */
@@ -174,13 +179,15 @@ typedef struct kernels_backend {
      * keys/values cached at positions [0, past+n) of one sequence (serving
      * with a KV cache; inference only, nothing saved for backward):
      *   q[n,Hq,D], k_cache,v_cache[>= past+n, Hkv, D] -> out[n,Hq,D]
-     * Causal: query i (position past+i) sees keys 0..past+i. GQA and scale
-     * as attention_forward, whose rows it reproduces when past = 0 and the
-     * cache holds the whole sequence. The cache rows of the new tokens must
-     * already be written. */
+     * Causal: query i (position past+i) sees keys 0..past+i, or with a
+     * sliding window (window > 0) only keys (past+i-window, past+i]. GQA and
+     * scale as attention_forward, whose rows it reproduces when past = 0 and
+     * the cache holds the whole sequence. The cache rows of the new tokens
+     * must already be written. */
     int (*attention_kv_forward)(float *out, void *scratch, const float *q,
                                 const float *k_cache, const float *v_cache,
-                                int n, int past, int Hq, int Hkv, int D, kernels_stream *s);
+                                int n, int past, int Hq, int Hkv, int D, int window,
+                                kernels_stream *s);
 
     /* SwiGLU: out = silu(gate) * up, silu(x) = x * sigmoid(x); flat n. */
     int (*swiglu_forward)(float *out, const float *gate, const float *up,

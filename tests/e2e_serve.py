@@ -3,11 +3,16 @@ fixture model. Chat and legacy completions (plain, streamed, logprobs, echo,
 n, seed, stop), a LoRA job's adapter served at once with no restart,
 adapters imported over HTTP and with --lora, full fine-tunes and
 checkpoints served on demand, mixed-adapter concurrency equal to solo runs,
-deleting models, and bad requests."""
+deleting models, bad requests, and a model whose vocabulary is padded past
+its tokenizer."""
+import array
 import concurrent.futures
 import http.client
 import json
 import os
+import random
+import shutil
+import struct
 import sys
 import time
 
@@ -210,6 +215,72 @@ def test_disconnect(srv):
     t.eq(chat(srv, "tiny_chat")[0], 200, "server serves on after a client left mid-stream")
 
 
+def padded_model(root):
+    """A copy of the tiny model in root/tiny_padded whose vocabulary is padded
+    to a multiple of 64 past its tokenizer (config.json vocab_size, embedding
+    rows), as Qwen2.5 pads 151665 token ids to 151936 rows. The padding rows
+    are large opposite pairs in the tied embedding, so one of each pair gets
+    a large logit whatever the hidden state: unmasked, the padding wins."""
+    out = os.path.join(root, "tiny_padded")
+    os.makedirs(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(MODEL, name), out)
+    cfg = json.load(open(os.path.join(MODEL, "config.json")))
+    assert cfg["tie_word_embeddings"] and cfg["torch_dtype"] == "float32"
+    raw = open(os.path.join(MODEL, "model.safetensors"), "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header, body = json.loads(raw[8:8 + n]), raw[8 + n:]
+    vocab, d = (cfg["vocab_size"] + 64) // 64 * 64, cfg["hidden_size"]
+    rnd, pad = random.Random(5), array.array("f")
+    for _ in range((vocab - cfg["vocab_size"]) // 2 + 1):
+        v = [rnd.uniform(-1, 1) for _ in range(d)]
+        pad.extend(v + [-x for x in v])
+    pad = pad[:(vocab - cfg["vocab_size"]) * d].tobytes()
+    data, off = [], 0
+    for name, ten in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                            key=lambda kv: kv[1]["data_offsets"][0]):
+        chunk = body[ten["data_offsets"][0]:ten["data_offsets"][1]]
+        if name == "model.embed_tokens.weight":
+            chunk += pad
+            ten["shape"] = [vocab, d]
+        ten["data_offsets"] = [off, off + len(chunk)]
+        data.append(chunk)
+        off += len(chunk)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(os.path.join(out, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + b"".join(data))
+    cfg["vocab_size"] = vocab
+    json.dump(cfg, open(os.path.join(out, "config.json"), "w"), indent=2)
+    return out
+
+
+def test_padded_vocab():
+    """Issue 10: a padding id sampled was a 500. Now every request answers
+    and none yields padding (whose token text would be empty), greedy,
+    sampled or streamed, in the tokens and in top_logprobs."""
+    d = temp_dir()
+    srv = Server(d, "--model", padded_model(d))
+    try:
+        for kw in ({}, {"temperature": 1, "seed": 1}, {"temperature": 1.5, "top_p": 0.95, "seed": 2}):
+            status, _, r = chat(srv, "tiny_padded", max_tokens=16, logprobs=True, top_logprobs=5, **kw)
+            t.eq(status, 200, f"padded vocabulary {kw}: answered ({r})")
+            if status != 200:
+                continue
+            lp = r["choices"][0]["logprobs"]["content"]
+            t.check(len(lp) == r["usage"]["completion_tokens"] and
+                    all(x["token"] and all(y["token"] for y in x["top_logprobs"]) for x in lp),
+                    f"padded vocabulary {kw}: no padding among tokens and alternatives")
+        status, _, events = stream(srv, {"model": "tiny_padded", "max_tokens": 24, "stream": True,
+                                         "temperature": 1, "seed": 4,
+                                         "messages": [{"role": "user", "content": "hi"}]})
+        t.check(status == 200 and events[-1] == "[DONE]" and not any('"error"' in e for e in events),
+                "padded vocabulary: a sampled stream ends normally")
+    finally:
+        srv.stop()
+    remove(d)
+
+
 def main():
     d = temp_dir()
     srv = Server(d, "--model", MODEL)
@@ -242,6 +313,7 @@ def main():
         finally:
             srv.stop()
     remove(d)
+    t.run(test_padded_vocab)
 
 
 main()

@@ -368,7 +368,7 @@ static void test_rope(void)
 
 /* ---- attention ------------------------------------------------------------- */
 
-static void attention_case(int B, int T, int Hq, int Hkv, int D)
+static void attention_case(int B, int T, int Hq, int Hkv, int D, int window)
 {
     int64_t nq = (int64_t)B * T * Hq * D, nk = (int64_t)B * T * Hkv * D, nl = (int64_t)B * Hq * T;
     float *q = hrand(nq, -1.5, 1.5), *k = hrand(nk, -1.5, 1.5), *v = hrand(nk, -1, 1);
@@ -380,10 +380,11 @@ static void attention_case(int B, int T, int Hq, int Hkv, int D)
         void *sc = dev_raw(x, x->attention_scratch_bytes(B, T, Hq, Hkv, D));
         float *dq = up(x, q, nq), *dk = up(x, k, nk), *dv = up(x, v, nk);
         float *o = up_nan(x, nq), *l = up_nan(x, nl);
-        CHECK_EQ_INT(x->attention_forward(o, l, sc, dq, dk, dv, B, T, Hq, Hkv, D, NULL), RT_OK);
+        CHECK_EQ_INT(x->attention_forward(o, l, sc, dq, dk, dv, B, T, Hq, Hkv, D, window, NULL),
+                     RT_OK);
         float *gq = up(x, pq, nq), *gk = up(x, pk, nk), *gv = up(x, pv, nk);
         CHECK_EQ_INT(x->attention_backward(gq, gk, gv, l, sc, up(x, dout, nq), dq, dk, dv,
-                                           B, T, Hq, Hkv, D, NULL), RT_OK);
+                                           B, T, Hq, Hkv, D, window, NULL), RT_OK);
         r[side][0] = down(x, o, nq);
         r[side][1] = down(x, l, nl);
         r[side][2] = down(x, gq, nq);
@@ -391,7 +392,8 @@ static void attention_case(int B, int T, int Hq, int Hkv, int D)
         r[side][4] = down(x, gv, nk);
     }
     char what[64];
-    snprintf(what, sizeof what, "attention B%d T%d Hq%d Hkv%d D%d", B, T, Hq, Hkv, D);
+    snprintf(what, sizeof what, "attention B%d T%d Hq%d Hkv%d D%d window %d", B, T, Hq, Hkv, D,
+             window);
     fprintf(stderr, "   %s\n", what);
     near("attention out", r[1][0], r[0][0], nq, TOL_MM);
     near("attention lse", r[1][1], r[0][1], nl, TOL_MM);
@@ -414,9 +416,9 @@ static void attention_causal(void)
     float *dq = up(be, q, nq), *dk = up(be, k, nk), *dv = up(be, v, nk);
     float *o = up_nan(be, nq), *l = up_nan(be, B * Hq * T);
     float *gq = up(be, hvec(nq), nq), *gk = up(be, hvec(nk), nk), *gv = up(be, hvec(nk), nk);
-    CHECK_EQ_INT(be->attention_forward(o, l, sc, dq, dk, dv, B, T, Hq, Hkv, D, NULL), RT_OK);
+    CHECK_EQ_INT(be->attention_forward(o, l, sc, dq, dk, dv, B, T, Hq, Hkv, D, 0, NULL), RT_OK);
     CHECK_EQ_INT(be->attention_backward(gq, gk, gv, l, sc, up(be, dout, nq), dq, dk, dv,
-                                        B, T, Hq, Hkv, D, NULL), RT_OK);
+                                        B, T, Hq, Hkv, D, 0, NULL), RT_OK);
     float *hq = down(be, gq, nq), *hk = down(be, gk, nk), *hv = down(be, gv, nk);
     int future = 0, past = 0, other_q = 0;
     for (int b = 0; b < B; b++)
@@ -433,13 +435,13 @@ static void attention_causal(void)
     CHECK_EQ_INT(future, 0);
     CHECK_EQ_INT(other_q, 0);
     CHECK_EQ_INT(past, (t0 + 1) * Hkv * D);
-    CHECK_EQ_INT(be->attention_forward(o, l, sc, dq, dk, dv, B, T, 3, 2, D, NULL), RT_ERR_INVALID);
+    CHECK_EQ_INT(be->attention_forward(o, l, sc, dq, dk, dv, B, T, 3, 2, D, 0, NULL), RT_ERR_INVALID);
     release_all();
 }
 
 /* n new queries at positions [past, past + n) over a cache of past + n
  * rows (cache rows beyond are NaN and must not be read). */
-static void attention_kv_case(int n, int past, int Hq, int Hkv, int D)
+static void attention_kv_case(int n, int past, int Hq, int Hkv, int D, int window)
 {
     int ctx = past + n + 3;
     int64_t nq = (int64_t)n * Hq * D, nc = (int64_t)ctx * Hkv * D;
@@ -453,26 +455,31 @@ static void attention_kv_case(int n, int past, int Hq, int Hkv, int D)
         void *sc = sb ? dev_raw(x, sb) : NULL;
         float *o = up_nan(x, nq);
         CHECK_EQ_INT(x->attention_kv_forward(o, sc, up(x, q, nq), up(x, kc, nc), up(x, vc, nc), n,
-                                             past, Hq, Hkv, D, NULL), RT_OK);
+                                             past, Hq, Hkv, D, window, NULL), RT_OK);
         r[side] = down(x, o, nq);
     }
     char what[80];
-    snprintf(what, sizeof what, "attention_kv n%d past%d Hq%d Hkv%d D%d", n, past, Hq, Hkv, D);
+    snprintf(what, sizeof what, "attention_kv n%d past%d Hq%d Hkv%d D%d window %d", n, past, Hq,
+             Hkv, D, window);
     near(what, r[1], r[0], nq, TOL_MM);
     release_all();
 }
 
 static void test_attention(void)
 {
-    attention_case(2, 37, 4, 2, 16);
-    attention_case(1, 70, 2, 1, 64);
-    attention_case(3, 5, 6, 6, 8);
+    attention_case(2, 37, 4, 2, 16, 0);
+    attention_case(1, 70, 2, 1, 64, 0);
+    attention_case(3, 5, 6, 6, 8, 0);
+    attention_case(2, 37, 4, 2, 16, 9);  /* sliding window */
+    attention_case(1, 70, 2, 1, 64, 1);
     attention_causal();
-    attention_kv_case(1, 0, 4, 2, 16);
-    attention_kv_case(1, 100, 8, 2, 64);
-    attention_kv_case(5, 30, 4, 4, 80);
-    attention_kv_case(70, 0, 2, 1, 128);
-    attention_kv_case(3, 9, 4, 1, 256);
+    attention_kv_case(1, 0, 4, 2, 16, 0);
+    attention_kv_case(1, 100, 8, 2, 64, 0);
+    attention_kv_case(5, 30, 4, 4, 80, 0);
+    attention_kv_case(70, 0, 2, 1, 128, 0);
+    attention_kv_case(3, 9, 4, 1, 256, 0);
+    attention_kv_case(1, 100, 8, 2, 64, 16); /* sliding window */
+    attention_kv_case(70, 5, 2, 1, 128, 33);
 }
 
 /* ---- swiglu, cross-entropy ------------------------------------------------- */

@@ -186,7 +186,35 @@ static void test_f16_table(void)
             fprintf(stderr, "f16 0x%04x: %.9g vs %.9g\n", b, (double)st_f16_to_f32(h), (double)(float)x);
     }
     CHECK_EQ_INT(bad, 0);
+    /* F32 -> F16 rounding against the compiler's on every half, each
+     * midpoint between neighbours (ties to even) and a sweep of floats */
+    bad = 0;
+    for (uint32_t b = 0; b < 0x7c00u; b++) {
+        float lo = st_f16_to_f32((uint16_t)b), hi = st_f16_to_f32((uint16_t)(b + 1));
+        float probes[3] = {lo, (lo + hi) / 2, -lo};
+        for (int k = 0; k < 3; k++) {
+            _Float16 x = (_Float16)probes[k];
+            uint16_t want;
+            memcpy(&want, &x, 2);
+            if (st_f32_to_f16(probes[k]) != want && bad++ < 5)
+                fprintf(stderr, "f32 %.9g -> f16 0x%04x, want 0x%04x\n", (double)probes[k],
+                        st_f32_to_f16(probes[k]), want);
+        }
+    }
+    for (uint32_t u = 0; u < 0xffffffffu - 0x10001u; u += 0x10001u) {
+        float f;
+        memcpy(&f, &u, 4);
+        _Float16 x = (_Float16)f;
+        uint16_t want;
+        memcpy(&want, &x, 2);
+        bad += isnan(f) ? !isnan(st_f16_to_f32(st_f32_to_f16(f))) : st_f32_to_f16(f) != want;
+    }
+    CHECK_EQ_INT(bad, 0);
 #endif
+    CHECK_EQ_INT(st_f32_to_f16(65520.0f), 0x7c00);  /* rounds past the largest half */
+    CHECK_EQ_INT(st_f32_to_f16(65519.0f), 0x7bff);
+    CHECK_EQ_INT(st_f32_to_f16(-0.0f), 0x8000);
+    CHECK_EQ_INT(st_f32_to_f16(1e-9f), 0x0000);
 }
 
 /* ---- reading torch-made files ---------------------------------------------- */
@@ -218,7 +246,7 @@ static void test_torch_dtypes(void)
     CHECK_EQ_INT(bf->nbytes, 804);
     float *vs = read_all(src), *vb = read_all(bf), *vbr = read_all(bf_ref), *vh = read_all(h), *vhr = read_all(h_ref);
     CHECK(vs && vb && vbr && vh && vhr);
-    int bad_bf = 0, bad_h = 0, bad_round = 0;
+    int bad_bf = 0, bad_h = 0, bad_round = 0, bad_round_h = 0;
     for (size_t i = 0; vs && vb && vbr && vh && vhr && i < src->numel; i++) {
         bad_bf += !same_float(vb[i], vbr[i]);  /* our BF16 -> F32 vs torch's */
         bad_h += !same_float(vh[i], vhr[i]);   /* our F16 -> F32 vs torch's */
@@ -226,7 +254,11 @@ static void test_torch_dtypes(void)
         memcpy(&torch_bits, (const uint8_t *)bf->data + 2 * i, 2);
         uint16_t ours = st_f32_to_bf16(vs[i]);  /* our F32 -> BF16 rounding vs torch's */
         bad_round += isnan(vs[i]) ? !isnan(st_bf16_to_f32(ours)) : ours != torch_bits;
+        memcpy(&torch_bits, (const uint8_t *)h->data + 2 * i, 2);
+        ours = st_f32_to_f16(vs[i]);            /* our F32 -> F16 rounding vs torch's */
+        bad_round_h += isnan(vs[i]) ? !isnan(st_f16_to_f32(ours)) : ours != torch_bits;
     }
+    CHECK_EQ_INT(bad_round_h, 0);
     CHECK_EQ_INT(bad_bf, 0);
     CHECK_EQ_INT(bad_h, 0);
     CHECK_EQ_INT(bad_round, 0);
@@ -277,7 +309,8 @@ static void test_writer_roundtrip(void)
     CHECK(st_writer_add(w, "s", ST_F32, 0, NULL, &s) == RT_OK);
     CHECK(st_writer_add(w, "z", ST_BF16, 2, sz, NULL) == RT_OK);
     CHECK(st_writer_add(w, "a", ST_F32, 2, sa, a) == RT_ERR_EXISTS);
-    CHECK(st_writer_add(w, "h", ST_F16, 2, sa, a) == RT_ERR_INVALID);
+    CHECK(st_writer_add(w, "h", ST_F16, 2, sa, a) == RT_OK);
+    CHECK(st_writer_add(w, "i", ST_I64, 2, sa, a) == RT_ERR_INVALID);
     CHECK(st_writer_add(w, "__metadata__", ST_F32, 2, sa, a) == RT_ERR_INVALID);
     CHECK(st_writer_add(w, "", ST_F32, 2, sa, a) == RT_ERR_INVALID);
     int64_t neg[2] = {2, -1}, huge[3] = {INT64_MAX, INT64_MAX, 4};
@@ -310,7 +343,11 @@ static void test_writer_roundtrip(void)
     st_file *f = NULL;
     CHECK_MSG(st_file_open(path, &f, err, sizeof err) == RT_OK, "%s", err);
     if (f) {
-        CHECK_EQ_INT(st_tensor_count(f), 4);
+        CHECK_EQ_INT(st_tensor_count(f), 5);
+        const st_tensor *th = st_tensor_find(f, "h");
+        static const uint16_t want_h[6] = {0x3e00, 0xc080, 0x0000, 0x7c00, 0x8000, 0x7c00};
+        CHECK(th && th->dtype == ST_F16 && th->nbytes == sizeof want_h &&
+              memcmp(th->data, want_h, sizeof want_h) == 0);
         CHECK_EQ_STR(st_file_metadata(f, "note"), "quote \" and\nnewline");
         const st_tensor *ta = st_tensor_find(f, "a"), *tb = st_tensor_find(f, "b.weight"),
                         *ts = st_tensor_find(f, "s"), *tz = st_tensor_find(f, "z");
@@ -664,7 +701,13 @@ static bool config_equal(const model_config *a, const model_config *b)
            a->rope_scaling_factor == b->rope_scaling_factor && a->rope_low_freq_factor == b->rope_low_freq_factor &&
            a->rope_high_freq_factor == b->rope_high_freq_factor &&
            a->rope_original_max_position == b->rope_original_max_position && a->bos_token_id == b->bos_token_id &&
-           a->eos_token_id == b->eos_token_id && strcmp(a->torch_dtype, b->torch_dtype) == 0;
+           a->eos_token_id == b->eos_token_id && strcmp(a->torch_dtype, b->torch_dtype) == 0 &&
+           a->rope_type == b->rope_type && a->sliding_window == b->sliding_window &&
+           a->max_window_layers == b->max_window_layers && a->qk_norm == b->qk_norm &&
+           a->rope_beta_fast == b->rope_beta_fast && a->rope_beta_slow == b->rope_beta_slow &&
+           a->rope_mscale == b->rope_mscale && a->rope_mscale_all_dim == b->rope_mscale_all_dim &&
+           a->rope_attention_factor == b->rope_attention_factor &&
+           a->rope_no_truncate == b->rope_no_truncate;
 }
 
 static void test_config_fixtures(void)
@@ -674,15 +717,18 @@ static void test_config_fixtures(void)
         model_config want;
     } cases[] = {
         {"tinyllama", {MODEL_ARCH_LLAMA, 32000, 2048, 5632, 22, 32, 4, 64, 2048, 1e-5f, 10000.0f, false, false,
-                       0, 0, 0, 0, 1, 2, "bfloat16"}},
+                       0, 0, 0, 0, 1, 2, "bfloat16", MODEL_ROPE_DEFAULT, 0, 0, false, 0, 0, 0, 0, 0, false}},
         {"llama32", {MODEL_ARCH_LLAMA, 128256, 2048, 8192, 16, 32, 8, 64, 131072, 1e-5f, 500000.0f, true, false,
-                     32.0f, 1.0f, 4.0f, 8192, 128000, 128001, "bfloat16"}},
+                     32.0f, 1.0f, 4.0f, 8192, 128000, 128001, "bfloat16", MODEL_ROPE_LLAMA3, 0, 0, false,
+                     0, 0, 0, 0, 0, false}},
         {"qwen25", {MODEL_ARCH_QWEN2, 151936, 896, 4864, 24, 14, 2, 64, 32768, 1e-6f, 1000000.0f, true, true,
-                    0, 0, 0, 0, 151643, 151645, "bfloat16"}},
+                    0, 0, 0, 0, 151643, 151645, "bfloat16", MODEL_ROPE_DEFAULT, 0, 21, false, 0, 0, 0, 0,
+                    0, false}},
         {"mistral7b", {MODEL_ARCH_MISTRAL, 32000, 4096, 14336, 32, 32, 8, 128, 32768, 1e-5f, 10000.0f, false,
-                       false, 0, 0, 0, 0, 1, 2, "bfloat16"}},
+                       false, 0, 0, 0, 0, 1, 2, "bfloat16", MODEL_ROPE_DEFAULT, 4096, 0, false, 0, 0, 0,
+                       0, 0, false}},
         {"smollm2", {MODEL_ARCH_LLAMA, 49152, 576, 1536, 30, 9, 3, 64, 8192, 1e-5f, 100000.0f, true, false,
-                     0, 0, 0, 0, 0, 0, "bfloat16"}},
+                     0, 0, 0, 0, 0, 0, "bfloat16", MODEL_ROPE_DEFAULT, 0, 0, false, 0, 0, 0, 0, 0, false}},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char dir[512], err[256] = "", path[700];
@@ -738,6 +784,7 @@ static void test_config_written_json(void)
     q.arch = MODEL_ARCH_QWEN2;
     q.bos_token_id = -1;
     q.rope_scaling_factor = 0;
+    q.rope_type = MODEL_ROPE_DEFAULT;
     q.torch_dtype[0] = '\0';
     CHECK(hf_config_write(&q, path, err, sizeof err) == RT_OK);
     model_config back;
@@ -819,9 +866,9 @@ static void test_config_rejects(void)
          RT_ERR_UNSUPPORTED, "architectures"},
         {"{" BASE_CFG ",\"num_attention_heads\":2,\"architectures\":\"LlamaForCausalLM\"}", RT_ERR_FORMAT, "architectures"},
         {"{" BASE_CFG ",\"num_attention_heads\":2,\"hidden_act\":\"gelu\"}", RT_ERR_UNSUPPORTED, "hidden_act"},
-        {"{" BASE_CFG ",\"num_attention_heads\":2,\"rope_scaling\":{\"rope_type\":\"yarn\",\"factor\":4}}",
-         RT_ERR_UNSUPPORTED, "rope_scaling"},
-        {"{" BASE_CFG ",\"num_attention_heads\":2,\"rope_scaling\":{\"type\":\"linear\",\"factor\":2}}",
+        {"{" BASE_CFG ",\"num_attention_heads\":2,\"rope_scaling\":{\"rope_type\":\"yarn\"}}",
+         RT_ERR_FORMAT, "factor"},
+        {"{" BASE_CFG ",\"num_attention_heads\":2,\"rope_scaling\":{\"type\":\"longrope\",\"factor\":2}}",
          RT_ERR_UNSUPPORTED, "rope_scaling"},
         {"{" BASE_CFG ",\"num_attention_heads\":2,\"rope_scaling\":{\"type\":\"dynamic\",\"factor\":2}}",
          RT_ERR_UNSUPPORTED, "rope_scaling"},

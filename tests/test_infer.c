@@ -214,7 +214,9 @@ static engine_server *open_server(const char *dir, int max_batch, int step_token
 
 /* ---- kernel: cached attention ------------------------------------------- */
 
-static void test_attention_kv(void)
+/* The cached op reproduces the training op's rows, with or without a
+ * sliding window, whatever the split into past and new queries. */
+static void attention_kv_case(int window)
 {
     const kernels_backend *be = kernels_cpu_backend();
     int T = 75, Hq = 4, Hkv = 2, D = 8;
@@ -226,14 +228,14 @@ static void test_attention_kv(void)
     fill_random(k, nk, 1.0f, &st);
     fill_random(v, nk, 1.0f, &st);
     void *scratch = malloc(be->attention_scratch_bytes(1, T, Hq, Hkv, D));
-    CHECK(be->attention_forward(full, lse, scratch, q, k, v, 1, T, Hq, Hkv, D, NULL) == RT_OK);
+    CHECK(be->attention_forward(full, lse, scratch, q, k, v, 1, T, Hq, Hkv, D, window, NULL) == RT_OK);
     free(scratch);
     int pasts[] = {0, 1, 10, 64, 70, 74};
     for (size_t i = 0; i < sizeof pasts / sizeof pasts[0]; i++) {
         int past = pasts[i], n = T - past;
         void *ks = malloc(be->attention_kv_scratch_bytes(n, T, Hq, Hkv, D));
         CHECK(be->attention_kv_forward(part, ks, q + (size_t)past * Hq * D, k, v, n, past, Hq,
-                                       Hkv, D, NULL) == RT_OK);
+                                       Hkv, D, window, NULL) == RT_OK);
         double worst = 0;
         for (size_t j = 0; j < (size_t)n * Hq * D; j++)
             worst = fmax(worst, fabs(part[j] - full[(size_t)past * Hq * D + j]));
@@ -245,7 +247,7 @@ static void test_attention_kv(void)
         float out[64];
         void *ks = malloc(be->attention_kv_scratch_bytes(1, T, Hq, Hkv, D));
         CHECK(be->attention_kv_forward(out, ks, q + (size_t)p * Hq * D, k, v, 1, p, Hq, Hkv, D,
-                                       NULL) == RT_OK);
+                                       window, NULL) == RT_OK);
         double worst = 0;
         for (int j = 0; j < Hq * D; j++)
             worst = fmax(worst, fabs(out[j] - full[(size_t)p * Hq * D + j]));
@@ -253,6 +255,13 @@ static void test_attention_kv(void)
         free(ks);
     }
     free(q); free(k); free(v); free(full); free(lse); free(part);
+}
+
+static void test_attention_kv(void)
+{
+    attention_kv_case(0);
+    attention_kv_case(5);  /* a window inside one query block */
+    attention_kv_case(70); /* a window across query blocks */
 }
 
 /* ---- output helpers -------------------------------------------------------- */
@@ -421,6 +430,169 @@ static void test_echo_reference(void)
     collector_free(&c);
     st_file_close(f);
     engine_server_close(srv);
+}
+
+/* ---- padded vocabularies ------------------------------------------------ */
+
+/* A row of 12 logits of which only ids 0..8 have tokens (the model pads
+ * its vocabulary to 12), the largest logits on the padding: greedy and
+ * every kind of random sampling stay within the tokenizer's ids, and so do
+ * the top alternatives. A vocabulary equal to the tokenizer's is unchanged. */
+static void test_sample_padded(void)
+{
+    enum { V = 12, N_TOK = 9, DRAWS = 2000 };
+    CHECK_EQ_INT(sample_vocab_size(V, N_TOK), N_TOK);
+    CHECK_EQ_INT(sample_vocab_size(V, V), V);
+    CHECK_EQ_INT(sample_vocab_size(V, 0), V);      /* no tokenizer */
+    CHECK_EQ_INT(sample_vocab_size(V, V + 5), V);  /* tokenizer larger: the model's */
+    float row[V], work[2 * V];
+    uint64_t st = 5;
+    fill_random(row, N_TOK, 2.0f, &st);
+    int32_t best = 0;
+    for (int i = 1; i < N_TOK; i++)
+        best = row[i] > row[best] ? i : best;
+    for (int i = N_TOK; i < V; i++)
+        row[i] = 50.0f + (float)i;
+    int n = sample_vocab_size(V, N_TOK);
+    sample_params greedy = {0, 0, 1.0};
+    rng r = {1};
+    CHECK_EQ_INT(sample_token(row, n, &greedy, &r, work), best);
+    CHECK_EQ_INT(sample_token(row, V, &greedy, &r, work), V - 1); /* the row unmasked */
+    sample_params kinds[] = {{1.0, 0, 1.0}, {3.0, 0, 1.0}, {1.0, 4, 1.0}, {1.0, 0, 0.9},
+                             {2.0, 20, 0.99}};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        int outside = 0, distinct = 0;
+        bool seen[V] = {0};
+        for (int d = 0; d < DRAWS; d++) {
+            int32_t id = sample_token(row, n, &kinds[k], &r, work);
+            outside += id < 0 || id >= N_TOK;
+            if (id >= 0 && id < V && !seen[id]) {
+                seen[id] = true;
+                distinct++;
+            }
+        }
+        CHECK_MSG(outside == 0, "kind %zu: %d of %d draws outside the tokenizer", k, outside, DRAWS);
+        CHECK_MSG(distinct > 1, "kind %zu: only %d distinct ids (not random?)", k, distinct);
+    }
+    int32_t ids[5];
+    float lps[5];
+    infer_top_logprobs(row, n, infer_logsumexp(row, n), 5, ids, lps);
+    CHECK(ids[0] == best);
+    for (int j = 0; j < 5; j++)
+        CHECK_MSG(ids[j] >= 0 && ids[j] < N_TOK, "top %d is %d", j, ids[j]);
+}
+
+/* Writes into dir a copy of the tiny model with its vocabulary padded to a
+ * multiple of 64 past its tokenizer (as Qwen2.5 pads 151665 ids to 151936
+ * rows), random weights, and padding rows that win every step: pairs of
+ * large opposite embeddings (tied to the output), so one of each pair has a
+ * large positive logit whatever the hidden state. Returns the model (the
+ * caller frees it) and the tokenizer's size in *n_tok; NULL on failure. */
+static model *make_padded_model(const char *dir, int *n_tok)
+{
+    model_config cfg;
+    tokenizer *tok = NULL;
+    model *m = NULL;
+    char err[256] = "", cmd[600];
+    CHECK_MSG(hf_config_load(TINY, &cfg, err, sizeof err) == RT_OK, "%s", err);
+    CHECK_MSG(tokenizer_load(TINY "/tokenizer.json", &tok, err, sizeof err) == RT_OK, "%s", err);
+    if (!tok)
+        return NULL;
+    *n_tok = (int)tokenizer_vocab_size(tok);
+    tokenizer_free(tok);
+    cfg.vocab_size = (*n_tok + 64) / 64 * 64;
+    CHECK(cfg.vocab_size > *n_tok);
+    CHECK(model_init_random(&cfg, kernels_cpu_backend(), 77, &m) == RT_OK);
+    if (!m)
+        return NULL;
+    int d = cfg.hidden_size;
+    float *v = malloc((size_t)d * sizeof *v);
+    uint64_t st = 99;
+    for (int id = *n_tok; id < cfg.vocab_size; id++) {
+        if ((id - *n_tok) % 2 == 0)
+            fill_random(v, (size_t)d, 1.0f, &st);
+        else
+            for (int j = 0; j < d; j++)
+                v[j] = -v[j];
+        m->be->copy_to_device(m->w.embed + (size_t)id * d, v, (size_t)d * sizeof *v, NULL);
+        if (m->w.lm_head != m->w.embed)
+            m->be->copy_to_device(m->w.lm_head + (size_t)id * d, v, (size_t)d * sizeof *v, NULL);
+    }
+    free(v);
+    CHECK_MSG(model_save(m, dir, err, sizeof err) == RT_OK, "model_save: %s", err);
+    snprintf(cmd, sizeof cmd, "cp " TINY "/tokenizer.json " TINY "/tokenizer_config.json '%s/'", dir);
+    CHECK(system(cmd) == 0);
+    return m;
+}
+
+/* One request with logprobs on the padded model's server, prompt ids[T]
+ * whose last logits are row: it must finish without error, sample no
+ * padding id (n_tok on), list none among the first token's alternatives,
+ * and give that token row's log-probability over the tokenizer's ids only.
+ * Returns the first token, or -1. */
+static int32_t padded_request(engine_server *srv, const int32_t *ids, size_t T, int n_tok,
+                              const float *row, double temperature, double top_p, int top_k)
+{
+    collector c;
+    collector_init(&c);
+    engine_request r = request_of(&c, NULL, NULL, 24);
+    r.prompt_ids = ids;
+    r.n_prompt_ids = T;
+    r.temperature = temperature;
+    r.top_p = top_p;
+    r.top_k = top_k;
+    r.has_seed = true;
+    r.seed = 3;
+    r.logprobs = true;
+    r.top_logprobs = 5;
+    run_one(srv, &r);
+    CHECK_MSG(!strcmp(c.finish, "length") || !strcmp(c.finish, "stop"), "T=%g: %s", temperature,
+              c.finish);
+    CHECK(c.n_tokens >= 1 && c.n_tokens == c.completion_tokens);
+    for (int i = 0; i < c.n_tokens; i++)
+        CHECK_MSG(c.tokens[i] >= 0 && c.tokens[i] < n_tok, "T=%g: token %d is %d", temperature, i,
+                  c.tokens[i]);
+    CHECK_EQ_INT(c.first_n_top, 5);
+    for (int j = 0; j < c.first_n_top; j++)
+        CHECK_MSG(c.first_top[j] < n_tok, "T=%g: top %d is %d", temperature, j, c.first_top[j]);
+    int32_t first = c.n_tokens >= 1 ? c.tokens[0] : -1;
+    if (first >= 0)
+        CHECK_NEAR(c.logprobs[0], row[first] - infer_logsumexp(row, n_tok), 1e-4);
+    collector_free(&c);
+    return first;
+}
+
+/* Serving the padded model: the padding has the largest logits (checked on
+ * the full forward), yet greedy and random requests never fail nor yield
+ * padding, and greedy picks the best of the tokenizer's ids. */
+static void test_padded_serve(void)
+{
+    char dir[128];
+    int n_tok = 0;
+    snprintf(dir, sizeof dir, "%s/padded", tmp_root);
+    model *m = make_padded_model(dir, &n_tok);
+    engine_server *srv = m ? open_server(dir, 4, 32, 8, 0) : NULL;
+    const char *prompt = "Hello there";
+    int32_t *ids = NULL;
+    size_t T = 0;
+    if (srv && tokenizer_encode(srv->tok, prompt, strlen(prompt), true, &ids, &T) == RT_OK) {
+        int V = m->cfg.vocab_size;
+        float *logits = full_logits(m, NULL, ids, (int)T), *row = logits + (T - 1) * (size_t)V;
+        int32_t best_all = 0, best = 0;
+        for (int i = 1; i < V; i++)
+            best_all = row[i] > row[best_all] ? i : best_all;
+        for (int i = 1; i < n_tok; i++)
+            best = row[i] > row[best] ? i : best;
+        CHECK_MSG(best_all >= n_tok, "the padding must win unmasked (best id %d)", best_all);
+        CHECK_EQ_INT(padded_request(srv, ids, T, n_tok, row, 0, 1, 0), best);
+        padded_request(srv, ids, T, n_tok, row, 1.0, 1, 0);
+        padded_request(srv, ids, T, n_tok, row, 1.5, 0.95, 50);
+        free(logits);
+    }
+    CHECK(srv && ids);
+    free(ids);
+    engine_server_close(srv);
+    model_free(m);
 }
 
 /* ---- the scheduler on the tiny chat model -------------------------------- */
@@ -795,6 +967,8 @@ int main(void)
     }
     RUN(test_attention_kv);
     RUN(test_text_helpers);
+    RUN(test_sample_padded);
+    RUN(test_padded_serve);
     fprintf(stderr, "-- test_kv_decode\n");
     test_kv_decode(dirs[1]);
     RUN(test_echo_reference);

@@ -558,21 +558,22 @@ static void test_rope(void)
 typedef struct {
     double *out, *lse, *dout, *q, *k, *v;
     void *scratch;
-    int B, T, Hq, Hkv, D;
+    int B, T, Hq, Hkv, D, window;
 } attention_ctx;
 
 static double attention_loss(void *p)
 {
     attention_ctx *c = p;
     kernels_f64_attention_forward(c->out, c->lse, c->scratch, c->q, c->k, c->v,
-                                  c->B, c->T, c->Hq, c->Hkv, c->D, NULL);
+                                  c->B, c->T, c->Hq, c->Hkv, c->D, c->window, NULL);
     return dot(c->out, c->dout, (int64_t)c->B * c->T * c->Hq * c->D);
 }
 
 /* Naive causal GQA forward straight from the definition (HF eager
- * attention with repeat_kv): out and lse. */
+ * attention with repeat_kv and, for window > 0, Mistral's sliding-window
+ * mask: key j is visible to query i when i - window < j <= i): out, lse. */
 static void ref_attention(double *out, double *lse, const double *q, const double *k,
-                          const double *v, int B, int T, int Hq, int Hkv, int D)
+                          const double *v, int B, int T, int Hq, int Hkv, int D, int window)
 {
     double *sc = malloc((size_t)T * sizeof *sc);
     for (int b = 0; b < B; b++)
@@ -581,7 +582,8 @@ static void ref_attention(double *out, double *lse, const double *q, const doubl
                 int hk = h / (Hq / Hkv);
                 const double *qi = q + ((b * T + i) * Hq + h) * D;
                 double mx = -INFINITY, sum = 0;
-                for (int j = 0; j <= i; j++) {
+                int j0 = window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+                for (int j = j0; j <= i; j++) {
                     const double *kj = k + ((b * T + j) * Hkv + hk) * D;
                     double s = 0;
                     for (int d = 0; d < D; d++)
@@ -589,13 +591,13 @@ static void ref_attention(double *out, double *lse, const double *q, const doubl
                     sc[j] = s / sqrt(D);
                     mx = fmax(mx, sc[j]);
                 }
-                for (int j = 0; j <= i; j++)
+                for (int j = j0; j <= i; j++)
                     sum += exp(sc[j] - mx);
                 lse[(b * Hq + h) * T + i] = mx + log(sum);
                 double *oi = out + ((b * T + i) * Hq + h) * D;
                 for (int d = 0; d < D; d++)
                     oi[d] = 0;
-                for (int j = 0; j <= i; j++) {
+                for (int j = j0; j <= i; j++) {
                     const double *vj = v + ((b * T + j) * Hkv + hk) * D;
                     for (int d = 0; d < D; d++)
                         oi[d] += exp(sc[j] - mx) / sum * vj[d];
@@ -606,9 +608,9 @@ static void ref_attention(double *out, double *lse, const double *q, const doubl
 
 /* Forward vs the naive reference, FD of all three gradients (up to
  * max_points elements each) and float vs double, for one shape. */
-static void attention_case(int B, int T, int Hq, int Hkv, int D, int64_t max_points)
+static void attention_case(int B, int T, int Hq, int Hkv, int D, int window, int64_t max_points)
 {
-    attention_ctx c = {.B = B, .T = T, .Hq = Hq, .Hkv = Hkv, .D = D};
+    attention_ctx c = {.B = B, .T = T, .Hq = Hq, .Hkv = Hkv, .D = D, .window = window};
     int64_t nq = (int64_t)B * T * Hq * D, nk = (int64_t)B * T * Hkv * D, nl = (int64_t)B * Hq * T;
     size_t sb = kernels_f64_attention_scratch_bytes(B, T, Hq, Hkv, D);
     c.scratch = hvec((int64_t)(sb / sizeof(double)) + 1);
@@ -620,7 +622,7 @@ static void attention_case(int B, int T, int Hq, int Hkv, int D, int64_t max_poi
     c.lse = hvec(nl);
     attention_loss(&c);
     double *ro = hvec(nq), *rl = hvec(nl), err = 0;
-    ref_attention(ro, rl, c.q, c.k, c.v, B, T, Hq, Hkv, D);
+    ref_attention(ro, rl, c.q, c.k, c.v, B, T, Hq, Hkv, D, window);
     for (int64_t i = 0; i < nq; i++)
         err = fmax(err, fabs(ro[i] - c.out[i]));
     for (int64_t i = 0; i < nl; i++)
@@ -631,7 +633,7 @@ static void attention_case(int B, int T, int Hq, int Hkv, int D, int64_t max_poi
     double *pq = hrand(nq, -1, 1), *pk = hrand(nk, -1, 1), *pv = hrand(nk, -1, 1);
     double *dq = hcopy(pq, nq), *dk = hcopy(pk, nk), *dv = hcopy(pv, nk);
     CHECK_EQ_INT(kernels_f64_attention_backward(dq, dk, dv, lse, c.scratch, c.dout, c.q, c.k, c.v,
-                                                B, T, Hq, Hkv, D, NULL), RT_OK);
+                                                B, T, Hq, Hkv, D, window, NULL), RT_OK);
     double *gq = hsub(dq, pq, nq), *gk = hsub(dk, pk, nk), *gv = hsub(dv, pv, nk);
     fd_check("attention dq", attention_loss, &c, c.q, nq, gq, max_points, 1e-6);
     fd_check("attention dk", attention_loss, &c, c.k, nk, gk, max_points, 1e-6);
@@ -641,12 +643,13 @@ static void attention_case(int B, int T, int Hq, int Hkv, int D, int64_t max_poi
     void *fs = dev_raw(be->attention_scratch_bytes(B, T, Hq, Hkv, D));
     float *fo = dev_nan(nq), *fl = dev_nan(nl);
     float *fq = dev_f32(c.q, nq), *fk = dev_f32(c.k, nk), *fv = dev_f32(c.v, nk);
-    CHECK_EQ_INT(be->attention_forward(fo, fl, fs, fq, fk, fv, B, T, Hq, Hkv, D, NULL), RT_OK);
+    CHECK_EQ_INT(be->attention_forward(fo, fl, fs, fq, fk, fv, B, T, Hq, Hkv, D, window, NULL),
+                 RT_OK);
     f32_check("attention out", fo, c.out, nq, 1e-5);
     f32_check("attention lse", fl, c.lse, nl, 1e-5);
     float *fdq = dev_f32(pq, nq), *fdk = dev_f32(pk, nk), *fdv = dev_f32(pv, nk);
     CHECK_EQ_INT(be->attention_backward(fdq, fdk, fdv, fl, fs, dev_f32(c.dout, nq), fq, fk, fv,
-                                        B, T, Hq, Hkv, D, NULL), RT_OK);
+                                        B, T, Hq, Hkv, D, window, NULL), RT_OK);
     f32_grad_check("attention dq", fdq, pq, gq, nq, 2e-5);
     f32_grad_check("attention dk", fdk, pk, gk, nk, 2e-5);
     f32_grad_check("attention dv", fdv, pv, gv, nk, 2e-5);
@@ -666,9 +669,9 @@ static void attention_causal(void)
     for (int i = 0; i < Hq * D; i++)
         dout[t0 * Hq * D + i] = urand(-1, 1);
     double *dq = hvec(nq), *dk = hvec(nk), *dv = hvec(nk);
-    CHECK_EQ_INT(kernels_f64_attention_forward(out, lse, scratch, q, k, v, B, T, Hq, Hkv, D, NULL), RT_OK);
+    CHECK_EQ_INT(kernels_f64_attention_forward(out, lse, scratch, q, k, v, B, T, Hq, Hkv, D, 0, NULL), RT_OK);
     CHECK_EQ_INT(kernels_f64_attention_backward(dq, dk, dv, lse, scratch, dout, q, k, v,
-                                                B, T, Hq, Hkv, D, NULL), RT_OK);
+                                                B, T, Hq, Hkv, D, 0, NULL), RT_OK);
     int nonzero_future = 0, nonzero_past = 0, nonzero_q = 0;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
@@ -693,21 +696,27 @@ static void attention_causal(void)
     CHECK_EQ_INT(be->copy_to_device(fq + 5 * Hq * D + 3, &qnan, sizeof qnan, NULL), RT_OK);
     void *fs = dev_raw(be->attention_scratch_bytes(B, T, Hq, Hkv, D));
     CHECK_EQ_INT(be->attention_forward(fo, fl, fs, fq, dev_f32(k, nk), dev_f32(v, nk),
-                                       B, T, Hq, Hkv, D, NULL), RT_OK);
+                                       B, T, Hq, Hkv, D, 0, NULL), RT_OK);
     double *ho = host_f64(fo, nq);
     CHECK(isnan(ho[5 * Hq * D]) && !isnan(ho[4 * Hq * D]));
 
     /* Hq not a multiple of Hkv */
-    CHECK_EQ_INT(kernels_f64_attention_forward(out, lse, scratch, q, k, v, B, T, 3, 2, D, NULL),
+    CHECK_EQ_INT(kernels_f64_attention_forward(out, lse, scratch, q, k, v, B, T, 3, 2, D, 0, NULL),
                  RT_ERR_INVALID);
+    CHECK_EQ_INT(kernels_f64_attention_forward(out, lse, scratch, q, k, v, B, T, Hq, Hkv, D, -1,
+                                               NULL), RT_ERR_INVALID);
     release_all();
 }
 
 static void test_attention(void)
 {
-    attention_case(2, 6, 4, 2, 8, 1000);   /* GQA 4/2, every element */
-    attention_case(1, 150, 2, 1, 4, 60);   /* three query blocks, one partial */
-    attention_case(1, 3, 2, 2, 4, 1000);   /* MHA, T below one block */
+    attention_case(2, 6, 4, 2, 8, 0, 1000);   /* GQA 4/2, every element */
+    attention_case(1, 150, 2, 1, 4, 0, 60);   /* three query blocks, one partial */
+    attention_case(1, 3, 2, 2, 4, 0, 1000);   /* MHA, T below one block */
+    attention_case(2, 9, 4, 2, 8, 3, 1000);   /* sliding window 3 inside one block */
+    attention_case(1, 150, 2, 1, 4, 70, 60);  /* window 70 across query blocks */
+    attention_case(1, 150, 2, 1, 4, 2, 60);   /* window 2: each query sees itself and one more */
+    attention_case(1, 20, 2, 2, 4, 64, 200);  /* window wider than the sequence */
     attention_causal();
 }
 

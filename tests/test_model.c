@@ -2,9 +2,10 @@
  * tests/test_model.c — the whole model against fixtures from the committed
  * PyTorch reference (tests/fixtures/make_model_fixtures.py, float64):
  * logits, loss, every full-model gradient, LoRA logits and A/B gradients,
- * and the losses of three AdamW steps (full and LoRA), for a Llama config
- * with GQA + Llama-3 rope scaling and a Qwen2 config with q/k/v bias and
- * tied embeddings. Also: an adapter written by retune reloads to the same
+ * and the losses of three AdamW steps (full and LoRA), for six configs:
+ * Llama with GQA + Llama-3 rope scaling, Qwen2 with q/k/v bias and tied
+ * embeddings, Mistral with a sliding window shorter than the sequence,
+ * Qwen3 (q/k head norms, a per-layer window), linear and YaRN rope. Also: an adapter written by retune reloads to the same
  * logits, and merging it equals applying it.
  *
  * Tolerances (ours is fp32, the reference fp64), |got - want| <= atol + rtol*|want|:
@@ -254,7 +255,14 @@ static void check_adamw(fixture *fx, bool use_lora)
 
 int main(void)
 {
-    const char *dirs[] = {"tests/fixtures/model/llama_gqa", "tests/fixtures/model/qwen2_bias"};
+    const char *dirs[] = {
+        "tests/fixtures/model/llama_gqa",      /* GQA, Llama-3 rope scaling */
+        "tests/fixtures/model/qwen2_bias",     /* q/k/v bias, tied embeddings */
+        "tests/fixtures/model/mistral_window", /* sliding window 4 < T = 9 */
+        "tests/fixtures/model/qwen3_norm",     /* q/k head norms, head_dim 10, window on layer 1 */
+        "tests/fixtures/model/llama_linear",   /* linear rope scaling */
+        "tests/fixtures/model/qwen2_yarn",     /* YaRN rope scaling + attention factor */
+    };
     for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
         fixture fx;
         fprintf(stderr, "-- %s\n", dirs[i]);

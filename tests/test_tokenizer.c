@@ -346,6 +346,109 @@ static void test_stream(void)
 }
 
 
+/* ---------------------------------------------------------------- padding */
+
+/* The text of ids pushed one by one through a stream, then flushed; a
+ * new string the caller frees, NULL when a push failed. */
+static char *stream_text(tokenizer *tok, const int32_t *ids, size_t n, bool skip)
+{
+    tokenizer_stream *st = NULL;
+    if (tokenizer_stream_new(tok, skip, &st) != RT_OK)
+        return NULL;
+    size_t cap = 256, an = 0, len;
+    char *acc = calloc(1, cap);
+    const char *piece;
+    for (size_t i = 0; acc && i <= n; i++) {
+        int rc = i < n ? tokenizer_stream_push(st, ids[i], &piece, &len)
+                       : tokenizer_stream_flush(st, &piece, &len);
+        if (rc != RT_OK || an + len + 1 > cap) {
+            free(acc);
+            acc = NULL;
+            break;
+        }
+        memcpy(acc + an, piece, len);
+        an += len;
+    }
+    tokenizer_stream_free(st);
+    return acc;
+}
+
+/* Ids from the model's size (model_vocab rows) on, and negative ids, stay
+ * a programming error in every decode path; a model smaller than its
+ * tokenizer widens nothing. */
+static void check_past_model(tokenizer *tok, int32_t good, int32_t model_vocab)
+{
+    int32_t bad[] = { good, model_vocab }, n_tok = (int32_t)tokenizer_vocab_size(tok);
+    tokenizer_stream *st = NULL;
+    const char *p;
+    char *out = NULL, buf[8];
+    size_t len = 0;
+    CHECK_EQ_INT(tokenizer_decode(tok, bad, 2, false, &out, &len), RT_ERR_INVALID);
+    CHECK_EQ_INT(tokenizer_token_bytes(tok, model_vocab, false, false, buf, sizeof buf, &len),
+                 RT_ERR_INVALID);
+    CHECK_EQ_INT(tokenizer_stream_new(tok, false, &st), RT_OK);
+    CHECK_EQ_INT(tokenizer_stream_push(st, model_vocab, &p, &len), RT_ERR_INVALID);
+    CHECK_EQ_INT(tokenizer_stream_push(st, -1, &p, &len), RT_ERR_INVALID);
+    tokenizer_stream_free(st);
+    tokenizer_set_model_vocab(tok, (size_t)n_tok - 1);
+    CHECK_EQ_INT(tokenizer_decode(tok, &n_tok, 1, false, &out, &len), RT_ERR_INVALID);
+    tokenizer_set_model_vocab(tok, (size_t)model_vocab);
+}
+
+/* One tokenizer with a model padded 64 rows past it: padding ids decode to
+ * "" alone, at the start, middle and end of a sequence, whole and streamed
+ * (a padding id first must not count as the output's first token). */
+static void check_padded(const char *name, const char *text)
+{
+    tokenizer *tok = load_fixture(name);
+    if (!tok)
+        return;
+    int32_t n_tok = (int32_t)tokenizer_vocab_size(tok), model_vocab = n_tok + 64;
+    int32_t pad = n_tok + 3, *ids = NULL, padded[64];
+    size_t n = 0, len = 0;
+    char *plain = NULL, *out = NULL, buf[8];
+    tokenizer_set_model_vocab(tok, (size_t)model_vocab);
+    CHECK_EQ_INT(tokenizer_decode(tok, &pad, 1, false, &out, &len), RT_OK);
+    CHECK_MSG(out && len == 0 && !*out, "%s: padding decodes to \"%s\"", name, out ? out : "");
+    free(out);
+    CHECK_EQ_INT(tokenizer_token_bytes(tok, n_tok, false, true, buf, sizeof buf, &len), RT_OK);
+    CHECK_EQ_INT(len, 0);
+    CHECK_EQ_INT(tokenizer_encode(tok, text, strlen(text), false, &ids, &n), RT_OK);
+    bool fits = n >= 2 && n + 3 <= sizeof padded / sizeof padded[0];
+    CHECK_MSG(fits, "%s: %zu ids", name, n);
+    if (fits && tokenizer_decode(tok, ids, n, false, &plain, &len) == RT_OK) {
+        /* pad, ids[0], the first padding id, ids[1..n), the last padding id */
+        padded[0] = pad;
+        padded[1] = ids[0];
+        padded[2] = n_tok;
+        memcpy(padded + 3, ids + 1, (n - 1) * sizeof *ids);
+        padded[n + 2] = model_vocab - 1;
+        for (int skip = 0; skip < 2; skip++) {
+            out = NULL;
+            CHECK_EQ_INT(tokenizer_decode(tok, padded, n + 3, skip, &out, &len), RT_OK);
+            CHECK_MSG(out && !strcmp(out, plain), "%s: \"%s\" != \"%s\"", name,
+                      out ? out : "(failed)", plain);
+            free(out);
+            out = stream_text(tok, padded, n + 3, skip);
+            CHECK_MSG(out && !strcmp(out, plain), "%s stream: \"%s\" != \"%s\"", name,
+                      out ? out : "(failed)", plain);
+            free(out);
+        }
+        check_past_model(tok, ids[0], model_vocab);
+    }
+    free(plain);
+    free(ids);
+    tokenizer_free(tok);
+}
+
+static void test_padded_vocab(void)
+{
+    check_padded("qwen2_style", "Hello world, 😀 ok");  /* byte-level */
+    check_padded("llama2_style", "Hello world, 深 ok"); /* Metaspace/Strip: first token matters */
+    check_padded("mistral_style", "Hello world");
+}
+
+
 /* ------------------------------------------------------------------- fuzz */
 
 /* Random bytes and fragments (valid or not) through encode and decode:
@@ -743,6 +846,7 @@ int main(int argc, char **argv)
     RUN(test_trainer_deterministic);
     RUN(test_trainer_speed);
     RUN(test_stream);
+    RUN(test_padded_vocab);
     RUN(test_api);
     RUN(test_fuzz);
     RUN(test_chat_cases);

@@ -33,14 +33,15 @@ int FN(rope_backward)(real *dinp, const real *dout, const int32_t *pos, const re
 size_t FN(attention_scratch_bytes)(int B, int T, int Hq, int Hkv, int D);
 int FN(attention_forward)(real *out, real *lse, void *scratch,
                           const real *q, const real *k, const real *v,
-                          int B, int T, int Hq, int Hkv, int D, kernels_stream *s);
+                          int B, int T, int Hq, int Hkv, int D, int window, kernels_stream *s);
 int FN(attention_backward)(real *dq, real *dk, real *dv, const real *lse, void *scratch,
                            const real *dout, const real *q, const real *k, const real *v,
-                           int B, int T, int Hq, int Hkv, int D, kernels_stream *s);
+                           int B, int T, int Hq, int Hkv, int D, int window, kernels_stream *s);
 size_t FN(attention_kv_scratch_bytes)(int n, int T, int Hq, int Hkv, int D);
 int FN(attention_kv_forward)(real *out, void *scratch, const real *q,
                              const real *k_cache, const real *v_cache,
-                             int n, int past, int Hq, int Hkv, int D, kernels_stream *s);
+                             int n, int past, int Hq, int Hkv, int D, int window,
+                             kernels_stream *s);
 int FN(swiglu_forward)(real *out, const real *gate, const real *up, int64_t n, kernels_stream *s);
 int FN(swiglu_backward)(real *dgate, real *dup, const real *dout, const real *gate,
                         const real *up, int64_t n, kernels_stream *s);

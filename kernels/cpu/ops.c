@@ -88,6 +88,13 @@ static int attention_sizes_ok(int B, int T, int Hq, int Hkv, int D)
     return B >= 0 && T >= 0 && Hq > 0 && Hkv > 0 && D > 0 && Hq % Hkv == 0;
 }
 
+/* The first key position query position i sees: 0, or with a sliding
+ * window (window > 0) the oldest of the window's keys (i - window, i]. */
+static int attention_first_key(int i, int window)
+{
+    return window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
+}
+
 #define real float
 #define FN(name) kernels_##name
 #define GEMM cblas_sgemm

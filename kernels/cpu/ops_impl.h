@@ -446,30 +446,35 @@ size_t FN(attention_scratch_bytes)(int B, int T, int Hq, int Hkv, int D)
     return 2 * qb * (size_t)T * sizeof(real);
 }
 
-/* For rows of query block [i0, i0+nq) over keys [0, nk): turns scaled scores
- * sc[nq, nk] into causal probabilities in place and stores each row's lse
- * (lse_row[r], stride 1). Keys after the query get probability exactly 0. */
-HOT static void FN(attention_softmax_rows)(real *sc, real *lse_row, int i0, int nq, int nk)
+/* For rows of query block [i0, i0+nq) over the key block [k0, nk): turns
+ * scaled scores sc[nq, nk - k0] into causal (and windowed) probabilities in
+ * place and stores each row's lse (lse_row[r], stride 1). Keys a query
+ * does not see get probability exactly 0. */
+HOT static void FN(attention_softmax_rows)(real *sc, real *lse_row, int i0, int nq, int k0,
+                                           int nk, int window)
 {
+    int w = nk - k0;
     for (int r = 0; r < nq; r++) {
-        real *p = sc + (size_t)r * nk;
-        int nv = i0 + r + 1; /* keys 0..i visible */
-        real mx = FN(vmax)(p, nv);
-        real sum = FN(vexp_inplace_sum)(p, nv, mx);
-        FN(vscale)(p, nv, 1 / sum);
-        memset(p + nv, 0, (size_t)(nk - nv) * sizeof *p);
+        real *p = sc + (size_t)r * w;
+        int lo = attention_first_key(i0 + r, window) - k0, hi = i0 + r + 1 - k0;
+        real mx = FN(vmax)(p + lo, hi - lo);
+        real sum = FN(vexp_inplace_sum)(p + lo, hi - lo, mx);
+        FN(vscale)(p + lo, hi - lo, 1 / sum);
+        memset(p, 0, (size_t)lo * sizeof *p);
+        memset(p + hi, 0, (size_t)(w - hi) * sizeof *p);
         lse_row[r] = mx + LOG(sum);
     }
 }
 
 /* Causal GQA forward, one (b, h) at a time and query blocks of ATTN_QB rows:
- * S = scale Q K^T (only keys up to the block's last row), softmax, O = P V. */
+ * S = scale Q K^T over only the keys the block sees ([k0, nk): from the
+ * window's oldest key to the block's last row), softmax, O = P V. */
 int FN(attention_forward)(real *out, real *lse, void *scratch,
                           const real *q, const real *k, const real *v,
-                          int B, int T, int Hq, int Hkv, int D, kernels_stream *s)
+                          int B, int T, int Hq, int Hkv, int D, int window, kernels_stream *s)
 {
     (void)s;
-    if (!attention_sizes_ok(B, T, Hq, Hkv, D) || !out || !lse || !q || !k || !v ||
+    if (!attention_sizes_ok(B, T, Hq, Hkv, D) || window < 0 || !out || !lse || !q || !k || !v ||
         (T > 0 && !scratch))
         return RT_ERR_INVALID;
     real *sc = scratch;
@@ -484,42 +489,48 @@ int FN(attention_forward)(real *out, real *lse, void *scratch,
             real *lb = lse + ((size_t)b * Hq + h) * T;
             for (int i0 = 0; i0 < T; i0 += ATTN_QB) {
                 int nq = T - i0 < ATTN_QB ? T - i0 : ATTN_QB, nk = i0 + nq;
-                FN(gemm)(sc, qb + (size_t)i0 * ldq, kb, nq, nk, D, 0, 1, scale, 0, ldq, ldk, nk);
-                FN(attention_softmax_rows)(sc, lb + i0, i0, nq, nk);
-                FN(gemm)(ob + (size_t)i0 * ldq, sc, vb, nq, D, nk, 0, 0, 1, 0, nk, ldk, ldq);
+                int k0 = attention_first_key(i0, window), w = nk - k0;
+                FN(gemm)(sc, qb + (size_t)i0 * ldq, kb + (size_t)k0 * ldk, nq, w, D, 0, 1, scale, 0,
+                         ldq, ldk, w);
+                FN(attention_softmax_rows)(sc, lb + i0, i0, nq, k0, nk, window);
+                FN(gemm)(ob + (size_t)i0 * ldq, sc, vb + (size_t)k0 * ldk, nq, D, w, 0, 0, 1, 0, w,
+                         ldk, ldq);
             }
         }
     }
     return RT_OK;
 }
 
-/* For rows of query block [i0, i0+nq) over keys [0, nk): turns scaled
- * scores pr[nq, nk] into probabilities exp(s - lse) and dp[nq, nk] (dO V^T)
- * into dS = P (dP - rowsum(P dP)), both in place; keys after the query get
- * exactly 0 in both. */
+/* For rows of query block [i0, i0+nq) over the key block [k0, nk): turns
+ * scaled scores pr[nq, nk - k0] into probabilities exp(s - lse) and dp
+ * (dO V^T) into dS = P (dP - rowsum(P dP)), both in place; keys a query
+ * does not see get exactly 0 in both. */
 HOT static void FN(attention_grad_rows)(real *pr, real *dp, const real *lse_row,
-                                        int i0, int nq, int nk)
+                                        int i0, int nq, int k0, int nk, int window)
 {
+    int w = nk - k0;
     for (int r = 0; r < nq; r++) {
-        real *p = pr + (size_t)r * nk, *d = dp + (size_t)r * nk;
-        int nv = i0 + r + 1;
-        real dot = FN(vexp_inplace_dot)(p, d, nv, lse_row[r]);
-        FN(vsoftmax_grad)(d, p, nv, dot);
-        memset(p + nv, 0, (size_t)(nk - nv) * sizeof *p);
-        memset(d + nv, 0, (size_t)(nk - nv) * sizeof *d);
+        real *p = pr + (size_t)r * w, *d = dp + (size_t)r * w;
+        int lo = attention_first_key(i0 + r, window) - k0, hi = i0 + r + 1 - k0;
+        real dot = FN(vexp_inplace_dot)(p + lo, d + lo, hi - lo, lse_row[r]);
+        FN(vsoftmax_grad)(d + lo, p + lo, hi - lo, dot);
+        memset(p, 0, (size_t)lo * sizeof *p);
+        memset(d, 0, (size_t)lo * sizeof *d);
+        memset(p + hi, 0, (size_t)(w - hi) * sizeof *p);
+        memset(d + hi, 0, (size_t)(w - hi) * sizeof *d);
     }
 }
 
-/* Causal GQA backward. Per query block: recompute P = exp(scale Q K^T - lse),
- * dP = dO V^T, dV += P^T dO, dS = P (dP - rowsum(P dP)),
- * dQ += scale dS K, dK += scale dS^T Q. */
+/* Causal GQA backward. Per query block, over the keys it sees: recompute
+ * P = exp(scale Q K^T - lse), dP = dO V^T, dV += P^T dO,
+ * dS = P (dP - rowsum(P dP)), dQ += scale dS K, dK += scale dS^T Q. */
 int FN(attention_backward)(real *dq, real *dk, real *dv, const real *lse, void *scratch,
                            const real *dout, const real *q, const real *k, const real *v,
-                           int B, int T, int Hq, int Hkv, int D, kernels_stream *s)
+                           int B, int T, int Hq, int Hkv, int D, int window, kernels_stream *s)
 {
     (void)s;
-    if (!attention_sizes_ok(B, T, Hq, Hkv, D) || !dq || !dk || !dv || !lse || !dout ||
-        !q || !k || !v || (T > 0 && !scratch))
+    if (!attention_sizes_ok(B, T, Hq, Hkv, D) || window < 0 || !dq || !dk || !dv || !lse ||
+        !dout || !q || !k || !v || (T > 0 && !scratch))
         return RT_ERR_INVALID;
     size_t qbmax = T < ATTN_QB ? (size_t)T : ATTN_QB;
     real *pr = scratch, *dp = pr + qbmax * (size_t)T;
@@ -532,13 +543,14 @@ int FN(attention_backward)(real *dq, real *dk, real *dv, const real *lse, void *
             const real *lb = lse + ((size_t)b * Hq + h) * T;
             for (int i0 = 0; i0 < T; i0 += ATTN_QB) {
                 int nq = T - i0 < ATTN_QB ? T - i0 : ATTN_QB, nk = i0 + nq;
-                size_t oqi = oq + (size_t)i0 * ldq;
-                FN(gemm)(pr, q + oqi, k + ok, nq, nk, D, 0, 1, scale, 0, ldq, ldk, nk);
-                FN(gemm)(dp, dout + oqi, v + ok, nq, nk, D, 0, 1, 1, 0, ldq, ldk, nk);
-                FN(attention_grad_rows)(pr, dp, lb + i0, i0, nq, nk);
-                FN(gemm)(dv + ok, pr, dout + oqi, nk, D, nq, 1, 0, 1, 1, nk, ldq, ldk);
-                FN(gemm)(dq + oqi, dp, k + ok, nq, D, nk, 0, 0, scale, 1, nk, ldk, ldq);
-                FN(gemm)(dk + ok, dp, q + oqi, nk, D, nq, 1, 0, scale, 1, nk, ldq, ldk);
+                int k0 = attention_first_key(i0, window), w = nk - k0;
+                size_t oqi = oq + (size_t)i0 * ldq, okk = ok + (size_t)k0 * ldk;
+                FN(gemm)(pr, q + oqi, k + okk, nq, w, D, 0, 1, scale, 0, ldq, ldk, w);
+                FN(gemm)(dp, dout + oqi, v + okk, nq, w, D, 0, 1, 1, 0, ldq, ldk, w);
+                FN(attention_grad_rows)(pr, dp, lb + i0, i0, nq, k0, nk, window);
+                FN(gemm)(dv + okk, pr, dout + oqi, w, D, nq, 1, 0, 1, 1, w, ldq, ldk);
+                FN(gemm)(dq + oqi, dp, k + okk, nq, D, w, 0, 0, scale, 1, w, ldk, ldq);
+                FN(gemm)(dk + okk, dp, q + oqi, w, D, nq, 1, 0, scale, 1, w, ldq, ldk);
             }
         }
     }
@@ -557,16 +569,17 @@ size_t FN(attention_kv_scratch_bytes)(int n, int T, int Hq, int Hkv, int D)
 }
 
 /* Cached causal GQA forward for one sequence, one query head at a time and
- * query blocks of ATTN_QB rows: S = scale Q K^T over the keys up to the
- * block's last position, causal softmax (the training op's row code with
- * the block offset by past), O = P V. */
+ * query blocks of ATTN_QB rows: S = scale Q K^T over the keys the block
+ * sees, causal (windowed) softmax (the training op's row code with the
+ * block offset by past), O = P V. */
 int FN(attention_kv_forward)(real *out, void *scratch, const real *q,
                              const real *k_cache, const real *v_cache,
-                             int n, int past, int Hq, int Hkv, int D, kernels_stream *s)
+                             int n, int past, int Hq, int Hkv, int D, int window,
+                             kernels_stream *s)
 {
     (void)s;
-    if (!attention_sizes_ok(1, n, Hq, Hkv, D) || past < 0 || !out || !q || !k_cache ||
-        !v_cache || (n > 0 && !scratch))
+    if (!attention_sizes_ok(1, n, Hq, Hkv, D) || past < 0 || window < 0 || !out || !q ||
+        !k_cache || !v_cache || (n > 0 && !scratch))
         return RT_ERR_INVALID;
     size_t qbmax = n < ATTN_QB ? (size_t)n : ATTN_QB;
     real *sc = scratch, *lse = sc + qbmax * (size_t)(past + n);
@@ -579,9 +592,12 @@ int FN(attention_kv_forward)(real *out, void *scratch, const real *q,
         real *oh = out + (size_t)h * D;
         for (int i0 = 0; i0 < n; i0 += ATTN_QB) {
             int nq = n - i0 < ATTN_QB ? n - i0 : ATTN_QB, nk = past + i0 + nq;
-            FN(gemm)(sc, qh + (size_t)i0 * ldq, kh, nq, nk, D, 0, 1, scale, 0, ldq, ldk, nk);
-            FN(attention_softmax_rows)(sc, lse, past + i0, nq, nk);
-            FN(gemm)(oh + (size_t)i0 * ldq, sc, vh, nq, D, nk, 0, 0, 1, 0, nk, ldk, ldq);
+            int k0 = attention_first_key(past + i0, window), w = nk - k0;
+            FN(gemm)(sc, qh + (size_t)i0 * ldq, kh + (size_t)k0 * ldk, nq, w, D, 0, 1, scale, 0,
+                     ldq, ldk, w);
+            FN(attention_softmax_rows)(sc, lse, past + i0, nq, k0, nk, window);
+            FN(gemm)(oh + (size_t)i0 * ldq, sc, vh + (size_t)k0 * ldk, nq, D, w, 0, 0, 1, 0, w,
+                     ldk, ldq);
         }
     }
     return RT_OK;

@@ -114,24 +114,31 @@ __device__ __forceinline__ int64_t attention_lse_at(int row, int T, int64_t p0, 
     return ((int64_t)b * Hq + h) * T + row % T;
 }
 
+/* The first key position query position t sees: 0, or with a sliding
+ * window (window > 0) the oldest key of (t - window, t]. */
+__host__ __device__ __forceinline__ int attention_first_key(int t, int window)
+{
+    return window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+}
+
 /* Score rows [nrows = pairs * T, T]: row r is query t = r % T. Turns
- * scaled scores into causal probabilities in place and stores each row's
- * lse. */
-__global__ void attention_softmax_kernel(float *sc, float *lse, int nrows, int T, int64_t p0,
-                                         int B, int Hq, int Hkv)
+ * scaled scores into causal (windowed) probabilities in place and stores
+ * each row's lse. */
+__global__ void attention_softmax_kernel(float *sc, float *lse, int nrows, int T, int window,
+                                         int64_t p0, int B, int Hq, int Hkv)
 {
     int row = blockIdx.x * ATTN_ROWS_PER_BLOCK + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= nrows)
         return; /* the whole warp leaves together */
-    int t = row % T;
+    int t = row % T, lo = attention_first_key(t, window);
     float *p = sc + (size_t)row * T;
     float m = -INFINITY, l = 0.0f;
-    for (int j = lane; j <= t; j += 32)
+    for (int j = lo + lane; j <= t; j += 32)
         kernels_lse_merge(&m, &l, p[j], 1.0f);
     kernels_warp_lse(&m, &l);
     float L = m + logf(l);
     for (int j = lane; j < T; j += 32)
-        p[j] = j <= t ? expf(p[j] - L) : 0.0f;
+        p[j] = j >= lo && j <= t ? expf(p[j] - L) : 0.0f;
     if (lane == 0)
         lse[attention_lse_at(row, T, p0, B, Hq, Hkv)] = L;
 }
@@ -140,22 +147,22 @@ __global__ void attention_softmax_kernel(float *sc, float *lse, int nrows, int T
  * probabilities P in sc and dS = P (dP - rowsum(P dP)) in dp, both exactly
  * 0 after the query. */
 __global__ void attention_grad_kernel(float *sc, float *dp, const float *lse, int nrows, int T,
-                                      int64_t p0, int B, int Hq, int Hkv)
+                                      int window, int64_t p0, int B, int Hq, int Hkv)
 {
     int row = blockIdx.x * ATTN_ROWS_PER_BLOCK + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= nrows)
         return;
-    int t = row % T;
+    int t = row % T, lo = attention_first_key(t, window);
     float *p = sc + (size_t)row * T, *d = dp + (size_t)row * T;
     float L = lse[attention_lse_at(row, T, p0, B, Hq, Hkv)], dot = 0.0f;
-    for (int j = lane; j <= t; j += 32) {
+    for (int j = lo + lane; j <= t; j += 32) {
         float pj = expf(p[j] - L);
         p[j] = pj;
         dot += pj * d[j];
     }
     dot = kernels_warp_sum(dot);
     for (int j = lane; j < T; j += 32) {
-        if (j <= t) {
+        if (j >= lo && j <= t) {
             d[j] = p[j] * (d[j] - dot);
         } else {
             p[j] = 0.0f;
@@ -169,7 +176,7 @@ __global__ void attention_grad_kernel(float *sc, float *dp, const float *lse, in
 typedef struct attn_pass {
     float **arr;
     int64_t chunk, p0;
-    int n, B, T, Hq, Hkv, D;
+    int n, B, T, Hq, Hkv, D, window;
     float *s, *dp, scale;
 } attn_pass;
 
@@ -206,11 +213,11 @@ static int attention_rows(const attn_pass *a, int grad, float *lse, kernels_stre
     unsigned blocks = (unsigned)((nrows + ATTN_ROWS_PER_BLOCK - 1) / ATTN_ROWS_PER_BLOCK);
     if (grad) {
         KERNELS_LAUNCH(attention_grad_kernel, blocks, 32 * ATTN_ROWS_PER_BLOCK, 0, s, a->s, a->dp,
-                       lse, nrows, a->T, a->p0, a->B, a->Hq, a->Hkv);
+                       lse, nrows, a->T, a->window, a->p0, a->B, a->Hq, a->Hkv);
         return KERNELS_LAUNCHED("attention_grad_kernel");
     }
     KERNELS_LAUNCH(attention_softmax_kernel, blocks, 32 * ATTN_ROWS_PER_BLOCK, 0, s, a->s, lse,
-                   nrows, a->T, a->p0, a->B, a->Hq, a->Hkv);
+                   nrows, a->T, a->window, a->p0, a->B, a->Hq, a->Hkv);
     return KERNELS_LAUNCHED("attention_softmax_kernel");
 }
 
@@ -218,9 +225,10 @@ static int attention_rows(const attn_pass *a, int grad, float *lse, kernels_stre
  * causal softmax (lse saved), O = P V, each as one batched gemm. */
 int kernels_cuda_attention_forward(float *out, float *lse, void *scratch,
                                    const float *q, const float *k, const float *v,
-                                   int B, int T, int Hq, int Hkv, int D, kernels_stream *s)
+                                   int B, int T, int Hq, int Hkv, int D, int window,
+                                   kernels_stream *s)
 {
-    if (!attention_sizes_ok(B, T, Hq, Hkv, D) || !out || !lse || !q || !k || !v ||
+    if (!attention_sizes_ok(B, T, Hq, Hkv, D) || window < 0 || !out || !lse || !q || !k || !v ||
         (T > 0 && B > 0 && !scratch))
         return RT_ERR_INVALID;
     if (B == 0 || T == 0)
@@ -232,6 +240,7 @@ int kernels_cuda_attention_forward(float *out, float *lse, void *scratch,
     for (int64_t p0 = 0; rc == RT_OK && p0 < pairs; p0 += chunk) {
         attn_pass a;
         int n = (int)(pairs - p0 < chunk ? pairs - p0 : chunk);
+        a.window = window;
         rc = attention_pass_begin(&a, scratch, chunk, p0, n, t, B, T, Hq, Hkv, D, s);
         if (rc == RT_OK)
             rc = kernels_cuda_gemm_batched(pass_ptrs(&a, P_S, 0), pass_ptrs(&a, P_Q, 0),
@@ -274,9 +283,10 @@ static int attention_dkdv(const attn_pass *a, kernels_stream *s)
 int kernels_cuda_attention_backward(float *dq, float *dk, float *dv, const float *lse,
                                     void *scratch, const float *dout, const float *q,
                                     const float *k, const float *v,
-                                    int B, int T, int Hq, int Hkv, int D, kernels_stream *s)
+                                    int B, int T, int Hq, int Hkv, int D, int window,
+                                    kernels_stream *s)
 {
-    if (!attention_sizes_ok(B, T, Hq, Hkv, D) || !dq || !dk || !dv || !lse || !dout || !q || !k ||
+    if (!attention_sizes_ok(B, T, Hq, Hkv, D) || window < 0 || !dq || !dk || !dv || !lse || !dout || !q || !k ||
         !v || (T > 0 && B > 0 && !scratch))
         return RT_ERR_INVALID;
     if (B == 0 || T == 0)
@@ -288,6 +298,7 @@ int kernels_cuda_attention_backward(float *dq, float *dk, float *dv, const float
     for (int64_t p0 = 0; rc == RT_OK && p0 < pairs; p0 += chunk) {
         attn_pass a;
         int n = (int)(pairs - p0 < chunk ? pairs - p0 : chunk);
+        a.window = window;
         rc = attention_pass_begin(&a, scratch, chunk, p0, n, t, B, T, Hq, Hkv, D, s);
         if (rc == RT_OK)
             rc = kernels_cuda_gemm_batched(pass_ptrs(&a, P_S, 0), pass_ptrs(&a, P_Q, 0),
@@ -324,7 +335,7 @@ size_t kernels_cuda_attention_kv_scratch_bytes(int n, int T, int Hq, int Hkv, in
  * to the query's position past + i, keeping a running max m, sum l and
  * output o (lane holds dims lane, lane + 32, ...); the warps then merge. */
 __global__ void attention_kv_kernel(float *out, const float *q, const float *kc, const float *vc,
-                                    int past, int Hq, int Hkv, int D, float scale)
+                                    int past, int Hq, int Hkv, int D, int window, float scale)
 {
     __shared__ float wm[ATTN_KV_WARPS], wl[ATTN_KV_WARPS];
     __shared__ float wo[ATTN_KV_WARPS][ATTN_KV_MAX_D];
@@ -340,7 +351,7 @@ __global__ void attention_kv_kernel(float *out, const float *q, const float *kc,
     }
     float m = -INFINITY, l = 0.0f;
     int nk = past + i + 1;
-    for (int j = warp; j < nk; j += ATTN_KV_WARPS) {
+    for (int j = attention_first_key(past + i, window) + warp; j < nk; j += ATTN_KV_WARPS) {
         const float *kr = kc + ((size_t)j * Hkv + g) * D;
         const float *vr = vc + ((size_t)j * Hkv + g) * D;
         float dot = 0.0f;
@@ -392,10 +403,11 @@ __global__ void attention_kv_kernel(float *out, const float *q, const float *kc,
  * RT_ERR_UNSUPPORTED for head dims above ATTN_KV_MAX_D. */
 int kernels_cuda_attention_kv_forward(float *out, void *scratch, const float *q,
                                       const float *k_cache, const float *v_cache,
-                                      int n, int past, int Hq, int Hkv, int D, kernels_stream *s)
+                                      int n, int past, int Hq, int Hkv, int D, int window,
+                                      kernels_stream *s)
 {
     (void)scratch;
-    if (!attention_sizes_ok(1, n, Hq, Hkv, D) || past < 0 || !out || !q || !k_cache || !v_cache)
+    if (!attention_sizes_ok(1, n, Hq, Hkv, D) || past < 0 || window < 0 || !out || !q || !k_cache || !v_cache)
         return RT_ERR_INVALID;
     if (D > ATTN_KV_MAX_D || Hq > 65535)
         return RT_ERR_UNSUPPORTED;
@@ -405,6 +417,6 @@ int kernels_cuda_attention_kv_forward(float *out, void *scratch, const float *q,
     float scale = (float)(1 / sqrt((double)D));
     dim3 grid(n, Hq);
     KERNELS_LAUNCH(attention_kv_kernel, grid, 32 * ATTN_KV_WARPS, 0, s, out, q, k_cache, v_cache,
-                   past, Hq, Hkv, D, scale);
+                   past, Hq, Hkv, D, window, scale);
     return KERNELS_LAUNCHED("attention_kv_kernel");
 }
