@@ -61,6 +61,9 @@ typedef struct engine_train_config {
     const char *checkpoint_dir;  /* where checkpoints go (NULL: none) */
     const char *resume_dir;      /* a checkpoint to continue from (NULL: fresh) */
     const char *device;          /* "cpu" (default), "cuda" */
+    const char *dtype;           /* frozen base weights in memory: "auto" (NULL: as the
+                                    checkpoint stores them), "f32", "bf16", "f16"; LoRA
+                                    only: full fine-tuning trains fp32 masters */
     enum engine_method method;
     int epochs;                  /* >= 1 */
     int batch_size;              /* sequences per micro-batch */
@@ -79,6 +82,8 @@ typedef struct engine_train_config {
     double lora_alpha, lora_dropout;
     bool use_rslora;
     unsigned target_modules;     /* bits; 0 means q_proj|v_proj */
+    int grad_checkpoint;         /* activation checkpointing: 0 auto (on when the memory
+                                    estimate needs it), 1 on, -1 off */
 } engine_train_config;
 
 /* Fills cfg with defaults (LoRA r=8, alpha=16, q/v, lr 1e-4, AdamW .9/.999,
@@ -110,6 +115,13 @@ typedef struct engine_callbacks {
     void (*yield)(void *ctx);      /* called between micro-steps: a chance to let others run */
 } engine_callbacks;
 
+/* The memory a training run was estimated to need before anything was
+ * allocated (bytes), and what was available to it. */
+typedef struct engine_memory_plan {
+    double weights, trainable, activations, total, available;
+    bool grad_checkpoint;         /* activation checkpointing on (asked or needed) */
+} engine_memory_plan;
+
 typedef struct engine_train_result {
     double train_loss;            /* mean of the last step */
     double valid_loss, valid_accuracy; /* NaN when there is no validation set */
@@ -120,6 +132,7 @@ typedef struct engine_train_result {
     double seconds;
     bool stopped;                 /* cancelled or paused before the end */
     double retention_loss_before, retention_loss_after; /* NaN without a retention set */
+    engine_memory_plan memory;    /* the estimate the run was planned with */
 } engine_train_result;
 
 /*

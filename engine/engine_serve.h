@@ -34,6 +34,8 @@ typedef struct engine_server_config {
     const char *model_dir;        /* HF model directory; tokenizer.json optional
                                      (without it only token-id prompts work) */
     const char *device;           /* "cpu" (default) */
+    const char *dtype;            /* weights in memory: "auto" (NULL: as stored), "f32",
+                                     "bf16", "f16" */
     int max_batch;                /* concurrent sequences (KV cache slots); 8 */
     int max_context;              /* prompt + completion tokens per sequence;
                                      min(max_position_embeddings, 2048) */

@@ -14,10 +14,12 @@
 
 struct model_acts {
     const kernels_backend *be;
-    int B, T, N, r;
+    int B, T, N, r, L;
+    bool recompute;          /* activation checkpointing: one layer's tensors, shared */
     float *buf;              /* the one float allocation */
     int32_t *ibuf;           /* ids, targets, positions */
     void *att_scratch;
+    void *w16_scratch;       /* the 16-bit weight products' panels (NULL for fp32) */
     int32_t *ids, *targets, *pos;
     /* saved for backward, per layer (host arrays of device pointers) */
     float **resid, **ln1, **rstd1, **q, **k, **v, **att, **lse, **resid_mid, **ln2, **rstd2;
@@ -87,7 +89,10 @@ static int alloc_layer_arrays(model_acts *a, int L)
     return a->resid && a->lora_t ? RT_OK : RT_ERR_NOMEM;
 }
 
-/* Plans every activation and scratch tensor for N tokens. */
+/* Plans every activation and scratch tensor for N tokens. With recompute
+ * only the residual stream is kept per layer: every layer's other tensors
+ * are one set (planned for layer 0, shared by share_layer_tensors), which
+ * the backward pass refills by running the layer's forward again. */
 static void plan_acts(model_acts *a, const model_config *c, plan *p)
 {
     size_t N = (size_t)a->N, d = (size_t)c->hidden_size, F = (size_t)c->intermediate_size;
@@ -96,7 +101,7 @@ static void plan_acts(model_acts *a, const model_config *c, plan *p)
     size_t V = (size_t)c->vocab_size, L = (size_t)c->num_hidden_layers;
     for (size_t l = 0; l <= L; l++)
         plan_add(p, &a->resid[l], N * d);
-    for (size_t l = 0; l < L; l++) {
+    for (size_t l = 0; l < (a->recompute ? 1 : L); l++) {
         plan_add(p, &a->ln1[l], N * d);
         plan_add(p, &a->rstd1[l], N);
         plan_add(p, &a->q[l], N * qd);
@@ -145,7 +150,54 @@ static void plan_acts(model_acts *a, const model_config *c, plan *p)
     }
 }
 
+/* With recompute, points every layer's tensors (but the residual stream)
+ * at layer 0's. */
+static void share_layer_tensors(model_acts *a)
+{
+    float **per_layer[] = {a->ln1, a->rstd1, a->q, a->k, a->v, a->att, a->lse, a->resid_mid,
+                           a->ln2, a->rstd2, a->gate, a->up, a->h, a->q_raw, a->k_raw, a->rstdq,
+                           a->rstdk};
+    for (int l = 1; a->recompute && l < a->L; l++) {
+        for (size_t i = 0; i < sizeof per_layer / sizeof per_layer[0]; i++)
+            per_layer[i][l] = per_layer[i][0];
+        for (int m = 0; m < PEFT_MODULE_COUNT; m++)
+            a->lora_t[(size_t)l * PEFT_MODULE_COUNT + m] = a->lora_t[m];
+    }
+}
+
+size_t model_acts_bytes(const model *m, int B, int T, int lora_r, bool recompute)
+{
+    model_acts a = {.B = B, .T = T, .N = B * T, .r = lora_r, .L = m->cfg.num_hidden_layers,
+                    .recompute = recompute};
+    const model_config *c = &m->cfg;
+    size_t qd = (size_t)c->num_attention_heads * (size_t)c->head_dim, bytes = 0;
+    a.max_in = (size_t)c->hidden_size;
+    a.max_in = (size_t)c->intermediate_size > a.max_in ? (size_t)c->intermediate_size : a.max_in;
+    a.max_in = qd > a.max_in ? qd : a.max_in;
+    plan p = {0};
+    if (alloc_layer_arrays(&a, c->num_hidden_layers) == RT_OK) {
+        plan_acts(&a, c, &p);
+        bytes = p.total * sizeof(float) + model_scratch_bytes(m, a.N) +
+                m->be->attention_scratch_bytes(B, T, c->num_attention_heads, c->num_key_value_heads,
+                                               c->head_dim);
+    }
+    float ***arrays[] = {&a.resid, &a.ln1, &a.rstd1, &a.q, &a.k, &a.v, &a.att, &a.lse,
+                         &a.resid_mid, &a.ln2, &a.rstd2, &a.gate, &a.up, &a.h, &a.lora_t,
+                         &a.q_raw, &a.k_raw, &a.rstdq, &a.rstdk};
+    for (size_t i = 0; i < sizeof arrays / sizeof arrays[0]; i++)
+        free(*arrays[i]);
+    free(p.slot);
+    free(p.count);
+    return p.nomem ? SIZE_MAX : bytes;
+}
+
 int model_acts_create(const model *m, int B, int T, int lora_r, model_acts **out)
+{
+    return model_acts_create_ckpt(m, B, T, lora_r, false, out);
+}
+
+int model_acts_create_ckpt(const model *m, int B, int T, int lora_r, bool recompute,
+                           model_acts **out)
 {
     const model_config *c = &m->cfg;
     if (B <= 0 || T <= 0 || lora_r < 0)
@@ -158,6 +210,8 @@ int model_acts_create(const model *m, int B, int T, int lora_r, model_acts **out
     a->T = T;
     a->N = B * T;
     a->r = lora_r;
+    a->L = c->num_hidden_layers;
+    a->recompute = recompute;
     size_t qd = (size_t)c->num_attention_heads * (size_t)c->head_dim;
     a->max_in = (size_t)c->hidden_size;
     if ((size_t)c->intermediate_size > a->max_in)
@@ -174,12 +228,16 @@ int model_acts_create(const model *m, int B, int T, int lora_r, model_acts **out
         rc = m->be->alloc((void **)&a->buf, p->total * sizeof(float));
     if (rc == RT_OK) {
         plan_point(p, a->buf);
+        share_layer_tensors(a);
         rc = m->be->alloc((void **)&a->ibuf, 3 * (size_t)a->N * sizeof(int32_t));
     }
     size_t sb = m->be->attention_scratch_bytes(B, T, c->num_attention_heads,
                                                c->num_key_value_heads, c->head_dim);
     if (rc == RT_OK && sb)
         rc = m->be->alloc(&a->att_scratch, sb);
+    size_t wb = model_scratch_bytes(m, a->N);
+    if (rc == RT_OK && wb)
+        rc = m->be->alloc(&a->w16_scratch, wb);
     a->host_mask = lora_r > 0 ? malloc((size_t)a->N * a->max_in * sizeof(float)) : NULL;
     a->host_stats = malloc(2 * (size_t)a->N * sizeof(float));
     a->host_pos = malloc((size_t)a->N * sizeof(int32_t));
@@ -205,6 +263,7 @@ void model_acts_free(model_acts *a)
     a->be->free(a->buf);
     a->be->free(a->ibuf);
     a->be->free(a->att_scratch);
+    a->be->free(a->w16_scratch);
     float ***arrays[] = {&a->resid, &a->ln1, &a->rstd1, &a->q, &a->k, &a->v, &a->att, &a->lse,
                          &a->resid_mid, &a->ln2, &a->rstd2, &a->gate, &a->up, &a->h, &a->lora_t,
                          &a->q_raw, &a->k_raw, &a->rstdq, &a->rstdk};
@@ -259,11 +318,9 @@ static int proj_forward(const proj_ctx *x, int layer, enum peft_module mod, floa
                         const float *in)
 {
     const kernels_backend *be = x->m->be;
-    const layer_weights *lw = &x->m->w.layers[layer];
     int OC, C;
     model_module_shape(&x->m->cfg, mod, &OC, &C);
-    const float *bias = mod <= PEFT_V_PROJ ? lw->bias[mod] : NULL;
-    int rc = be->linear_forward(out, in, lw->proj[mod], bias, x->N, C, OC, NULL);
+    int rc = model_proj_forward(x->m, layer, mod, out, x->a->w16_scratch, in, x->N);
     size_t s = slot_of(layer, mod);
     if (rc != RT_OK || !x->ad || !x->ad->a[s])
         return rc;
@@ -319,13 +376,9 @@ static int proj_backward(const proj_ctx *x, int layer, enum peft_module mod, flo
                          const float *dy, const float *in, const model_weights *grads,
                          const lora *lgrads)
 {
-    const kernels_backend *be = x->m->be;
-    const layer_weights *lw = &x->m->w.layers[layer];
-    int OC, C;
-    model_module_shape(&x->m->cfg, mod, &OC, &C);
     float *dw = grads ? grads->layers[layer].proj[mod] : NULL;
     float *db = grads && mod <= PEFT_V_PROJ ? grads->layers[layer].bias[mod] : NULL;
-    int rc = be->linear_backward(dx, dw, db, dy, in, lw->proj[mod], x->N, C, OC, NULL);
+    int rc = model_proj_backward(x->m, layer, mod, dx, dw, db, x->a->w16_scratch, dy, in, x->N);
     if (rc != RT_OK || !x->ad || !x->ad->a[slot_of(layer, mod)])
         return rc;
     return lora_backward(x, layer, mod, dx, dy, in, lgrads);
@@ -427,14 +480,14 @@ int model_forward(const model *m, const lora *ad, model_acts *a, const model_bat
     proj_ctx x = {m, ad, a, batch, N};
     int rc = upload_batch(a, batch, be);
     if (rc == RT_OK)
-        rc = be->embedding_forward(a->resid[0], a->ids, m->w.embed, N, d, c->vocab_size, NULL);
+        rc = model_embed_forward(m, a->resid[0], a->ids, N);
     for (int l = 0; rc == RT_OK && l < c->num_hidden_layers; l++)
         rc = layer_forward(&x, l);
     if (rc == RT_OK)
         rc = be->rmsnorm_forward(a->lnf, a->rstdf, a->resid[c->num_hidden_layers], m->w.final_norm,
                                  N, d, c->rms_norm_eps, NULL);
     if (rc == RT_OK)
-        rc = be->linear_forward(a->logits, a->lnf, m->w.lm_head, NULL, N, d, c->vocab_size, NULL);
+        rc = model_head_forward(m, a->logits, a->w16_scratch, a->lnf, N);
     if (rc != RT_OK || !batch->targets || !out)
         return rc;
     rc = be->cross_entropy_forward(a->losses, a->correct, a->ce_lse, a->logits, a->targets, N,
@@ -555,14 +608,18 @@ int model_backward(const model *m, const lora *ad, model_acts *a, const model_ba
                                         1.0f / (float)counted, NULL);
     if (rc == RT_OK) rc = zero(be, a->dln, (size_t)N * (size_t)d);
     if (rc == RT_OK)
-        rc = be->linear_backward(a->dln, grads ? grads->lm_head : NULL, NULL, a->dlogits, a->lnf,
-                                 m->w.lm_head, N, d, V, NULL);
+        rc = model_head_backward(m, a->dln, grads ? grads->lm_head : NULL, a->w16_scratch,
+                                 a->dlogits, a->lnf, N);
     if (rc == RT_OK) rc = zero(be, a->dresid, (size_t)N * (size_t)d);
     if (rc == RT_OK)
         rc = be->rmsnorm_backward(a->dresid, grads ? grads->final_norm : NULL, a->rstdf, a->dln,
                                   a->resid[c->num_hidden_layers], m->w.final_norm, N, d, NULL);
-    for (int l = c->num_hidden_layers - 1; rc == RT_OK && l >= 0; l--)
-        rc = layer_backward(&x, l, grads, lora_grads);
+    for (int l = c->num_hidden_layers - 1; rc == RT_OK && l >= 0; l--) {
+        if (a->recompute) /* refill the layer's shared tensors from its saved input */
+            rc = layer_forward(&x, l);
+        if (rc == RT_OK)
+            rc = layer_backward(&x, l, grads, lora_grads);
+    }
     if (rc == RT_OK && grads)
         rc = be->embedding_backward(grads->embed, a->dresid, a->ids, N, d, V, NULL);
     return rc;

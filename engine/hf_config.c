@@ -13,6 +13,7 @@
 #include "engine/safetensors.h"
 
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,8 +46,19 @@ static bool hf_absent(const cJSON *item)
     return item == NULL || cJSON_IsNull(item);
 }
 
+const char *hf_json_describe(const cJSON *it, char *buf, size_t size)
+{
+    if (cJSON_IsNumber(it))
+        snprintf(buf, size, "%.17g", it->valuedouble);
+    else
+        snprintf(buf, size, "%s", !it ? "missing" : cJSON_IsString(it) ? "a string"
+                                  : cJSON_IsBool(it) ? "a boolean" : cJSON_IsArray(it) ? "a list"
+                                  : cJSON_IsObject(it) ? "an object" : "null");
+    return buf;
+}
+
 /* Reads integer field key (>= min) into *out; when absent or null, stores
- * def if has_def, else fails naming the field. */
+ * def if has_def, else fails naming the field, the value and the range. */
 static int hf_int(const hf_ctx *c, const char *key, bool has_def, int def, int min, int *out)
 {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(c->obj, key);
@@ -57,8 +69,10 @@ static int hf_int(const hf_ctx *c, const char *key, bool has_def, int def, int m
         return RT_OK;
     }
     double d = cJSON_IsNumber(it) ? it->valuedouble : NAN;
+    char got[32];
     if (!(d >= min && d <= 2147483647.0) || d != (double)(int)d)
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be an integer >= %d", c->src, key, min);
+        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be an integer in [%d, 2147483647], not %s",
+                       c->src, key, min, hf_json_describe(it, got, sizeof got));
     *out = (int)d;
     return RT_OK;
 }
@@ -74,10 +88,15 @@ static int hf_float(const hf_ctx *c, const char *key, bool has_def, float def, f
         *out = def;
         return RT_OK;
     }
-    float f = cJSON_IsNumber(it) ? (float)it->valuedouble : NAN;
-    if (!(f > 0.0f) || !isfinite(f))
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be a positive number", c->src, key);
-    *out = f;
+    /* The range is checked in double: converting a double beyond FLT_MAX to
+     * float is undefined behaviour; one below FLT_MIN may round to 0. */
+    double d = cJSON_IsNumber(it) ? it->valuedouble : NAN;
+    char got[32];
+    if (!(d > 0.0 && d <= FLT_MAX) || !((float)d > 0.0f))
+        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be a positive number a float holds "
+                       "(%g to %g), not %s", c->src, key, (double)FLT_TRUE_MIN, (double)FLT_MAX,
+                       hf_json_describe(it, got, sizeof got));
+    *out = (float)d;
     return RT_OK;
 }
 
@@ -107,8 +126,10 @@ static int hf_token_id(const hf_ctx *c, const char *key, int *out)
         return RT_OK;
     }
     double d = cJSON_IsNumber(it) ? it->valuedouble : NAN;
+    char got[32];
     if (!(d >= 0 && d <= 2147483647.0) || d != (double)(int)d)
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be a non-negative integer", c->src, key);
+        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be an integer in [0, 2147483647], not %s",
+                       c->src, key, hf_json_describe(it, got, sizeof got));
     *out = (int)d;
     return RT_OK;
 }
@@ -117,8 +138,12 @@ static int hf_token_id(const hf_ctx *c, const char *key, int *out)
 static int hf_parse_arch(const hf_ctx *c, model_config *cfg)
 {
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(c->obj, "model_type");
-    if (!cJSON_IsString(mt))
+    char got[32];
+    if (hf_absent(mt))
         return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: required field model_type is missing", c->src);
+    if (!cJSON_IsString(mt))
+        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: model_type must be a string, not %s", c->src,
+                       hf_json_describe(mt, got, sizeof got));
     int arch = -1;
     for (int i = 0; i < (int)(sizeof hf_arches / sizeof hf_arches[0]); i++)
         if (strcmp(mt->valuestring, hf_arches[i].model_type) == 0)
@@ -142,13 +167,18 @@ static int hf_parse_arch(const hf_ctx *c, model_config *cfg)
 
 /* The limits that remain once memory is not the bound: RoPE's kernels
  * rotate heads of at most HF_MAX_HEAD_DIM, every row width (heads x
- * head_dim, the FFN, the vocabulary) is an int in the kernels, and the
- * parameter count must be a sane number before memory is estimated. Each
- * failure names the field, its value and the limit. */
-#define HF_MAX_HEAD_DIM 2048
+ * head_dim, the FFN, the vocabulary) is an int in the kernels, the
+ * parameter count must be a sane number before memory is estimated, and
+ * the depth is bounded because loading walks every layer before it reads a
+ * tensor (the largest released models have ~130). Each failure names the
+ * field, its value and the limit. */
 #define HF_MAX_PARAMS 1e14
+#define HF_MAX_LAYERS 65536
 static int hf_check_limits(const hf_ctx *c, const model_config *cfg)
 {
+    if (cfg->num_hidden_layers > HF_MAX_LAYERS)
+        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED, "%s: num_hidden_layers %d is above the limit %d",
+                       c->src, cfg->num_hidden_layers, HF_MAX_LAYERS);
     if (cfg->head_dim > HF_MAX_HEAD_DIM)
         return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
                        "%s: head_dim %d is above the limit %d of retune's RoPE kernels", c->src,
@@ -164,8 +194,10 @@ static int hf_check_limits(const hf_ctx *c, const model_config *cfg)
     double params = 2 * v * d + d + (double)cfg->num_hidden_layers * layer;
     if (params > HF_MAX_PARAMS)
         return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
-                       "%s: these sizes imply %.3g parameters, above the limit %.0e", c->src, params,
-                       HF_MAX_PARAMS);
+                       "%s: vocab_size %d, hidden_size %d, intermediate_size %d, num_hidden_layers %d and "
+                       "heads x head_dim %.0f imply %.3g parameters, above the limit %.0e", c->src,
+                       cfg->vocab_size, cfg->hidden_size, cfg->intermediate_size, cfg->num_hidden_layers, qd,
+                       params, HF_MAX_PARAMS);
     return RT_OK;
 }
 
@@ -198,8 +230,8 @@ static int hf_parse_sizes(const hf_ctx *c, model_config *cfg)
     if ((rc = hf_int(c, "head_dim", true, qwen3 ? 128 : cfg->hidden_size / heads, 1, &cfg->head_dim)))
         return rc;
     if (cfg->head_dim % 2 != 0)
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: head_dim %d must be even for RoPE",
-                       c->src, cfg->head_dim);
+        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: head_dim %d%s must be even for RoPE",
+                       c->src, cfg->head_dim, hf_absent(hd) ? " (hidden_size / num_attention_heads)" : "");
     return hf_check_limits(c, cfg);
 }
 
@@ -242,6 +274,9 @@ static int hf_parse_rope_yarn(const hf_ctx *sub, model_config *cfg)
         (rc = hf_opt_float(sub, "mscale_all_dim", &cfg->rope_mscale_all_dim)) ||
         (rc = hf_bool(sub, "truncate", true, &truncate)))
         return rc;
+    if (cfg->rope_theta == 1.0f) /* log(1) = 0: every frequency would come out NaN */
+        return st_fail(sub->err, sub->errsize, RT_ERR_FORMAT, "%s: yarn needs rope_theta above 1 (it divides "
+                       "by log(rope_theta)), not %g", sub->src, (double)cfg->rope_theta);
     cfg->rope_no_truncate = !truncate;
     return RT_OK;
 }
@@ -333,10 +368,13 @@ static int hf_parse_sliding_window(const hf_ctx *c, model_config *cfg)
 static int hf_parse_misc(const hf_ctx *c, model_config *cfg)
 {
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(c->obj, "hidden_act");
-    if (!hf_absent(act) && (!cJSON_IsString(act) ||
-                            (strcmp(act->valuestring, "silu") != 0 && strcmp(act->valuestring, "swish") != 0)))
+    char got[32];
+    if (!hf_absent(act) && !cJSON_IsString(act))
+        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: hidden_act must be a string (silu), not %s", c->src,
+                       hf_json_describe(act, got, sizeof got));
+    if (!hf_absent(act) && strcmp(act->valuestring, "silu") != 0 && strcmp(act->valuestring, "swish") != 0)
         return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED, "%s: hidden_act '%.32s' is not supported (only silu)",
-                       c->src, cJSON_IsString(act) ? act->valuestring : "?");
+                       c->src, act->valuestring);
     if (!hf_absent(cJSON_GetObjectItemCaseSensitive(c->obj, "quantization_config")))
         return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED, "%s: quantization_config: quantised models are "
                        "not supported", c->src);
@@ -358,7 +396,10 @@ static int hf_parse_misc(const hf_ctx *c, model_config *cfg)
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(c->obj, "torch_dtype");
     if (hf_absent(dt))
         dt = cJSON_GetObjectItemCaseSensitive(c->obj, "dtype");  /* transformers >= 4.56 */
-    const char *dtype = hf_absent(dt) ? "float32" : cJSON_IsString(dt) ? dt->valuestring : "";
+    if (!hf_absent(dt) && !cJSON_IsString(dt))
+        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: torch_dtype must be a string (float32, bfloat16, "
+                       "float16), not %s", c->src, hf_json_describe(dt, got, sizeof got));
+    const char *dtype = hf_absent(dt) ? "float32" : dt->valuestring;
     if (strcmp(dtype, "float32") != 0 && strcmp(dtype, "bfloat16") != 0 && strcmp(dtype, "float16") != 0)
         return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
                        "%s: torch_dtype '%.32s' is not supported (float32, bfloat16, float16)", c->src, dtype);
@@ -372,10 +413,20 @@ int hf_config_parse(const char *json, size_t len, const char *src, model_config 
     src = src ? src : "config.json";
     if (!json || !out)
         return st_fail(err, errsize, RT_ERR_INVALID, "%s: NULL argument", src);
-    cJSON *root = cJSON_ParseWithLength(json, len);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return st_fail(err, errsize, RT_ERR_FORMAT, "%s: not valid JSON or not a JSON object", src);
+    }
+    /* Only whitespace may follow the object: two configs pasted together,
+     * or one cut and patched, is a broken file, not its first half. */
+    for (size_t i = (size_t)(end - json); i < len; i++) {
+        if (!strchr(" \t\r\n", json[i]) || json[i] == '\0') {
+            cJSON_Delete(root);
+            return st_fail(err, errsize, RT_ERR_FORMAT, "%s: unexpected bytes after the JSON object (at byte %zu)",
+                           src, i);
+        }
     }
     hf_ctx c = {root, src, err, errsize};
     model_config cfg;

@@ -30,6 +30,7 @@ struct infer_ctx {
     float *lora_t;                   /* [N, lora_r] */
     int lora_r;
     void *scratch;                   /* attention_kv scratch */
+    void *w16_scratch;               /* 16-bit weight panels (NULL for fp32 weights) */
     int32_t *ids, *pos;              /* device [N] each */
     int32_t *host_pos;               /* host [N] */
     int *seg_row;                    /* host [N]: first row of each segment */
@@ -73,6 +74,9 @@ static int ctx_alloc(infer_ctx *c)
                                                mc->num_key_value_heads, mc->head_dim);
     if (rc == RT_OK && sb)
         rc = be->alloc(&c->scratch, sb);
+    size_t wb = model_scratch_bytes(c->m, c->N);
+    if (rc == RT_OK && wb)
+        rc = be->alloc(&c->w16_scratch, wb);
     if (rc != RT_OK)
         return rc;
     point_step(c, c->buf);
@@ -117,6 +121,7 @@ void infer_ctx_free(infer_ctx *c)
     c->be->free(c->buf);
     c->be->free(c->lora_t);
     c->be->free(c->scratch);
+    c->be->free(c->w16_scratch);
     c->be->free(c->ids);
     free(c->host_pos);
     free(c->seg_row);
@@ -186,12 +191,9 @@ static int proj(infer_ctx *c, const infer_step *st, int layer, enum peft_module 
                 const float *in)
 {
     enum { BATCH = 64 };
-    const kernels_backend *be = c->be;
-    const layer_weights *lw = &c->m->w.layers[layer];
     int OC, C, N = st->n_tokens;
     model_module_shape(&c->m->cfg, mod, &OC, &C);
-    const float *bias = mod <= PEFT_V_PROJ ? lw->bias[mod] : NULL;
-    int rc = be->linear_forward(out, in, lw->proj[mod], bias, N, C, OC, NULL);
+    int rc = model_proj_forward(c->m, layer, mod, out, c->w16_scratch, in, N);
     size_t s = (size_t)layer * PEFT_MODULE_COUNT + (size_t)mod;
     kernels_lora_group groups[BATCH];
     int n = 0;
@@ -304,7 +306,7 @@ static int head_forward(infer_ctx *c, const infer_step *st, float *logits)
         rc = be->rmsnorm_forward(c->ln, c->rstd, c->tmp, c->m->w.final_norm, n, d,
                                  mc->rms_norm_eps, NULL);
     if (rc == RT_OK)
-        rc = be->linear_forward(c->logits, c->ln, c->m->w.lm_head, NULL, n, d, V, NULL);
+        rc = model_head_forward(c->m, c->logits, c->w16_scratch, c->ln, n);
     if (rc == RT_OK)
         rc = be->copy_to_host(logits, c->logits, (size_t)n * (size_t)V * sizeof(float), NULL);
     return rc;
@@ -322,8 +324,7 @@ int infer_forward(infer_ctx *c, const infer_step *st, float *logits)
     if (rc == RT_OK)
         rc = be->copy_to_device(c->pos, c->host_pos, N * sizeof(int32_t), NULL);
     if (rc == RT_OK)
-        rc = be->embedding_forward(c->x, c->ids, c->m->w.embed, (int)N, mc->hidden_size,
-                                   mc->vocab_size, NULL);
+        rc = model_embed_forward(c->m, c->x, c->ids, (int)N);
     for (int l = 0; rc == RT_OK && l < mc->num_hidden_layers; l++)
         rc = layer_forward(c, st, l);
     if (rc == RT_OK)

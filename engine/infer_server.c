@@ -219,7 +219,7 @@ static int server_build(engine_server *srv, const engine_server_config *cfg, cha
     int rc = kernels_backend_get(cfg->device ? cfg->device : engine_default_device(), &srv->be);
     if (rc != RT_OK)
         return st_fail(err, errsize, rc, "device %s is not available (%s)", cfg->device ? cfg->device : "default", rt_strerror(rc));
-    rc = model_load(cfg->model_dir, srv->be, &srv->m, err, errsize);
+    rc = model_load_named(cfg->model_dir, srv->be, cfg->dtype, &srv->m, err, errsize);
     if (rc == RT_OK)
         rc = resolve_config(srv, cfg, err, errsize);
     if (rc == RT_OK)

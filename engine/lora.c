@@ -154,11 +154,10 @@ int lora_check_tensor(const model_config *c, const peft_config *pc, const st_ten
                        t->name, peft_module_name(m));
     model_module_shape(c, m, &o, &in);
     int64_t rows = ab == 'A' ? pc->r : o, cols = ab == 'A' ? in : pc->r;
+    char shape[ST_SHAPE_TEXT];
     if (t->rank != 2 || t->shape[0] != rows || t->shape[1] != cols)
-        return st_fail(err, errsize, RT_ERR_FORMAT,
-                       "%s has shape [%lld, %lld]; the base model and r=%d need [%lld, %lld]",
-                       t->name, (long long)t->shape[0], (long long)(t->rank > 1 ? t->shape[1] : 0),
-                       pc->r, (long long)rows, (long long)cols);
+        return st_fail(err, errsize, RT_ERR_FORMAT, "%s has shape %s; the base model and r=%d need [%lld, %lld]",
+                       t->name, st_shape_format(t, shape, sizeof shape), pc->r, (long long)rows, (long long)cols);
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
         return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: dtype %s cannot be loaded", t->name,
                        st_dtype_name(t->dtype));
@@ -189,6 +188,9 @@ static int load_one(lora *l, const model_config *c, const st_tensor *t, const ke
     int rc = lora_check_tensor(c, &l->cfg, t, &s, &which, err, errsize);
     if (rc != RT_OK)
         return rc;
+    if (seen[2 * s + (which == 'B')]) /* "x.weight" and "x.default.weight": which one is meant? */
+        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: lora_%c of layer %zu %s is given twice", t->name, which,
+                       s / PEFT_MODULE_COUNT, peft_module_name((enum peft_module)(s % PEFT_MODULE_COUNT)));
     rc = st_tensor_read_f32(t, staging, t->numel);
     if (rc != RT_OK)
         return rc;
@@ -201,6 +203,8 @@ int lora_load(const char *dir, const model_config *c, const kernels_backend *be,
               char *err, size_t errsize)
 {
     peft_config pc;
+    if (err && errsize)
+        err[0] = '\0';
     int rc = peft_config_load(dir, &pc, err, errsize);
     if (rc != RT_OK)
         return rc;
@@ -211,15 +215,15 @@ int lora_load(const char *dir, const model_config *c, const kernels_backend *be,
     float *staging = NULL;
     bool *seen = NULL;
     rc = st_file_open(path, &f, err, errsize);
-    if (rc == RT_OK)
-        rc = lora_alloc(c, &pc, be, &l);
+    if (rc == RT_OK && (rc = lora_alloc(c, &pc, be, &l)) != RT_OK)
+        st_fail(err, errsize, rc, "%s: no memory for an adapter of rank %d (%s)", dir, pc.r, rt_strerror(rc));
     size_t slots = (size_t)c->num_hidden_layers * PEFT_MODULE_COUNT;
     size_t biggest = (size_t)pc.r * (size_t)(c->intermediate_size > c->hidden_size ? c->intermediate_size : c->hidden_size);
     if (rc == RT_OK && (size_t)pc.r * (size_t)(c->num_attention_heads * c->head_dim) > biggest)
         biggest = (size_t)pc.r * (size_t)(c->num_attention_heads * c->head_dim);
     if (rc == RT_OK && (!(staging = malloc(biggest * sizeof(float))) ||
                         !(seen = calloc(2 * slots, sizeof *seen))))
-        rc = RT_ERR_NOMEM;
+        rc = st_fail(err, errsize, RT_ERR_NOMEM, "%s: no memory to stage adapter tensors", dir);
     for (size_t i = 0; rc == RT_OK && i < st_tensor_count(f); i++)
         rc = load_one(l, c, st_tensor_at(f, i), be, staging, seen, err, errsize);
     if (rc == RT_OK)
@@ -227,6 +231,8 @@ int lora_load(const char *dir, const model_config *c, const kernels_backend *be,
     free(seen);
     free(staging);
     st_file_close(f);
+    if (rc != RT_OK && err && errsize && !err[0]) /* a device copy failed: say so, not just the code */
+        st_fail(err, errsize, rc, "%s: the adapter could not be copied to the device (%s)", dir, rt_strerror(rc));
     if (rc != RT_OK) {
         lora_free(l);
         return rc;
@@ -285,6 +291,8 @@ int lora_save(const lora *l, const model_config *c, const char *dir, char *err, 
 int lora_merge_into(const lora *l, model *m)
 {
     const kernels_backend *be = m->be;
+    if (m->w16)
+        return RT_ERR_UNSUPPORTED; /* merging writes W: the model must be loaded in fp32 */
     for (size_t s = 0; s < (size_t)l->n_layers * PEFT_MODULE_COUNT; s++) {
         if (!l->a[s])
             continue;

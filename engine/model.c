@@ -36,64 +36,87 @@ int model_layer_window(const model_config *c, int layer)
     return c->sliding_window > 0 && layer >= c->max_window_layers ? c->sliding_window : 0;
 }
 
-/* Floats of one layer: two norms (and Qwen3's two head norms), seven
- * projections, optional q/k/v bias. */
-static size_t layer_count(const model_config *c)
+/* Points the fp32 tensors of c at base (NULL: only counts) and returns the
+ * floats they take: every tensor, or with matrices false only the norms and
+ * biases (the rest of a 16-bit model lives in model_point16's buffer). The
+ * order is Hugging Face's: embed, then per layer its norms, projections
+ * and biases, then the final norm and an untied lm_head. */
+static size_t point_f32(const model_config *c, float *base, bool matrices, model_weights *w)
 {
-    size_t n = 2 * (size_t)c->hidden_size + (c->qk_norm ? 2 * (size_t)c->head_dim : 0);
-    for (int m = 0; m < PEFT_MODULE_COUNT; m++) {
-        int o, i;
-        model_module_shape(c, (enum peft_module)m, &o, &i);
-        n += (size_t)o * (size_t)i;
-        if (c->attention_bias && m <= PEFT_V_PROJ)
-            n += (size_t)o;
-    }
-    return n;
-}
-
-size_t model_weights_count(const model_config *c)
-{
-    size_t vd = (size_t)c->vocab_size * (size_t)c->hidden_size;
-    return vd + (size_t)c->hidden_size + (c->tie_word_embeddings ? 0 : vd) +
-           (size_t)c->num_hidden_layers * layer_count(c);
-}
-
-int model_weights_point(const model_config *c, float *base, model_weights *w)
-{
-    layer_weights *layers = calloc((size_t)c->num_hidden_layers, sizeof *layers);
-    if (!layers)
-        return RT_ERR_NOMEM;
-    size_t vd = (size_t)c->vocab_size * (size_t)c->hidden_size;
-    float *p = base;
-    w->embed = p;
-    p += vd;
-    for (int l = 0; l < c->num_hidden_layers; l++) {
-        layer_weights *lw = &layers[l];
-        lw->ln1 = p;
-        p += c->hidden_size;
-        lw->ln2 = p;
-        p += c->hidden_size;
+    size_t vd = (size_t)c->vocab_size * (size_t)c->hidden_size, off = 0;
+#define TAKE(slot, n) do { if (base) (slot) = base + off; off += (n); } while (0)
+    if (matrices)
+        TAKE(w->embed, vd);
+    int layers = base ? c->num_hidden_layers : 1; /* counting: one layer, times the depth below */
+    size_t before = off;
+    for (int l = 0; l < layers; l++) {
+        layer_weights *lw = base ? &w->layers[l] : NULL;
+        TAKE(lw->ln1, (size_t)c->hidden_size);
+        TAKE(lw->ln2, (size_t)c->hidden_size);
         if (c->qk_norm) {
-            lw->q_norm = p;
-            lw->k_norm = p + c->head_dim;
-            p += 2 * (size_t)c->head_dim;
+            TAKE(lw->q_norm, (size_t)c->head_dim);
+            TAKE(lw->k_norm, (size_t)c->head_dim);
         }
         for (int m = 0; m < PEFT_MODULE_COUNT; m++) {
             int o, i;
             model_module_shape(c, (enum peft_module)m, &o, &i);
-            lw->proj[m] = p;
-            p += (size_t)o * (size_t)i;
-            if (c->attention_bias && m <= PEFT_V_PROJ) {
-                lw->bias[m] = p;
-                p += o;
-            }
+            if (matrices)
+                TAKE(lw->proj[m], (size_t)o * (size_t)i);
+            if (c->attention_bias && m <= PEFT_V_PROJ)
+                TAKE(lw->bias[m], (size_t)o);
         }
     }
-    w->final_norm = p;
-    p += c->hidden_size;
-    w->lm_head = c->tie_word_embeddings ? w->embed : p;
-    w->layers = layers;
-    return RT_OK;
+    if (!base)
+        off = before + (off - before) * (size_t)c->num_hidden_layers;
+    TAKE(w->final_norm, (size_t)c->hidden_size);
+    if (matrices && !c->tie_word_embeddings)
+        TAKE(w->lm_head, vd);
+#undef TAKE
+    if (base && matrices)
+        w->lm_head = c->tie_word_embeddings ? w->embed : w->lm_head;
+    return off;
+}
+
+/* Points the 16-bit matrices of c (embed, projections, untied lm_head) at
+ * base (NULL: only counts); returns the elements they take. */
+static size_t point16(const model_config *c, uint16_t *base, model_weights *w)
+{
+    size_t vd = (size_t)c->vocab_size * (size_t)c->hidden_size, off = 0;
+    if (base)
+        w->embed16 = base;
+    off += vd;
+    for (int l = 0; l < c->num_hidden_layers; l++)
+        for (int m = 0; m < PEFT_MODULE_COUNT; m++) {
+            int o, i;
+            model_module_shape(c, (enum peft_module)m, &o, &i);
+            if (base)
+                w->layers[l].proj16[m] = base + off;
+            off += (size_t)o * (size_t)i;
+        }
+    if (base)
+        w->lm_head16 = c->tie_word_embeddings ? w->embed16 : base + off;
+    return off + (c->tie_word_embeddings ? 0 : vd);
+}
+
+size_t model_weights_count(const model_config *c)
+{
+    return point_f32(c, NULL, true, NULL);
+}
+
+/* Allocates w's host array of layers (zeroed). */
+static int alloc_layers(const model_config *c, model_weights *w)
+{
+    memset(w, 0, sizeof *w);
+    w->layers = calloc((size_t)c->num_hidden_layers, sizeof *w->layers);
+    return w->layers ? RT_OK : RT_ERR_NOMEM;
+}
+
+int model_weights_point(const model_config *c, float *base, model_weights *w)
+{
+    int rc = alloc_layers(c, w);
+    if (rc == RT_OK)
+        point_f32(c, base, true, w);
+    return rc;
 }
 
 void model_weights_release(model_weights *w)
@@ -104,18 +127,20 @@ void model_weights_release(model_weights *w)
     }
 }
 
-/* Appends one entry to the tensor list. */
-static void add_tensor(model_tensor *t, size_t *n, const char *name, float *ptr, int rows, int cols)
+/* Appends one entry to the tensor list; a matrix of a 16-bit weight set
+ * records where its 16-bit pointer lives instead of an fp32 pointer. */
+static void add_tensor(model_tensor *t, size_t *n, const char *name, float *ptr, const uint16_t **ptr16,
+                       int rows, int cols)
 {
     snprintf(t[*n].name, sizeof t[*n].name, "%s", name);
     t[*n].ptr = ptr;
+    t[*n].ptr16 = ptr16;
     t[*n].rows = rows;
     t[*n].cols = cols;
     (*n)++;
 }
 
-int model_tensor_list(const model_config *c, const model_weights *w, model_tensor **out,
-                      size_t *count)
+int model_tensor_list(const model_config *c, model_weights *w, model_tensor **out, size_t *count)
 {
     size_t cap = 3 + (size_t)c->num_hidden_layers * 14;
     model_tensor *t = calloc(cap, sizeof *t);
@@ -123,18 +148,20 @@ int model_tensor_list(const model_config *c, const model_weights *w, model_tenso
         return RT_ERR_NOMEM;
     size_t n = 0;
     char name[96];
-    add_tensor(t, &n, "model.embed_tokens.weight", w->embed, c->vocab_size, c->hidden_size);
+    bool w16 = w->matrices16;
+    add_tensor(t, &n, "model.embed_tokens.weight", w->embed, w16 ? &w->embed16 : NULL, c->vocab_size,
+               c->hidden_size);
     for (int l = 0; l < c->num_hidden_layers; l++) {
-        const layer_weights *lw = &w->layers[l];
+        layer_weights *lw = &w->layers[l];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        add_tensor(t, &n, name, lw->ln1, 0, c->hidden_size);
+        add_tensor(t, &n, name, lw->ln1, NULL, 0, c->hidden_size);
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        add_tensor(t, &n, name, lw->ln2, 0, c->hidden_size);
-        if (lw->q_norm) {
+        add_tensor(t, &n, name, lw->ln2, NULL, 0, c->hidden_size);
+        if (c->qk_norm) {
             snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
-            add_tensor(t, &n, name, lw->q_norm, 0, c->head_dim);
+            add_tensor(t, &n, name, lw->q_norm, NULL, 0, c->head_dim);
             snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
-            add_tensor(t, &n, name, lw->k_norm, 0, c->head_dim);
+            add_tensor(t, &n, name, lw->k_norm, NULL, 0, c->head_dim);
         }
         for (int m = 0; m < PEFT_MODULE_COUNT; m++) {
             int o, i;
@@ -142,16 +169,17 @@ int model_tensor_list(const model_config *c, const model_weights *w, model_tenso
             const char *group = peft_module_is_mlp((enum peft_module)m) ? "mlp" : "self_attn";
             const char *mod = peft_module_name((enum peft_module)m);
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, group, mod);
-            add_tensor(t, &n, name, lw->proj[m], o, i);
-            if (m <= PEFT_V_PROJ && lw->bias[m]) {
+            add_tensor(t, &n, name, lw->proj[m], w16 ? &lw->proj16[m] : NULL, o, i);
+            if (m <= PEFT_V_PROJ && c->attention_bias) {
                 snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, group, mod);
-                add_tensor(t, &n, name, lw->bias[m], 0, o);
+                add_tensor(t, &n, name, lw->bias[m], NULL, 0, o);
             }
         }
     }
-    add_tensor(t, &n, "model.norm.weight", w->final_norm, 0, c->hidden_size);
+    add_tensor(t, &n, "model.norm.weight", w->final_norm, NULL, 0, c->hidden_size);
     if (!c->tie_word_embeddings)
-        add_tensor(t, &n, "lm_head.weight", w->lm_head, c->vocab_size, c->hidden_size);
+        add_tensor(t, &n, "lm_head.weight", w->lm_head, w16 ? &w->lm_head16 : NULL, c->vocab_size,
+                   c->hidden_size);
     *out = t;
     *count = n;
     return RT_OK;
@@ -239,25 +267,29 @@ float model_rope_query_scale(const model_config *c)
     return (float)(a * a);
 }
 
-/* Allocates the model shell, its weight buffer and the RoPE table. */
-static int model_alloc(const model_config *cfg, const kernels_backend *be, model **out)
+/* Allocates the model shell, its fp32 buffer (every tensor, or only norms
+ * and biases when w16 is set) and the RoPE table. */
+static int model_alloc(const model_config *cfg, const kernels_backend *be, kernels_dtype w16,
+                       model **out)
 {
     model *m = calloc(1, sizeof *m);
     if (!m)
         return RT_ERR_NOMEM;
     m->cfg = *cfg;
     m->be = be;
+    m->w16 = w16;
     m->rope_qscale = model_rope_query_scale(cfg);
-    size_t n = model_weights_count(cfg);
-    float host_freq[1024];
-    int rc = be->alloc((void **)&m->params, n * sizeof(float));
+    size_t n = point_f32(cfg, NULL, !w16, NULL);
+    m->weight_bytes = n * sizeof(float) + (w16 ? point16(cfg, NULL, NULL) * sizeof(uint16_t) : 0);
+    float host_freq[HF_MAX_HEAD_DIM / 2];
+    int rc = cfg->head_dim / 2 > HF_MAX_HEAD_DIM / 2 ? RT_ERR_UNSUPPORTED : alloc_layers(cfg, &m->w);
+    if (rc == RT_OK)
+        rc = be->alloc((void **)&m->params, n * sizeof(float));
     if (rc == RT_OK)
         rc = be->alloc((void **)&m->inv_freq, sizeof(float) * (size_t)(cfg->head_dim / 2));
-    if (rc == RT_OK)
-        rc = model_weights_point(cfg, m->params, &m->w);
-    if (rc == RT_OK && cfg->head_dim / 2 > 1024)
-        rc = RT_ERR_UNSUPPORTED;
     if (rc == RT_OK) {
+        point_f32(cfg, m->params, !w16, &m->w);
+        m->w.matrices16 = w16 != 0;
         rope_inv_freq(cfg, host_freq);
         rc = be->copy_to_device(m->inv_freq, host_freq, sizeof(float) * (size_t)(cfg->head_dim / 2), NULL);
     }
@@ -275,35 +307,173 @@ void model_free(model *m)
         return;
     if (m->be) {
         m->be->free(m->params);
+        m->be->free(m->params16);
         m->be->free(m->inv_freq);
     }
+    st_model_close(m->mapped);
     model_weights_release(&m->w);
     free(m);
 }
 
-/* Reads one HF tensor into the device pointer, checking its shape. */
-static int load_tensor(const st_model *st, const model_tensor *t, const kernels_backend *be,
-                       float *staging, char *err, size_t errsize)
+int model_dtype_parse(const char *name, enum model_dtype *out)
+{
+    static const char *names[] = {"auto", "f32", "bf16", "f16"};
+    for (int i = 0; name && i < 4; i++)
+        if (strcmp(name, names[i]) == 0) {
+            *out = (enum model_dtype)i;
+            return RT_OK;
+        }
+    return RT_ERR_INVALID;
+}
+
+/* The checkpoint tensor for t, its shape checked against the config. */
+static int find_tensor(const st_model *st, const model_tensor *t, const st_tensor **out, char *err,
+                       size_t errsize)
 {
     const st_tensor *src = st_model_find(st, t->name);
     if (!src)
         return st_fail(err, errsize, RT_ERR_FORMAT, "model weights lack tensor %s", t->name);
     bool ok = t->rows ? src->rank == 2 && src->shape[0] == t->rows && src->shape[1] == t->cols
                       : src->rank == 1 && src->shape[0] == t->cols;
+    char shape[ST_SHAPE_TEXT];
+    if (!ok && t->rows)
+        return st_fail(err, errsize, RT_ERR_FORMAT, "tensor %s has shape %s, config.json implies [%d, %d]",
+                       t->name, st_shape_format(src, shape, sizeof shape), t->rows, t->cols);
     if (!ok)
-        return st_fail(err, errsize, RT_ERR_FORMAT,
-                       "tensor %s has shape [%lld, %lld], config.json implies [%d, %d]", t->name,
-                       (long long)src->shape[0], (long long)src->shape[1], t->rows, t->cols);
-    int rc = st_tensor_read_f32(src, staging, src->numel);
-    if (rc != RT_OK)
-        return st_fail(err, errsize, rc, "tensor %s has dtype %s, which cannot be loaded", t->name,
-                       st_dtype_name(src->dtype));
-    return be->copy_to_device(t->ptr, staging, src->numel * sizeof(float), NULL);
+        return st_fail(err, errsize, RT_ERR_FORMAT, "tensor %s has shape %s, config.json implies [%d]",
+                       t->name, st_shape_format(src, shape, sizeof shape), t->cols);
+    if (src->dtype != ST_F32 && src->dtype != ST_BF16 && src->dtype != ST_F16)
+        return st_fail(err, errsize, RT_ERR_FORMAT, "tensor %s has dtype %s; only F32, BF16 and "
+                       "F16 weights can be loaded", t->name, st_dtype_name(src->dtype));
+    *out = src;
+    return RT_OK;
 }
 
-int model_load(const char *dir, const kernels_backend *be, model **out, char *err, size_t errsize)
+/* Every tensor config.json implies is in the checkpoint, with its shape
+ * and a float dtype. Checked before anything sized by config.json is
+ * allocated, so a config far larger than its weights is refused by name
+ * rather than allocated first. */
+static int check_tensors(const model_config *cfg, const st_model *st, char *err, size_t errsize)
+{
+    model_weights shell; /* no buffer: the list only needs names and shapes */
+    model_tensor *t = NULL;
+    size_t n = 0;
+    int rc = alloc_layers(cfg, &shell);
+    if (rc == RT_OK)
+        rc = model_tensor_list(cfg, &shell, &t, &n);
+    if (rc != RT_OK)
+        st_fail(err, errsize, rc, "no memory to list the tensors of %d layers", cfg->num_hidden_layers);
+    for (size_t i = 0; rc == RT_OK && i < n; i++) {
+        const st_tensor *src;
+        rc = find_tensor(st, &t[i], &src, err, errsize);
+    }
+    free(t);
+    model_weights_release(&shell);
+    return rc;
+}
+
+/* Reads one fp32 tensor through the staging buffer onto the device. */
+static int load_f32(const st_tensor *src, float *dst, const kernels_backend *be, void *staging)
+{
+    int rc = st_tensor_read_f32(src, staging, src->numel);
+    return rc == RT_OK ? be->copy_to_device(dst, staging, src->numel * sizeof(float), NULL) : rc;
+}
+
+static enum st_dtype st_dtype_of(kernels_dtype dt)
+{
+    return dt == KERNELS_BF16 ? ST_BF16 : ST_F16;
+}
+
+/* Writes one 16-bit matrix into its place in m->params16: the raw bytes
+ * when the file has that dtype, else converted through fp32 staging. */
+static int load_16(const st_tensor *src, const model_tensor *t, const model *m, void *staging)
+{
+    uint16_t *dst = (uint16_t *)*t->ptr16;
+    if (src->dtype == st_dtype_of(m->w16))
+        return m->be->copy_to_device(dst, src->data, src->nbytes, NULL);
+    float *f = staging;
+    uint16_t *h = (uint16_t *)(f + src->numel);
+    int rc = st_tensor_read_f32(src, f, src->numel);
+    for (size_t i = 0; rc == RT_OK && i < src->numel; i++)
+        h[i] = m->w16 == KERNELS_BF16 ? st_f32_to_bf16(f[i]) : st_f32_to_f16(f[i]);
+    return rc == RT_OK ? m->be->copy_to_device(dst, h, src->numel * sizeof *h, NULL) : rc;
+}
+
+/* The 16-bit type the matrices are kept in for dtype, given the dtype the
+ * checkpoint stores its embedding in (auto follows the checkpoint). */
+static kernels_dtype wanted_w16(enum model_dtype dtype, enum st_dtype stored)
+{
+    if (dtype == MODEL_DTYPE_AUTO)
+        return stored == ST_BF16 ? KERNELS_BF16 : stored == ST_F16 ? KERNELS_F16 : 0;
+    return dtype == MODEL_DTYPE_BF16 ? KERNELS_BF16 : dtype == MODEL_DTYPE_F16 ? KERNELS_F16 : 0;
+}
+
+/* True when every 16-bit matrix of the list is stored in m's dtype in the
+ * checkpoint and m lives on the CPU: they can then point into the mapped
+ * file. Shapes and dtypes are checked on the way. */
+static int can_map(const st_model *st, const model *m, const model_tensor *t, size_t n, bool *out,
+                   char *err, size_t errsize)
+{
+    bool all = strcmp(m->be->name, "cpu") == 0;
+    for (size_t i = 0; i < n; i++) {
+        const st_tensor *src;
+        int rc = find_tensor(st, &t[i], &src, err, errsize);
+        if (rc != RT_OK)
+            return rc;
+        if (t[i].ptr16 && (src->dtype != st_dtype_of(m->w16) || ((uintptr_t)src->data & 1)))
+            all = false;
+    }
+    *out = all;
+    return RT_OK;
+}
+
+/* Points the matrices into the mapped file, or allocates params16 and
+ * copies them there; then loads the fp32 tensors. */
+static int load_tensors(st_model *st, model *m, model_tensor *t, size_t n, bool map, char *err,
+                        size_t errsize)
+{
+    int rc = RT_OK;
+    if (m->w16 && !map) {
+        uint16_t *base = NULL;
+        rc = m->be->alloc((void **)&base, point16(&m->cfg, NULL, NULL) * sizeof(uint16_t));
+        if (rc != RT_OK)
+            return st_fail(err, errsize, rc, "no memory for the %zu MiB of 16-bit weights",
+                           point16(&m->cfg, NULL, NULL) * 2 >> 20);
+        m->params16 = base;
+        point16(&m->cfg, base, &m->w);
+    }
+    size_t biggest = 0; /* staging holds the largest tensor (and its 16-bit copy) */
+    for (size_t i = 0; i < n; i++) {
+        size_t numel = (size_t)(t[i].rows ? t[i].rows : 1) * (size_t)t[i].cols;
+        biggest = numel > biggest ? numel : biggest;
+    }
+    void *staging = malloc(biggest * (sizeof(float) + sizeof(uint16_t)));
+    if (!staging)
+        return st_fail(err, errsize, RT_ERR_NOMEM, "no memory to stage a tensor of %zu values", biggest);
+    for (size_t i = 0; rc == RT_OK && i < n; i++) {
+        const st_tensor *src;
+        rc = find_tensor(st, &t[i], &src, err, errsize);
+        if (rc == RT_OK && t[i].ptr16 && map)
+            *t[i].ptr16 = src->data;
+        else if (rc == RT_OK && t[i].ptr16)
+            rc = load_16(src, &t[i], m, staging);
+        else if (rc == RT_OK)
+            rc = load_f32(src, t[i].ptr, m->be, staging);
+        if (rc != RT_OK && !err[0])
+            st_fail(err, errsize, rc, "tensor %s could not be loaded (%s)", t[i].name, rt_strerror(rc));
+    }
+    free(staging);
+    if (m->w16 && m->cfg.tie_word_embeddings)
+        m->w.lm_head16 = m->w.embed16; /* tied: no lm_head tensor in the list */
+    return rc;
+}
+
+int model_load_as(const char *dir, const kernels_backend *be, enum model_dtype dtype, model **out,
+                  char *err, size_t errsize)
 {
     model_config cfg;
+    if (err && errsize)
+        err[0] = '\0';
     int rc = hf_config_load(dir, &cfg, err, errsize);
     if (rc != RT_OK)
         return rc;
@@ -313,31 +483,49 @@ int model_load(const char *dir, const kernels_backend *be, model **out, char *er
     st_model *st = NULL;
     model *m = NULL;
     model_tensor *tensors = NULL;
-    float *staging = NULL;
     size_t n = 0;
+    bool map = false;
     rc = st_model_open(dir, &st, err, errsize);
     if (rc == RT_OK)
-        rc = model_alloc(&cfg, be, &m);
+        rc = check_tensors(&cfg, st, err, errsize);
+    const st_tensor *embed = rc == RT_OK ? st_model_find(st, "model.embed_tokens.weight") : NULL;
+    if (rc == RT_OK && (rc = model_alloc(&cfg, be, wanted_w16(dtype, embed ? embed->dtype : ST_F32), &m)))
+        st_fail(err, errsize, rc, "%s: no room for the %.2f GiB of weights on device %s (%s)", dir,
+                (double)point_f32(&cfg, NULL, true, NULL) * 4 / (1 << 30), be->name, rt_strerror(rc));
     if (rc == RT_OK)
         rc = model_tensor_list(&cfg, &m->w, &tensors, &n);
-    size_t biggest = 0; /* the staging buffer holds the largest tensor of the list */
-    for (size_t i = 0; rc == RT_OK && i < n; i++) {
-        size_t numel = (size_t)(tensors[i].rows ? tensors[i].rows : 1) * (size_t)tensors[i].cols;
-        biggest = numel > biggest ? numel : biggest;
-    }
-    if (rc == RT_OK && !(staging = malloc(biggest * sizeof(float))))
-        rc = RT_ERR_NOMEM;
-    for (size_t i = 0; rc == RT_OK && i < n; i++)
-        rc = load_tensor(st, &tensors[i], be, staging, err, errsize);
-    free(staging);
+    if (rc == RT_OK && m->w16)
+        rc = can_map(st, m, tensors, n, &map, err, errsize);
+    if (rc == RT_OK)
+        rc = load_tensors(st, m, tensors, n, map, err, errsize);
     free(tensors);
-    st_model_close(st);
+    if (rc == RT_OK && map)
+        m->mapped = st; /* the matrices point into it: closed with the model */
+    else
+        st_model_close(st);
     if (rc != RT_OK) {
+        if (map)
+            m->mapped = NULL;
         model_free(m);
         return rc;
     }
     *out = m;
     return RT_OK;
+}
+
+int model_load_named(const char *dir, const kernels_backend *be, const char *dtype, model **out,
+                     char *err, size_t errsize)
+{
+    enum model_dtype d = MODEL_DTYPE_AUTO;
+    if (dtype && model_dtype_parse(dtype, &d) != RT_OK)
+        return st_fail(err, errsize, RT_ERR_INVALID, "dtype '%.32s' is not one of auto, f32, bf16, f16",
+                       dtype);
+    return model_load_as(dir, be, d, out, err, errsize);
+}
+
+int model_load(const char *dir, const kernels_backend *be, model **out, char *err, size_t errsize)
+{
+    return model_load_as(dir, be, MODEL_DTYPE_F32, out, err, errsize);
 }
 
 /* Fills host with normal(0, std) values (Box-Muller). */
@@ -356,7 +544,7 @@ int model_init_random(const model_config *cfg, const kernels_backend *be, uint64
                       model **out)
 {
     model *m = NULL;
-    int rc = model_alloc(cfg, be, &m);
+    int rc = model_alloc(cfg, be, 0, &m);
     if (rc != RT_OK)
         return rc;
     size_t n = model_weights_count(cfg);
@@ -397,6 +585,9 @@ int model_init_random(const model_config *cfg, const kernels_backend *be, uint64
 int model_save(const model *m, const char *dir, char *err, size_t errsize)
 {
     const model_config *c = &m->cfg;
+    if (m->w16)
+        return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "model_save: a model loaded with 16-bit "
+                       "frozen weights cannot be saved (load it in f32 to train or merge it)");
     size_t n_floats = model_weights_count(c), n = 0;
     float *host = malloc(n_floats * sizeof(float));
     model_tensor *tensors = NULL;

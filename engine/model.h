@@ -24,15 +24,21 @@
 typedef struct layer_weights {
     float *ln1, *ln2;                     /* [d] input / post-attention RMSNorm */
     float *q_norm, *k_norm;               /* [head_dim] per-head RMSNorm (Qwen3) or NULL */
-    float *proj[PEFT_MODULE_COUNT];       /* [out, in] per module (q..down) */
+    float *proj[PEFT_MODULE_COUNT];       /* [out, in] per module (q..down); NULL when 16-bit */
     float *bias[3];                       /* q, k, v biases [out] or NULL */
+    const uint16_t *proj16[PEFT_MODULE_COUNT]; /* the same in 16 bits, or NULL */
 } layer_weights;
 
+/* A model's tensors. The matrices (embed, projections, lm_head) are either
+ * fp32 (the float pointers) or, for a frozen model kept in 16 bits, bf16 or
+ * f16 (the *16 pointers; matrices16 true); norms and biases are fp32. */
 typedef struct model_weights {
     float *embed;          /* [V, d] */
     float *final_norm;     /* [d] */
     float *lm_head;        /* [V, d]; == embed when tied */
     layer_weights *layers; /* host array of num_hidden_layers */
+    const uint16_t *embed16, *lm_head16;
+    bool matrices16;
 } model_weights;
 
 /* Output and input width of a projection module. */
@@ -57,26 +63,68 @@ void model_weights_release(model_weights *w);
 /* One named tensor of the Hugging Face layout, for loading and saving. */
 typedef struct model_tensor {
     char name[96];
-    float *ptr;          /* device pointer */
-    int rows, cols;      /* rank 1 when rows == 0 */
+    float *ptr;              /* device pointer (fp32 tensors) */
+    const uint16_t **ptr16;  /* a 16-bit matrix: where its pointer lives in the weights */
+    int rows, cols;          /* rank 1 when rows == 0 */
 } model_tensor;
 
 /* Lists the HF tensors of w (embed, layers..., norm, lm_head unless tied)
  * into a malloc'd array; the caller frees it. */
-int model_tensor_list(const model_config *c, const model_weights *w, model_tensor **out,
-                      size_t *count);
+int model_tensor_list(const model_config *c, model_weights *w, model_tensor **out, size_t *count);
+
+/* The in-memory type of a model's frozen matrices: what the checkpoint
+ * stores (auto), or fp32, bf16 or f16 whatever it stores. */
+enum model_dtype { MODEL_DTYPE_AUTO, MODEL_DTYPE_F32, MODEL_DTYPE_BF16, MODEL_DTYPE_F16 };
+
+/* "auto", "f32", "bf16", "f16" -> *out; RT_ERR_INVALID for anything else. */
+int model_dtype_parse(const char *name, enum model_dtype *out);
+
+struct st_model;
 
 typedef struct model {
     model_config cfg;
     const kernels_backend *be;
-    float *params;          /* device, model_weights_count floats */
+    float *params;          /* device fp32: every tensor, or norms and biases when 16-bit */
     model_weights w;
     float *inv_freq;        /* device [head_dim/2], rope_scaling applied */
     float rope_qscale;      /* model_rope_query_scale(&cfg) */
+    kernels_dtype w16;      /* 0: fp32 matrices; else their 16-bit type */
+    uint16_t *params16;     /* device copy of the 16-bit matrices, or NULL when mapped */
+    struct st_model *mapped;/* the open checkpoint the 16-bit matrices point into (CPU) */
+    size_t weight_bytes;    /* bytes of weights held (mapped pages included) */
 } model;
 
-/* Loads config.json + safetensors (F32/F16/BF16) from dir onto be. */
+/* Loads config.json + safetensors (F32/F16/BF16) from dir onto be, every
+ * matrix in fp32 (a model to train or merge). */
 int model_load(const char *dir, const kernels_backend *be, model **out, char *err, size_t errsize);
+
+/* As model_load with the matrices kept as dtype asks: a frozen model (a
+ * LoRA base, a served model). On the CPU backend 16-bit matrices stored in
+ * that very dtype are mapped from the file rather than copied. */
+int model_load_as(const char *dir, const kernels_backend *be, enum model_dtype dtype, model **out,
+                  char *err, size_t errsize);
+
+/* model_load_as with the dtype given by name ("auto", "f32", "bf16",
+ * "f16"; NULL means auto); an unknown name is RT_ERR_INVALID naming it. */
+int model_load_named(const char *dir, const kernels_backend *be, const char *dtype, model **out,
+                     char *err, size_t errsize);
+
+/* The projections, head and embedding of m, whatever its matrices' dtype.
+ * scratch is model_scratch_bytes(m, N) bytes (NULL when that is 0). */
+size_t model_scratch_bytes(const model *m, int N);
+/* out[N, OC] = in @ W^T (+ bias) of projection mod of a layer. */
+int model_proj_forward(const model *m, int layer, enum peft_module mod, float *out, void *scratch,
+                       const float *in, int N);
+/* dx += dy @ W; dw/db (fp32 models only, full fine-tuning) += their gradients. */
+int model_proj_backward(const model *m, int layer, enum peft_module mod, float *dx, float *dw,
+                        float *db, void *scratch, const float *dy, const float *in, int N);
+/* logits[N, V] = x @ lm_head^T. */
+int model_head_forward(const model *m, float *logits, void *scratch, const float *x, int N);
+/* dx += dlogits @ lm_head; dw += its gradient (fp32 models only). */
+int model_head_backward(const model *m, float *dx, float *dw, void *scratch, const float *dlogits,
+                        const float *x, int N);
+/* out[N, d] = embed[ids]. */
+int model_embed_forward(const model *m, float *out, const int32_t *ids, int N);
 
 /* A model with random weights (normal(0, 0.02) projections, ones for norms),
  * for pre-training and tests. */
@@ -130,7 +178,8 @@ int lora_clone_zero(const lora *l, lora **out);
 
 void lora_free(lora *l);
 
-/* W + scaling * B A, written into m's weights (for `retune merge`). */
+/* W + scaling * B A, written into m's fp32 weights (for `retune merge`);
+ * RT_ERR_UNSUPPORTED for a model with 16-bit weights. */
 int lora_merge_into(const lora *l, model *m);
 
 /* ---- forward / backward -------------------------------------------------- */
@@ -141,6 +190,17 @@ typedef struct model_acts model_acts;
  * rank r, 0 for none). Freed with model_acts_free. */
 int model_acts_create(const model *m, int B, int T, int lora_r, model_acts **out);
 void model_acts_free(model_acts *a);
+
+/* As model_acts_create with activation checkpointing when recompute is set:
+ * only each layer's input is kept, and model_backward runs each layer's
+ * forward again before its backward (one more forward pass of compute for
+ * activations of about one layer instead of all of them). */
+int model_acts_create_ckpt(const model *m, int B, int T, int lora_r, bool recompute,
+                           model_acts **out);
+
+/* Bytes model_acts_create_ckpt would allocate on the device for these
+ * sizes (activations and scratch), without allocating them. */
+size_t model_acts_bytes(const model *m, int B, int T, int lora_r, bool recompute);
 
 /* The step's inputs, host arrays of B*T: token ids, next-token targets
  * (< 0: no loss at that position) and the dropout key (seed, step). */

@@ -14,6 +14,7 @@
 #include "engine/safetensors.h"
 
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,8 +82,10 @@ static int peft_check_unsupported(const cJSON *root, const char *src, char *err,
             return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: %s is set, which is not supported",
                            src, off_fields[i]);
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
+    char got[32];
     if (!cJSON_IsString(pt))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: peft_type is missing", src);
+        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: peft_type must be the string \"LORA\", not %s", src,
+                       hf_json_describe(pt, got, sizeof got));
     if (strcmp(pt->valuestring, "LORA") != 0)
         return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: peft_type '%.32s' is not supported (only LORA)",
                        src, pt->valuestring);
@@ -133,15 +136,23 @@ static int peft_parse_numbers(const cJSON *root, const char *src, peft_config *c
     const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(root, "lora_alpha");
     const cJSON *drop = cJSON_GetObjectItemCaseSensitive(root, "lora_dropout");
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
+    char got[32];
     double rv = r ? (cJSON_IsNumber(r) ? r->valuedouble : NAN) : 8;
     if (!(rv >= 1 && rv <= PEFT_MAX_RANK) || rv != (double)(int)rv)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: r must be an integer in [1, %d]", src, PEFT_MAX_RANK);
-    float av = alpha ? (cJSON_IsNumber(alpha) ? (float)alpha->valuedouble : NAN) : 8.0f;
-    if (!(av > 0.0f) || !isfinite(av))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: lora_alpha must be a positive number", src);
-    float dv = drop && !cJSON_IsNull(drop) ? (cJSON_IsNumber(drop) ? (float)drop->valuedouble : NAN) : 0.0f;
-    if (!(dv >= 0.0f && dv < 1.0f))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: lora_dropout must be in [0, 1)", src);
+        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: r must be an integer in [1, %d], not %s", src,
+                       PEFT_MAX_RANK, hf_json_describe(r, got, sizeof got));
+    /* Ranges are checked in double: a double beyond FLT_MAX converted to
+     * float is undefined behaviour. */
+    double ad = alpha ? (cJSON_IsNumber(alpha) ? alpha->valuedouble : NAN) : 8.0;
+    if (!(ad > 0.0 && ad <= FLT_MAX) || !((float)ad > 0.0f))
+        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: lora_alpha must be a positive number a float holds, "
+                       "not %s", src, hf_json_describe(alpha, got, sizeof got));
+    float av = (float)ad;
+    double dd = drop && !cJSON_IsNull(drop) ? (cJSON_IsNumber(drop) ? drop->valuedouble : NAN) : 0.0;
+    if (!(dd >= 0.0 && dd < 1.0 && (float)dd < 1.0f))
+        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: lora_dropout must be in [0, 1), not %s", src,
+                       hf_json_describe(drop, got, sizeof got));
+    float dv = (float)dd;
     if (rs && !cJSON_IsNull(rs) && !cJSON_IsBool(rs))
         return st_fail(err, errsize, RT_ERR_FORMAT, "%s: use_rslora must be true or false", src);
     cfg->r = (int)rv;

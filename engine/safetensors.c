@@ -267,7 +267,8 @@ static int st_parse_entry(const char *path, const cJSON *entry, size_t data_len,
     if (!st_json_uint(offs->child, data_len, begin) || !st_json_uint(offs->child->next, data_len, end) ||
         *begin > *end)
         return st_fail(err, errsize, RT_ERR_FORMAT,
-                       "%s: tensor '%s': data_offsets outside the %zu-byte data section", path, name, data_len);
+                       "%s: tensor '%s': data_offsets must be two integers, begin <= end, within the %zu-byte "
+                       "data section", path, name, data_len);
     if (*end - *begin != nbytes)
         return st_fail(err, errsize, RT_ERR_FORMAT,
                        "%s: tensor '%s': data_offsets span %llu bytes but its dtype and shape need %zu",
@@ -397,7 +398,9 @@ out:
 /* Maps path read-only into f->map / f->map_len. */
 static int st_map(st_file *f, char *err, size_t errsize)
 {
-    int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO in a model folder must be refused below, not block
+     * the open until a writer comes; it changes nothing for regular files. */
+    int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return st_fail(err, errsize, st_errno_code(errno), "%s: cannot open: %s", f->path, strerror(errno));
     struct stat sb;
@@ -540,6 +543,18 @@ const char *st_file_metadata(const st_file *f, const char *key)
         if (strcmp(f->meta_keys[i], key) == 0)
             return f->meta_vals[i];
     return NULL;
+}
+
+const char *st_shape_format(const st_tensor *t, char *buf, size_t size)
+{
+    if (!buf || !size)
+        return buf;
+    size_t at = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; t && i < t->rank && i < ST_MAX_RANK && at < size; i++)
+        at += (size_t)snprintf(buf + at, size - at, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (at < size)
+        snprintf(buf + at, size - at, "]");
+    return buf;
 }
 
 int st_tensor_read_f32(const st_tensor *t, float *dst, size_t n)
@@ -1045,7 +1060,7 @@ int st_write_file_atomic(const char *path, const void *data, size_t len, char *e
 
 int st_read_file(const char *path, size_t max_bytes, char **out, size_t *len, char *err, size_t errsize)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);  /* a FIFO is refused, not waited on (st_map) */
     if (fd < 0)
         return st_fail(err, errsize, st_errno_code(errno), "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;

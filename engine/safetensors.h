@@ -94,6 +94,11 @@ const st_tensor *st_tensor_find(const st_file *f, const char *name);
 /* The value of a __metadata__ key, or NULL. Borrowed from f. */
 const char *st_file_metadata(const st_file *f, const char *key);
 
+/* Writes t's shape as "[a, b, ...]" ("[]" for a scalar) into buf, for
+ * messages; ST_SHAPE_TEXT bytes always hold it. Returns buf. */
+#define ST_SHAPE_TEXT (ST_MAX_RANK * 22 + 3)
+const char *st_shape_format(const st_tensor *t, char *buf, size_t size);
+
 /* Converts a F32/F16/BF16 tensor to float into dst, which holds n floats.
  * Errors: RT_ERR_INVALID when n != t->numel (nothing written),
  * RT_ERR_UNSUPPORTED for any other dtype (name it with st_dtype_name). */

@@ -12,15 +12,16 @@
 #include "engine/tokenizer_internal.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/rt.h"
+#include "engine/safetensors.h"
 
 #define TK_MAX_ID (1 << 22) /* ids above this are surely a broken file */
+#define TK_MAX_FILE_BYTES ((size_t)256 << 20) /* Llama 3's tokenizer.json is 9 MB */
 
 /* Formats a message into err when the caller gave room for one. */
 void tk_set_err(char *err, size_t errsize, const char *fmt, ...)
@@ -416,8 +417,10 @@ static int load_normalizer(tokenizer *tok, const cJSON *n, char *err, size_t err
     if (strcmp(type, "Replace") == 0) {
         s->kind = TK_NORM_REPLACE;
         const char *content = get_str(n, "content");
-        if (!content)
+        if (!content) {
+            tk_set_err(err, errsize, "a Replace normalizer has no content string");
             return RT_ERR_FORMAT;
+        }
         if (dup_str(content, &s->str) != RT_OK)
             return RT_ERR_NOMEM;
         return load_pattern(cJSON_GetObjectItemCaseSensitive(n, "pattern"), &s->pat, err, errsize);
@@ -536,16 +539,31 @@ static int load_pre(tokenizer *tok, const cJSON *p, char *err, size_t errsize)
 
 /* -------------------------------------------------------- post-processor */
 
+/* Reads a post-processor token id, which must have a token: an id past
+ * the vocabulary would reach the model as one it has no row for. */
+static int post_id(const tokenizer *tok, const cJSON *v, const char *name, int32_t *id, char *err,
+                   size_t errsize)
+{
+    if (read_id(v, id) != RT_OK || (size_t)*id >= tok->n_ids) {
+        tk_set_err(err, errsize, "post-processor token %.64s has no id in [0, %zu)", name, tok->n_ids);
+        return RT_ERR_FORMAT;
+    }
+    return RT_OK;
+}
+
 /* Appends the ids of one template special token to v. */
-static int template_ids(const cJSON *specials, const char *name, tk_ivec *v)
+static int template_ids(const tokenizer *tok, const cJSON *specials, const char *name, tk_ivec *v,
+                        char *err, size_t errsize)
 {
     const cJSON *sp = cJSON_GetObjectItemCaseSensitive(specials, name);
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(sp, "ids"), *it;
-    if (!cJSON_IsArray(ids))
+    if (!cJSON_IsArray(ids)) {
+        tk_set_err(err, errsize, "post-processor token %.64s has no ids list in special_tokens", name);
         return RT_ERR_FORMAT;
+    }
     cJSON_ArrayForEach(it, ids) {
         int32_t id;
-        if (read_id(it, &id) != RT_OK)
+        if (post_id(tok, it, name, &id, err, errsize) != RT_OK)
             return RT_ERR_FORMAT;
         if (tk_ivec_push(v, id) != RT_OK)
             return RT_ERR_NOMEM;
@@ -555,7 +573,7 @@ static int template_ids(const cJSON *specials, const char *name, tk_ivec *v)
 
 /* TemplateProcessing's "single": special tokens before $A go to the
  * prefix, those after it to the suffix. */
-static int load_template(tokenizer *tok, const cJSON *p)
+static int load_template(tokenizer *tok, const cJSON *p, char *err, size_t errsize)
 {
     const cJSON *specials = cJSON_GetObjectItemCaseSensitive(p, "special_tokens"), *it;
     bool after = false;
@@ -567,9 +585,11 @@ static int load_template(tokenizer *tok, const cJSON *p)
             continue;
         }
         const char *name = get_str(sp, "id");
-        if (!name)
+        if (!name) {
+            tk_set_err(err, errsize, "a post-processor SpecialToken has no id string");
             return RT_ERR_FORMAT;
-        int rc = template_ids(specials, name, after ? &tok->suffix : &tok->prefix);
+        }
+        int rc = template_ids(tok, specials, name, after ? &tok->suffix : &tok->prefix, err, errsize);
         if (rc != RT_OK)
             return rc;
     }
@@ -577,11 +597,13 @@ static int load_template(tokenizer *tok, const cJSON *p)
 }
 
 /* Roberta/Bert processing: [cls] $A [sep]; each given as [token, id]. */
-static int load_cls_sep(tokenizer *tok, const cJSON *p)
+static int load_cls_sep(tokenizer *tok, const cJSON *p, char *err, size_t errsize)
 {
     int32_t cls, sep;
-    if (read_id(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(p, "cls"), 1), &cls) != RT_OK ||
-        read_id(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(p, "sep"), 1), &sep) != RT_OK)
+    if (post_id(tok, cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(p, "cls"), 1), "cls", &cls, err,
+                errsize) != RT_OK ||
+        post_id(tok, cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(p, "sep"), 1), "sep", &sep, err,
+                errsize) != RT_OK)
         return RT_ERR_FORMAT;
     tok->prefix.len = tok->suffix.len = 0;
     if (tk_ivec_push(&tok->prefix, cls) != RT_OK || tk_ivec_push(&tok->suffix, sep) != RT_OK)
@@ -607,14 +629,12 @@ static int load_post(tokenizer *tok, const cJSON *p, char *err, size_t errsize)
     if (type && strcmp(type, "ByteLevel") == 0)
         return RT_OK; /* offsets only */
     if (type && strcmp(type, "TemplateProcessing") == 0)
-        rc = load_template(tok, p);
-    else if (type && (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")))
-        rc = load_cls_sep(tok, p);
-    else
-        rc = RT_ERR_UNSUPPORTED;
-    if (rc != RT_OK)
-        tk_set_err(err, errsize, "post-processor %s: %s", type ? type : "?", rt_strerror(rc));
-    return rc;
+        return load_template(tok, p, err, errsize);
+    if (type && (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")))
+        return load_cls_sep(tok, p, err, errsize);
+    tk_set_err(err, errsize, "post-processor %.64s is not supported (TemplateProcessing, ByteLevel, "
+               "RobertaProcessing, BertProcessing, Sequence)", type ? type : "without a type");
+    return RT_ERR_UNSUPPORTED;
 }
 
 /* --------------------------------------------------------------- decoder */
@@ -758,30 +778,6 @@ int tokenizer_load_json(const char *json, size_t len, tokenizer **out,
     return RT_OK;
 }
 
-/* Reads a whole file into a new buffer (*data, *len; caller frees). */
-static int read_file(const char *path, char **data, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return errno == ENOENT ? RT_ERR_NOT_FOUND : RT_ERR_IO;
-    tk_buf b = { 0 };
-    char chunk[65536];
-    size_t n;
-    int rc = RT_OK;
-    while (rc == RT_OK && (n = fread(chunk, 1, sizeof chunk, f)) > 0)
-        rc = tk_buf_append(&b, chunk, n);
-    if (rc == RT_OK && ferror(f))
-        rc = RT_ERR_IO;
-    fclose(f);
-    if (rc != RT_OK) {
-        tk_buf_free(&b);
-        return rc;
-    }
-    *data = b.p;
-    *len = b.len;
-    return RT_OK;
-}
-
 /* Loads a tokenizer.json file; see tokenizer.h. */
 int tokenizer_load(const char *path, tokenizer **out, char *err, size_t errsize)
 {
@@ -789,12 +785,12 @@ int tokenizer_load(const char *path, tokenizer **out, char *err, size_t errsize)
         return RT_ERR_INVALID;
     char *data = NULL;
     size_t len = 0;
-    int rc = read_file(path, &data, &len);
-    if (rc != RT_OK) {
-        tk_set_err(err, errsize, "cannot read %s: %s", path, rt_strerror(rc));
+    /* st_read_file, not a read loop: a FIFO, /dev/zero or a huge file in a
+     * model folder is refused instead of blocking or eating memory. */
+    int rc = st_read_file(path, TK_MAX_FILE_BYTES, &data, &len, err, errsize);
+    if (rc != RT_OK)
         return rc;
-    }
-    rc = tokenizer_load_json(data ? data : "", len, out, err, errsize);
+    rc = tokenizer_load_json(data, len, out, err, errsize);
     free(data);
     return rc;
 }

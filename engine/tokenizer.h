@@ -34,9 +34,11 @@
 typedef struct tokenizer tokenizer;
 
 /*
- * Loads a tokenizer.json file. On success *out owns a new tokenizer (free
- * with tokenizer_free). On failure returns RT_ERR_IO (unreadable),
- * RT_ERR_FORMAT (malformed), RT_ERR_UNSUPPORTED or RT_ERR_NOMEM, writes a
+ * Loads a tokenizer.json file (a regular file of at most 256 MiB). On
+ * success *out owns a new tokenizer (free with tokenizer_free). On failure
+ * returns RT_ERR_NOT_FOUND / RT_ERR_IO (unreadable, not a regular file),
+ * RT_ERR_TOO_LARGE, RT_ERR_FORMAT (malformed), RT_ERR_UNSUPPORTED or
+ * RT_ERR_NOMEM, writes a
  * message into err (may be NULL) and leaves *out untouched.
  */
 int tokenizer_load(const char *path, tokenizer **out, char *err, size_t errsize);

@@ -279,6 +279,7 @@ int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
         r.stopped = t->stopped;
         r.retention_loss_before = retention_before;
         r.retention_loss_after = retention_after;
+        r.memory = t->memory;
         *result = r;
     } else if (err && errsize && !err[0]) {
         snprintf(err, errsize, "training failed: %s", rt_strerror(rc));

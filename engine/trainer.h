@@ -29,6 +29,7 @@ typedef struct trainer {
     float *norm_scratch;           /* one device float */
     int64_t n_trainable, n_total;
     model_acts *acts;
+    engine_memory_plan memory;     /* estimated before allocating (plan_memory) */
     tokenizer *tok;
     chat_template *tmpl;
     train_set *train, *valid, *retention;

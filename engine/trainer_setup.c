@@ -148,13 +148,87 @@ static size_t largest(const train_set *const *sets, size_t n_sets)
     return n;
 }
 
+/* Floats of a LoRA adapter of rank r on the targeted modules of c. */
+static double lora_floats(const model_config *c, unsigned targets, int r)
+{
+    double n = 0;
+    for (int m = 0; m < PEFT_MODULE_COUNT; m++) {
+        int o, i;
+        model_module_shape(c, (enum peft_module)m, &o, &i);
+        if (targets & (1u << m))
+            n += (double)r * (o + i);
+    }
+    return n * c->num_hidden_layers;
+}
+
+/* Bytes this process may still use: RETUNE_MEMORY_LIMIT when set (a
+ * budget for the whole run, as a test or an operator sets it), else the
+ * kernel's MemAvailable plus the weights already loaded (they are part of
+ * the run). 0 when unknown. */
+static double memory_available(const model *m)
+{
+    const char *limit = getenv("RETUNE_MEMORY_LIMIT");
+    if (limit)
+        return strtod(limit, NULL);
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    double kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb * 1024.0 + (m->mapped ? 0.0 : (double)m->weight_bytes);
+}
+
+/* Estimates the run's peak before anything but the weights is allocated:
+ * weights, trainable tensors with their gradient and AdamW moments, and
+ * the activations for (batch, T). Turns activation checkpointing on when
+ * only it makes the run fit (unless told off), and refuses with the
+ * numbers and what would help when nothing fits. */
+static int plan_memory(trainer *t, int T, char *err, size_t errsize)
+{
+    const engine_train_config *c = &t->cfg;
+    const model_config *mc = &t->model->cfg;
+    engine_memory_plan *p = &t->memory;
+    int r = t->method == ENGINE_LORA ? c->lora_r : 0;
+    double trainable = t->method == ENGINE_LORA ? lora_floats(mc, c->target_modules, r)
+                                                : (double)model_weights_count(mc);
+    p->weights = (double)t->model->weight_bytes;
+    /* LoRA: A/B, grad, m, v; full: the weights are the params, + grad, m, v */
+    p->trainable = trainable * sizeof(float) * (t->method == ENGINE_LORA ? 4 : 3);
+    p->available = memory_available(t->model);
+    double full = (double)model_acts_bytes(t->model, c->batch_size, T, r, false);
+    double ckpt = (double)model_acts_bytes(t->model, c->batch_size, T, r, true);
+    p->grad_checkpoint = c->grad_checkpoint > 0 ||
+        (c->grad_checkpoint == 0 && p->available > 0 && p->weights + p->trainable + full > 0.9 * p->available);
+    p->activations = p->grad_checkpoint ? ckpt : full;
+    p->total = p->weights + p->trainable + p->activations;
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    rt_log(RT_LOG_INFO, "memory estimate: %.2f GiB (weights %.2f, trainable + AdamW %.2f, activations "
+           "%.2f for batch %d x %d tokens%s), %.2f GiB available", p->total / gib, p->weights / gib,
+           p->trainable / gib, p->activations / gib, c->batch_size, T,
+           p->grad_checkpoint ? ", activation checkpointing on" : "", p->available / gib);
+    if (p->available <= 0 || p->total <= 0.9 * p->available)
+        return RT_OK;
+    return st_fail(err, errsize, RT_ERR_NOMEM,
+                   "needs %.2f GiB (weights %.2f, trainable + AdamW %.2f, activations %.2f for batch "
+                   "%d x %d tokens%s), %.2f GiB available: try a smaller --batch-size or "
+                   "--max-seq-len%s%s", p->total / gib, p->weights / gib, p->trainable / gib,
+                   p->activations / gib, c->batch_size, T,
+                   p->grad_checkpoint ? " with activation checkpointing" : "", p->available / gib,
+                   p->grad_checkpoint ? "" : ", --grad-checkpoint",
+                   t->model->w16 || t->method != ENGINE_LORA ? "" : ", or --dtype bf16");
+}
+
 /* Activations, batch buffers and the step plan. */
 static int setup_buffers(trainer *t)
 {
     const engine_train_config *c = &t->cfg;
     const train_set *sets[] = {t->train, t->valid, t->retention};
     int T = longest(sets, 3);
-    int rc = model_acts_create(t->model, c->batch_size, T, t->ad ? c->lora_r : 0, &t->acts);
+    int rc = model_acts_create_ckpt(t->model, c->batch_size, T, t->ad ? c->lora_r : 0,
+                                    t->memory.grad_checkpoint, &t->acts);
     size_t n = largest(sets, 3);
     t->order = malloc(n * sizeof *t->order);
     t->identity = malloc(n * sizeof *t->identity);
@@ -193,10 +267,16 @@ int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_
     rc = kernels_backend_get(cfg->device ? cfg->device : engine_default_device(), &t->be);
     if (rc != RT_OK)
         st_fail(err, errsize, rc, "device %s is not available (%s)", cfg->device ? cfg->device : "default", rt_strerror(rc));
-    if (rc == RT_OK)
+    if (rc == RT_OK && cfg->method == ENGINE_FULL) /* trainable: fp32 masters */
         rc = model_load(cfg->model_dir, t->be, &t->model, err, errsize);
+    else if (rc == RT_OK) /* a frozen LoRA base: 16-bit when asked or stored so */
+        rc = model_load_named(cfg->model_dir, t->be, cfg->dtype, &t->model, err, errsize);
     if (rc == RT_OK)
         rc = load_data(t, err, errsize);
+    if (rc == RT_OK) {
+        const train_set *sets[] = {t->train, t->valid, t->retention};
+        rc = plan_memory(t, longest(sets, 3), err, errsize);
+    }
     if (rc == RT_OK)
         rc = setup_trainable(t);
     if (rc == RT_OK)

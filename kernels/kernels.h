@@ -54,6 +54,10 @@
 
 #include "common/rt.h"
 
+/* The element type of a frozen 16-bit weight (the linear16 ops): bfloat16
+ * or IEEE half, as the safetensors file stores it. */
+typedef enum kernels_dtype { KERNELS_BF16 = 1, KERNELS_F16 = 2 } kernels_dtype;
+
 /* An ordered queue of device work (a CUDA stream). Opaque; NULL = default. */
 typedef struct kernels_stream kernels_stream;
 
@@ -120,6 +124,24 @@ typedef struct kernels_backend {
     int (*linear_backward)(float *dinp, float *dweight, float *dbias,
                            const float *dout, const float *inp, const float *weight,
                            int N, int C, int OC, kernels_stream *s);
+
+    /* Frozen 16-bit weights (a LoRA base or a served model kept in bf16 or
+     * f16): the same products with weight[OC,C] of dtype dt, converted to
+     * fp32 on the fly; every product accumulates in fp32 (numerically the
+     * fp32 op on the converted weight, up to summation order). scratch is
+     * linear16_scratch_bytes(N, C, OC) bytes (may be 0 -> NULL). */
+    size_t (*linear16_scratch_bytes)(int N, int C, int OC);
+    /* out[N,OC] = inp[N,C] @ weight^T + bias (bias fp32, may be NULL). */
+    int (*linear16_forward)(float *out, void *scratch, const float *inp, const uint16_t *weight,
+                            kernels_dtype dt, const float *bias, int N, int C, int OC,
+                            kernels_stream *s);
+    /* dinp[N,C] += dout[N,OC] @ weight (a frozen weight has no dweight). */
+    int (*linear16_backward)(float *dinp, void *scratch, const float *dout,
+                             const uint16_t *weight, kernels_dtype dt, int N, int C, int OC,
+                             kernels_stream *s);
+    /* out[N,C] = fp32(table[ids[n], :]) for a 16-bit table; ids as below. */
+    int (*embedding16_forward)(float *out, const int32_t *ids, const uint16_t *table,
+                               kernels_dtype dt, int N, int C, int V, kernels_stream *s);
 
     /* Token embedding: out[N,C] = table[ids[n], :]. ids are int32 on the
      * device; an id outside [0, V) is RT_ERR_INVALID (CPU checks). */

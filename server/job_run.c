@@ -374,6 +374,7 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
     }
     tc.model_dir = cfg->model_dir;
     tc.device = cfg->device;
+    tc.dtype = cfg->dtype;
     tc.train_path = train;
     tc.valid_path = valid[0] ? valid : NULL;
     char retention[1100] = "";

@@ -31,6 +31,7 @@ typedef struct serve_options {
     int64_t max_upload_bytes;
     int64_t min_examples;
     const char *device;
+    const char *dtype;            /* base weights in memory: auto (NULL), f32, bf16, f16 */
     api_key keys[MAX_KEYS];
     size_t n_keys;
     const char *loras[MAX_KEYS];  /* "NAME=DIR" from --lora */
@@ -55,6 +56,8 @@ static void serve_usage(FILE *out)
             "  --min-examples N       fewest training examples a job accepts (RETUNE_MIN_EXAMPLES, default 10)\n"
             "  --device cpu|cuda[:N]  compute device for training and serving (RETUNE_DEVICE; default:\n"
             "                         the GPU when this build has CUDA and one is present, else cpu)\n"
+            "  --dtype auto|f32|bf16|f16  base weights in memory for serving and LoRA training\n"
+            "                         (RETUNE_DTYPE; auto, the default: as the checkpoint stores them)\n"
             "  --lora NAME=DIR        also serve the PEFT adapter in DIR as model NAME (repeatable)\n"
             "  --max-batch N          sequences decoded together (RETUNE_MAX_BATCH, default 8)\n"
             "  --max-context N        tokens per sequence (RETUNE_MAX_CONTEXT, default model's, <= 2048)\n"
@@ -141,6 +144,7 @@ static int read_environment(serve_options *o)
     o->max_upload_bytes = 512LL << 20;
     o->min_examples = 10;
     o->device = getenv("RETUNE_DEVICE"); /* NULL: the GPU if present, else the CPU */
+    o->dtype = getenv("RETUNE_DTYPE");
     if (getenv("RETUNE_MAX_BATCH") &&
         parse_int64("RETUNE_MAX_BATCH", getenv("RETUNE_MAX_BATCH"), 1, 256, &o->max_batch))
         return 2;
@@ -184,7 +188,7 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         {"min-examples", required_argument, NULL, 'n'}, {"device", required_argument, NULL, 'D'},
         {"lora", required_argument, NULL, 'L'}, {"max-batch", required_argument, NULL, 'B'},
         {"max-context", required_argument, NULL, 'C'}, {"max-waiting", required_argument, NULL, 'W'},
-        {"adapter-budget-mb", required_argument, NULL, 'A'},
+        {"adapter-budget-mb", required_argument, NULL, 'A'}, {"dtype", required_argument, NULL, 'y'},
         {NULL, 0, NULL, 0}};
     int c;
     int64_t v;
@@ -201,6 +205,7 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         case 'I': o->insecure_no_auth = true; break;
         case 'n': rc = parse_int64("--min-examples", optarg, 1, 1000000, &o->min_examples); break;
         case 'D': o->device = optarg; break;
+        case 'y': o->dtype = optarg; break;
         case 'L':
             if (!strchr(optarg, '=') || optarg[0] == '=' || o->n_loras == MAX_KEYS) {
                 fprintf(stderr, "retune serve: --lora takes NAME=DIR (got '%s')\n", optarg);
@@ -256,7 +261,7 @@ static void model_base_id(const char *dir, char *out, size_t size)
 static int open_engine(const serve_options *o, engine_server **out)
 {
     char err[1024] = "";
-    engine_server_config ec = {.model_dir = o->model_dir, .device = o->device,
+    engine_server_config ec = {.model_dir = o->model_dir, .device = o->device, .dtype = o->dtype,
                                .max_batch = (int)o->max_batch, .max_context = (int)o->max_context,
                                .max_waiting = (int)o->max_waiting,
                                .adapter_budget_bytes = (size_t)o->adapter_budget_mb << 20};
@@ -337,7 +342,8 @@ int server_serve_main(int argc, char **argv)
                       .full_model_budget_bytes = (size_t)4 << 30};
     if (api_server_start(&cfg, st, &srv) != RT_OK)
         goto out_storage;
-    worker_config wc = {.st = st, .model_dir = o.model_dir, .device = o.device, .engine = eng};
+    worker_config wc = {.st = st, .model_dir = o.model_dir, .device = o.device, .dtype = o.dtype,
+                        .engine = eng};
     if (o.model_dir && worker_start(&wc, &wk) != RT_OK) {
         api_server_stop(srv);
         goto out_storage;

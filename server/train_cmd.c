@@ -25,6 +25,8 @@ static void train_usage(FILE *out)
             "    [--use-rslora] [--warmup-ratio X] [--scheduler cosine|linear|constant]\n"
             "    [--weight-decay X] [--max-grad-norm X] [--max-steps N] [--eval-interval N]\n"
             "    [--checkpoint-dir DIR] [--checkpoint-interval N] [--resume DIR] [--device cpu|cuda]\n"
+            "    [--dtype auto|f32|bf16|f16]  frozen LoRA base in memory (auto: as the checkpoint stores it)\n"
+            "    [--grad-checkpoint]  recompute each layer's forward in backward (automatic when needed)\n"
             "    [--retention FILE]   (loss on FILE before and after: what the model kept)\n");
 }
 
@@ -105,6 +107,14 @@ static int apply_flag(engine_train_config *c, int opt, const char *arg)
     case 'C': rc = server_parse_int("train", "--checkpoint-interval", arg, 0, 1000000000, &c->checkpoint_interval); break;
     case 'u': c->resume_dir = arg; break;
     case 'D': c->device = arg; break;
+    case 'y':
+        c->dtype = arg;
+        if (strcmp(arg, "auto") && strcmp(arg, "f32") && strcmp(arg, "bf16") && strcmp(arg, "f16")) {
+            fprintf(stderr, "retune train: --dtype must be auto, f32, bf16 or f16 (got '%s')\n", arg);
+            rc = 2;
+        }
+        break;
+    case 'P': c->grad_checkpoint = 1; break;
     case 'K': c->retention_path = arg; break;
     default: rc = 2;
     }
@@ -122,7 +132,8 @@ static int parse_train_flags(engine_train_config *c, int argc, char **argv)
         {"warmup-ratio", 1, 0, 'w'}, {"scheduler", 1, 0, 'S'}, {"weight-decay", 1, 0, 'W'},
         {"max-grad-norm", 1, 0, 'G'}, {"max-steps", 1, 0, 'x'}, {"eval-interval", 1, 0, 'E'},
         {"checkpoint-dir", 1, 0, 'c'}, {"checkpoint-interval", 1, 0, 'C'}, {"resume", 1, 0, 'u'},
-        {"device", 1, 0, 'D'}, {"retention", 1, 0, 'K'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"device", 1, 0, 'D'}, {"dtype", 1, 0, 'y'}, {"grad-checkpoint", 0, 0, 'P'}, {"retention", 1, 0, 'K'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (opt == 'h') {
@@ -187,6 +198,8 @@ static void print_summary(const engine_train_result *r)
            (long long)r->tokens, r->steps, (long long)r->n_examples, (long long)r->truncated_examples);
     print_number("seconds", r->seconds, ", ");
     print_number("tokens_per_second", r->seconds > 0 ? (double)r->tokens / r->seconds : NAN, ", ");
+    print_number("memory_estimate_bytes", r->memory.total, ", ");
+    printf("\"grad_checkpoint\": %s, ", r->memory.grad_checkpoint ? "true" : "false");
     printf("\"peak_rss_bytes\": %lld}\n", (long long)ru.ru_maxrss * 1024);
     fflush(stdout);
 }

@@ -15,6 +15,7 @@ typedef struct worker_config {
     storage *st;               /* borrowed; outlives the worker */
     const char *model_dir;     /* the base model directory */
     const char *device;        /* "cpu", "cuda" */
+    const char *dtype;         /* the LoRA base in memory: "auto" (NULL), "f32", "bf16", "f16" */
     engine_server *engine;     /* the serving engine, or NULL: training yields to it */
     /* Called (on the worker thread) when a job produced a servable model:
      * kind is "adapter" or "model", dir its directory. May be NULL. */

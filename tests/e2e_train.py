@@ -106,6 +106,50 @@ def test_full_train():
         remove(d)
 
 
+def test_memory_plan_and_16bit_base():
+    """The memory estimate turns activation checkpointing on when only it
+    fits (same losses), refuses with the numbers when nothing fits, and a
+    bf16 base (--dtype bf16) trains LoRA to the losses of the fp32 one."""
+    d = temp_dir()
+    try:
+        train = os.path.join(d, "train.jsonl")
+        write_dataset(train, 8)
+        common = ["train", "--model", MODEL, "--train", train, "--method", "lora", "--batch-size", "4",
+                  "--max-steps", "3", "--lr", "1e-2", "--seed", "5", "--target-modules", "all-linear"]
+        plain = run(*common, "--out", os.path.join(d, "a"))
+        t.eq(plain.returncode, 0, f"plain run exits 0 ({plain.stderr[-300:]})")
+        s0 = summary(plain)
+        t.eq(s0.get("grad_checkpoint"), False, "plenty of memory: no checkpointing")
+        est = s0.get("memory_estimate_bytes") or 0
+        t.check(est > 0, f"the run reports its memory estimate ({est})")
+        forced = run(*common, "--out", os.path.join(d, "b"), "--grad-checkpoint")
+        s1 = summary(forced)
+        t.eq(s1.get("grad_checkpoint"), True, "--grad-checkpoint turns it on")
+        t.eq(s1.get("train_loss"), s0.get("train_loss"), "checkpointing gives the same loss, bit for bit")
+        t.check((s1.get("memory_estimate_bytes") or est) < est, "and a smaller estimate")
+        env = dict(os.environ, RETUNE_MEMORY_LIMIT=str(int(est / 0.9 - 1)))
+        auto = subprocess.run([BIN, *common, "--out", os.path.join(d, "c")], capture_output=True,
+                              text=True, timeout=600, env=env)
+        t.eq(auto.returncode, 0, f"a budget just under the estimate still trains ({auto.stderr[-300:]})")
+        t.eq(summary(auto).get("grad_checkpoint"), True, "by turning checkpointing on by itself")
+        env["RETUNE_MEMORY_LIMIT"] = "1000000"
+        refused = subprocess.run([BIN, *common, "--out", os.path.join(d, "e")], capture_output=True,
+                                 text=True, timeout=600, env=env)
+        t.check(refused.returncode != 0, "a budget far too small is refused")
+        t.check("needs" in refused.stderr and "GiB available" in refused.stderr and
+                "--batch-size" in refused.stderr, f"with the numbers and what helps: {refused.stderr.strip()[-300:]}")
+        t.check(not os.path.exists(os.path.join(d, "e")), "and writes nothing")
+        bf = run(*common, "--out", os.path.join(d, "f"), "--dtype", "bf16")
+        t.eq(bf.returncode, 0, f"a bf16 base trains ({bf.stderr[-300:]})")
+        lb, l0 = summary(bf).get("train_loss"), s0.get("train_loss")
+        t.check(lb is not None and l0 is not None and abs(lb - l0) < 0.05 * abs(l0),
+                f"to about the fp32 base's loss (bf16 {lb}, fp32 {l0})")
+        bad = run(*common, "--out", os.path.join(d, "g"), "--dtype", "int4")
+        t.check(bad.returncode != 0 and "--dtype" in bad.stderr, "--dtype int4 is refused by name")
+    finally:
+        remove(d)
+
+
 def test_bad_arguments():
     d = temp_dir()
     try:
@@ -134,6 +178,7 @@ def test_bad_arguments():
         remove(d)
 
 
-for fn in [test_lora_train_generate_merge, test_full_train, test_bad_arguments]:
+for fn in [test_lora_train_generate_merge, test_full_train, test_memory_plan_and_16bit_base,
+           test_bad_arguments]:
     t.run(fn)
 t.finish()

@@ -283,6 +283,57 @@ static void test_linear(void)
 
 /* ---- embedding, rmsnorm, rope ---------------------------------------------- */
 
+/* The 16-bit weight ops on bits made from random floats (bf16: the top
+ * half; f16: small integers over 64, exactly representable), for few rows
+ * (decode) and many (panels), plus the 16-bit embedding. */
+static void linear16_case(kernels_dtype dt, int N, int C, int OC)
+{
+    int64_t nw = (int64_t)OC * C;
+    uint16_t *w = track_host(malloc((size_t)nw * sizeof *w));
+    for (int64_t i = 0; i < nw; i++) {
+        float f = (float)urand(-1, 1);
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        w[i] = dt == KERNELS_BF16 ? (uint16_t)(u >> 16)
+                                  : (uint16_t)((i * 2654435761u >> 7) % 0x7800u); /* finite halves */
+    }
+    float *inp = hrand((int64_t)N * C, -1, 1), *bias = hrand(OC, -1, 1);
+    float *dout = hrand((int64_t)N * OC, -1, 1), *pi = hrand((int64_t)N * C, -1, 1);
+    int32_t ids[3] = {OC - 1, 0, 2};
+    float *r[2][3];
+    for (int side = 0; side < 2; side++) {
+        const kernels_backend *x = side ? be : cpu;
+        uint16_t *dw = dev_raw(x, (size_t)nw * sizeof *dw);
+        CHECK_EQ_INT(x->copy_to_device(dw, w, (size_t)nw * sizeof *w, NULL), RT_OK);
+        size_t sb = x->linear16_scratch_bytes(N, C, OC);
+        void *sc = sb ? dev_raw(x, sb) : NULL;
+        float *o = up_nan(x, (int64_t)N * OC), *gi = up(x, pi, (int64_t)N * C), *e = up_nan(x, 3 * C);
+        CHECK_EQ_INT(x->linear16_forward(o, sc, up(x, inp, (int64_t)N * C), dw, dt, up(x, bias, OC), N,
+                                         C, OC, NULL), RT_OK);
+        CHECK_EQ_INT(x->linear16_backward(gi, sc, up(x, dout, (int64_t)N * OC), dw, dt, N, C, OC, NULL),
+                     RT_OK);
+        CHECK_EQ_INT(x->embedding16_forward(e, up_i32(x, ids, 3), dw, dt, 3, C, OC, NULL), RT_OK);
+        r[side][0] = down(x, o, (int64_t)N * OC);
+        r[side][1] = down(x, gi, (int64_t)N * C);
+        r[side][2] = down(x, e, 3 * C);
+    }
+    char what[96];
+    snprintf(what, sizeof what, "linear16 %s N%d C%d OC%d", dt == KERNELS_BF16 ? "bf16" : "f16", N, C, OC);
+    fprintf(stderr, "   %s\n", what);
+    near("linear16 out", r[1][0], r[0][0], (int64_t)N * OC, TOL_MM);
+    near("linear16 dinp", r[1][1], r[0][1], (int64_t)N * C, TOL_MM);
+    near("embedding16", r[1][2], r[0][2], 3 * C, 0);
+    release_all();
+}
+
+static void test_linear16(void)
+{
+    linear16_case(KERNELS_BF16, 3, 70, 33);
+    linear16_case(KERNELS_BF16, 50, 70, 2100); /* more rows than one panel on either side */
+    linear16_case(KERNELS_F16, 1, 64, 40);
+    linear16_case(KERNELS_F16, 40, 33, 300);
+}
+
 static void test_embedding(void)
 {
     const int N = 40, C = 300, V = 17;
@@ -747,6 +798,7 @@ static void run_backend(const kernels_backend *b)
     RUN(test_memory);
     RUN(test_matmul);
     RUN(test_linear);
+    RUN(test_linear16);
     RUN(test_embedding);
     RUN(test_rmsnorm);
     RUN(test_rope);

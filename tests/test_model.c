@@ -8,11 +8,22 @@
  * Qwen3 (q/k head norms, a per-layer window), linear and YaRN rope. Also: an adapter written by retune reloads to the same
  * logits, and merging it equals applying it.
  *
- * Tolerances (ours is fp32, the reference fp64), |got - want| <= atol + rtol*|want|:
+ * `test_model DIR...` checks only the fixture dirs named, with what their
+ * expected.json says exists ("full": false: no full-model gradients;
+ * "adamw": false: no AdamW steps; "lora": false: no adapter): the real-config
+ * fixtures of tests/fixtures/make_real_config_fixtures.py, run by
+ * tests/e2e_real_configs.py. Each dir is checked with its matrices loaded as
+ * fp32 and, when its config says bfloat16/float16, again with them kept in
+ * 16 bits as stored (the frozen-LoRA-base path). It prints each dir's worst
+ * error as a fraction of its tolerance (above 1 fails).
+ *
+ * Tolerances (ours is fp32, the reference fp64), |got - want| <= atol + rtol*|want|,
+ * the same for the default fixtures and for named dirs:
  *   logits            atol 1e-4, rtol 1e-5 (of the largest logit)
  *   loss              atol 1e-5
  *   gradients         atol 1e-6, rtol 1e-4 (of the tensor's largest magnitude)
  *   AdamW step losses atol 2e-4
+ * NaN never passes.
  */
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -51,12 +62,16 @@ static int32_t *int_array(const cJSON *arr)
     return out;
 }
 
-static bool fixture_open(fixture *fx, const char *dir)
+/* Opens a fixture dir with the model's matrices in dtype (MODEL_DTYPE_F32:
+ * model_load, as training and merging load; MODEL_DTYPE_AUTO: as stored, as
+ * a frozen LoRA base or a served model loads). */
+static bool fixture_open(fixture *fx, const char *dir, enum model_dtype dtype)
 {
     char err[256] = "", path[512];
     memset(fx, 0, sizeof *fx);
     fx->dir = dir;
-    int rc = model_load(dir, kernels_cpu_backend(), &fx->m, err, sizeof err);
+    int rc = dtype == MODEL_DTYPE_F32 ? model_load(dir, kernels_cpu_backend(), &fx->m, err, sizeof err)
+                                      : model_load_as(dir, kernels_cpu_backend(), dtype, &fx->m, err, sizeof err);
     CHECK_MSG(rc == RT_OK, "model_load %s: %s", dir, err);
     snprintf(path, sizeof path, "%s/expected.safetensors", dir);
     CHECK(st_file_open(path, &fx->expected, err, sizeof err) == RT_OK);
@@ -90,7 +105,8 @@ static double scalar(const fixture *fx, const char *key)
 }
 
 /* Compares n device floats with the expected tensor `name`; the tolerance is
- * atol + rtol * max|want| (a gradient's scale). Returns the max error. */
+ * atol + rtol * max|want| (a gradient's scale). Returns the max error as a
+ * fraction of that tolerance (INFINITY for NaN or a missing tensor). */
 static double compare(const fixture *fx, const char *name, const float *dev, size_t n, double atol,
                       double rtol)
 {
@@ -116,8 +132,20 @@ static double compare(const fixture *fx, const char *name, const float *dev, siz
               scale);
     free(want);
     free(got);
-    return worst;
+    return worst / (atol + rtol * scale);
 }
+
+/* Whether expected.json marks a check as present: absent means yes (the
+ * default fixtures have every check). */
+static bool has_check(const fixture *fx, const char *key)
+{
+    return !cJSON_IsFalse(cJSON_GetObjectItem(fx->scalars, key));
+}
+
+/* The worst errors of one fixture dir, as fractions of their tolerances. */
+typedef struct worst_errors {
+    double logits, loss, lora_logits, lora_loss, lora_grads;
+} worst_errors;
 
 static model_batch batch_of(const fixture *fx)
 {
@@ -125,8 +153,8 @@ static model_batch batch_of(const fixture *fx)
     return b;
 }
 
-/* Logits, loss and every gradient of the full model. */
-static void check_full(fixture *fx)
+/* Logits, loss and (with grads) every gradient of the full model. */
+static void check_full(fixture *fx, bool grads, worst_errors *we)
 {
     model *m = fx->m;
     model_acts *a = NULL;
@@ -135,7 +163,13 @@ static void check_full(fixture *fx)
     model_loss loss;
     CHECK(model_forward(m, NULL, a, &b, &loss) == RT_OK);
     CHECK_NEAR(loss.loss, scalar(fx, "loss"), 1e-5);
-    compare(fx, "logits", model_acts_logits(a), (size_t)fx->B * fx->T * m->cfg.vocab_size, 1e-4, 1e-5);
+    we->loss = fabs(loss.loss - scalar(fx, "loss")) / 1e-5;
+    we->logits = compare(fx, "logits", model_acts_logits(a), (size_t)fx->B * fx->T * m->cfg.vocab_size,
+                         1e-4, 1e-5);
+    if (!grads) {
+        model_acts_free(a);
+        return;
+    }
     size_t n = model_weights_count(&m->cfg);
     float *gbuf;
     m->be->alloc((void **)&gbuf, n * sizeof(float));
@@ -159,7 +193,7 @@ static void check_full(fixture *fx)
 }
 
 /* LoRA logits, loss and A/B gradients with the base frozen. */
-static void check_lora(fixture *fx)
+static void check_lora(fixture *fx, worst_errors *we)
 {
     model *m = fx->m;
     char dir[512], err[256] = "";
@@ -175,7 +209,9 @@ static void check_lora(fixture *fx)
     model_loss loss;
     CHECK(model_forward(m, ad, a, &b, &loss) == RT_OK);
     CHECK_NEAR(loss.loss, scalar(fx, "lora_loss"), 1e-5);
-    compare(fx, "lora_logits", model_acts_logits(a), (size_t)fx->B * fx->T * m->cfg.vocab_size, 1e-4, 1e-5);
+    we->lora_loss = fabs(loss.loss - scalar(fx, "lora_loss")) / 1e-5;
+    we->lora_logits = compare(fx, "lora_logits", model_acts_logits(a),
+                              (size_t)fx->B * fx->T * m->cfg.vocab_size, 1e-4, 1e-5);
     CHECK(model_backward(m, ad, a, &b, NULL, g) == RT_OK);
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
         for (int mod = 0; mod < PEFT_MODULE_COUNT; mod++) {
@@ -185,10 +221,10 @@ static void check_lora(fixture *fx)
             char key[128], name[160];
             peft_key_format(l, (enum peft_module)mod, 'A', key, sizeof key);
             snprintf(name, sizeof name, "lora_grad.%s", key);
-            compare(fx, name, g->a[s], (size_t)ad->cfg.r * in, 1e-6, 1e-4);
+            we->lora_grads = fmax(we->lora_grads, compare(fx, name, g->a[s], (size_t)ad->cfg.r * in, 1e-6, 1e-4));
             peft_key_format(l, (enum peft_module)mod, 'B', key, sizeof key);
             snprintf(name, sizeof name, "lora_grad.%s", key);
-            compare(fx, name, g->b[s], (size_t)o * ad->cfg.r, 1e-6, 1e-4);
+            we->lora_grads = fmax(we->lora_grads, compare(fx, name, g->b[s], (size_t)o * ad->cfg.r, 1e-6, 1e-4));
         }
     model_acts_free(a);
     lora_free(g);
@@ -253,8 +289,62 @@ static void check_adamw(fixture *fx, bool use_lora)
     model_free(work);
 }
 
-int main(void)
+/* Runs the checks expected.json says exist on one fixture dir, its model
+ * loaded with dtype; with report, prints its worst errors as fractions of
+ * their tolerances. */
+static void check_dir_as(const char *dir, enum model_dtype dtype, bool report)
 {
+    fixture fx;
+    const char *how = dtype == MODEL_DTYPE_F32 ? "fp32 matrices" : "matrices as stored";
+    fprintf(stderr, "-- %s (%s)\n", dir, how);
+    if (!fixture_open(&fx, dir, dtype)) {
+        fixture_close(&fx);
+        return;
+    }
+    worst_errors we = {0};
+    const cJSON *vocab_exact = cJSON_GetObjectItem(fx.scalars, "vocab_exact");
+    if (report)
+        fprintf(stderr, "%s: torch_dtype %s, %s (%s in memory), %zu params, %d layers, vocab %d%s\n", dir,
+                fx.m->cfg.torch_dtype, how, fx.m->w16 == KERNELS_BF16 ? "bf16" : fx.m->w16 ? "f16" : "fp32",
+                model_weights_count(&fx.m->cfg), fx.m->cfg.num_hidden_layers, fx.m->cfg.vocab_size,
+                cJSON_IsFalse(vocab_exact) ? " (capped: the real vocab is larger)" : "");
+    if (dtype == MODEL_DTYPE_AUTO)
+        CHECK_MSG(fx.m->w16 != 0, "%s: a 16-bit checkpoint loads with 16-bit matrices", dir);
+    check_full(&fx, has_check(&fx, "full"), &we);
+    if (has_check(&fx, "lora"))
+        check_lora(&fx, &we);
+    if (has_check(&fx, "adamw")) {
+        check_adamw(&fx, false);
+        check_adamw(&fx, true);
+    }
+    if (report)
+        fprintf(stderr, "%s (%s): worst error / tolerance: logits %.3g, loss %.3g, lora logits %.3g, "
+                "lora loss %.3g, lora grads %.3g\n", dir, how, we.logits, we.loss, we.lora_logits,
+                we.lora_loss, we.lora_grads);
+    fixture_close(&fx);
+}
+
+/* A named dir: a 16-bit one (torch_dtype bfloat16 or float16) with its
+ * matrices kept as stored (the path of a frozen LoRA base and of serving;
+ * its fp32 load is the f32 variant's and tests/test_model16.c's business),
+ * any other with fp32 matrices. */
+static void check_named_dir(const char *dir)
+{
+    cJSON *cfg = read_json(dir, "config.json");
+    const cJSON *dt = cJSON_GetObjectItem(cfg, "torch_dtype");
+    bool w16 = cJSON_IsString(dt) &&
+               (strcmp(dt->valuestring, "bfloat16") == 0 || strcmp(dt->valuestring, "float16") == 0);
+    check_dir_as(dir, w16 ? MODEL_DTYPE_AUTO : MODEL_DTYPE_F32, true);
+    cJSON_Delete(cfg);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1) { /* only the dirs named */
+        for (int i = 1; i < argc; i++)
+            check_named_dir(argv[i]);
+        return TEST_SUMMARY();
+    }
     const char *dirs[] = {
         "tests/fixtures/model/llama_gqa",      /* GQA, Llama-3 rope scaling */
         "tests/fixtures/model/qwen2_bias",     /* q/k/v bias, tied embeddings */
@@ -263,18 +353,7 @@ int main(void)
         "tests/fixtures/model/llama_linear",   /* linear rope scaling */
         "tests/fixtures/model/qwen2_yarn",     /* YaRN rope scaling + attention factor */
     };
-    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
-        fixture fx;
-        fprintf(stderr, "-- %s\n", dirs[i]);
-        if (!fixture_open(&fx, dirs[i])) {
-            fixture_close(&fx);
-            continue;
-        }
-        check_full(&fx);
-        check_lora(&fx);
-        check_adamw(&fx, false);
-        check_adamw(&fx, true);
-        fixture_close(&fx);
-    }
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++)
+        check_dir_as(dirs[i], MODEL_DTYPE_F32, false);
     return TEST_SUMMARY();
 }

@@ -15,6 +15,7 @@
 #define real float
 #define FN(name) kernels_##name
 #include "kernels/cpu/cpu_decl.h"
+#include "kernels/cpu/ops16_decl.h"
 #undef FN
 #undef real
 

@@ -78,6 +78,7 @@ int kernels_cuda_colsum(float *dst, const float *a, const float *b, const float 
 #define real float
 #define FN(name) kernels_cuda_##name
 #include "kernels/cpu/cpu_decl.h"
+#include "kernels/cpu/ops16_decl.h"
 #undef FN
 #undef real
 
