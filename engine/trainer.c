@@ -245,6 +245,8 @@ int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
     int rc = trainer_open(cfg, &t, err, errsize);
     if (rc != RT_OK)
         return rc;
+    if (cb && cb->on_event)
+        cb->on_event(cb->ctx, t->memory_text);
     if (cfg->resume_dir)
         rc = trainer_resume(t, cfg->resume_dir, err, errsize);
     double retention_before = NAN, retention_after = NAN, unused;

@@ -30,6 +30,7 @@ typedef struct trainer {
     int64_t n_trainable, n_total;
     model_acts *acts;
     engine_memory_plan memory;     /* estimated before allocating (plan_memory) */
+    char memory_text[320];         /* the same in words, for the run's events */
     tokenizer *tok;
     chat_template *tmpl;
     train_set *train, *valid, *retention;

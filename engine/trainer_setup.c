@@ -205,6 +205,11 @@ static int plan_memory(trainer *t, int T, char *err, size_t errsize)
     p->activations = p->grad_checkpoint ? ckpt : full;
     p->total = p->weights + p->trainable + p->activations;
     const double gib = 1024.0 * 1024.0 * 1024.0;
+    snprintf(t->memory_text, sizeof t->memory_text, "Memory estimate: %.2f GiB (weights %.2f, "
+             "trainable + AdamW %.2f, activations %.2f for batch %d x %d tokens%s), %.2f GiB available.",
+             p->total / gib, p->weights / gib, p->trainable / gib, p->activations / gib,
+             c->batch_size, T, p->grad_checkpoint ? ", activation checkpointing on" : "",
+             p->available / gib);
     rt_log(RT_LOG_INFO, "memory estimate: %.2f GiB (weights %.2f, trainable + AdamW %.2f, activations "
            "%.2f for batch %d x %d tokens%s), %.2f GiB available", p->total / gib, p->weights / gib,
            p->trainable / gib, p->activations / gib, c->batch_size, T,

@@ -54,6 +54,12 @@ static void event(job_run *r, const char *level, const char *type, const char *d
         rt_log(RT_LOG_WARN, "job %s: could not record an event", r->job->id);
 }
 
+/* The engine's messages (the memory estimate) as message events. */
+static void on_engine_event(void *ctx, const char *message)
+{
+    event(ctx, "info", "message", NULL, "%s", message);
+}
+
 static void save(job_run *r)
 {
     if (storage_job_update(r->cfg->st, r->job) != RT_OK)
@@ -392,7 +398,7 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
     if (!tc.resume_dir)
         event(&r, "info", "message", NULL, "Fine-tuning job started");
     save(&r);
-    engine_callbacks cb = {&r, on_step, NULL, on_checkpoint, should_stop, yield_to_serving};
+    engine_callbacks cb = {&r, on_step, on_engine_event, on_checkpoint, should_stop, yield_to_serving};
     engine_train_result res;
     int rc = engine_train(&tc, &cb, &res, err, sizeof err);
     if (rc != RT_OK)

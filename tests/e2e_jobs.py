@@ -92,6 +92,8 @@ def test_lora_and_full_jobs():
         t.check(len(metrics) >= 2, "metrics events recorded")
         t.check(all({"step", "train_loss", "valid_loss"} <= set(e["data"]) for e in metrics), "metrics data fields")
         t.check(evs[0]["message"].startswith("The job has successfully completed"), "events newest first")
+        mem = [e["message"] for e in evs if e["message"].startswith("Memory estimate:")]
+        t.check(len(mem) == 1 and "GiB available" in mem[0], f"the memory estimate is an event ({mem})")
         ck = srv.json("GET", f"/v1/fine_tuning/jobs/{job['id']}/checkpoints")[2]
         steps = sorted(c["step_number"] for c in ck["data"])
         t.eq(steps, [4, 6, 8, 12, 16, 18], "checkpoints per interval (4) and per epoch (6 steps)")
