@@ -23,6 +23,18 @@
  * reference and prints the ratios. BLAS threads come from the environment
  * (OPENBLAS_NUM_THREADS); the line reports what OpenBLAS uses.
  *
+ * Real shapes (issue 10): --config FILE takes the model's shape from a
+ * Hugging Face config.json at full depth instead of the toy one.
+ *   --config FILE --write-model DIR writes a random model of that shape
+ *     (normal(0, 0.02) matrices, as model_init_random) with the engine's own
+ *     model_save into DIR, bf16 unless --dtype says otherwise, and exits;
+ *   --model DIR loads such a directory through model_load_as with --dtype
+ *     (default auto: a bf16 checkpoint stays bf16, its matrices mapped from
+ *     the file on the CPU backend), as `retune train --dtype` does;
+ *   --rank, --alpha and --targets qv|all set the adapter; --grad-checkpoint
+ *     uses model_acts_create_ckpt(recompute = true).
+ * Full fine-tuning needs fp32 weights (--dtype f32 with --model).
+ *
  * Exit status: 0 on success, 1 when a step fails, 2 on bad flags.
  */
 #include <cblas.h>
@@ -31,18 +43,26 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "engine/hf_config.h"
 #include "engine/model.h"
 #include "engine/optim.h"
 #include "engine/rng.h"
+#include "engine/safetensors.h"
 
 #define MAX_STEPS 1000
 #define SGEMM_N 1024
 #define SGEMM_REPS 8
 
 typedef struct bench_opts {
-    bool lora, profile;
+    bool lora, profile, ckpt;
     int steps, warmup, B, T;
     uint64_t seed;
+    peft_config pc;            /* the adapter (LoRA only) */
+    const char *config;        /* --config: a config.json, or NULL for the toy shape */
+    const char *model_dir;     /* --model: load this directory */
+    const char *write_dir;     /* --write-model: write a random model here and exit */
+    const char *dtype;         /* --dtype name */
+    enum model_dtype dt;
 } bench_opts;
 
 /* Everything one run holds; released by bench_free. */
@@ -86,6 +106,7 @@ static model_config bench_config(void)
     return c;
 }
 
+/* The default adapter: r 8, alpha 16 on q_proj and v_proj. */
 static peft_config bench_peft(void)
 {
     peft_config p = {0};
@@ -93,6 +114,18 @@ static peft_config bench_peft(void)
     p.lora_alpha = 16.0f;
     p.target_modules = (1u << PEFT_Q_PROJ) | (1u << PEFT_V_PROJ);
     return p;
+}
+
+/* Reads the config.json at path (borrowed) into *out. */
+static int read_config(const char *path, model_config *out, char *err, size_t errsize)
+{
+    char *json = NULL;
+    size_t len = 0;
+    int rc = st_read_file(path, 1u << 20, &json, &len, err, errsize);
+    if (rc == RT_OK)
+        rc = hf_config_parse(json, len, path, out, err, errsize);
+    free(json);
+    return rc;
 }
 
 /* Matmul FLOPs of one training step, counted analytically (2 per
@@ -292,6 +325,28 @@ static int prof_linear_backward(float *dinp, float *dw, float *db, const float *
     return rc;
 }
 
+static int prof_linear16_forward(float *out, void *scr, const float *inp, const uint16_t *w,
+                                 kernels_dtype dt, const float *bias, int N, int C, int OC,
+                                 kernels_stream *s)
+{
+    double t0 = rt_now_seconds();
+    int rc = prof_inner->linear16_forward(out, scr, inp, w, dt, bias, N, C, OC, s);
+    prof_note(OC == prof_vocab ? P_HEAD_FWD : P_LINEAR_FWD, t0, 2.0 * N * C * OC);
+    return rc;
+}
+
+static int prof_linear16_backward(float *dinp, void *scr, const float *dout, const uint16_t *w,
+                                  kernels_dtype dt, int N, int C, int OC, kernels_stream *s)
+{
+    double t0 = rt_now_seconds();
+    int rc = prof_inner->linear16_backward(dinp, scr, dout, w, dt, N, C, OC, s);
+    prof_note(OC == prof_vocab ? P_HEAD_DX : P_LINEAR_DX, t0, 2.0 * N * C * OC);
+    return rc;
+}
+
+PROF_WRAP(embedding16_forward, P_EMBED, (float *o, const int32_t *i, const uint16_t *t,
+          kernels_dtype dt, int N, int C, int V, kernels_stream *s), (o, i, t, dt, N, C, V, s))
+
 /* Attention FLOPs in step_flops's convention (causal half, no recompute). */
 static double att_flops(int B, int T, int Hq, int D)
 {
@@ -334,6 +389,9 @@ static const kernels_backend *prof_backend(const kernels_backend *inner, int voc
     be.matmul = prof_matmul;
     be.linear_forward = prof_linear_forward;
     be.linear_backward = prof_linear_backward;
+    be.linear16_forward = prof_linear16_forward;
+    be.linear16_backward = prof_linear16_backward;
+    be.embedding16_forward = prof_embedding16_forward;
     be.embedding_forward = prof_embedding_forward;
     be.embedding_backward = prof_embedding_backward;
     be.rmsnorm_forward = prof_rmsnorm_forward;
@@ -369,8 +427,7 @@ static int bench_setup_trainable(bench *b, const bench_opts *o)
 {
     int rc;
     if (o->lora) {
-        peft_config pc = bench_peft();
-        rc = lora_create(&b->cfg, &pc, b->be, o->seed, &b->ad);
+        rc = lora_create(&b->cfg, &o->pc, b->be, o->seed, &b->ad);
         if (rc == RT_OK)
             rc = lora_clone_zero(b->ad, &b->ad_grad);
         if (rc != RT_OK)
@@ -396,24 +453,76 @@ static int bench_setup_trainable(bench *b, const bench_opts *o)
     return rc;
 }
 
+/* The model: loaded from o->model_dir with o->dt, or random with the
+ * shape of o->config (or the toy shape) in fp32. */
+static int bench_model(bench *b, const bench_opts *o)
+{
+    char err[512] = "";
+    int rc = RT_OK;
+    if (o->model_dir) {
+        rc = model_load_as(o->model_dir, b->be, o->dt, &b->m, err, sizeof err);
+        if (rc == RT_OK && !o->lora && b->m->w16)
+            snprintf(err, sizeof err, "full fine-tuning needs fp32 weights (--dtype f32)"),
+                rc = RT_ERR_INVALID;
+    } else {
+        b->cfg = bench_config();
+        if (o->config)
+            rc = read_config(o->config, &b->cfg, err, sizeof err);
+        if (rc == RT_OK)
+            rc = model_init_random(&b->cfg, b->be, o->seed, &b->m);
+    }
+    if (rc == RT_OK) {
+        b->cfg = b->m->cfg;
+        prof_vocab = b->cfg.vocab_size;
+    } else if (err[0]) {
+        fprintf(stderr, "train_bench: %s\n", err);
+    }
+    return rc;
+}
+
 /* Model, trainable state, activations and the host batch buffers. */
 static int bench_open(bench *b, const bench_opts *o)
 {
     memset(b, 0, sizeof *b);
-    b->cfg = bench_config();
-    b->be = o->profile ? prof_backend(kernels_cpu_backend(), b->cfg.vocab_size)
-                       : kernels_cpu_backend();
-    int rc = model_init_random(&b->cfg, b->be, o->seed, &b->m);
+    b->be = o->profile ? prof_backend(kernels_cpu_backend(), 0) : kernels_cpu_backend();
+    int rc = bench_model(b, o);
     if (rc == RT_OK)
         rc = bench_setup_trainable(b, o);
     if (rc == RT_OK)
-        rc = model_acts_create(b->m, o->B, o->T, o->lora ? bench_peft().r : 0, &b->acts);
+        rc = model_acts_create_ckpt(b->m, o->B, o->T, o->lora ? o->pc.r : 0, o->ckpt, &b->acts);
     size_t n = (size_t)o->B * (size_t)o->T;
     b->ids = malloc(n * sizeof *b->ids);
     b->targets = malloc(n * sizeof *b->targets);
     if (rc == RT_OK && (!b->ids || !b->targets))
         rc = RT_ERR_NOMEM;
     return rc;
+}
+
+/* --write-model: a random model of o->config's shape, saved by model_save
+ * into o->write_dir in o->dt (bf16 for auto). Prints one JSON line. */
+static int bench_write_model(const bench_opts *o)
+{
+    char err[512] = "";
+    model_config c;
+    model *m = NULL;
+    double t0 = rt_now_seconds();
+    int rc = read_config(o->config, &c, err, sizeof err);
+    const char *td = o->dt == MODEL_DTYPE_F32 ? "float32" : o->dt == MODEL_DTYPE_F16 ? "float16"
+                                                                                   : "bfloat16";
+    snprintf(c.torch_dtype, sizeof c.torch_dtype, "%s", td);
+    if (rc == RT_OK)
+        rc = model_init_random(&c, kernels_cpu_backend(), o->seed, &m);
+    if (rc == RT_OK)
+        rc = model_save(m, o->write_dir, err, sizeof err);
+    model_free(m);
+    if (rc != RT_OK) {
+        fprintf(stderr, "train_bench: writing %s: %s\n", o->write_dir, err[0] ? err : rt_strerror(rc));
+        return rc;
+    }
+    printf("{\"bench\":\"write_model\",\"dir\":\"%s\",\"torch_dtype\":\"%s\","
+           "\"params\":%zu,\"seconds\":%.1f}\n",
+           o->write_dir, td, model_weights_count(&c), rt_now_seconds() - t0);
+    return RT_OK;
 }
 
 static void bench_free(bench *b)
@@ -488,34 +597,55 @@ static int bench_step(bench *b, const bench_opts *o, int step, step_times *out)
 static int usage(void)
 {
     fprintf(stderr, "usage: train_bench [--method lora|full] [--steps N] [--warmup N] "
-                    "[--batch B] [--seq T] [--seed S] [--profile]\n");
+                    "[--batch B] [--seq T] [--seed S] [--profile]\n"
+                    "         [--config CONFIG.json] [--model DIR] [--dtype auto|f32|bf16|f16]\n"
+                    "         [--rank R] [--alpha A] [--targets qv|all] [--grad-checkpoint]\n"
+                    "       train_bench --config CONFIG.json --write-model DIR [--dtype bf16|f16|f32]\n");
     return 2;
+}
+
+/* Applies one flag with a value; 0 when it is known and valid. */
+static int parse_flag(bench_opts *o, const char *f, const char *v)
+{
+    if (!strcmp(f, "--method") && (!strcmp(v, "lora") || !strcmp(v, "full")))
+        o->lora = !strcmp(v, "lora");
+    else if (!strcmp(f, "--steps")) o->steps = atoi(v);
+    else if (!strcmp(f, "--warmup")) o->warmup = atoi(v);
+    else if (!strcmp(f, "--batch")) o->B = atoi(v);
+    else if (!strcmp(f, "--seq")) o->T = atoi(v);
+    else if (!strcmp(f, "--seed")) o->seed = strtoull(v, NULL, 10);
+    else if (!strcmp(f, "--config")) o->config = v;
+    else if (!strcmp(f, "--model")) o->model_dir = v;
+    else if (!strcmp(f, "--write-model")) o->write_dir = v;
+    else if (!strcmp(f, "--dtype")) { o->dtype = v; return model_dtype_parse(v, &o->dt); }
+    else if (!strcmp(f, "--rank")) o->pc.r = atoi(v);
+    else if (!strcmp(f, "--alpha")) o->pc.lora_alpha = (float)atof(v);
+    else if (!strcmp(f, "--targets") && (!strcmp(v, "qv") || !strcmp(v, "all")))
+        o->pc.target_modules = !strcmp(v, "all") ? PEFT_ALL_MODULES : bench_peft().target_modules;
+    else return -1;
+    return 0;
 }
 
 /* Parses argv into o; 0 on success. */
 static int parse_args(int argc, char **argv, bench_opts *o)
 {
-    *o = (bench_opts){.lora = true, .steps = 5, .warmup = 3, .B = 4, .T = 256, .seed = 1234};
+    *o = (bench_opts){.lora = true, .steps = 5, .warmup = 3, .B = 4, .T = 256, .seed = 1234,
+                      .pc = bench_peft(), .dtype = "auto", .dt = MODEL_DTYPE_AUTO};
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(f, "--profile")) {
-            o->profile = true;
+        if (!strcmp(f, "--profile") || !strcmp(f, "--grad-checkpoint")) {
+            o->profile |= !strcmp(f, "--profile");
+            o->ckpt |= !strcmp(f, "--grad-checkpoint");
             continue;
         }
-        if (!v)
+        if (!v || parse_flag(o, f, v) != 0)
             return -1;
         i++;
-        if (!strcmp(f, "--method") && (!strcmp(v, "lora") || !strcmp(v, "full")))
-            o->lora = !strcmp(v, "lora");
-        else if (!strcmp(f, "--steps")) o->steps = atoi(v);
-        else if (!strcmp(f, "--warmup")) o->warmup = atoi(v);
-        else if (!strcmp(f, "--batch")) o->B = atoi(v);
-        else if (!strcmp(f, "--seq")) o->T = atoi(v);
-        else if (!strcmp(f, "--seed")) o->seed = strtoull(v, NULL, 10);
-        else return -1;
     }
     bool ok = o->steps >= 1 && o->steps <= MAX_STEPS && o->warmup >= 0 &&
-              o->warmup <= MAX_STEPS && o->B >= 1 && o->T >= 2 && o->T <= 2048;
+              o->warmup <= MAX_STEPS && o->B >= 1 && o->T >= 2 && o->T <= 2048 &&
+              o->pc.r >= 1 && o->pc.lora_alpha > 0 && (!o->write_dir || o->config) &&
+              !(o->model_dir && o->config);
     return ok ? 0 : -1;
 }
 
@@ -541,6 +671,9 @@ typedef struct bench_result {
     step_times *t;             /* the timed steps */
     double sgemm_median_s, sgemm_min_s, peak_rss, init_rss, first_loss;
     int64_t trainable, total;
+    kernels_dtype w16;         /* 0: fp32 matrices */
+    bool mapped;               /* 16-bit matrices point into the mapped file */
+    double weight_mb, acts_mb; /* model->weight_bytes, model_acts_bytes */
 } bench_result;
 
 /* The --profile breakdown as a JSON object member: per category the
@@ -567,9 +700,8 @@ static void print_profile(const bench_opts *o, const step_times *t)
 
 static void print_result(const bench *b, const bench_opts *o, const bench_result *r)
 {
-    peft_config pc = bench_peft();
     double tokens = (double)o->B * o->T;
-    double flops = step_flops(&b->cfg, o->lora ? &pc : NULL, o->B, o->T);
+    double flops = step_flops(&b->cfg, o->lora ? &o->pc : NULL, o->B, o->T);
     double tmin = r->t[0].total, tmax = r->t[0].total;
     for (int i = 1; i < o->steps; i++) {
         tmin = r->t[i].total < tmin ? r->t[i].total : tmin;
@@ -593,6 +725,15 @@ static void print_result(const bench *b, const bench_opts *o, const bench_result
            med.forward, med.backward, med.optimizer, flops, achieved, sg / r->sgemm_median_s,
            sg / r->sgemm_min_s, achieved / (sg / r->sgemm_median_s), r->peak_rss, r->init_rss,
            r->first_loss, med.loss);
+    printf(",\"config\":\"%s\",\"model_dir\":\"%s\",\"dtype_flag\":\"%s\","
+           "\"weights_dtype\":\"%s\",\"weights_mapped\":%s,\"weight_mb\":%.1f,"
+           "\"acts_mb\":%.1f,\"grad_checkpoint\":%s,\"lora_r\":%d,\"lora_alpha\":%g,"
+           "\"lora_targets\":\"%s\",\"layers\":%d,\"hidden\":%d,\"vocab\":%d",
+           o->config ? o->config : "", o->model_dir ? o->model_dir : "", o->dtype,
+           r->w16 == KERNELS_BF16 ? "bf16" : r->w16 == KERNELS_F16 ? "f16" : "f32",
+           r->mapped ? "true" : "false", r->weight_mb, r->acts_mb, o->ckpt ? "true" : "false",
+           o->pc.r, o->pc.lora_alpha, o->pc.target_modules == PEFT_ALL_MODULES ? "all" : "qv",
+           b->cfg.num_hidden_layers, b->cfg.hidden_size, b->cfg.vocab_size);
     if (o->profile)
         print_profile(o, r->t);
     printf("}\n");
@@ -624,6 +765,8 @@ int main(int argc, char **argv)
     bench_opts o;
     if (parse_args(argc, argv, &o) != 0)
         return usage();
+    if (o.write_dir)
+        return bench_write_model(&o) == RT_OK ? 0 : 1;
     static step_times times[MAX_STEPS];
     double sg[2 * SGEMM_REPS];
     bench b = {0};
@@ -635,6 +778,12 @@ int main(int argc, char **argv)
     if (rc == RT_OK)
         rc = bench_run(&b, &o, &r);
     r.peak_rss = peak_rss_mb();
+    if (b.m) {
+        r.w16 = b.m->w16;
+        r.mapped = b.m->mapped != NULL;
+        r.weight_mb = (double)b.m->weight_bytes / (1 << 20);
+        r.acts_mb = (double)model_acts_bytes(b.m, o.B, o.T, o.lora ? o.pc.r : 0, o.ckpt) / (1 << 20);
+    }
     r.trainable = b.n_trainable;
     r.total = (int64_t)model_weights_count(&b.cfg) + (o.lora ? b.n_trainable : 0);
     bench_free(&b);

@@ -29,14 +29,37 @@ Every child also gets OMP_WAIT_POLICY=PASSIVE (see --omp-wait-policy): torch
 runs elementwise ops on OpenMP threads and matmuls on OpenBLAS's pthreads,
 and with OpenMP's default spin-wait the two pools fight over the two cores.
 
+Real shapes (issue 10's first benchmark): --config FILE (a Hugging Face
+config.json, e.g. tests/fixtures/real_configs/smollm2-135m.json) runs LoRA only,
+at that model's exact shape and full depth, B=4 T=512, LoRA r=16 alpha=32 on
+all seven modules (--lora-r, --lora-alpha, --targets, --batch, --seq change
+that), 1 warm-up + 2 timed steps and 1 round unless told otherwise:
+  - a random model of that shape (normal(0, 0.02)) is written once, in --dtype
+    (default bf16), by retune's own model_save (train_bench --write-model)
+    into --model-dir (default /dev/shm/retune-bench-<config>-<dtype>); the
+    writing is not timed and is skipped when the directory already holds one;
+  - retune's child loads it through model_load_as(..., MODEL_DTYPE_AUTO, ...):
+    a bf16 checkpoint stays bf16 in memory, its matrices mapped from the file;
+  - torch's child builds the same shape with the base in --torch-dtypes
+    (default bf16: the base as Hugging Face + PEFT run it with
+    torch_dtype=bfloat16, fp32 LoRA, no autocast; see torch_reference.py;
+    "bf16,f32" adds an fp32-base reference run).
+The targets: retune tokens/s >= 2x torch's, retune peak RSS <= 0.5x torch's,
+against each torch dtype run (the first is the headline). A torch child that
+runs past --timeout is stopped; what it reported on stderr by then (whole
+steps or a forward pass, peak RSS so far) is kept and marked as a bound.
+
     make -j2 && /usr/bin/python3 bench/train_bench.py
+    /usr/bin/python3 bench/train_bench.py --config tests/fixtures/real_configs/smollm2-135m.json --dtype bf16
 """
 import argparse
 import datetime
 import json
 import os
 import platform
+import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -243,11 +266,291 @@ def profile(best):
     return table(("retune op", "LoRA ms/step @ GFLOP/s", "full ms/step @ GFLOP/s"), rows)
 
 
+# ---- --config: LoRA at a real model's shape ---------------------------------
+
+NOTE_STEP = re.compile(r"\[([\d.]+) s\] step (\d+)/(\d+)(?: \(warm-up\))?: forward ([\d.]+) s, "
+                       r"backward ([\d.]+) s, optimizer ([\d.]+) s \(peak RSS (\d+) MiB\)")
+NOTE_ANY = re.compile(r"\[([\d.]+) s\] .*\(peak RSS (\d+) MiB\)")
+
+
+def cpu_details():
+    """'family F model M, AVX-512: yes/no, ...' from /proc/cpuinfo."""
+    info = {}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
+    flags = set(info.get("flags", "").split())
+    return (f"family {info.get('cpu family', '?')} model {info.get('model', '?')}, "
+            f"AVX2 {'yes' if 'avx2' in flags else 'no'}, "
+            f"AVX-512F {'yes' if 'avx512f' in flags else 'no'}, "
+            f"AVX-512 BF16 {'yes' if 'avx512_bf16' in flags else 'no'}")
+
+
+def model_dir_for(args):
+    stem = os.path.splitext(os.path.basename(args.config))[0]
+    return args.model_dir or f"/dev/shm/retune-bench-{stem}-{args.dtype}"
+
+
+def ensure_model(args, env):
+    """Writes the random model once (train_bench --write-model); returns its dir."""
+    d = model_dir_for(args)
+    want = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}[args.dtype]
+    try:
+        with open(os.path.join(d, "config.json")) as f:
+            ok = json.load(f).get("torch_dtype") == want and \
+                os.path.exists(os.path.join(d, "model.safetensors"))
+    except (OSError, ValueError):
+        ok = False
+    if ok:
+        print(f"model: {d} (already written)")
+        return d
+    cmd = [args.bin, "--config", args.config, "--write-model", d, "--dtype", args.dtype]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr)
+        raise SystemExit(f"train_bench.py: {' '.join(cmd)} exited {p.returncode}")
+    size = os.path.getsize(os.path.join(d, "model.safetensors")) / 2**20
+    print(f"model: wrote {d} ({size:.0f} MiB safetensors, {want}) in "
+          f"{time.monotonic() - t0:.0f} s with retune's model_save (not timed)")
+    return d
+
+
+def partial_result(cmd, stderr, elapsed, tokens):
+    """What a child stopped by the timeout had reported on stderr: its whole
+    steps (warm-up included) or, without one, a lower bound on a step."""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else (stderr or "")
+    steps = [m.groups() for m in NOTE_STEP.finditer(text)]
+    marks = [(float(t), float(r)) for t, r in NOTE_ANY.findall(text)]
+    r = {"impl": "torch" if "torch_reference" in " ".join(cmd) else "retune",
+         "timed_out": True, "wall_s": round(elapsed, 1), "tokens_per_step": tokens,
+         "peak_rss_mb": max((x[1] for x in marks), default=float("nan")),
+         "peak_rss_is_lower_bound": True, "init_peak_rss_mb": marks[0][1] if marks else 0.0}
+    if steps:
+        tot = [float(f) + float(b) + float(o) for _, _, _, f, b, o, _ in steps]
+        last = steps[-1]
+        r.update(step_s_median=statistics.median(tot), step_s_min=min(tot), step_s_max=max(tot),
+                 forward_s=float(last[3]), backward_s=float(last[4]), optimizer_s=float(last[5]),
+                 whole_steps=len(tot), bound=False)
+    else:
+        since = marks[-1][0] if marks else 0.0  # the last note before the step began
+        fwd = re.findall(r"step 1/\d+: forward ([\d.]+) s \(", text)
+        r.update(step_s_median=max(elapsed - since, 0.0), step_s_min=None, step_s_max=None,
+                 forward_s=float(fwd[0]) if fwd else None, backward_s=None, optimizer_s=None,
+                 whole_steps=0, bound=True)
+    r["tokens_per_s"] = tokens / r["step_s_median"] if r["step_s_median"] else float("nan")
+    return r
+
+
+def run_child_bounded(cmd, env, timeout, tokens, mem_limit_gib=None):
+    """run_child, except that a child past timeout yields partial_result, and
+    so does one that fails under mem_limit_gib (RLIMIT_AS of the child, so
+    that a reference that needs more memory than the machine has fails alone
+    instead of waking the OOM killer); its "error" says why."""
+    b0, j0 = cpu_ticks()
+    c0 = children_cpu_s()
+    t0 = time.monotonic()
+    limit = None
+    if mem_limit_gib:
+        n = int(mem_limit_gib * 2**30)
+        limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (n, n))
+    try:
+        p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=timeout, preexec_fn=limit)
+    except subprocess.TimeoutExpired as e:
+        r = partial_result(cmd, e.stderr, time.monotonic() - t0, tokens)
+        r["error"] = f"stopped by the {timeout} s timeout"
+    else:
+        if p.returncode != 0 and mem_limit_gib:
+            r = partial_result(cmd, p.stderr, time.monotonic() - t0, tokens)
+            tail = [l for l in p.stderr.splitlines() if l.strip()][-1:] or [""]
+            r["timed_out"] = True
+            r["error"] = f"exited {p.returncode} under the {mem_limit_gib} GiB limit: {tail[0][:160]}"
+        elif p.returncode != 0:
+            sys.stderr.write(p.stderr)
+            raise SystemExit(f"train_bench.py: {' '.join(cmd)} exited {p.returncode}")
+        else:
+            lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
+            if not lines:
+                raise SystemExit(f"train_bench.py: no JSON line from {' '.join(cmd)}")
+            r = json.loads(lines[-1])
+            r["timed_out"] = False
+    wall = time.monotonic() - t0
+    b1, j1 = cpu_ticks()
+    hz = os.sysconf("SC_CLK_TCK")
+    foreign = ((b1 - b0) / hz - (children_cpu_s() - c0)) / max(wall * os.cpu_count(), 1e-9)
+    r["wall_s"] = round(wall, 1)
+    r["foreign_cpu"] = round(min(max(foreign, 0.0), 1.0), 3)
+    return r
+
+
+def config_commands(args, model_dir):
+    """label -> command of each run of the --config mode."""
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup),
+              "--batch", str(args.batch), "--seq", str(args.seq)]
+    lora = ["--targets", args.targets]
+    ret = [args.bin, "--method", "lora", "--model", model_dir, "--dtype", "auto", "--rank",
+           str(args.lora_r), "--alpha", str(args.lora_alpha), "--profile"] + lora + common
+    out = {"retune": ret}
+    if args.grad_checkpoint:
+        out["retune-ckpt"] = ret + ["--grad-checkpoint"]
+    for dt in args.torch_dtypes.split(","):
+        steps = common
+        if dt == "bf16" and args.torch_bf16_steps:
+            w, n = args.torch_bf16_steps.split("+")
+            steps = ["--steps", n, "--warmup", w] + common[4:]
+        out[f"torch-{dt}"] = [args.python, os.path.join(ROOT, "bench", "torch_reference.py"),
+                              "--method", "lora", "--config", os.path.abspath(args.config),
+                              "--dtype", dt, "--lora-r", str(args.lora_r), "--lora-alpha",
+                              str(args.lora_alpha), "--threads", str(args.threads)] + lora + steps
+    skip = set(x for x in args.skip.split(",") if x)
+    return {k: v for k, v in out.items() if k not in skip}
+
+
+def fmt_tps(r):
+    t = r["tokens_per_s"]
+    return f"<= {t:.0f}" if r.get("bound") else f"{t:.0f}"
+
+
+def config_targets(runs):
+    """(name, retune, torch, ratio, target, result) rows against each torch run."""
+    rows, rt = [], runs.get("retune")
+    if rt is None:
+        return rows
+    for label, tr in runs.items():
+        if not label.startswith("torch"):
+            continue
+        v = rt["tokens_per_s"] / tr["tokens_per_s"]
+        bound = tr.get("bound")
+        rows.append((f"tokens/s vs {label}", f"{rt['tokens_per_s']:.0f}", fmt_tps(tr),
+                     f"{'>= ' if bound else ''}{v:.2f}x", ">= 2.0x",
+                     verdict(v >= 2.0, v, 2.0, True)))
+        for rl in ("retune", "retune-ckpt"):
+            if rl not in runs:
+                continue
+            v = runs[rl]["peak_rss_mb"] / tr["peak_rss_mb"]
+            lb = tr.get("peak_rss_is_lower_bound")
+            rows.append((f"{rl} peak RSS vs {label} (MiB)", f"{runs[rl]['peak_rss_mb']:.0f}",
+                         f"{'>= ' if lb else ''}{tr['peak_rss_mb']:.0f}",
+                         f"{'<= ' if lb else ''}{v:.2f}x", "<= 0.50x",
+                         verdict(v <= 0.5, v, 0.5, False) + (" (torch RSS so far)" if lb else "")))
+    return rows
+
+
+def config_details(runs, flops):
+    rows = []
+    for label, r in runs.items():
+        st = r["step_s_median"]
+        rng = (f" ({r['step_s_min']:.2f}-{r['step_s_max']:.2f})"
+               if r.get("step_s_min") is not None else "")
+        ph = lambda x: "-" if r.get(x) is None else f"{r[x]:.2f}"
+        steps = (f"{r['warmup']}+{r['steps']}" if not r.get("timed_out")
+                 else f"{r['whole_steps']} whole ({r['error'][:48]}, at {r['wall_s']:.0f} s)")
+        rows.append((label, fmt_tps(r), f"{'>= ' if r.get('bound') else ''}{st:.2f}{rng}",
+                     f"{ph('forward_s')} / {ph('backward_s')} / {ph('optimizer_s')}",
+                     f"{flops / st / 1e9:.0f}" if st else "-",
+                     f"{'>= ' if r.get('peak_rss_is_lower_bound') else ''}{r['peak_rss_mb']:.0f}",
+                     f"{r['init_peak_rss_mb']:.0f}", steps, f"{100 * r['foreign_cpu']:.0f}%"))
+    return table(("run", "tokens/s", "step s median (min-max)", "fwd / bwd / optim s",
+                  "GFLOP/s", "peak RSS MiB", "RSS after init MiB", "steps", "other load"), rows)
+
+
+def config_profile(r):
+    """retune's per-op breakdown of one run."""
+    p = r.get("profile_ms_per_step", {})
+    total = r["step_s_median"] * 1e3
+    rows = []
+    for name, v in p.items():
+        if name == "other_ms" or not v.get("calls") or v["ms"] < 0.5:
+            continue
+        rows.append((name, f"{v['ms']:.0f}", f"{100 * v['ms'] / total:.1f}%",
+                     f"{v['gflops']:.0f}" if "gflops" in v else "-", str(v["calls"])))
+    rows.sort(key=lambda x: -float(x[1]))
+    rows.append(("other (host)", f"{p.get('other_ms', 0):.0f}", "", "", ""))
+    return table(("retune op", "ms/step", "% of step", "GFLOP/s", "calls/step"), rows)
+
+
+def main_config(args):
+    env, removed = child_env(args)
+    started = time.monotonic()
+    print(f"machine: {os.cpu_count()} CPUs, {cpu_model()} ({cpu_details()}), "
+          f"{platform.platform()}")
+    print(f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"threads: OPENBLAS_NUM_THREADS={args.threads} OMP_NUM_THREADS={args.threads} "
+          f"OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', '(unset)')} "
+          f"(torch.set_num_threads({args.threads})) for every child")
+    if removed:
+        print("NOTE: unset for the benchmark's own subprocesses (retune and torch): " +
+              ", ".join(f"{k}={v}" for k, v in removed.items()))
+    else:
+        print("NOTE: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE were not set (nothing to unset) "
+              "or --keep-openblas-env")
+    d = ensure_model(args, env)
+    print(f"config: {args.config} at full depth; batch {args.batch} x {args.seq}; LoRA r "
+          f"{args.lora_r} alpha {args.lora_alpha:g} on {args.targets}; AdamW, clip 1.0; "
+          f"{args.warmup} warm-up + {args.steps} timed steps, {args.rounds} round(s); "
+          f"child timeout {args.timeout} s" +
+          (f"; torch bf16: {args.torch_bf16_steps} steps" if args.torch_bf16_steps else "") +
+          (f", timeout {args.torch_bf16_timeout} s" if args.torch_bf16_timeout else ""))
+    cmds = config_commands(args, d)
+    tokens = args.batch * args.seq
+    runs, every = {}, []
+    for rnd in range(args.rounds):
+        for label in (list(cmds) if rnd % 2 == 0 else list(cmds)[::-1]):
+            if args.quiet_wait > 0:
+                wait_quiet(args.quiet_wait)
+            limit = args.torch_bf16_timeout if label == "torch-bf16" and \
+                args.torch_bf16_timeout else args.timeout
+            r = run_child_bounded(cmds[label], env, limit, tokens, args.child_mem_limit_gib)
+            r["label"], r["round"] = label, rnd + 1
+            every.append(r)
+            print(f"  round {rnd + 1}: {label:12} {fmt_tps(r):>9} tok/s  step "
+                  f"{'>= ' if r.get('bound') else ''}{r['step_s_median']:.2f} s  peak RSS "
+                  f"{r['peak_rss_mb']:.0f} MiB{' (' + r['error'] + ')' if r['timed_out'] else ''}"
+                  f"  ({r['wall_s']} s, other processes took {100 * r['foreign_cpu']:.0f}% of "
+                  f"the CPUs)", flush=True)
+            if label not in runs or better(r, runs[label], args.max_foreign):
+                runs[label] = r
+    rt = runs.get("retune")
+    flops = rt["flops_per_step"] if rt else float("nan")
+    if rt:
+        print(f"\nretune: OpenBLAS core {rt['blas_core']}, {rt['blas_threads']} threads; "
+              f"weights {rt['weights_dtype']}{' (mapped from the file)' if rt['weights_mapped'] else ''}, "
+              f"{rt['weight_mb']:.0f} MiB; activations {rt['acts_mb']:.0f} MiB; "
+              f"{rt['trainable_params']} trainable of {rt['total_params']} parameters")
+        print(f"sgemm 1024^3 in retune's run: {rt['sgemm_gflops']:.0f} GFLOP/s median "
+              f"(best {rt['sgemm_gflops_best']:.0f}); retune reaches "
+              f"{100 * rt['sgemm_fraction']:.0f}% of it")
+        print(f"FLOPs per step (matmuls only, step_flops): {flops / 1e9:.0f} G")
+    for label, r in runs.items():
+        if label.startswith("torch") and "torch" in r:
+            print(f"{label}: torch {r['torch']}, {r['threads']} threads, "
+                  f"{r['trainable_params']} trainable of {r['total_params']} parameters")
+    print()
+    print(table(("target", "retune", "torch", "ratio", "target", "result"), config_targets(runs)))
+    print()
+    print(config_details(runs, flops))
+    if rt:
+        print()
+        print(config_profile(rt))
+    busy = [f"{k} {100 * v['foreign_cpu']:.0f}%" for k, v in runs.items()
+            if v["foreign_cpu"] > args.max_foreign]
+    if busy:
+        print("\nWARNING: other processes used the CPUs during the kept runs ("
+              + ", ".join(busy) + "); ratios are noisy")
+    print(f"\ntotal {time.monotonic() - started:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"removed_env": removed, "model_dir": d, "best": runs, "runs": every}, f,
+                      indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per run (default 5)")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    ap.add_argument("--rounds", type=int, default=2,
+    ap.add_argument("--steps", type=int, help="timed steps per run (default 5)")
+    ap.add_argument("--warmup", type=int, help="untimed steps first (default 3)")
+    ap.add_argument("--rounds", type=int,
                     help="runs of each configuration; the fastest counts (default 2)")
     ap.add_argument("--threads", type=int, default=2, help="BLAS/OpenMP threads (default 2)")
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "bench", "train_bench"))
@@ -265,13 +568,50 @@ def main():
     ap.add_argument("--max-foreign", type=float, default=0.10,
                     help="a run during which other processes took more than this share "
                          "of the CPUs counts as contended (default 0.10)")
-    ap.add_argument("--retries", type=int, default=2,
+    ap.add_argument("--retries", type=int,
                     help="extra runs of a configuration with no uncontended run (default 2)")
-    ap.add_argument("--timeout", type=int, default=600, help="seconds per child")
+    ap.add_argument("--timeout", type=int, help="seconds per child (default 600)")
     ap.add_argument("--json", help="also write every run's JSON here")
+    ap.add_argument("--config", help="a Hugging Face config.json: LoRA at its exact shape "
+                    "(see the module docstring); changes the defaults of --steps 2, --warmup 1, "
+                    "--rounds 1, --retries 0, --timeout 3600")
+    ap.add_argument("--dtype", default="bf16", choices=("bf16", "f16", "f32"),
+                    help="with --config: dtype of the model written to disk (default bf16); "
+                         "retune loads it with --dtype auto")
+    ap.add_argument("--model-dir", help="with --config: where the model is written "
+                    "(default /dev/shm/retune-bench-<config>-<dtype>)")
+    ap.add_argument("--torch-dtypes", default="bf16",
+                    help="with --config: torch base dtypes to run, comma separated, the first "
+                         "is the headline (default bf16; e.g. bf16,f32)")
+    ap.add_argument("--lora-r", type=int, default=16, help="with --config (default 16)")
+    ap.add_argument("--lora-alpha", type=float, default=32.0, help="with --config (default 32)")
+    ap.add_argument("--targets", default="all", choices=("qv", "all"),
+                    help="with --config: LoRA modules (default all seven)")
+    ap.add_argument("--batch", type=int, default=4, help="with --config (default 4)")
+    ap.add_argument("--seq", type=int, default=512, help="with --config (default 512)")
+    ap.add_argument("--grad-checkpoint", action="store_true",
+                    help="with --config: also run retune with activation checkpointing")
+    ap.add_argument("--torch-bf16-steps", metavar="W+S",
+                    help="with --config: warm-up + timed steps of the torch bf16 child only "
+                         "(e.g. 0+1: on CPUs without AVX-512 BF16, Debian's torch 1.13 runs bf16 "
+                         "matmuls tens of times slower than fp32)")
+    ap.add_argument("--torch-bf16-timeout", type=int,
+                    help="with --config: seconds for the torch bf16 child (default --timeout)")
+    ap.add_argument("--child-mem-limit-gib", type=float,
+                    help="with --config: RLIMIT_AS of every child in GiB; a child that fails "
+                         "under it is reported (with its RSS so far), not fatal")
+    ap.add_argument("--skip", default="", help="with --config: runs to leave out, comma "
+                    "separated (retune, retune-ckpt, torch-bf16, torch-f32)")
     args = ap.parse_args()
     if not os.access(args.bin, os.X_OK):
         raise SystemExit(f"train_bench.py: {args.bin} not found; run `make -j2` first")
+    toy = dict(steps=5, warmup=3, rounds=2, retries=2, timeout=600)
+    real = dict(steps=2, warmup=1, rounds=1, retries=0, timeout=3600)
+    for k, v in (real if args.config else toy).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.config:
+        return main_config(args)
 
     env, removed = child_env(args)
     started = time.monotonic()
