@@ -1,8 +1,8 @@
 /*
  * api/job_codec.c — fine-tuning jobs between JSON and native structs:
  * the hyperparameters a request may carry (OpenAI's n_epochs, batch_size,
- * learning_rate_multiplier, each a number or "auto", plus retune's LoRA and
- * optimizer knobs), their resolution into an engine_train_config once the
+ * learning_rate_multiplier, each a number or "auto", plus retune's LoRA,
+ * optimizer and memory knobs), their resolution into an engine_train_config once the
  * data size is known, and the metrics JSON of events and checkpoints.
  * Used by the HTTP handlers and by the job worker (server/worker.c).
  */
@@ -99,6 +99,25 @@ static int check_targets(const cJSON *hp, unsigned *bits, char *param, size_t ps
     return RT_ERR_INVALID;
 }
 
+/* gradient_checkpointing: true, false or "auto" (on when memory needs it). */
+static int check_checkpointing(const cJSON *hp, char *param, size_t psize, char *msg, size_t msize)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(hp, "gradient_checkpointing");
+    if (!v || cJSON_IsNull(v) || cJSON_IsBool(v) ||
+        (cJSON_IsString(v) && strcmp(v->valuestring, "auto") == 0))
+        return RT_OK;
+    snprintf(param, psize, "hyperparameters.gradient_checkpointing");
+    snprintf(msg, msize, "hyperparameters.gradient_checkpointing must be true, false or \"auto\".");
+    return RT_ERR_INVALID;
+}
+
+/* The engine's grad_checkpoint: 1 on, -1 off, 0 automatic. */
+static int checkpointing(const cJSON *hp)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(hp, "gradient_checkpointing");
+    return cJSON_IsTrue(v) ? 1 : cJSON_IsFalse(v) ? -1 : 0;
+}
+
 int api_job_check_hyperparameters(const cJSON *hp, char *param, size_t psize, char *msg, size_t msize)
 {
     static const char *const types[] = {"lora", "full", NULL};
@@ -114,7 +133,8 @@ int api_job_check_hyperparameters(const cJSON *hp, char *param, size_t psize, ch
     unsigned bits;
     if (check_choice(hp, "training_type", types, param, psize, msg, msize) != RT_OK ||
         check_choice(hp, "lr_scheduler", schedules, param, psize, msg, msize) != RT_OK ||
-        check_targets(hp, &bits, param, psize, msg, msize) != RT_OK)
+        check_targets(hp, &bits, param, psize, msg, msize) != RT_OK ||
+        check_checkpointing(hp, param, psize, msg, msize) != RT_OK)
         return RT_ERR_INVALID;
     return RT_OK;
 }
@@ -181,6 +201,7 @@ int api_job_resolve(storage_job *job, int64_t n_examples, engine_train_config *c
     cfg->eval_interval = (int)num(hp, "eval_interval", 0);
     cfg->checkpoint_interval = (int)num(hp, "checkpoint_interval", 0);
     cfg->max_grad_norm = num(hp, "max_grad_norm", 1.0);
+    cfg->grad_checkpoint = checkpointing(hp);
     const char *sched = str(hp, "lr_scheduler", "cosine");
     cfg->schedule = !strcmp(sched, "linear") ? ENGINE_SCHEDULE_LINEAR
                     : !strcmp(sched, "constant") ? ENGINE_SCHEDULE_CONSTANT : ENGINE_SCHEDULE_COSINE;

@@ -142,7 +142,6 @@ static void plan_acts(model_acts *a, const model_config *c, plan *p)
     plan_add(p, &a->dgate, N * F);
     plan_add(p, &a->dup, N * F);
     plan_add(p, &a->dh, N * F);
-    plan_add(p, &a->dlogits, N * V);
     if (a->r > 0) {
         plan_add(p, &a->dt, N * (size_t)a->r);
         plan_add(p, &a->lscratch, N * a->max_in);
@@ -229,6 +228,7 @@ int model_acts_create_ckpt(const model *m, int B, int T, int lora_r, bool recomp
     if (rc == RT_OK) {
         plan_point(p, a->buf);
         share_layer_tensors(a);
+        a->dlogits = a->logits; /* cross-entropy backward overwrites the logits */
         rc = m->be->alloc((void **)&a->ibuf, 3 * (size_t)a->N * sizeof(int32_t));
     }
     size_t sb = m->be->attention_scratch_bytes(B, T, c->num_attention_heads,
@@ -602,9 +602,7 @@ int model_backward(const model *m, const lora *ad, model_acts *a, const model_ba
     if (counted == 0)
         return RT_OK; /* no loss, no gradient */
     proj_ctx x = {m, ad, a, batch, N};
-    int rc = zero(be, a->dlogits, (size_t)N * (size_t)V);
-    if (rc == RT_OK)
-        rc = be->cross_entropy_backward(a->dlogits, a->ce_lse, a->logits, a->targets, NULL, N, V,
+    int rc = be->cross_entropy_backward(a->dlogits, a->ce_lse, a->logits, a->targets, NULL, N, V,
                                         1.0f / (float)counted, NULL);
     if (rc == RT_OK) rc = zero(be, a->dln, (size_t)N * (size_t)d);
     if (rc == RT_OK)

@@ -229,7 +229,8 @@ int model_forward(const model *m, const lora *ad, model_acts *a, const model_bat
 int model_backward(const model *m, const lora *ad, model_acts *a, const model_batch *batch,
                    const model_weights *grads, const lora *lora_grads);
 
-/* Device pointer to the logits [B*T, V] of the last forward. */
+/* Device pointer to the logits [B*T, V] of the last forward (model_backward
+ * overwrites them with their gradient). */
 const float *model_acts_logits(const model_acts *a);
 
 #endif

@@ -226,10 +226,12 @@ typedef struct kernels_backend {
     int (*cross_entropy_forward)(float *losses, float *correct, float *lse,
                                  const float *logits, const int32_t *targets,
                                  int N, int V, kernels_stream *s);
-    /* dlogits[n,:] += (weights[n] * scale) * (softmax(logits[n]) - onehot(target)).
+    /* dlogits[n,:] = (weights[n] * scale) * (softmax(logits[n]) - onehot(target)),
+     * and 0 on rows that are ignored (target < 0) or weighted 0.
      * weights[N] is the per-row loss weight/mask (NULL = all 1); scale is the
      * upstream gradient of the summed loss, e.g. 1/sum(weights) for a mean.
-     * dlogits must not alias logits. */
+     * dlogits may be logits: the gradient then overwrites the logits in place,
+     * which saves a [N, V] buffer (the largest one at a big vocabulary). */
     int (*cross_entropy_backward)(float *dlogits, const float *lse,
                                   const float *logits, const int32_t *targets,
                                   const float *weights, int N, int V, float scale,

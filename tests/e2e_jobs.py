@@ -116,9 +116,16 @@ def test_lora_and_full_jobs():
         t.eq((status, m.get("parent")), (200, "tiny_chat"), "GET /v1/models/{id}")
         # Full fine-tuning.
         status, _, full = create(srv, training_file=train, hyperparameters={
-            "training_type": "full", "n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3})
+            "training_type": "full", "n_epochs": 2, "batch_size": 4, "learning_rate": 1e-3,
+            "gradient_checkpointing": True})
         done = wait(srv, full["id"], {"succeeded", "failed", "cancelled"})
         t.eq(done.get("status"), "succeeded", f"full job succeeded ({done.get('error')})")
+        mem = [e["message"] for e in events(srv, full["id"]) if e["message"].startswith("Memory estimate:")]
+        t.check(len(mem) == 1 and "activation checkpointing on" in mem[0],
+                f"gradient_checkpointing: true turns checkpointing on ({mem})")
+        t.check(len(mem) == 1 and "checkpointing" not in
+                [e["message"] for e in evs if e["message"].startswith("Memory estimate:")][0],
+                "and the automatic default left it off for the small LoRA job")
         t.eq(done.get("trainable_percent"), 100, "full: all parameters trainable")
         t.check(os.path.exists(os.path.join(d, "models", full["id"], "model.safetensors")),
                 "full fine-tune stored as a model directory")
@@ -153,6 +160,8 @@ def test_bad_requests_and_bad_data():
              "hyperparameters.training_type"),
             ({"model": "tiny_chat", "training_file": train, "hyperparameters": {"target_modules": ["x_proj"]}},
              "hyperparameters.target_modules"),
+            ({"model": "tiny_chat", "training_file": train, "hyperparameters": {"gradient_checkpointing": "yes"}},
+             "hyperparameters.gradient_checkpointing"),
             ({"model": "tiny_chat", "training_file": train, "method": {"type": "dpo"}}, "method.type"),
             ({"model": "tiny_chat", "training_file": train, "suffix": "bad suffix!"}, "suffix"),
             ({"model": "tiny_chat", "training_file": train, "seed": -1}, "seed"),

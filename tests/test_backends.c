@@ -572,7 +572,7 @@ static void test_cross_entropy(void)
     targets[6] = 2900;
     logits[7 * V + 1234] = 7;
     targets[7] = 1234;
-    float *r[2][5];
+    float *r[2][6];
     for (int side = 0; side < 2; side++) {
         const kernels_backend *x = side ? be : cpu;
         float *dl = up(x, logits, N * V), *ls = up_nan(x, N), *co = up_nan(x, N);
@@ -584,6 +584,9 @@ static void test_cross_entropy(void)
         CHECK_EQ_INT(x->cross_entropy_backward(g, lse, dl, t, up(x, weights, N), N, V, 0.37f, NULL),
                      RT_OK);
         CHECK_EQ_INT(x->cross_entropy_backward(g2, lse, dl, t, NULL, N, V, 1.0f, NULL), RT_OK);
+        float *g3 = up(x, logits, N * V); /* in place: the gradient overwrites the logits */
+        CHECK_EQ_INT(x->cross_entropy_backward(g3, lse, g3, t, NULL, N, V, 1.0f, NULL), RT_OK);
+        r[side][5] = down(x, g3, N * V);
         r[side][0] = down(x, ls, N);
         r[side][1] = down(x, co, N);
         r[side][2] = down(x, lse, N);
@@ -595,6 +598,7 @@ static void test_cross_entropy(void)
     near("cross_entropy lse", r[1][2], r[0][2], N, TOL_ROW);
     near("cross_entropy dlogits", r[1][3], r[0][3], N * V, TOL_ROW);
     near("cross_entropy dlogits (no weights)", r[1][4], r[0][4], N * V, TOL_ROW);
+    near("cross_entropy dlogits in place", r[1][5], r[0][4], N * V, TOL_ROW);
     CHECK(r[1][1][5] == 1 && r[1][1][6] == 0 && r[1][1][7] == 1 && r[1][0][2] == 0);
     CHECK_EQ_INT(be->cross_entropy_forward(r[1][0], NULL, r[1][2], logits, NULL, N, V, NULL),
                  RT_ERR_INVALID);

@@ -87,17 +87,6 @@ static inline real FN(vexp_sum)(const real *restrict x, int n, real m)
     return s;
 }
 
-/* d[i] += w * exp(x[i] - m). */
-static inline void FN(vexp_axpy)(real *restrict d, const real *restrict x, int n, real m, real w)
-{
-    int i = 0;
-    for (; i + VW <= n; i += VW)
-        for (int j = 0; j < VW; j++)
-            d[i + j] += w * VEXP(x[i + j] - m);
-    for (; i < n; i++)
-        d[i] += w * VEXP(x[i] - m);
-}
-
 /* p[i] = exp(p[i] - m) in place; returns the sum of p[i] * d[i]. */
 static inline real FN(vexp_inplace_dot)(real *restrict p, const real *restrict d, int n, real m)
 {
@@ -708,6 +697,22 @@ int FN(cross_entropy_forward)(real *losses, real *correct, real *lse,
     return RT_OK;
 }
 
+/* d[i] = w exp(x[i] - m); d may be x: each block of VW is read before it is
+ * written. */
+static inline void FN(vexp_scale)(real *d, const real *x, int n, real m, real w)
+{
+    int i = 0;
+    for (; i + VW <= n; i += VW) {
+        real t[VW];
+        for (int j = 0; j < VW; j++)
+            t[j] = w * VEXP(x[i + j] - m);
+        for (int j = 0; j < VW; j++)
+            d[i + j] = t[j];
+    }
+    for (; i < n; i++)
+        d[i] = w * VEXP(x[i] - m);
+}
+
 /* The backward of rows [0, N); see cross_entropy_backward. */
 HOT static void FN(cross_entropy_grad_rows)(real *dlogits, const real *lse, const real *logits,
                                             const int32_t *targets, const real *weights,
@@ -716,15 +721,18 @@ HOT static void FN(cross_entropy_grad_rows)(real *dlogits, const real *lse, cons
     for (int i = 0; i < N; i++) {
         int t = targets[i];
         real w = (weights ? weights[i] : 1) * scale;
-        if (t < 0 || w == 0)
-            continue;
         real *d = dlogits + (size_t)i * V;
-        FN(vexp_axpy)(d, logits + (size_t)i * V, V, lse[i], w);
+        if (t < 0 || w == 0) {
+            memset(d, 0, (size_t)V * sizeof(real));
+            continue;
+        }
+        FN(vexp_scale)(d, logits + (size_t)i * V, V, lse[i], w);
         d[t] -= w;
     }
 }
 
-/* dlogits[n] += weights[n] scale (softmax - onehot), skipping ignored rows. */
+/* dlogits[n] = weights[n] scale (softmax - onehot), 0 on ignored rows;
+ * dlogits may be logits. */
 int FN(cross_entropy_backward)(real *dlogits, const real *lse, const real *logits,
                                const int32_t *targets, const real *weights,
                                int N, int V, real scale, kernels_stream *s)

@@ -443,24 +443,24 @@ __global__ void cross_entropy_backward_kernel(float *dlogits, const float *lse,
     int n = blockIdx.x;
     int32_t t = targets[n];
     float w = (weights ? weights[n] : 1.0f) * scale;
-    if (t < 0 || t >= V || w == 0.0f)
-        return;
+    bool skip = t < 0 || t >= V || w == 0.0f;
     float L = lse[n];
-    const float *l = logits + (size_t)n * V;
+    const float *l = logits + (size_t)n * V; /* may be dlogits: read, then write */
     float *d = dlogits + (size_t)n * V;
     int j0 = blockIdx.y * blockDim.x * CE_PER_THREAD + threadIdx.x;
     for (int e = 0; e < CE_PER_THREAD; e++) {
         int j = j0 + e * blockDim.x;
         if (j >= V)
             break;
-        float v = d[j] + w * expf(l[j] - L);
-        if (j == t)
+        float v = skip ? 0.0f : w * expf(l[j] - L);
+        if (j == t && !skip)
             v -= w;
         d[j] = v;
     }
 }
 
-/* dlogits[n] += weights[n] scale (softmax - onehot), skipping ignored rows. */
+/* dlogits[n] = weights[n] scale (softmax - onehot), 0 on ignored rows;
+ * dlogits may be logits. */
 int kernels_cuda_cross_entropy_backward(float *dlogits, const float *lse, const float *logits,
                                         const int32_t *targets, const float *weights,
                                         int N, int V, float scale, kernels_stream *s)
