@@ -69,6 +69,8 @@ typedef struct engine_server_info {
     int vocab_size;
     int max_batch;
     bool has_tokenizer;     /* text prompts and text output available */
+    double memory_bytes;    /* the memory plan made at open: weights, KV cache, step buffers */
+    char memory_text[320];  /* the same in words: "Memory estimate: ..." */
 } engine_server_info;
 
 /* Fills *out with facts about srv. */

@@ -50,6 +50,12 @@ int infer_ctx_create(const model *m, int slots, int max_context, int max_tokens,
 /* Frees the context; NULL is allowed. */
 void infer_ctx_free(infer_ctx *c);
 
+/* What infer_ctx_create(m, slots, max_context, max_tokens) would allocate:
+ * *kv the KV cache's bytes, *step the step buffers' (activations, scratch,
+ * ids), for the memory plan made before opening it. */
+void infer_ctx_bytes(const model *m, int slots, int max_context, int max_tokens, size_t *kv,
+                     size_t *step);
+
 /* One sequence's share of a step: its n new tokens occupy the next n rows
  * of the step and go to positions [past, past+n) of cache slot `slot`
  * (positions < past must have been written by earlier steps). ad is the

@@ -59,13 +59,30 @@ static size_t point_step(infer_ctx *c, float *buf)
     return off;
 }
 
+/* Floats of the KV cache: keys and values of every layer, slot and position. */
+static size_t kv_floats(const infer_ctx *c)
+{
+    return 2 * (size_t)c->m->cfg.num_hidden_layers * (size_t)c->slots * (size_t)c->ctx * c->kvd;
+}
+
+/* Sets the sizes of a context (no allocation). */
+static void ctx_shape(infer_ctx *c, const model *m, int slots, int max_context, int max_tokens)
+{
+    c->m = m;
+    c->be = m->be;
+    c->slots = slots;
+    c->ctx = max_context;
+    c->N = max_tokens;
+    c->kvd = (size_t)m->cfg.num_key_value_heads * (size_t)m->cfg.head_dim;
+    c->qd = (size_t)m->cfg.num_attention_heads * (size_t)m->cfg.head_dim;
+}
+
 /* Allocates the cache, the step buffers and the host arrays. */
 static int ctx_alloc(infer_ctx *c)
 {
     const model_config *mc = &c->m->cfg;
     const kernels_backend *be = c->be;
-    size_t kv_floats = 2 * (size_t)mc->num_hidden_layers * (size_t)c->slots * (size_t)c->ctx * c->kvd;
-    int rc = be->alloc((void **)&c->kv, kv_floats * sizeof(float));
+    int rc = be->alloc((void **)&c->kv, kv_floats(c) * sizeof(float));
     if (rc == RT_OK)
         rc = be->alloc((void **)&c->buf, point_step(c, NULL) * sizeof(float));
     if (rc == RT_OK)
@@ -96,13 +113,7 @@ int infer_ctx_create(const model *m, int slots, int max_context, int max_tokens,
     infer_ctx *c = calloc(1, sizeof *c);
     if (!c)
         return RT_ERR_NOMEM;
-    c->m = m;
-    c->be = m->be;
-    c->slots = slots;
-    c->ctx = max_context;
-    c->N = max_tokens;
-    c->kvd = (size_t)mc->num_key_value_heads * (size_t)mc->head_dim;
-    c->qd = (size_t)mc->num_attention_heads * (size_t)mc->head_dim;
+    ctx_shape(c, m, slots, max_context, max_tokens);
     int rc = ctx_alloc(c);
     if (rc != RT_OK) {
         infer_ctx_free(c);
@@ -110,6 +121,20 @@ int infer_ctx_create(const model *m, int slots, int max_context, int max_tokens,
     }
     *out = c;
     return RT_OK;
+}
+
+/* Bytes infer_ctx_create would allocate; see engine/infer.h. */
+void infer_ctx_bytes(const model *m, int slots, int max_context, int max_tokens, size_t *kv,
+                     size_t *step)
+{
+    infer_ctx c = {0};
+    ctx_shape(&c, m, slots, max_context, max_tokens);
+    const model_config *mc = &m->cfg;
+    *kv = kv_floats(&c) * sizeof(float);
+    *step = point_step(&c, NULL) * sizeof(float) + 2 * (size_t)c.N * sizeof(int32_t) +
+            m->be->attention_kv_scratch_bytes(c.N, c.ctx, mc->num_attention_heads,
+                                              mc->num_key_value_heads, mc->head_dim) +
+            model_scratch_bytes(m, c.N);
 }
 
 /* Frees the cache, the buffers and the context; NULL is allowed. */

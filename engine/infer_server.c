@@ -113,6 +113,11 @@ static int resolve_config(engine_server *srv, const engine_server_config *in, ch
         return st_fail(err, errsize, RT_ERR_INVALID,
                        "max_context %d exceeds the model's max_position_embeddings %d",
                        c->max_context, mc->max_position_embeddings);
+    if (srv->be->max_kv_head_dim && mc->head_dim > srv->be->max_kv_head_dim)
+        return st_fail(err, errsize, RT_ERR_UNSUPPORTED,
+                       "head_dim %d is more than the %s backend's cached attention takes (%d): "
+                       "serve this model with --device cpu", mc->head_dim, srv->be->name,
+                       srv->be->max_kv_head_dim);
     if (!c->max_step_tokens)
         c->max_step_tokens = DEFAULT_STEP_TOKENS;
     if (c->max_step_tokens < c->max_batch) /* every decoding sequence fits a step */
@@ -212,6 +217,34 @@ static void server_free(engine_server *srv)
     free(srv);
 }
 
+/* The memory plan of serving, before the KV cache is allocated: weights,
+ * the cache for max_batch x max_context tokens and one step's buffers,
+ * against what this process may use. Refuses with the numbers and what
+ * would help when they do not fit. Cache pages are touched only as
+ * sequences fill them, so the plan is the most the cache can take. */
+static int plan_memory(engine_server *srv, char *err, size_t errsize)
+{
+    const engine_server_config *c = &srv->cfg;
+    size_t kv, step;
+    infer_ctx_bytes(srv->m, c->max_batch, c->max_context, c->max_step_tokens, &kv, &step);
+    double weights = (double)srv->m->weight_bytes, total = weights + (double)kv + (double)step;
+    double available = model_memory_available(srv->m);
+    const double gib = 1024.0 * 1024.0 * 1024.0;
+    srv->info.memory_bytes = total;
+    snprintf(srv->info.memory_text, sizeof srv->info.memory_text,
+             "Memory estimate: %.2f GiB (weights %.2f, KV cache %.2f for %d sequences x %d tokens, "
+             "step buffers %.2f), %.2f GiB available.", total / gib, weights / gib, kv / gib,
+             c->max_batch, c->max_context, step / gib, available / gib);
+    rt_log(RT_LOG_INFO, "%s", srv->info.memory_text);
+    if (available <= 0 || total <= available)
+        return RT_OK;
+    return st_fail(err, errsize, RT_ERR_NOMEM,
+                   "needs %.2f GiB (weights %.2f, KV cache %.2f for %d sequences x %d tokens, step "
+                   "buffers %.2f), %.2f GiB available: try a smaller --max-batch or --max-context%s",
+                   total / gib, weights / gib, kv / gib, c->max_batch, c->max_context, step / gib,
+                   available / gib, srv->m->w16 ? "" : ", or --dtype bf16");
+}
+
 /* Everything but the thread. */
 static int server_build(engine_server *srv, const engine_server_config *cfg, char *err,
                         size_t errsize)
@@ -224,6 +257,8 @@ static int server_build(engine_server *srv, const engine_server_config *cfg, cha
         rc = resolve_config(srv, cfg, err, errsize);
     if (rc == RT_OK)
         rc = load_text(srv, cfg->model_dir, err, errsize);
+    if (rc == RT_OK)
+        rc = plan_memory(srv, err, errsize);
     if (rc == RT_OK)
         rc = infer_ctx_create(srv->m, srv->cfg.max_batch, srv->cfg.max_context,
                               srv->cfg.max_step_tokens, &srv->ictx);

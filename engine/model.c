@@ -315,6 +315,25 @@ void model_free(model *m)
     free(m);
 }
 
+/* See model.h. Mapped weights are page cache, which MemAvailable counts
+ * already; weights in allocated memory are added back, since they are part
+ * of the run being planned. */
+double model_memory_available(const model *m)
+{
+    const char *limit = getenv("RETUNE_MEMORY_LIMIT");
+    if (limit)
+        return strtod(limit, NULL);
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    double kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb * 1024.0 + (m->mapped ? 0.0 : (double)m->weight_bytes);
+}
+
 int model_dtype_parse(const char *name, enum model_dtype *out)
 {
     static const char *names[] = {"auto", "f32", "bf16", "f16"};
@@ -496,6 +515,8 @@ int model_load_as(const char *dir, const kernels_backend *be, enum model_dtype d
         rc = model_tensor_list(&cfg, &m->w, &tensors, &n);
     if (rc == RT_OK && m->w16)
         rc = can_map(st, m, tensors, n, &map, err, errsize);
+    if (rc == RT_OK && map) /* the reads below and the first steps then stream from disk */
+        st_model_prefetch(st);
     if (rc == RT_OK)
         rc = load_tensors(st, m, tensors, n, map, err, errsize);
     free(tensors);

@@ -229,6 +229,13 @@ int model_forward(const model *m, const lora *ad, model_acts *a, const model_bat
 int model_backward(const model *m, const lora *ad, model_acts *a, const model_batch *batch,
                    const model_weights *grads, const lora *lora_grads);
 
+/* Bytes a run with m loaded may use, for the memory plans of training and
+ * serving: RETUNE_MEMORY_LIMIT when set (a budget for the whole run, as a
+ * test or an operator sets it), else the kernel's MemAvailable plus m's
+ * weights when they are allocated rather than mapped (so that a plan's
+ * total, weights included, compares with it). 0 when unknown. */
+double model_memory_available(const model *m);
+
 /* Device pointer to the logits [B*T, V] of the last forward (model_backward
  * overwrites them with their gradient). */
 const float *model_acts_logits(const model_acts *a);

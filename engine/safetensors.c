@@ -720,6 +720,13 @@ fail:
     return rc;
 }
 
+void st_model_prefetch(const st_model *m)
+{
+    for (size_t i = 0; m && i < m->nfiles; i++)
+        if (m->files[i]->map)
+            (void)madvise(m->files[i]->map, m->files[i]->map_len, MADV_WILLNEED);
+}
+
 void st_model_close(st_model *m)
 {
     if (!m)

@@ -115,6 +115,12 @@ int st_tensor_read_f32(const st_tensor *t, float *dst, size_t n);
  * st_model_close. */
 int st_model_open(const char *dir, st_model **out, char *err, size_t errsize);
 
+/* Asks the kernel to read every shard into the page cache in the
+ * background, in file order (madvise WILLNEED): a model about to be used
+ * whole then loads at the disk's sequential speed instead of by scattered
+ * page faults. A hint only; nothing is allocated. */
+void st_model_prefetch(const st_model *m);
+
 /* Closes every shard; accepts NULL. */
 void st_model_close(st_model *m);
 

@@ -161,26 +161,6 @@ static double lora_floats(const model_config *c, unsigned targets, int r)
     return n * c->num_hidden_layers;
 }
 
-/* Bytes this process may still use: RETUNE_MEMORY_LIMIT when set (a
- * budget for the whole run, as a test or an operator sets it), else the
- * kernel's MemAvailable plus the weights already loaded (they are part of
- * the run). 0 when unknown. */
-static double memory_available(const model *m)
-{
-    const char *limit = getenv("RETUNE_MEMORY_LIMIT");
-    if (limit)
-        return strtod(limit, NULL);
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[256];
-    double kb = 0;
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kb * 1024.0 + (m->mapped ? 0.0 : (double)m->weight_bytes);
-}
-
 /* Estimates the run's peak before anything but the weights is allocated:
  * weights, trainable tensors with their gradient and AdamW moments, and
  * the activations for (batch, T). Turns activation checkpointing on when
@@ -197,7 +177,7 @@ static int plan_memory(trainer *t, int T, char *err, size_t errsize)
     p->weights = (double)t->model->weight_bytes;
     /* LoRA: A/B, grad, m, v; full: the weights are the params, + grad, m, v */
     p->trainable = trainable * sizeof(float) * (t->method == ENGINE_LORA ? 4 : 3);
-    p->available = memory_available(t->model);
+    p->available = model_memory_available(t->model);
     double full = (double)model_acts_bytes(t->model, c->batch_size, T, r, false);
     double ckpt = (double)model_acts_bytes(t->model, c->batch_size, T, r, true);
     p->grad_checkpoint = c->grad_checkpoint > 0 ||

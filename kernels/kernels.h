@@ -72,6 +72,9 @@ typedef struct kernels_lora_group {
 
 typedef struct kernels_backend {
     const char *name; /* "cpu", "cuda" */
+    /* The largest head_dim attention_kv_forward takes (0: any), checked
+     * when a server opens so that a model beyond it is refused by name. */
+    int max_kv_head_dim;
 
     /* ---- memory and streams -------------------------------------------- */
 

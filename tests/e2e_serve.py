@@ -13,11 +13,12 @@ import os
 import random
 import shutil
 import struct
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "e2e"))
-from harness import Checks, Server, multipart, remove, temp_dir  # noqa: E402
+from harness import BIN, Checks, Server, multipart, remove, temp_dir  # noqa: E402
 
 t = Checks()
 MODEL = os.path.abspath("tests/fixtures/tiny_chat")
@@ -281,6 +282,33 @@ def test_padded_vocab():
     remove(d)
 
 
+def test_memory_plan():
+    """Issue 10: serving plans its memory (weights, KV cache, step buffers)
+    before allocating the cache, and a budget too small for it is refused at
+    once with the numbers and what would help, before the server listens."""
+    d = temp_dir()
+    try:
+        env = dict(os.environ, RETUNE_MEMORY_LIMIT="1000000")
+        p = subprocess.run([BIN, "serve", "--data-dir", d, "--host", "127.0.0.1", "--port", "0",
+                            "--model", MODEL, "--max-batch", "64"], capture_output=True, text=True,
+                           timeout=60, env=env)
+        t.check(p.returncode != 0, "a memory budget too small for the KV cache is refused")
+        t.check("needs" in p.stderr and "KV cache" in p.stderr and "GiB available" in p.stderr and
+                "--max-batch" in p.stderr and "--max-context" in p.stderr,
+                f"with the numbers and what helps: {p.stderr.strip()[-400:]}")
+        env["RETUNE_MEMORY_LIMIT"] = str(64 << 30)
+        srv = Server(d, "--model", MODEL, env=env)
+        try:
+            status, _, r = chat(srv, "tiny_chat")
+            t.eq(status, 200, f"a budget that fits serves ({r})")
+        finally:
+            srv.stop()
+        t.check("Memory estimate:" in srv.log_text() and "KV cache" in srv.log_text(),
+                "and the estimate is logged at start")
+    finally:
+        remove(d)
+
+
 def main():
     d = temp_dir()
     srv = Server(d, "--model", MODEL)
@@ -314,6 +342,7 @@ def main():
             srv.stop()
     remove(d)
     t.run(test_padded_vocab)
+    t.run(test_memory_plan)
 
 
 main()

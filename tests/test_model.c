@@ -2,7 +2,9 @@
  * tests/test_model.c — the whole model against fixtures from the committed
  * PyTorch reference (tests/fixtures/make_model_fixtures.py, float64):
  * logits, loss, every full-model gradient, LoRA logits and A/B gradients,
- * and the losses of three AdamW steps (full and LoRA), for six configs:
+ * the losses of three AdamW steps (full and LoRA), and the serving path's
+ * logits (KV cache, a prefill then one-token decode steps, base and
+ * adapter) against the same reference logits, for six configs:
  * Llama with GQA + Llama-3 rope scaling, Qwen2 with q/k/v bias and tied
  * embeddings, Mistral with a sliding window shorter than the sequence,
  * Qwen3 (q/k head norms, a per-layer window), linear and YaRN rope. Also: an adapter written by retune reloads to the same
@@ -19,7 +21,7 @@
  *
  * Tolerances (ours is fp32, the reference fp64), |got - want| <= atol + rtol*|want|,
  * the same for the default fixtures and for named dirs:
- *   logits            atol 1e-4, rtol 1e-5 (of the largest logit)
+ *   logits            atol 1e-4, rtol 1e-5 (of the largest logit), trained or served
  *   loss              atol 1e-5
  *   gradients         atol 1e-6, rtol 1e-4 (of the tensor's largest magnitude)
  *   AdamW step losses atol 2e-4
@@ -29,6 +31,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "engine/infer.h"
 #include "engine/model.h"
 #include "engine/safetensors.h"
 #include "tests/test.h"
@@ -145,6 +148,7 @@ static bool has_check(const fixture *fx, const char *key)
 /* The worst errors of one fixture dir, as fractions of their tolerances. */
 typedef struct worst_errors {
     double logits, loss, lora_logits, lora_loss, lora_grads;
+    double served, served_lora; /* the serving path's logits (KV cache, decode steps) */
 } worst_errors;
 
 static model_batch batch_of(const fixture *fx)
@@ -190,6 +194,51 @@ static void check_full(fixture *fx, bool grads, worst_errors *we)
     model_weights_release(&g);
     m->be->free(gbuf);
     model_acts_free(a);
+}
+
+/* The serving path against the same reference logits: each sequence of
+ * the batch through infer_forward with a KV cache, its first tokens as one
+ * prefill step and the rest one token per step (a decode step: the few-row
+ * kernels), every position's logits kept, base and (when the fixture has
+ * one) adapter in turn. Tolerance as for the training forward's logits. */
+static double served_logits(fixture *fx, const lora *ad, const char *name)
+{
+    model *m = fx->m;
+    int T = fx->T, V = m->cfg.vocab_size, prefill = T < 5 ? T : 5;
+    infer_ctx *ctx = NULL;
+    CHECK(infer_ctx_create(m, 1, T, T, &ctx) == RT_OK);
+    float *all = malloc((size_t)fx->B * T * V * sizeof(float));
+    int32_t rows[64];
+    for (int i = 0; i < 64; i++)
+        rows[i] = i;
+    int rc = ctx && all && prefill <= 64 ? RT_OK : RT_ERR_NOMEM;
+    for (int b = 0; rc == RT_OK && b < fx->B; b++)
+        for (int past = 0; rc == RT_OK && past < T;) {
+            int n = past == 0 ? prefill : 1;
+            infer_seg seg = {0, past, n, ad};
+            infer_step st = {fx->ids + (size_t)b * T + past, n, &seg, 1, rows, n};
+            rc = infer_forward(ctx, &st, all + ((size_t)b * T + past) * V);
+            past += n;
+        }
+    CHECK_MSG(rc == RT_OK, "served %s: infer_forward: %s", name, rt_strerror(rc));
+    double worst = rc == RT_OK ? compare(fx, name, all, (size_t)fx->B * T * V, 1e-4, 1e-5) : INFINITY;
+    free(all);
+    infer_ctx_free(ctx);
+    return worst;
+}
+
+static void check_served(fixture *fx, worst_errors *we)
+{
+    we->served = served_logits(fx, NULL, "logits");
+    if (!has_check(fx, "lora"))
+        return;
+    char dir[512], err[256] = "";
+    snprintf(dir, sizeof dir, "%s/adapter", fx->dir);
+    lora *ad = NULL;
+    CHECK_MSG(lora_load(dir, &fx->m->cfg, fx->m->be, &ad, err, sizeof err) == RT_OK, "%s", err);
+    if (ad)
+        we->served_lora = served_logits(fx, ad, "lora_logits");
+    lora_free(ad);
 }
 
 /* LoRA logits, loss and A/B gradients with the base frozen. */
@@ -311,6 +360,7 @@ static void check_dir_as(const char *dir, enum model_dtype dtype, bool report)
     if (dtype == MODEL_DTYPE_AUTO)
         CHECK_MSG(fx.m->w16 != 0, "%s: a 16-bit checkpoint loads with 16-bit matrices", dir);
     check_full(&fx, has_check(&fx, "full"), &we);
+    check_served(&fx, &we);
     if (has_check(&fx, "lora"))
         check_lora(&fx, &we);
     if (has_check(&fx, "adamw")) {
@@ -319,8 +369,9 @@ static void check_dir_as(const char *dir, enum model_dtype dtype, bool report)
     }
     if (report)
         fprintf(stderr, "%s (%s): worst error / tolerance: logits %.3g, loss %.3g, lora logits %.3g, "
-                "lora loss %.3g, lora grads %.3g\n", dir, how, we.logits, we.loss, we.lora_logits,
-                we.lora_loss, we.lora_grads);
+                "lora loss %.3g, lora grads %.3g, served logits %.3g, served lora logits %.3g\n", dir,
+                how, we.logits, we.loss, we.lora_logits, we.lora_loss, we.lora_grads, we.served,
+                we.served_lora);
     fixture_close(&fx);
 }
 

@@ -14,7 +14,7 @@
  *     with fewer activation bytes;
  *   - serving path: prefill + two decode steps through the KV cache.
  * Tolerances: |a - b| <= 1e-5 * max|b| + 1e-6 for logits and gradients
- * (same values, summation order only); loss within 1e-6.
+ * (same values, summation order only); loss within 1e-6 of max(1, |loss|).
  */
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -181,7 +181,7 @@ static void check_fixture(const char *dir, enum st_dtype st_dt)
         if (r16.logits && r32.logits && rc.logits) {
             check_pair(pass ? "logits (4 rows)" : "logits (18 rows)", dir, r16.logits, r32.logits, r16.n_logits);
             check_pair("LoRA gradients", dir, r16.grads, r32.grads, r16.n_grads);
-            CHECK_NEAR(r16.loss, r32.loss, 1e-6);
+            CHECK_NEAR(r16.loss, r32.loss, 1e-6 * fmax(1.0, fabs(r32.loss)));
             CHECK(memcmp(r16.logits, rc.logits, r16.n_logits * sizeof(float)) == 0);
             CHECK(rk.grads && memcmp(r16.grads, rk.grads, r16.n_grads * sizeof(float)) == 0);
             CHECK(rk.loss == r16.loss);

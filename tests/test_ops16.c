@@ -2,7 +2,8 @@
  * tests/test_ops16.c — the CPU backend's frozen 16-bit weight ops
  * (linear16_forward/backward, embedding16_forward) against a float64
  * reference on the same (converted) weights, for bf16 and f16, on the
- * direct few-row path (N <= 8) and the panel + sgemm path, with widths that
+ * direct few-row path (N <= 16, on one thread and split over the CPU
+ * backend's pool, also from two callers at once) and the panel + sgemm path, with widths that
  * are not multiples of the lanes or of the panel; and their argument checks.
  *
  * Tolerance: |got - want| <= 1e-5 * (1 + sum |w x|) per output (fp32
@@ -13,6 +14,7 @@
 #include "tests/test.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,8 +108,12 @@ static void linear16_case(kernels_dtype dt, int N, int C, int OC)
 static void test_linear16(void)
 {
     static const int shapes[][3] = {
-        {1, 64, 48}, {2, 37, 5}, {3, 100, 33}, {4, 16, 1}, {5, 129, 70}, {8, 300, 17}, /* direct */
-        {9, 64, 48}, {33, 70, 300}, {64, 257, 513}, {17, 5, 3},                        /* panels */
+        /* direct, one thread */
+        {1, 64, 48}, {2, 37, 5}, {3, 100, 33}, {4, 16, 1}, {5, 129, 70}, {8, 300, 17},
+        /* direct, split over the pool's threads, several tiles (C 4100: one row per tile) */
+        {1, 4100, 37}, {7, 513, 301}, {16, 300, 257}, {3, 2049, 65},
+        /* panels + sgemm */
+        {17, 64, 48}, {33, 70, 300}, {64, 257, 513}, {17, 5, 3},
     };
     kernels_dtype dts[2] = {KERNELS_BF16, KERNELS_F16};
     for (int d = 0; d < 2; d++)
@@ -143,7 +149,7 @@ static void test_arguments(void)
     uint16_t w[64] = {0};
     CHECK_EQ_INT(be->linear16_forward(out, NULL, x, w, (kernels_dtype)0, NULL, 1, 8, 8, NULL), RT_ERR_INVALID);
     CHECK_EQ_INT(be->linear16_forward(out, NULL, x, NULL, KERNELS_BF16, NULL, 1, 8, 8, NULL), RT_ERR_INVALID);
-    CHECK_EQ_INT(be->linear16_forward(out, NULL, x, w, KERNELS_BF16, NULL, 9, 2, 2, NULL), RT_ERR_INVALID);
+    CHECK_EQ_INT(be->linear16_forward(out, NULL, x, w, KERNELS_BF16, NULL, 17, 2, 2, NULL), RT_ERR_INVALID);
     CHECK_EQ_INT(be->linear16_backward(out, NULL, x, w, KERNELS_F16, 2, 2, 2, NULL), RT_ERR_INVALID);
     CHECK_EQ_INT(be->linear16_forward(out, NULL, x, w, KERNELS_BF16, NULL, 1, 8, 8, NULL), RT_OK);
     CHECK_EQ_INT(be->linear16_scratch_bytes(4, 0, 9), 0);
@@ -154,9 +160,54 @@ static void test_arguments(void)
     CHECK(isnan(out[0]) && !isnan(out[1]));
 }
 
+/* Two callers at once (the server's engine thread and a training worker):
+ * one gets the pool, the other runs inline; both results equal a lone
+ * call's bit for bit (every output is one thread's sum in a fixed order). */
+typedef struct caller {
+    float *out;
+    const float *x;
+    const uint16_t *w;
+    int N, C, OC, rounds, failures;
+} caller;
+
+static void *call_linear16(void *arg)
+{
+    caller *k = arg;
+    const kernels_backend *be = kernels_cpu_backend();
+    for (int r = 0; r < k->rounds; r++)
+        k->failures += be->linear16_forward(k->out, NULL, k->x, k->w, KERNELS_BF16, NULL, k->N, k->C,
+                                            k->OC, NULL) != RT_OK;
+    return NULL;
+}
+
+static void test_concurrent_callers(void)
+{
+    enum { N = 3, C = 1000, OC = 700 };
+    float *wf = malloc((size_t)OC * C * sizeof *wf), *x = randf((size_t)N * C);
+    uint16_t *w = rand16((size_t)OC * C, KERNELS_BF16, wf);
+    float *lone = malloc((size_t)N * OC * sizeof *lone);
+    caller k[2];
+    for (int i = 0; i < 2; i++)
+        k[i] = (caller){malloc((size_t)N * OC * sizeof(float)), x, w, N, C, OC, 200, 0};
+    CHECK_EQ_INT(kernels_cpu_backend()->linear16_forward(lone, NULL, x, w, KERNELS_BF16, NULL, N, C,
+                                                         OC, NULL), RT_OK);
+    pthread_t t;
+    CHECK_EQ_INT(pthread_create(&t, NULL, call_linear16, &k[1]), 0);
+    call_linear16(&k[0]);
+    pthread_join(t, NULL);
+    for (int i = 0; i < 2; i++) {
+        CHECK_EQ_INT(k[i].failures, 0);
+        CHECK_MSG(memcmp(k[i].out, lone, (size_t)N * OC * sizeof *lone) == 0,
+                  "caller %d: outputs differ from a lone call's", i);
+        free(k[i].out);
+    }
+    free(wf); free(x); free(w); free(lone);
+}
+
 int main(void)
 {
     RUN(test_linear16);
+    RUN(test_concurrent_callers);
     RUN(test_embedding16);
     RUN(test_arguments);
     return TEST_SUMMARY();

@@ -3,27 +3,35 @@
  * weights (bf16 or f16, kernels.h's linear16 ops), so that a LoRA base or a
  * served model stays in 16 bits in memory (often mapped straight from its
  * safetensors file) while every sum runs in fp32:
- *   - few rows (decode, N <= GEMV_ROWS): each weight row is read once,
- *     converted in registers and dotted with every input row. The loops use
- *     VW-float lanes so that gcc vectorizes them, compiled for AVX-512,
- *     AVX2 and the baseline and picked at load time (ifunc, as ops.c);
+ *   - few rows (decode, short prefills, N <= GEMV_ROWS): each weight row is
+ *     read from memory once, converted in registers and dotted with every
+ *     input row, tile by tile so that the tile stays in cache while all
+ *     input rows pass over it. The weight rows are split over the CPU
+ *     backend's threads (kernels/cpu/pool.h): one token's decode is bound
+ *     by the memory bandwidth of all cores, not one. The loops use VW-float
+ *     lanes so that gcc vectorizes them, compiled for AVX-512, AVX2 and the
+ *     baseline and picked at load time (ifunc, as ops.c);
  *   - more rows (training, prefill): PANEL weight rows at a time are
  *     converted into the caller's scratch and multiplied by OpenBLAS sgemm.
  * Conversions are exact (bf16 and f16 are subsets of fp32), so results
  * equal the fp32 ops on the converted weights up to summation order.
  */
 #include "kernels/cpu/cpu.h"
+#include "kernels/cpu/pool.h"
 
 #include <cblas.h>
+#include <stdbool.h>
 #include <string.h>
 
 #ifndef __FLT16_MAX__
 #error "the f16 path needs the compiler's _Float16 (gcc >= 12 on x86-64)"
 #endif
 
-#define PANEL 256   /* weight rows converted per sgemm */
-#define GEMV_ROWS 8 /* up to this many input rows take the direct path */
-#define VW 16       /* lanes of the direct path's accumulators */
+#define PANEL 256            /* weight rows converted per sgemm */
+#define GEMV_ROWS 16         /* up to this many input rows take the direct path */
+#define VW 16                /* lanes of the direct path's accumulators */
+#define TILE_BYTES (64 << 10) /* weight bytes of a direct-path tile (stays in L2) */
+#define POOL_MIN_MACS 65536.0 /* smaller direct products run on the calling thread */
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
     !defined(KERNELS_NO_CLONES)
@@ -68,13 +76,14 @@ static inline float lanes_sum(const float *acc)
     return s;
 }
 
-/* The direct path for NB input rows (a compile-time count, so the row loop
- * unrolls): out[n, o] = dot(weight[o, :], inp[n, :]) for o in [0, OC). */
+/* The portable direct path for NB input rows (a compile-time count, so the
+ * row loop unrolls): out[n, o] = dot(weight[o, :], inp[n, :]) for o in
+ * [o0, o1). */
 #define DEFINE_GEMV16(NAME, NB, CONVERT)                                                      \
-    HOT16 static void NAME(float *out, const float *inp, const uint16_t *weight, int C, int OC, \
-                           int ldo)                                                           \
+    HOT16 static void NAME(float *out, const float *inp, const uint16_t *weight, int C, int o0, \
+                           int o1, int ldo)                                                   \
     {                                                                                         \
-        for (int o = 0; o < OC; o++) {                                                        \
+        for (int o = o0; o < o1; o++) {                                                       \
             const uint16_t *restrict wr = weight + (size_t)o * C;                             \
             float acc[NB][VW];                                                                \
             memset(acc, 0, sizeof acc);                                                       \
@@ -102,21 +111,160 @@ DEFINE_GEMV16(gemv16_f16_1, 1, f16_value)
 DEFINE_GEMV16(gemv16_f16_2, 2, f16_value)
 DEFINE_GEMV16(gemv16_f16_4, 4, f16_value)
 
-/* The direct path over N <= GEMV_ROWS rows, in blocks of 4, 2 and 1. */
+typedef void (*gemv16_fn)(float *, const float *, const uint16_t *, int, int, int, int);
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define HAVE_AVX2_GEMV 1
+
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+AVX2 static inline __m256 bf16x8(const uint16_t *p)
+{
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+AVX2 static inline __m256 f16x8(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+AVX2 static inline float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+/* The AVX2/FMA direct path (chosen at run time when the CPU has AVX2, FMA
+ * and F16C) for NB input rows: weight rows one after another, so that the
+ * weights are one sequential stream the hardware prefetcher follows (rows
+ * of a few KB read side by side defeat it), 8 lanes at a time with U
+ * independent accumulators per input row to hide the FMA latency. */
+#define DEFINE_GEMV16_AVX2(NAME, NB, U, LOAD8, CONVERT)                                       \
+    AVX2 static void NAME(float *out, const float *inp, const uint16_t *weight, int C, int o0,  \
+                          int o1, int ldo)                                                    \
+    {                                                                                         \
+        for (int o = o0; o < o1; o++) {                                                       \
+            const uint16_t *wr = weight + (size_t)o * C;                                      \
+            __m256 acc[NB][U];                                                                \
+            _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                              \
+                _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)                           \
+                    acc[n][u] = _mm256_setzero_ps();                                          \
+            int c = 0;                                                                        \
+            for (; c + 8 * U <= C; c += 8 * U)                                                \
+                _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {                         \
+                    __m256 w = LOAD8(wr + c + 8 * u);                                         \
+                    _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                      \
+                        acc[n][u] = _mm256_fmadd_ps(                                          \
+                            w, _mm256_loadu_ps(inp + (size_t)n * C + c + 8 * u), acc[n][u]);  \
+                }                                                                             \
+            for (; c + 8 <= C; c += 8) {                                                      \
+                __m256 w = LOAD8(wr + c);                                                     \
+                _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                          \
+                    acc[n][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(inp + (size_t)n * C + c),  \
+                                                acc[n][0]);                                   \
+            }                                                                                 \
+            for (int n = 0; n < NB; n++) {                                                    \
+                __m256 a = acc[n][0];                                                         \
+                for (int u = 1; u < U; u++)                                                   \
+                    a = _mm256_add_ps(a, acc[n][u]);                                          \
+                float t = hsum8(a);                                                           \
+                for (int k = c; k < C; k++)                                                   \
+                    t += CONVERT(wr[k]) * inp[(size_t)n * C + k];                             \
+                out[(size_t)n * ldo + o] = t;                                                 \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+DEFINE_GEMV16_AVX2(avx2_bf16_1, 1, 4, bf16x8, bf16_value)
+DEFINE_GEMV16_AVX2(avx2_bf16_2, 2, 2, bf16x8, bf16_value)
+DEFINE_GEMV16_AVX2(avx2_bf16_4, 4, 1, bf16x8, bf16_value)
+DEFINE_GEMV16_AVX2(avx2_f16_1, 1, 4, f16x8, f16_value)
+DEFINE_GEMV16_AVX2(avx2_f16_2, 2, 2, f16x8, f16_value)
+DEFINE_GEMV16_AVX2(avx2_f16_4, 4, 1, f16x8, f16_value)
+
+/* 1 when this CPU runs the AVX2 kernels (checked once). */
+static int cpu_has_avx2(void)
+{
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+    }
+    return have;
+}
+#endif
+
+/* Kernels for blocks of 4, 2 and 1 input rows (k[0], k[1], k[2]), for the
+ * CPU and dtype at hand. */
+static void gemv16_pick(kernels_dtype dt, gemv16_fn k[3])
+{
+    bool bf = dt == KERNELS_BF16;
+#ifdef HAVE_AVX2_GEMV
+    if (cpu_has_avx2()) {
+        k[0] = bf ? avx2_bf16_4 : avx2_f16_4;
+        k[1] = bf ? avx2_bf16_2 : avx2_f16_2;
+        k[2] = bf ? avx2_bf16_1 : avx2_f16_1;
+        return;
+    }
+#endif
+    k[0] = bf ? gemv16_bf16_4 : gemv16_f16_4;
+    k[1] = bf ? gemv16_bf16_2 : gemv16_f16_2;
+    k[2] = bf ? gemv16_bf16_1 : gemv16_f16_1;
+}
+
+/* One direct-path product, split by cpu_pool_run over tiles of weight rows. */
+typedef struct gemv16_job {
+    float *out;
+    const float *inp;
+    const uint16_t *weight;
+    kernels_dtype dt;
+    int N, C, OC;
+    int tile; /* weight rows per tile */
+} gemv16_job;
+
+/* Weight rows [o0, o1), a tile at a time: every block of 4, 2 or 1 input
+ * rows passes over a tile while it is still in cache, so each weight is
+ * read from memory once whatever N is. */
+static void gemv16_rows(const gemv16_job *j, int o0, int o1)
+{
+    gemv16_fn k[3];
+    gemv16_pick(j->dt, k);
+    for (int t0 = o0; t0 < o1; t0 += j->tile) {
+        int t1 = o1 - t0 < j->tile ? o1 : t0 + j->tile, n = 0;
+        for (; n + 4 <= j->N; n += 4)
+            k[0](j->out + (size_t)n * j->OC, j->inp + (size_t)n * j->C, j->weight, j->C, t0, t1, j->OC);
+        for (; n + 2 <= j->N; n += 2)
+            k[1](j->out + (size_t)n * j->OC, j->inp + (size_t)n * j->C, j->weight, j->C, t0, t1, j->OC);
+        for (; n < j->N; n++)
+            k[2](j->out + (size_t)n * j->OC, j->inp + (size_t)n * j->C, j->weight, j->C, t0, t1, j->OC);
+    }
+}
+
+/* cpu_pool part: an equal share of the tiles. */
+static void gemv16_part(void *ctx, int part, int parts)
+{
+    const gemv16_job *j = ctx;
+    long tiles = (j->OC + j->tile - 1) / j->tile;
+    long lo = tiles * part / parts * j->tile, hi = tiles * (part + 1) / parts * j->tile;
+    gemv16_rows(j, (int)lo, (int)(hi < j->OC ? hi : j->OC));
+}
+
+/* The direct path over N <= GEMV_ROWS rows, on the pool's threads when the
+ * product is large enough to pay for waking them. */
 static void gemv16(float *out, const float *inp, const uint16_t *weight, kernels_dtype dt,
                    int N, int C, int OC)
 {
-    typedef void (*gemv_fn)(float *, const float *, const uint16_t *, int, int, int);
-    gemv_fn f1 = dt == KERNELS_BF16 ? gemv16_bf16_1 : gemv16_f16_1;
-    gemv_fn f2 = dt == KERNELS_BF16 ? gemv16_bf16_2 : gemv16_f16_2;
-    gemv_fn f4 = dt == KERNELS_BF16 ? gemv16_bf16_4 : gemv16_f16_4;
-    int n = 0;
-    for (; n + 4 <= N; n += 4)
-        f4(out + (size_t)n * OC, inp + (size_t)n * C, weight, C, OC, OC);
-    for (; n + 2 <= N; n += 2)
-        f2(out + (size_t)n * OC, inp + (size_t)n * C, weight, C, OC, OC);
-    for (; n < N; n++)
-        f1(out + (size_t)n * OC, inp + (size_t)n * C, weight, C, OC, OC);
+    int tile = TILE_BYTES / (2 * (C > 0 ? C : 1));
+    gemv16_job j = {out, inp, weight, dt, N, C, OC, tile > 0 ? tile : 1};
+    if ((double)N * C * OC < POOL_MIN_MACS)
+        gemv16_part(&j, 0, 1);
+    else
+        cpu_pool_run(gemv16_part, &j);
 }
 
 static int dtype_ok(kernels_dtype dt)

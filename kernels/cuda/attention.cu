@@ -25,7 +25,7 @@
 #endif
 #define ATTN_ROWS_PER_BLOCK 8                 /* one warp per score row */
 #define ATTN_KV_WARPS 8
-#define ATTN_KV_MAX_D 256
+#define ATTN_KV_MAX_D KERNELS_CUDA_MAX_KV_HEAD_DIM
 
 /* 1 when the attention sizes are usable (as the CPU op's check). */
 static int attention_sizes_ok(int B, int T, int Hq, int Hkv, int D)

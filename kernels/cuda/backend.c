@@ -140,6 +140,7 @@ static void cuda_stream_free(kernels_stream *s)
 
 static const kernels_backend cuda_backend = {
     .name = "cuda",
+    .max_kv_head_dim = KERNELS_CUDA_MAX_KV_HEAD_DIM,
     .alloc = cuda_alloc,
     .free = cuda_free,
     .copy_to_device = cuda_copy_to_device,

@@ -42,6 +42,10 @@ int kernels_cuda_enter(void);
 /* Turns a CUDA runtime result into an rt_error code, logging a failure with
  * what (the call) and where. cudaErrorMemoryAllocation is RT_ERR_NOMEM. */
 int kernels_cuda_check(cudaError_t e, const char *what, const char *file, int line);
+/* The largest head_dim of the cached (serving) attention kernel: a warp
+ * holds a query of up to this many floats in registers. */
+#define KERNELS_CUDA_MAX_KV_HEAD_DIM 256
+
 #define KERNELS_CUDA_TRY(call) kernels_cuda_check((call), #call, __FILE__, __LINE__)
 
 /* The stream of a kernels_stream (NULL = the legacy default stream). */
