@@ -11,7 +11,7 @@ OPT     ?= -O2
 CFLAGS  ?=
 CFLAGS  += -std=c11 -Wall -Wextra -Werror $(OPT) -g -D_GNU_SOURCE -I. -I$(BUILD)/gen \
            -I/usr/include/x86_64-linux-gnu/openblas-pthread -pthread
-LDLIBS  += -lmicrohttpd -lcjson -lsqlite3 -lpcre2-8 \
+LDLIBS  += -lmicrohttpd -lcjson -lsqlite3 -lpcre2-8 -lutf8proc \
            -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas -lm -lpthread
 
 ifeq ($(SAN),1)
