@@ -101,6 +101,7 @@ struct api_request {
     int64_t body_limit;
     char *body;                    /* buffered JSON body (API_FLAG_JSON_BODY) */
     size_t body_len, body_cap;
+    char request_id[64];           /* "req-<hex>": the x-request-id header and the log line */
     bool responded;                /* a response was queued */
     int status;                    /* status of that response, for logs/metrics */
     void *state;                   /* handler-owned; freed by state_free */

@@ -178,6 +178,7 @@ static api_request *request_new(api_server *srv, struct MHD_Connection *conn,
     req->status = 500;
     snprintf(req->method, sizeof req->method, "%s", method);
     snprintf(req->path, sizeof req->path, "%s", url);
+    storage_new_id("req", req->request_id, sizeof req->request_id);
     pthread_mutex_lock(&srv->lock);
     srv->in_flight++;
     pthread_mutex_unlock(&srv->lock);
@@ -229,8 +230,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     double seconds = rt_now_seconds() - req->started;
     int status = req->responded ? req->status : 499;
-    rt_log(RT_LOG_INFO, "%s %s %d %.1fms%s", req->method, req->path, status, seconds * 1e3,
-           toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (aborted)");
+    rt_log(RT_LOG_INFO, "%s %s %d %.1fms %s%s", req->method, req->path, status, seconds * 1e3,
+           req->request_id, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (aborted)");
     api_metrics_observe(req->route ? req->route->name : "unmatched", req->method, status, seconds);
     if (req->state_free)
         req->state_free(req->state);

@@ -118,6 +118,75 @@ static int checkpointing(const cJSON *hp)
     return cJSON_IsTrue(v) ? 1 : cJSON_IsFalse(v) ? -1 : 0;
 }
 
+/* Hyperparameters that are not numeric knobs. */
+static const char *const other_keys[] = {"training_type", "lr_scheduler", "target_modules",
+                                         "gradient_checkpointing", NULL};
+
+/* Levenshtein distance of two short names (longer ones count as far). */
+static int edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 40 || lb > 40)
+        return 99;
+    int row[41];
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= lb; j++) {
+            int up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            best = up + 1 < best ? up + 1 : best;
+            best = row[j - 1] + 1 < best ? row[j - 1] + 1 : best;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+/* The known hyperparameter closest to name, or NULL when none is close. */
+static const char *closest_key(const char *name)
+{
+    const char *best = NULL;
+    int best_d = 4;
+    for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++) {
+        int d = edit_distance(name, knobs[i].name);
+        if (d < best_d || (strstr(knobs[i].name, name) && d < 8)) {
+            best = knobs[i].name;
+            best_d = d;
+        }
+    }
+    for (const char *const *k = other_keys; *k; k++)
+        if (edit_distance(name, *k) < best_d) {
+            best = *k;
+            best_d = edit_distance(name, *k);
+        }
+    return best;
+}
+
+/* Every key must be a hyperparameter retune knows: a misspelled one would
+ * otherwise be stored, echoed back and ignored while its default trains. */
+static int check_unknown_keys(const cJSON *hp, char *param, size_t psize, char *msg, size_t msize)
+{
+    const cJSON *item;
+    cJSON_ArrayForEach(item, hp) {
+        bool known = false;
+        for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++)
+            known = known || strcmp(item->string, knobs[i].name) == 0;
+        for (const char *const *k = other_keys; *k; k++)
+            known = known || strcmp(item->string, *k) == 0;
+        if (known)
+            continue;
+        const char *near = closest_key(item->string);
+        snprintf(param, psize, "hyperparameters.%.200s", item->string);
+        snprintf(msg, msize, "Unknown hyperparameter '%.200s'%s%s%s.", item->string,
+                 near ? " (did you mean '" : "", near ? near : "", near ? "'?)" : "");
+        return RT_ERR_INVALID;
+    }
+    return RT_OK;
+}
+
 int api_job_check_hyperparameters(const cJSON *hp, char *param, size_t psize, char *msg, size_t msize)
 {
     static const char *const types[] = {"lora", "full", NULL};
@@ -127,6 +196,8 @@ int api_job_check_hyperparameters(const cJSON *hp, char *param, size_t psize, ch
         snprintf(msg, msize, "hyperparameters must be an object.");
         return RT_ERR_INVALID;
     }
+    if (check_unknown_keys(hp, param, psize, msg, msize) != RT_OK)
+        return RT_ERR_INVALID;
     for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++)
         if (check_knob(hp, &knobs[i], param, psize, msg, msize) != RT_OK)
             return RT_ERR_INVALID;

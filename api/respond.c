@@ -21,6 +21,8 @@ static int queue(api_request *req, int status, struct MHD_Response *resp)
         rt_log(RT_LOG_ERROR, "second response for %s %s ignored", req->method, req->path);
         return RT_OK;
     }
+    if (req->request_id[0]) /* every response says which request it answers, as OpenAI's do */
+        MHD_add_response_header(resp, "x-request-id", req->request_id);
     enum MHD_Result ok = MHD_queue_response(req->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     req->responded = true;

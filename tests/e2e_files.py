@@ -53,6 +53,17 @@ def test_health_and_metrics():
         t.check("retune_http_request_duration_seconds_bucket" in text, "metrics has latency histogram")
         log = srv.log_text()
         t.check("GET /v1/files 200" in log, "one log line per request with status")
+        # Every response carries its own x-request-id, errors and 404s too, and the log names it.
+        ids = [srv.request(m, p)[1].get("x-request-id") for m, p in
+               (("GET", "/healthz"), ("GET", "/v1/files/file-nope"), ("GET", "/no/such/route"),
+                ("POST", "/v1/files"))]
+        t.check(all(i and i.startswith("req-") for i in ids) and len(set(ids)) == len(ids),
+                f"x-request-id on every response, unique ({ids})")
+        for _ in range(50):
+            if ids[1] in srv.log_text():
+                break
+            time.sleep(0.05)
+        t.check(ids[1] in srv.log_text(), "the log line names the request id")
     finally:
         t.eq(srv.stop(), 0, "graceful stop exits 0")
         remove(d)

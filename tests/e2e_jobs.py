@@ -172,6 +172,14 @@ def test_bad_requests_and_bad_data():
             status, hdrs, resp = srv.json("POST", "/v1/fine_tuning/jobs", json.dumps(body).encode(),
                                           {"Content-Type": "application/json"})
             t.eq((status, resp.get("error", {}).get("param")), (400, param), f"400 names {param}")
+        # Misspelled hyperparameters are refused, with the name they were probably meant as.
+        for wrong, meant in (("n_epoch", "n_epochs"), ("lora_rank", "lora_r"),
+                             ("learning_rate_multipler", "learning_rate_multiplier"), ("zzz_top", None)):
+            status, _, resp = create(srv, training_file=train, hyperparameters={wrong: 3})
+            err = resp.get("error", {})
+            t.eq((status, err.get("param")), (400, f"hyperparameters.{wrong}"), f"unknown {wrong}: 400")
+            t.check((f"'{meant}'" in err.get("message", "")) if meant else "did you mean" not in err.get("message", ""),
+                    f"{wrong}: suggests {meant} ({err.get('message')})")
         status, _, resp = srv.json("POST", "/v1/fine_tuning/jobs", b"{not json",
                                    {"Content-Type": "application/json"})
         t.eq(status, 400, "malformed JSON body")
