@@ -17,7 +17,8 @@
 #include <sys/random.h>
 
 #define BAD "invalid_request_error"
-#define MAX_N 8
+#define MAX_N 128      /* choices per request: n, times the prompts of a legacy list */
+#define MAX_PROMPTS 128
 
 /* ---- request parameters -------------------------------------------------------- */
 
@@ -25,12 +26,18 @@ typedef struct gen_params {
     bool chat;
     const char *model;
     engine_request er;              /* sampling, inputs (borrowing body strings) */
-    int n;
+    int n, n_choices;               /* per prompt; in all (n times the prompts) */
     bool stream, include_usage;
     engine_chat_message *messages;  /* owned */
     char **texts;                   /* owned joined content strings */
     size_t n_texts;
-    int32_t *ids;                   /* owned prompt ids */
+    /* Legacy completions: the prompts of the list (a string or token ids
+     * each); choice i answers prompt i / n. Chat has one input, er's. */
+    const char *prompts[MAX_PROMPTS];
+    int32_t *prompt_ids[MAX_PROMPTS]; /* owned */
+    size_t n_prompt_ids[MAX_PROMPTS];
+    int n_prompts;
+    engine_logit_bias *bias;        /* owned */
 } gen_params;
 
 static void params_free(gen_params *p)
@@ -39,7 +46,9 @@ static void params_free(gen_params *p)
     for (size_t i = 0; i < p->n_texts; i++)
         free(p->texts[i]);
     free(p->texts);
-    free(p->ids);
+    for (int i = 0; i < p->n_prompts; i++)
+        free(p->prompt_ids[i]);
+    free(p->bias);
 }
 
 /* The first problem found: answered as a 400 naming param. */
@@ -108,15 +117,49 @@ static bool parse_stop(const cJSON *body, engine_request *er, bad_field *b)
     return true;
 }
 
+/* logit_bias: {"token id": bias in [-100, 100], ...}, as OpenAI takes it. */
+static bool parse_logit_bias(const cJSON *body, gen_params *p, bad_field *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "logit_bias");
+    if (!v || cJSON_IsNull(v))
+        return true;
+    int n = cJSON_GetArraySize(v);
+    if (!cJSON_IsObject(v) || n > ENGINE_MAX_LOGIT_BIAS)
+        return bad(b, "logit_bias", "'logit_bias' must be an object of at most %d token ids.",
+                   ENGINE_MAX_LOGIT_BIAS);
+    if (n == 0)
+        return true;
+    if (!(p->bias = malloc((size_t)n * sizeof *p->bias)))
+        return bad(b, "logit_bias", "out of memory");
+    const cJSON *item;
+    int i = 0;
+    cJSON_ArrayForEach(item, v) {
+        char *end = NULL;
+        long id = strtol(item->string, &end, 10);
+        if (!item->string[0] || *end || id < 0 || id > 2147483647L || !cJSON_IsNumber(item) ||
+            !(item->valuedouble >= -100 && item->valuedouble <= 100))
+            return bad(b, "logit_bias", "'logit_bias' maps token ids (\"123\") to numbers from -100 to 100; "
+                                        "'%.40s' is not one.", item->string);
+        p->bias[i++] = (engine_logit_bias){(int32_t)id, (float)item->valuedouble};
+    }
+    p->er.logit_bias = p->bias;
+    p->er.n_logit_bias = n;
+    return true;
+}
+
 /* Sampling knobs shared by both endpoints. */
 static bool parse_sampling(const cJSON *body, gen_params *p, bad_field *b)
 {
     engine_request *er = &p->er;
     double temperature = 1, top_p = 1, top_k = 0, penalty = 1, n = 1, seed = -1;
+    double presence = 0, frequency = 0;
     bool ok = opt_num(body, "temperature", 0, 2, false, &temperature, b) &&
               opt_num(body, "top_p", 1e-9, 1, false, &top_p, b) &&
               opt_num(body, "top_k", 0, 1e9, true, &top_k, b) &&
               opt_num(body, "repetition_penalty", 1e-3, 100, false, &penalty, b) &&
+              opt_num(body, "presence_penalty", -2, 2, false, &presence, b) &&
+              opt_num(body, "frequency_penalty", -2, 2, false, &frequency, b) &&
+              parse_logit_bias(body, p, b) &&
               opt_num(body, "n", 1, MAX_N, true, &n, b) &&
               opt_num(body, "seed", -9.2e18, 9.2e18, true, &seed, b) &&
               opt_bool(body, "stream", &p->stream, b) && parse_stop(body, er, b);
@@ -129,6 +172,8 @@ static bool parse_sampling(const cJSON *body, gen_params *p, bad_field *b)
     er->top_p = top_p;
     er->top_k = (int)top_k;
     er->repetition_penalty = penalty;
+    er->presence_penalty = presence;
+    er->frequency_penalty = frequency;
     p->n = (int)n;
     er->has_seed = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(body, "seed"));
     er->seed = (uint64_t)(int64_t)seed;
@@ -203,33 +248,137 @@ static bool parse_messages(const cJSON *body, gen_params *p, bad_field *b)
     return true;
 }
 
-/* prompt: a string, an array of one string, or an array of token ids. */
-static bool parse_prompt(const cJSON *body, gen_params *p, bad_field *b)
+/* One prompt given as token ids (non-negative integers) into prompt k. */
+static bool prompt_id_list(const cJSON *v, gen_params *p, int k, bad_field *b)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "prompt");
-    if (!v)
-        return bad(b, "prompt", "Missing required parameter: 'prompt'.");
-    if (cJSON_IsArray(v) && cJSON_GetArraySize(v) == 1 && cJSON_IsString(cJSON_GetArrayItem(v, 0)))
-        v = cJSON_GetArrayItem(v, 0);
-    if (cJSON_IsString(v)) {
-        p->er.prompt = v->valuestring;
-        return strlen(v->valuestring) ? true : bad(b, "prompt", "'prompt' must not be empty.");
-    }
     int n = cJSON_GetArraySize(v);
-    if (!cJSON_IsArray(v) || n == 0)
-        return bad(b, "prompt", "'prompt' must be a string or a non-empty array of token ids.");
-    p->ids = malloc(sizeof *p->ids * (size_t)n);
-    if (!p->ids)
+    if (n == 0)
+        return bad(b, "prompt", "'prompt' token id lists must not be empty.");
+    if (!(p->prompt_ids[k] = malloc(sizeof *p->prompt_ids[k] * (size_t)n)))
         return bad(b, "prompt", "out of memory");
     for (int i = 0; i < n; i++) {
         const cJSON *t = cJSON_GetArrayItem(v, i);
         if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble > 2147483647.0 ||
             t->valuedouble != floor(t->valuedouble))
-            return bad(b, "prompt", "'prompt' token ids must be non-negative integers (one prompt per request).");
-        p->ids[i] = (int32_t)t->valuedouble;
+            return bad(b, "prompt", "'prompt' token ids must be non-negative integers.");
+        p->prompt_ids[k][i] = (int32_t)t->valuedouble;
     }
-    p->er.prompt_ids = p->ids;
-    p->er.n_prompt_ids = (size_t)n;
+    p->n_prompt_ids[k] = (size_t)n;
+    return true;
+}
+
+/* One prompt of the list: a string or an array of token ids. */
+static bool one_prompt(const cJSON *v, gen_params *p, bad_field *b)
+{
+    int k = p->n_prompts++;
+    if (cJSON_IsString(v)) {
+        p->prompts[k] = v->valuestring;
+        return v->valuestring[0] ? true : bad(b, "prompt", "'prompt' strings must not be empty.");
+    }
+    if (cJSON_IsArray(v))
+        return prompt_id_list(v, p, k, b);
+    return bad(b, "prompt", "'prompt' must be a string, an array of strings, an array of token "
+                            "ids or an array of token-id arrays.");
+}
+
+/* prompt: a string, token ids, or a list of either (one choice set per
+ * prompt, as OpenAI's legacy completions take them). */
+static bool parse_prompt(const cJSON *body, gen_params *p, bad_field *b)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, "prompt");
+    if (!v)
+        return bad(b, "prompt", "Missing required parameter: 'prompt'.");
+    bool list = cJSON_IsArray(v) && cJSON_GetArraySize(v) > 0 &&
+                (cJSON_IsString(cJSON_GetArrayItem(v, 0)) || cJSON_IsArray(cJSON_GetArrayItem(v, 0)));
+    if (!list)
+        return one_prompt(v, p, b);
+    if (cJSON_GetArraySize(v) > MAX_PROMPTS)
+        return bad(b, "prompt", "'prompt' takes at most %d prompts.", MAX_PROMPTS);
+    const cJSON *item;
+    cJSON_ArrayForEach(item, v)
+        if (!one_prompt(item, p, b))
+            return false;
+    return true;
+}
+
+/* The request fields each endpoint knows. Anything else is refused, as
+ * OpenAI refuses unknown arguments, so that no field is silently ignored. */
+static const char *const chat_fields[] = {
+    "model", "messages", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
+    "frequency_penalty", "logit_bias", "n", "seed", "stream", "stream_options", "stop",
+    "max_tokens", "max_completion_tokens", "logprobs", "top_logprobs", "user", "store", "metadata",
+    "service_tier", "response_format", "tools", "tool_choice", "parallel_tool_calls", "modalities",
+    NULL};
+static const char *const completion_fields[] = {
+    "model", "prompt", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
+    "frequency_penalty", "logit_bias", "n", "seed", "stream", "stream_options", "stop",
+    "max_tokens", "logprobs", "echo", "user", "best_of", "suffix", NULL};
+
+static bool known_field(const char *const *fields, const char *name)
+{
+    for (const char *const *f = fields; *f; f++)
+        if (!strcmp(*f, name))
+            return true;
+    return false;
+}
+
+/* True when v is absent, null, or one of the values that ask for nothing. */
+static bool no_op(const cJSON *v, const char *noop_string)
+{
+    return !v || cJSON_IsNull(v) || (cJSON_IsArray(v) && cJSON_GetArraySize(v) == 0) ||
+           (noop_string && cJSON_IsString(v) && !strcmp(v->valuestring, noop_string));
+}
+
+/* Fields retune knows but does not do: a 400 naming them, never a silent no-op. */
+static bool check_unsupported(const cJSON *body, bool chat, bad_field *b)
+{
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(body, "response_format");
+    const cJSON *rft = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
+    if (chat && rf && !cJSON_IsNull(rf) && !(cJSON_IsString(rft) && !strcmp(rft->valuestring, "text")))
+        return bad(b, "response_format", "'response_format' other than {\"type\": \"text\"} is not "
+                                         "supported yet: retune cannot constrain its output to JSON.");
+    if (chat && !no_op(cJSON_GetObjectItemCaseSensitive(body, "tools"), NULL))
+        return bad(b, "tools", "'tools' is not supported yet: retune cannot return tool calls.");
+    if (chat && !no_op(cJSON_GetObjectItemCaseSensitive(body, "tool_choice"), "none") &&
+        !no_op(cJSON_GetObjectItemCaseSensitive(body, "tool_choice"), "auto"))
+        return bad(b, "tool_choice", "'tool_choice' needs 'tools', which are not supported yet.");
+    const cJSON *mod = cJSON_GetObjectItemCaseSensitive(body, "modalities");
+    if (chat && !no_op(mod, NULL) && !(cJSON_IsArray(mod) && cJSON_GetArraySize(mod) == 1 &&
+                                       cJSON_IsString(mod->child) && !strcmp(mod->child->valuestring, "text")))
+        return bad(b, "modalities", "'modalities' can only be [\"text\"].");
+    if (chat && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(body, "store")))
+        return bad(b, "store", "'store': true is not supported: retune does not keep completions.");
+    const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(body, "suffix");
+    if (!chat && !no_op(suffix, ""))
+        return bad(b, "suffix", "'suffix' (insertion) is not supported.");
+    return true;
+}
+
+/* Unknown fields, then the known ones retune refuses. */
+static bool check_fields(const cJSON *body, bool chat, bad_field *b)
+{
+    const cJSON *item;
+    cJSON_ArrayForEach(item, body)
+        if (!known_field(chat ? chat_fields : completion_fields, item->string)) {
+            static _Thread_local char param[64];
+            snprintf(param, sizeof param, "%.60s", item->string);
+            return bad(b, param, "Unrecognized request argument supplied: %.200s", item->string);
+        }
+    return check_unsupported(body, chat, b);
+}
+
+/* best_of (legacy completions): n best of best_of; only best_of == n, which
+ * returns all of them, is done. */
+static bool check_best_of(const cJSON *body, const gen_params *p, bad_field *b)
+{
+    double best_of = p->n;
+    if (!opt_num(body, "best_of", 1, MAX_N, true, &best_of, b))
+        return false;
+    if (best_of < p->n)
+        return bad(b, "best_of", "'best_of' must be at least 'n'.");
+    if (best_of > p->n)
+        return bad(b, "best_of", "'best_of' greater than 'n' is not supported yet; use 'n' and "
+                                 "'logprobs' to choose among completions.");
     return true;
 }
 
@@ -237,6 +386,10 @@ static bool parse_prompt(const cJSON *body, gen_params *p, bad_field *b)
 static bool parse_request(const cJSON *body, gen_params *p, bad_field *b)
 {
     engine_request *er = &p->er;
+    if (!cJSON_IsObject(body))
+        return bad(b, NULL, "The request body must be a JSON object.");
+    if (!check_fields(body, p->chat, b))
+        return false;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(body, "model");
     if (!cJSON_IsString(model) || !model->valuestring[0])
         return bad(b, "model", "Missing required parameter: 'model'.");
@@ -258,17 +411,20 @@ static bool parse_request(const cJSON *body, gen_params *p, bad_field *b)
         double lp = -1;
         if (!opt_num(body, "max_tokens", 0, 1e7, true, &max_tokens, b) ||
             !opt_num(body, "logprobs", 0, 5, true, &lp, b) || !opt_bool(body, "echo", &er->echo, b) ||
-            !parse_prompt(body, p, b))
+            !check_best_of(body, p, b) || !parse_prompt(body, p, b))
             return false;
         er->logprobs = lp >= 0;
         top = lp > 0 ? lp : 0;
         if (max_tokens == 0 && !er->echo)
             return bad(b, "max_tokens", "'max_tokens' may be 0 only with 'echo': true.");
+        if (p->n_prompts * p->n > MAX_N)
+            return bad(b, "n", "'n' times the number of prompts must be at most %d.", MAX_N);
         if (p->stream && er->echo && max_tokens == 0)
             return bad(b, "stream", "'stream' needs max_tokens >= 1.");
     }
     er->max_tokens = (int)max_tokens;
     er->top_logprobs = (int)top;
+    p->n_choices = p->chat ? p->n : p->n_prompts * p->n;
     return true;
 }
 
@@ -278,7 +434,7 @@ typedef struct choice {
     char *text;
     size_t len, cap;
     const char *finish;
-    int completion_tokens;
+    int completion_tokens, prompt_tokens;
     cJSON *logprobs;          /* chat: content array; completions: {tokens, ...} */
     int text_offset;
 } choice;
@@ -295,7 +451,7 @@ struct gen_state {
     pthread_cond_t cond;
     int refs;                 /* HTTP side + one per accepted engine request */
     bool chat, stream, include_usage, logprobs, sent_role[MAX_N];
-    int n, done, prompt_tokens;
+    int n, done, per_prompt;  /* choices; finished; choices per prompt (the request's n) */
     choice choices[MAX_N];
     choice_ctx ctx[MAX_N];
     engine_handle *handles[MAX_N];
@@ -496,13 +652,16 @@ static void stream_chunk(gen_state *g, int index, const engine_token_event *ev, 
 
 static cJSON *usage_json(gen_state *g)
 {
-    int completion = 0;
-    for (int i = 0; i < g->n; i++)
+    int completion = 0, prompt = 0;
+    for (int i = 0; i < g->n; i++) {
         completion += g->choices[i].completion_tokens;
+        if (i % g->per_prompt == 0) /* each prompt counted once, as OpenAI counts them */
+            prompt += g->choices[i].prompt_tokens;
+    }
     cJSON *u = cJSON_CreateObject();
-    cJSON_AddNumberToObject(u, "prompt_tokens", g->prompt_tokens);
+    cJSON_AddNumberToObject(u, "prompt_tokens", prompt);
     cJSON_AddNumberToObject(u, "completion_tokens", completion);
-    cJSON_AddNumberToObject(u, "total_tokens", g->prompt_tokens + completion);
+    cJSON_AddNumberToObject(u, "total_tokens", prompt + completion);
     return u;
 }
 
@@ -539,7 +698,7 @@ static void on_done(void *ctx, const engine_result *res)
     choice *c = &g->choices[cc->index];
     c->finish = res->finish_reason;
     c->completion_tokens = res->completion_tokens;
-    g->prompt_tokens = res->prompt_tokens;
+    c->prompt_tokens = res->prompt_tokens;
     if (!strcmp(res->finish_reason, "error"))
         g->error = "the engine failed while generating";
     g->done++;
@@ -676,12 +835,13 @@ static gen_state *gen_new(const gen_params *p, const api_target *t)
     g->stream = p->stream;
     g->include_usage = p->include_usage;
     g->logprobs = p->er.logprobs;
-    g->n = p->n;
+    g->n = p->n_choices;
+    g->per_prompt = p->n;
     g->engine = t->engine;
     g->created = rt_unix_time();
     snprintf(g->model, sizeof g->model, "%s", p->model);
     storage_new_id(p->chat ? "chatcmpl" : "cmpl", g->id, sizeof g->id);
-    for (int i = 0; i < p->n; i++) {
+    for (int i = 0; i < p->n_choices; i++) {
         g->ctx[i] = (choice_ctx){g, i};
         if (g->logprobs)
             g->choices[i].logprobs = p->chat ? cJSON_CreateArray() : new_completion_logprobs();
@@ -693,6 +853,7 @@ static gen_state *gen_new(const gen_params *p, const api_target *t)
 static const char *field_of(const char *err)
 {
     static const char *const fields[] = {"temperature", "top_p", "top_k", "repetition_penalty",
+                                         "presence_penalty", "frequency_penalty", "logit_bias",
                                          "top_logprobs", "max_tokens", "stop", "messages", NULL};
     for (const char *const *f = fields; *f; f++)
         if (!strncmp(err, *f, strlen(*f)) && (err[strlen(*f)] == ' ' || err[strlen(*f)] == ':'))
@@ -715,15 +876,21 @@ static int submit_error(api_request *req, int rc, const char *err)
     return api_respond_error(req, 500, "server_error", NULL, NULL, "%s", err[0] ? err : rt_strerror(rc));
 }
 
-/* Submits the n engine requests (seeds seed, seed+1, ...). */
+/* Submits the engine requests, n per prompt (seeds seed, seed+1, ...). */
 static int submit_all(api_request *req, gen_params *p, const api_target *t, gen_state *g)
 {
     char err[512] = "";
-    for (int i = 0; i < p->n; i++) {
+    for (int i = 0; i < p->n_choices; i++) {
         engine_request er = p->er;
+        if (!p->chat) { /* choice i answers prompt i / n */
+            int k = i / p->n;
+            er.prompt = p->prompts[k];
+            er.prompt_ids = p->prompt_ids[k];
+            er.n_prompt_ids = p->n_prompt_ids[k];
+        }
         er.adapter = t->adapter[0] ? t->adapter : NULL;
-        er.seed = p->er.seed + (uint64_t)i;
-        if (!er.has_seed && p->n > 1) {
+        er.seed = p->er.seed + (uint64_t)(i % p->n);
+        if (!er.has_seed && p->n_choices > 1) {
             uint64_t r = 0;
             if (getrandom(&r, sizeof r, 0) == sizeof r)
                 er.seed = r;

@@ -155,6 +155,15 @@ typedef struct engine_result {
  * the tokenizer's special tokens, e.g. a BOS) or prompt_ids. Everything is
  * copied by engine_submit; ctx is not and must stay valid until on_done.
  */
+/* One entry of a request's logit_bias: bias is added to token id's logit
+ * before sampling (-100 in effect bans it, +100 in effect forces it). */
+typedef struct engine_logit_bias {
+    int32_t id;
+    float bias;
+} engine_logit_bias;
+
+#define ENGINE_MAX_LOGIT_BIAS 1024
+
 typedef struct engine_request {
     const char *adapter;                 /* registered adapter, NULL/"" = base */
     const engine_chat_message *messages;
@@ -169,6 +178,11 @@ typedef struct engine_request {
     int top_k;                           /* 0: off */
     double repetition_penalty;           /* HF semantics over prompt + output;
                                             0 or 1: off */
+    double presence_penalty;             /* OpenAI's, in [-2, 2], over the completion's
+                                            tokens: each token that has appeared */
+    double frequency_penalty;            /* OpenAI's, in [-2, 2]: times each count */
+    const engine_logit_bias *logit_bias; /* n_logit_bias entries, ids < vocab_size */
+    int n_logit_bias;
     bool has_seed;                       /* same seed, same output */
     uint64_t seed;
     const char *stop[ENGINE_MAX_STOP];   /* stop strings (trimmed from output) */

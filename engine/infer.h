@@ -187,6 +187,9 @@ struct engine_handle {
     int n_prompt, cap, max_tokens;
     sample_params sp;
     double penalty;                 /* 1: off */
+    double presence, frequency;     /* OpenAI's penalties; 0: off */
+    engine_logit_bias *bias;        /* owned copy, n_bias entries */
+    int n_bias;
     uint64_t seed;
     char *stop[ENGINE_MAX_STOP];    /* owned copies */
     int n_stop;
@@ -208,6 +211,9 @@ typedef struct infer_seq {
     char *text;                     /* completion text not handed out yet */
     size_t text_len, text_cap;
     uint8_t *seen;                  /* repetition-penalty bitmap, or NULL */
+    uint32_t *counts;               /* per id, times generated (presence/frequency), or NULL */
+    int32_t *distinct;              /* the ids generated, each once, n_distinct of them */
+    int n_distinct;
 } infer_seq;
 
 /* The scheduler's per-step bookkeeping of one segment. */

@@ -21,6 +21,7 @@ void infer_handle_unref(engine_handle *h)
         return;
     for (int i = 0; i < h->n_stop; i++)
         free(h->stop[i]);
+    free(h->bias);
     free(h->tokens);
     free(h);
 }
@@ -64,6 +65,8 @@ static void seq_end(engine_server *srv, infer_seq *s, const char *reason, const 
     tokenizer_stream_free(s->echo);
     free(s->text);
     free(s->seen);
+    free(s->counts);
+    free(s->distinct);
     memset(s, 0, sizeof *s);
     active_done(srv); /* the slot is free before on_done runs */
     finish_handle(srv, h, reason, error, n_gen);
@@ -95,6 +98,10 @@ void infer_sched_start(engine_server *srv, engine_handle *h)
         if (rc == RT_OK && srv->tok && h->echo)
             rc = tokenizer_stream_new(srv->tok, false, &s->echo);
         if (rc == RT_OK && h->penalty != 1.0 && !(s->seen = calloc((size_t)V / 8 + 1, 1)))
+            rc = RT_ERR_NOMEM;
+        if (rc == RT_OK && (h->presence != 0 || h->frequency != 0) &&
+            (!(s->counts = calloc((size_t)V, sizeof *s->counts)) ||
+             !(s->distinct = malloc((size_t)(h->max_tokens > 0 ? h->max_tokens : 1) * sizeof *s->distinct))))
             rc = RT_ERR_NOMEM;
         for (int i = 0; rc == RT_OK && i < h->n_prompt; i++)
             mark_seen(s->seen, h->tokens[i]);
@@ -236,8 +243,32 @@ static void stop_on_token(engine_server *srv, infer_seq *s)
     seq_end(srv, s, "stop", NULL);
 }
 
-/* Samples the next token from row (host; the penalty modifies it), streams
- * it and applies the stop conditions. Logprobs come from the raw row. */
+/* Counts a generated token for the presence and frequency penalties. */
+static void count_generated(infer_seq *s, int32_t id)
+{
+    if (s->counts && s->counts[id]++ == 0)
+        s->distinct[s->n_distinct++] = id;
+}
+
+/* What the request asks of row before sampling: logit_bias, then OpenAI's
+ * presence and frequency penalties over the tokens generated so far, then
+ * the repetition penalty. */
+static void adjust_logits(const infer_seq *s, float *row, int V)
+{
+    const engine_handle *h = s->h;
+    for (int i = 0; i < h->n_bias; i++)
+        row[h->bias[i].id] += h->bias[i].bias;
+    for (int i = 0; i < s->n_distinct; i++) {
+        int32_t id = s->distinct[i];
+        row[id] -= (float)(h->presence + h->frequency * (double)s->counts[id]);
+    }
+    if (s->seen)
+        infer_repetition_penalty(row, V, s->seen, h->penalty);
+}
+
+/* Samples the next token from row (host; the request's biases and penalties
+ * modify it), streams it and applies the stop conditions. Logprobs come from
+ * the raw row. */
 static void sample_next(engine_server *srv, infer_seq *s, float *row)
 {
     engine_handle *h = s->h;
@@ -250,16 +281,18 @@ static void sample_next(engine_server *srv, infer_seq *s, float *row)
     float top_lps[ENGINE_MAX_TOP_LOGPROBS];
     engine_token_event ev = {"", 0, -1, false, false, 0.0f, 0, NULL, NULL};
     float *raw = row;
-    if (s->seen && h->logprobs) { /* keep the raw row for the logprob */
+    bool adjusted = s->seen || s->counts || h->n_bias;
+    if (adjusted && h->logprobs) { /* keep the raw row for the logprob */
         raw = srv->work + 2 * (size_t)V;
         memcpy(raw, row, (size_t)V * sizeof *raw);
     }
-    if (s->seen)
-        infer_repetition_penalty(row, V, s->seen, h->penalty);
+    if (adjusted)
+        adjust_logits(s, row, V);
     int32_t id = sample_token(row, srv->n_sample, &h->sp, &s->rng, srv->work);
     s->n_gen++;
     h->tokens[s->n_tokens++] = id;
     mark_seen(s->seen, id);
+    count_generated(s, id);
     if (is_stop_id(srv, id)) {
         stop_on_token(srv, s);
         return;

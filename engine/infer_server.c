@@ -26,7 +26,7 @@
 #define DEFAULT_MAX_BATCH 8
 #define DEFAULT_MAX_CONTEXT 2048
 #define DEFAULT_STEP_TOKENS 256
-#define DEFAULT_MAX_WAITING 64
+#define DEFAULT_MAX_WAITING 256 /* room for one request's n = 128 choices, twice */
 #define DEFAULT_ADAPTER_BUDGET ((size_t)256 << 20)
 
 /* ---- the engine thread -------------------------------------------------- */
@@ -375,6 +375,24 @@ static int check_options(const engine_server *srv, const engine_request *r, char
         return st_fail(err, errsize, RT_ERR_INVALID, "top_k must be >= 0");
     if (!(r->repetition_penalty >= 0) || !isfinite(r->repetition_penalty))
         return st_fail(err, errsize, RT_ERR_INVALID, "repetition_penalty must be a number > 0");
+    if (!(r->presence_penalty >= -2 && r->presence_penalty <= 2))
+        return st_fail(err, errsize, RT_ERR_INVALID, "presence_penalty must be between -2 and 2");
+    if (!(r->frequency_penalty >= -2 && r->frequency_penalty <= 2))
+        return st_fail(err, errsize, RT_ERR_INVALID, "frequency_penalty must be between -2 and 2");
+    if (r->n_logit_bias < 0 || r->n_logit_bias > ENGINE_MAX_LOGIT_BIAS ||
+        (r->n_logit_bias && !r->logit_bias))
+        return st_fail(err, errsize, RT_ERR_INVALID, "logit_bias takes at most %d tokens",
+                       ENGINE_MAX_LOGIT_BIAS);
+    for (int i = 0; i < r->n_logit_bias; i++) {
+        if (r->logit_bias[i].id < 0 || r->logit_bias[i].id >= srv->n_sample)
+            return st_fail(err, errsize, RT_ERR_INVALID,
+                           "logit_bias: token id %d is outside the vocabulary [0, %d)",
+                           r->logit_bias[i].id, srv->n_sample);
+        if (!(r->logit_bias[i].bias >= -100 && r->logit_bias[i].bias <= 100))
+            return st_fail(err, errsize, RT_ERR_INVALID,
+                           "logit_bias: the bias of token %d must be between -100 and 100",
+                           r->logit_bias[i].id);
+    }
     if (r->top_logprobs < 0 || r->top_logprobs > ENGINE_MAX_TOP_LOGPROBS)
         return st_fail(err, errsize, RT_ERR_INVALID, "top_logprobs must be between 0 and %d",
                        ENGINE_MAX_TOP_LOGPROBS);
@@ -473,6 +491,12 @@ static int handle_build(engine_server *srv, const engine_request *r, engine_hand
     for (int i = 0; i < r->n_stop; i++)
         if (r->stop[i][0] && !(h->stop[h->n_stop++] = strdup(r->stop[i])))
             return RT_ERR_NOMEM;
+    if (r->n_logit_bias > 0) {
+        if (!(h->bias = malloc((size_t)r->n_logit_bias * sizeof *h->bias)))
+            return RT_ERR_NOMEM;
+        memcpy(h->bias, r->logit_bias, (size_t)r->n_logit_bias * sizeof *h->bias);
+        h->n_bias = r->n_logit_bias;
+    }
     return RT_OK;
 }
 
@@ -483,6 +507,8 @@ static void handle_options(engine_server *srv, const engine_request *r, engine_h
     h->sp.top_k = r->top_k;
     h->sp.top_p = r->top_p > 0 ? r->top_p : 1.0;
     h->penalty = r->repetition_penalty > 0 ? r->repetition_penalty : 1.0;
+    h->presence = r->presence_penalty;
+    h->frequency = r->frequency_penalty;
     h->seed = r->has_seed ? r->seed
                           : rng_mix(atomic_fetch_add(&srv->seed_counter, 1) ^ 0x5eedULL);
     h->logprobs = r->logprobs;

@@ -120,7 +120,19 @@ def test_bad_requests(srv):
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "temperature": 5}, 400, "temperature"),
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "top_p": 0}, 400, "top_p"),
-        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "n": 9}, 400, "n"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "n": 129}, 400, "n"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "presence_penalty": 5}, 400, "presence_penalty"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "frequency_penalty": -3}, 400, "frequency_penalty"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"abc": 1}}, 400, "logit_bias"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"5": 101}}, 400, "logit_bias"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"99999999": 1}}, 400, "logit_bias"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "temprature": 0.5}, 400, "temprature"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]}, 400, "functions"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}],
+          "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}],
+          "response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "store": True}, 400, "store"),
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, 400, "max_tokens"),
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, 400, "top_logprobs"),
@@ -133,12 +145,72 @@ def test_bad_requests(srv):
                         ({"model": "tiny_chat", "prompt": "x", "logprobs": 6}, "logprobs"),
                         ({"model": "tiny_chat", "prompt": "x", "max_tokens": 0}, "max_tokens"),
                         ({"model": "tiny_chat", "prompt": [1, -2]}, "prompt"),
-                        ({"model": "tiny_chat", "prompt": [99999999]}, "prompt")]:
+                        ({"model": "tiny_chat", "prompt": [99999999]}, "prompt"),
+                        ({"model": "tiny_chat", "prompt": ["a", ""]}, "prompt"),
+                        ({"model": "tiny_chat", "prompt": ["a", 5]}, "prompt"),
+                        ({"model": "tiny_chat", "prompt": ["a"] * 65, "n": 2}, "n"),
+                        ({"model": "tiny_chat", "prompt": "x", "suffix": "y"}, "suffix"),
+                        ({"model": "tiny_chat", "prompt": "x", "best_of": 3}, "best_of"),
+                        ({"model": "tiny_chat", "prompt": "x", "n": 2, "best_of": 1}, "best_of"),
+                        ({"model": "tiny_chat", "prompt": "x", "messages": []}, "messages")]:
         got, _, r = post(srv, "/v1/completions", body)
         t.eq((got, r.get("error", {}).get("param")), (400, param), f"completions error names {param}")
     got, _, _ = srv.json("POST", "/v1/chat/completions", b"{", JSON)
     t.eq(got, 400, "malformed JSON")
     t.eq(srv.json("GET", "/healthz")[0], 200, "server serves on after bad requests")
+
+
+def test_sampling_fields(srv):
+    """Issue 11: the OpenAI sampling fields do what they say: logit_bias
+    forces or bans tokens, presence and frequency penalties stop repetition,
+    n goes to 128, and legacy completions take a list of prompts."""
+    base = {"model": "tiny_chat", "prompt": [5, 17, 300], "max_tokens": 12, "temperature": 0}
+    _, _, plain = post(srv, "/v1/completions", dict(base, logprobs=1))
+    toks = plain["choices"][0]["logprobs"]["tokens"]
+    _, _, forced = post(srv, "/v1/completions", dict(base, logprobs=1, logit_bias={"42": 100}))
+    got = forced["choices"][0]["logprobs"]
+    ftoks = got["tokens"]
+    t.check(len(set(ftoks)) == 1 and len(ftoks) == 12, f"logit_bias +100 forces one token ({ftoks})")
+    t.check(all(x <= 0 for x in got["token_logprobs"]) and got["token_logprobs"][0] < -0.1,
+            "logprobs stay the model's own, before the bias")
+    # The tiny vocabulary has 1163 ids: banning 1024 of them leaves the others only.
+    high = post(srv, "/v1/completions", dict(base, logprobs=1, logit_bias={str(i): -100 for i in range(1024)}))[2]
+    low = post(srv, "/v1/completions", dict(base, logprobs=1,
+                                            logit_bias={str(i): -100 for i in range(139, 1163)}))[2]
+    ht, lt = (set(r["choices"][0]["logprobs"]["tokens"]) for r in (high, low))
+    t.check(ht and lt and not (ht & lt) and (ht != set(toks) or lt != set(toks)),
+            f"logit_bias -100 bans tokens: ids >= 1024 only and ids < 139 only share none ({ht}, {lt})")
+    # Greedy decoding of the tiny model repeats; a strong penalty makes it use more distinct tokens.
+    long = dict(base, max_tokens=40)
+    _, _, rep = post(srv, "/v1/completions", dict(long, logprobs=1))
+    _, _, pres = post(srv, "/v1/completions", dict(long, logprobs=1, presence_penalty=2))
+    _, _, freq = post(srv, "/v1/completions", dict(long, logprobs=1, frequency_penalty=2))
+    d0, dp, df = (len(set(r["choices"][0]["logprobs"]["tokens"])) for r in (rep, pres, freq))
+    t.check(dp > d0 and df > d0, f"penalties spread the tokens (distinct {d0} -> {dp}, {df})")
+    _, _, neg = post(srv, "/v1/completions", dict(long, logprobs=1, frequency_penalty=-2))
+    t.check(len(set(neg["choices"][0]["logprobs"]["tokens"])) <= d0, "a negative penalty repeats more")
+    status, _, many = post(srv, "/v1/completions", dict(base, max_tokens=2, n=128, temperature=1, seed=1))
+    t.eq((status, len(many.get("choices", []))), (200, 128), "n = 128")
+    status, _, lst = post(srv, "/v1/completions", {"model": "tiny_chat", "max_tokens": 3, "temperature": 0, "n": 2,
+                                                    "prompt": ["Hello world", [5, 17, 300], "Who rules Zorbl?"]})
+    t.eq((status, [c["index"] for c in lst.get("choices", [])]), (200, [0, 1, 2, 3, 4, 5]),
+         "a list of three prompts, n = 2: six choices")
+    _, _, one = post(srv, "/v1/completions", dict(base, max_tokens=3))
+    t.eq(lst["choices"][2]["text"], one["choices"][0]["text"], "choice 2 answers prompt 1 (index // n)")
+    _, _, solo = post(srv, "/v1/completions", {"model": "tiny_chat", "max_tokens": 3, "prompt": "Hello world"})
+    t.eq(lst["usage"]["prompt_tokens"], solo["usage"]["prompt_tokens"] + 3 + one_prompt_tokens(srv),
+         "usage counts each prompt once")
+    status, _, ok = post(srv, "/v1/chat/completions", {"model": "tiny_chat", "max_tokens": 2, "user": "u1",
+                                                        "messages": [{"role": "user", "content": "hi"}],
+                                                        "response_format": {"type": "text"}, "tools": [],
+                                                        "tool_choice": "none", "store": False,
+                                                        "metadata": {"a": "b"}, "service_tier": "auto"})
+    t.eq(status, 200, f"fields that ask for nothing are accepted ({ok})")
+
+
+def one_prompt_tokens(srv):
+    return post(srv, "/v1/completions", {"model": "tiny_chat", "max_tokens": 1,
+                                         "prompt": "Who rules Zorbl?"})[2]["usage"]["prompt_tokens"]
 
 
 def test_adapters_served(srv, d):
@@ -322,13 +394,16 @@ def main():
         def bad_requests():
             test_bad_requests(srv)
 
+        def sampling_fields():
+            test_sampling_fields(srv)
+
         def adapters_served():
             holder["adir"] = test_adapters_served(srv, d)
 
         def disconnect():
             test_disconnect(srv)
 
-        for fn in (shapes_and_sampling, bad_requests, adapters_served, disconnect):
+        for fn in (shapes_and_sampling, bad_requests, sampling_fields, adapters_served, disconnect):
             t.run(fn)
         adir = holder.get("adir")
     finally:
