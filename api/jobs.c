@@ -425,17 +425,65 @@ static int list_error(api_request *req, int rc)
     return api_respond_internal(req, rc);
 }
 
+/* The metadata[key]=value filters of a job list's query, decoded. */
+typedef struct meta_query {
+    storage_job_filter *f;
+    char keys[STORAGE_MAX_META_FILTERS][72], values[STORAGE_MAX_META_FILTERS][520];
+    bool bad;
+} meta_query;
+
+static enum MHD_Result collect_meta(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    const char *value)
+{
+    (void)kind;
+    meta_query *q = cls;
+    char name[160];
+    size_t kl = strlen(key);
+    if (!api_percent_decode(key, kl, name, sizeof name, true) || strncmp(name, "metadata[", 9))
+        return MHD_YES; /* not a metadata filter (or too long to be one) */
+    size_t nl = strlen(name);
+    int i = q->f->n_meta;
+    if (nl < 11 || name[nl - 1] != ']' || nl - 10 >= sizeof q->keys[0] || i >= STORAGE_MAX_META_FILTERS ||
+        !value || !api_percent_decode(value, strlen(value), q->values[i], sizeof q->values[i], true)) {
+        q->bad = true;
+        return MHD_NO;
+    }
+    memcpy(q->keys[i], name + 9, nl - 10);
+    q->keys[i][nl - 10] = '\0';
+    q->f->meta_keys[i] = q->keys[i];
+    q->f->meta_values[i] = q->values[i];
+    q->f->n_meta++;
+    return MHD_YES;
+}
+
 int api_jobs_list(api_request *req)
 {
     int limit;
     char after[STORAGE_ID_MAX];
     if (!api_query_limit(req, 20, 1, 100, &limit))
         return RT_OK;
+    storage_job_filter f = {0};
+    meta_query *q = calloc(1, sizeof *q);
+    if (!q)
+        return RT_ERR_NOMEM;
+    q->f = &f;
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, collect_meta, q);
+    if (q->bad) {
+        free(q);
+        return api_respond_error(req, 400, BAD, "metadata", "invalid_value",
+                                 "Filter jobs with metadata[key]=value: at most %d keys of up to 64 "
+                                 "characters and values of up to 512.", STORAGE_MAX_META_FILTERS);
+    }
     storage_job *jobs = NULL;
     size_t n = 0;
     bool more = false;
-    int rc = storage_job_list(req->srv->st, NULL, query_after(req, after, sizeof after), limit, &jobs,
+    int rc = storage_job_list(req->srv->st, &f, query_after(req, after, sizeof after), limit, &jobs,
                               &n, &more);
+    free(q);
+    if (rc == RT_ERR_INVALID && f.n_meta)
+        return api_respond_error(req, 400, BAD, "metadata", "invalid_value",
+                                 "metadata filter keys must not contain '\"' or '\\' and have at most "
+                                 "64 characters.");
     if (rc != RT_OK)
         return list_error(req, rc);
     cJSON *root = list_json();

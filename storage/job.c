@@ -79,13 +79,51 @@ int storage_job_find_model(storage *st, const char *model, storage_job *out)
     return err ? err : row_get(db, &job_table, "fine_tuned_model", model, out);
 }
 
-int storage_job_list(storage *st, const char *status, const char *after, int limit,
+/* The WHERE condition and arguments of a job filter: status = ?, then one
+ * json_extract(metadata, path) = value per metadata key (paths quoted, so
+ * any key is one member name). paths holds the built paths. */
+static int job_where(const storage_job_filter *f, char *where, size_t size, const char **args,
+                     char paths[][160], int *n_args)
+{
+    size_t used = 0;
+    int n = 0;
+    where[0] = '\0';
+    if (f->status) {
+        used += (size_t)snprintf(where, size, "status = ?%d", 3 + n);
+        args[n++] = f->status;
+    }
+    for (int i = 0; i < f->n_meta; i++) {
+        const char *k = f->meta_keys[i];
+        if (strlen(k) > 64 || strpbrk(k, "\"\\"))
+            return RT_ERR_INVALID;
+        snprintf(paths[i], 160, "$.\"%s\"", k);
+        used += (size_t)snprintf(where + used, size - used, "%sjson_extract(CASE WHEN json_valid(metadata) "
+                                 "THEN metadata END, ?%d) = ?%d", n ? " AND " : "", 3 + n, 4 + n);
+        args[n++] = paths[i];
+        args[n++] = f->meta_values[i];
+        if (used >= size)
+            return RT_ERR_INVALID;
+    }
+    *n_args = n;
+    return RT_OK;
+}
+
+int storage_job_list(storage *st, const storage_job_filter *f, const char *after, int limit,
                      storage_job **out, size_t *count, bool *has_more)
 {
+    static const storage_job_filter none = {0};
+    char where[4096], paths[STORAGE_MAX_META_FILTERS][160];
+    const char *args[1 + 2 * STORAGE_MAX_META_FILTERS];
+    int n_args = 0;
+    f = f ? f : &none;
+    if (f->n_meta < 0 || f->n_meta > STORAGE_MAX_META_FILTERS)
+        return RT_ERR_INVALID;
+    int err = job_where(f, where, sizeof where, args, paths, &n_args);
     sqlite3 *db;
-    int err = conn(st, after, &db);
-    return err ? err : row_list(db, &job_table, status ? "status" : NULL, status, after, limit,
-                                (void **)out, count, has_more);
+    if (!err)
+        err = conn(st, after, &db);
+    return err ? err : row_list_where(db, &job_table, n_args ? where : NULL, args, n_args, after,
+                                      limit, (void **)out, count, has_more);
 }
 
 int storage_job_update(storage *st, const storage_job *job)

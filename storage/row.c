@@ -170,7 +170,19 @@ static int seq_of(sqlite3 *db, const row_table *t, const char *after, int64_t *s
 int row_list(sqlite3 *db, const row_table *t, const char *key, const char *value,
              const char *after, int limit, void **out, size_t *count, bool *has_more)
 {
-    if (limit < 1 || limit > STORAGE_LIST_LIMIT_MAX)
+    char where[256] = "";
+    if (key && snprintf(where, sizeof where, "%s = ?3", key) >= (int)sizeof where)
+        return RT_ERR_INVALID;
+    const char *args[1] = {value};
+    return row_list_where(db, t, key ? where : NULL, args, key ? 1 : 0, after, limit, out, count,
+                          has_more);
+}
+
+int row_list_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                   int n_args, const char *after, int limit, void **out, size_t *count,
+                   bool *has_more)
+{
+    if (limit < 1 || limit > STORAGE_LIST_LIMIT_MAX || n_args < 0 || (n_args && !where))
         return RT_ERR_INVALID;
     int64_t below = INT64_MAX;
     int err = after ? seq_of(db, t, after, &below) : RT_OK;
@@ -179,16 +191,17 @@ int row_list(sqlite3 *db, const row_table *t, const char *key, const char *value
     char sql[SQL_MAX], cols[COLS_MAX] = "";
     int n = 0;
     append_cols(cols, sizeof cols, t, NULL, false, &n);
-    snprintf(sql, sizeof sql, "SELECT %s FROM %s WHERE seq < ?1%s%s%s ORDER BY seq DESC LIMIT ?3",
-             cols, t->name, key ? " AND " : "", key ? key : "", key ? " = ?2" : "");
+    if (snprintf(sql, sizeof sql, "SELECT %s FROM %s WHERE seq < ?1%s%s ORDER BY seq DESC LIMIT ?2",
+                 cols, t->name, where ? " AND " : "", where ? where : "") >= (int)sizeof sql)
+        return RT_ERR_INVALID;
     sqlite3_stmt *stmt = NULL;
     err = storage_db_prepare(db, sql, &stmt);
     if (err)
         return err;
     sqlite3_bind_int64(stmt, 1, below);
-    if (key)
-        sqlite3_bind_text(stmt, 2, value, -1, SQLITE_STATIC);
-    sqlite3_bind_int(stmt, 3, limit + 1);
+    sqlite3_bind_int(stmt, 2, limit + 1);
+    for (int i = 0; i < n_args; i++)
+        sqlite3_bind_text(stmt, 3 + i, args[i], -1, SQLITE_STATIC);
     char *recs = calloc((size_t)limit + 1, t->rec_size);
     size_t got = 0;
     int rc = SQLITE_ROW;

@@ -47,4 +47,10 @@ int row_get(sqlite3 *db, const row_table *t, const char *key, const char *value,
 int row_list(sqlite3 *db, const row_table *t, const char *key, const char *value,
              const char *after, int limit, void **out, size_t *count, bool *has_more);
 
+/* As row_list with an SQL condition: where (NULL: none) refers to its
+ * n_args text arguments as ?3, ?4, ... (bound, never pasted into the SQL). */
+int row_list_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                   int n_args, const char *after, int limit, void **out, size_t *count,
+                   bool *has_more);
+
 #endif

@@ -127,10 +127,21 @@ int storage_job_insert(storage *st, const storage_job *job);
 /* Reads a job. RT_ERR_NOT_FOUND when there is no such id. */
 int storage_job_get(storage *st, const char *id, storage_job *out);
 
-/* Lists jobs newest first, optionally only one status (NULL: all), after
- * the job `after` (NULL: from the newest; RT_ERR_NOT_FOUND if unknown).
- * *out is malloc'd (caller frees); *has_more says whether more follow. */
-int storage_job_list(storage *st, const char *status, const char *after, int limit,
+#define STORAGE_MAX_META_FILTERS 16
+
+/* Which jobs a list returns: one status (NULL: all), and those whose
+ * metadata has every key = value given (strings; borrowed). */
+typedef struct storage_job_filter {
+    const char *status;
+    const char *meta_keys[STORAGE_MAX_META_FILTERS];
+    const char *meta_values[STORAGE_MAX_META_FILTERS];
+    int n_meta;
+} storage_job_filter;
+
+/* Lists jobs newest first, those f selects (NULL: all), after the job
+ * `after` (NULL: from the newest; RT_ERR_NOT_FOUND if unknown). *out is
+ * malloc'd (caller frees); *has_more says whether more follow. */
+int storage_job_list(storage *st, const storage_job_filter *f, const char *after, int limit,
                      storage_job **out, size_t *count, bool *has_more);
 
 /* Finds the succeeded job whose fine_tuned_model is `model`. */

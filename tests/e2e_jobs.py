@@ -134,6 +134,14 @@ def test_lora_and_full_jobs():
              "job list newest first with has_more")
         page2 = srv.json("GET", f"/v1/fine_tuning/jobs?limit=5&after={full['id']}")[2]
         t.eq([j["id"] for j in page2["data"]], [job["id"]], "job list after cursor")
+        # Filtering by metadata, brackets raw or percent-encoded (as the SDKs send them).
+        for q in ("metadata[team]=qa", "metadata%5Bteam%5D=qa"):
+            got = srv.json("GET", f"/v1/fine_tuning/jobs?{q}")[2]
+            t.eq([j["id"] for j in got.get("data", [])], [job["id"]], f"metadata filter {q}")
+        for q in ("metadata[team]=ops", "metadata[team]=qa&metadata[other]=x", "metadata[nokey]=qa"):
+            t.eq(srv.json("GET", f"/v1/fine_tuning/jobs?{q}")[2].get("data"), [], f"metadata filter {q} matches none")
+        status, _, resp = srv.json("GET", "/v1/fine_tuning/jobs?metadata[a%22b]=x")
+        t.eq((status, resp.get("error", {}).get("param")), (400, "metadata"), "a bad metadata filter key is a 400")
     finally:
         srv.stop()
         remove(d)

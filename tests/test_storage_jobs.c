@@ -97,10 +97,44 @@ static void test_lists(storage *st)
     CHECK_EQ_INT(found.step, 3);
     CHECK(strncmp(found.id, "ftckpt-", 7) == 0);
     storage_job *jobs = NULL;
-    CHECK(storage_job_list(st, "cancelled", NULL, 10, &jobs, &n, &more) == RT_OK);
+    storage_job_filter cancelled = {.status = "cancelled"};
+    CHECK(storage_job_list(st, &cancelled, NULL, 10, &jobs, &n, &more) == RT_OK);
     CHECK(n == 1 && !more);
     CHECK_EQ_STR(jobs[0].id, "ftjob-b");
     free(jobs);
+}
+
+/* Metadata filters: every key = value must hold; odd keys are members, not paths. */
+static void test_metadata_filter(storage *st)
+{
+    static const struct { const char *id, *meta; } rows[] = {
+        {"ftjob-m1", "{\"team\":\"qa\",\"env\":\"prod\"}"}, {"ftjob-m2", "{\"team\":\"qa\"}"},
+        {"ftjob-m3", "{\"a.b\":\"1\",\"team\":\"ops\"}"}, {"ftjob-m4", "not json"}};
+    for (size_t i = 0; i < 4; i++) {
+        storage_job j = {0};
+        snprintf(j.id, sizeof j.id, "%s", rows[i].id);
+        snprintf(j.status, sizeof j.status, "queued");
+        snprintf(j.model, sizeof j.model, "m");
+        snprintf(j.metadata, sizeof j.metadata, "%s", rows[i].meta);
+        CHECK(storage_job_insert(st, &j) == RT_OK);
+    }
+    storage_job *jobs = NULL;
+    size_t n = 0;
+    bool more = false;
+    storage_job_filter f = {.meta_keys = {"team"}, .meta_values = {"qa"}, .n_meta = 1};
+    CHECK(storage_job_list(st, &f, NULL, 10, &jobs, &n, &more) == RT_OK);
+    CHECK(n == 2 && jobs && !strcmp(jobs[0].id, "ftjob-m2") && !strcmp(jobs[1].id, "ftjob-m1"));
+    free(jobs);
+    storage_job_filter two = {.meta_keys = {"team", "env"}, .meta_values = {"qa", "prod"}, .n_meta = 2};
+    CHECK(storage_job_list(st, &two, NULL, 10, &jobs, &n, &more) == RT_OK);
+    CHECK(n == 1 && !strcmp(jobs[0].id, "ftjob-m1"));
+    free(jobs);
+    storage_job_filter dotted = {.meta_keys = {"a.b"}, .meta_values = {"1"}, .n_meta = 1};
+    CHECK(storage_job_list(st, &dotted, NULL, 10, &jobs, &n, &more) == RT_OK);
+    CHECK(n == 1 && !strcmp(jobs[0].id, "ftjob-m3"));
+    free(jobs);
+    storage_job_filter quote = {.meta_keys = {"a\"b"}, .meta_values = {"1"}, .n_meta = 1};
+    CHECK(storage_job_list(st, &quote, NULL, 10, &jobs, &n, &more) == RT_ERR_INVALID);
 }
 
 int main(void)
@@ -113,6 +147,7 @@ int main(void)
     if (st) {
         RUN_ARG(test_claim_and_transitions, st);
         RUN_ARG(test_lists, st);
+        RUN_ARG(test_metadata_filter, st);
     }
     storage_close(st);
     char cmd[128];
