@@ -34,6 +34,9 @@ typedef struct upload {
     char purpose[STORAGE_PURPOSE_MAX];
     size_t purpose_len;
     bool have_purpose, purpose_bad;
+    char anchor[32], seconds[32];   /* expires_after[anchor], expires_after[seconds] */
+    size_t anchor_len, seconds_len;
+    bool have_expiry, expiry_bad;
     /* line-by-line JSONL check */
     char *line;
     size_t line_len, line_cap;
@@ -150,6 +153,33 @@ static void take_purpose(upload *up, const char *data, size_t size)
     up->purpose[up->purpose_len] = '\0';
 }
 
+/* Receives one piece of an expires_after field into buf (size bytes). */
+static void take_field(upload *up, char *buf, size_t size, size_t *len, const char *data, size_t n)
+{
+    up->have_expiry = true;
+    if (*len + n >= size) {
+        up->expiry_bad = true;
+        return;
+    }
+    memcpy(buf + *len, data, n);
+    *len += n;
+    buf[*len] = '\0';
+}
+
+/* The lifetime expires_after asks for (OpenAI's: anchor created_at, 3600 to
+ * 2592000 seconds); 0 when not given, -1 when bad. */
+static int64_t expiry_seconds(const upload *up)
+{
+    if (!up->have_expiry)
+        return 0;
+    char *end = NULL;
+    long long v = up->seconds_len ? strtoll(up->seconds, &end, 10) : -1;
+    if (up->expiry_bad || strcmp(up->anchor, "created_at") || !end || *end || v < 3600 ||
+        v > 2592000)
+        return -1;
+    return (int64_t)v;
+}
+
 static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *key,
                                const char *filename, const char *content_type,
                                const char *transfer_encoding, const char *data,
@@ -167,6 +197,10 @@ static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *k
         take_file_data(req, up, filename, data, size, off);
     } else if (strcmp(key, "purpose") == 0) {
         take_purpose(up, data, size);
+    } else if (strcmp(key, "expires_after[anchor]") == 0) {
+        take_field(up, up->anchor, sizeof up->anchor, &up->anchor_len, data, size);
+    } else if (strcmp(key, "expires_after[seconds]") == 0) {
+        take_field(up, up->seconds, sizeof up->seconds, &up->seconds_len, data, size);
     }
     return MHD_YES;
 }
@@ -196,7 +230,10 @@ static cJSON *file_json(const storage_file *f)
     cJSON_AddStringToObject(o, "object", "file");
     cJSON_AddNumberToObject(o, "bytes", (double)f->bytes);
     cJSON_AddNumberToObject(o, "created_at", (double)f->created_at);
-    cJSON_AddNullToObject(o, "expires_at");
+    if (f->expires_at > 0)
+        cJSON_AddNumberToObject(o, "expires_at", (double)f->expires_at);
+    else
+        cJSON_AddNullToObject(o, "expires_at");
     cJSON_AddStringToObject(o, "filename", f->filename);
     cJSON_AddStringToObject(o, "purpose", f->purpose);
     cJSON_AddStringToObject(o, "status", f->status);
@@ -239,6 +276,10 @@ static bool reject_bad_form(api_request *req, const upload *up)
         return api_respond_error(req, 400, bad, "purpose", "invalid_value",
                                  "'purpose' must be one of fine-tune, assistants, batch, vision, "
                                  "user_data, evals."), true;
+    if (expiry_seconds(up) < 0)
+        return api_respond_error(req, 400, bad, "expires_after", "invalid_value",
+                                 "'expires_after' needs anchor 'created_at' and seconds from 3600 "
+                                 "(one hour) to 2592000 (30 days)."), true;
     return false;
 }
 
@@ -273,6 +314,7 @@ int api_files_upload(api_request *req)
     storage_file meta = {0}, stored;
     snprintf(meta.filename, sizeof meta.filename, "%s", up->filename);
     snprintf(meta.purpose, sizeof meta.purpose, "%s", up->purpose);
+    meta.expires_at = expiry_seconds(up); /* a lifetime; storage makes it a time */
     set_status(up, &meta);
     storage_blob *blob = up->blob;
     up->blob = NULL; /* commit frees it, whatever happens */

@@ -36,7 +36,12 @@ static void *worker_main(void *arg)
 {
     worker *w = arg;
     storage_job *job = malloc(sizeof *job);
+    double last_expiry = 0;
     while (job && !w->stopping) {
+        if (rt_now_seconds() - last_expiry >= 60) { /* files past expires_after, once a minute */
+            storage_file_expire(w->cfg.st);
+            last_expiry = rt_now_seconds();
+        }
         int rc = storage_job_claim(w->cfg.st, job);
         if (rc == RT_ERR_NOT_FOUND) {
             idle(w, 200);

@@ -147,6 +147,8 @@ static int storage_blob_record(const storage_blob *blob, const storage_file *met
     *rec = *meta;
     rec->bytes = blob->size;
     rec->created_at = rt_unix_time();
+    if (meta->expires_at > 0) /* given as a lifetime, stored as the time it ends */
+        rec->expires_at = rec->created_at + meta->expires_at;
     return storage_id_generate("file", rec->id, sizeof rec->id);
 }
 

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #define FILE_COLS "id, filename, purpose, status, status_details, bytes, " \
-                  "created_at, n_examples, n_tokens"
+                  "created_at, n_examples, n_tokens, expires_at"
 
 /* RT_OK when id is a usable lookup key: present and shorter than
  * STORAGE_ID_MAX. Anything else is RT_ERR_INVALID. */
@@ -41,7 +41,7 @@ int storage_file_meta_check(const storage_file *meta)
               storage_field_ok(meta->purpose, sizeof meta->purpose, true) &&
               storage_field_ok(meta->status, sizeof meta->status, true) &&
               storage_field_ok(meta->status_details, sizeof meta->status_details, false) &&
-              meta->n_examples >= 0 && meta->n_tokens >= 0;
+              meta->n_examples >= 0 && meta->n_tokens >= 0 && meta->expires_at >= 0;
     if (!ok) {
         rt_log(RT_LOG_WARN, "storage: rejected file record with missing or overlong fields");
         return RT_ERR_INVALID;
@@ -86,6 +86,7 @@ int storage_file_row_read(sqlite3_stmt *stmt, storage_file *out)
     rec.created_at = sqlite3_column_int64(stmt, 6);
     rec.n_examples = sqlite3_column_int64(stmt, 7);
     rec.n_tokens = sqlite3_column_int64(stmt, 8);
+    rec.expires_at = sqlite3_column_int64(stmt, 9);
     *out = rec;
     return RT_OK;
 }
@@ -95,7 +96,7 @@ int storage_file_row_read(sqlite3_stmt *stmt, storage_file *out)
 int storage_file_insert(sqlite3 *db, const storage_file *rec)
 {
     static const char sql[] = "INSERT INTO files (" FILE_COLS ") "
-                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
     sqlite3_stmt *stmt = NULL;
     int err = storage_db_prepare(db, sql, &stmt);
     if (err)
@@ -109,6 +110,7 @@ int storage_file_insert(sqlite3 *db, const storage_file *rec)
     sqlite3_bind_int64(stmt, 7, rec->created_at);
     sqlite3_bind_int64(stmt, 8, rec->n_examples);
     sqlite3_bind_int64(stmt, 9, rec->n_tokens);
+    sqlite3_bind_int64(stmt, 10, rec->expires_at);
     int rc = sqlite3_step(stmt);
     if (rc != SQLITE_DONE)
         err = storage_db_error(db, rc, "insert file");
@@ -117,6 +119,37 @@ int storage_file_insert(sqlite3 *db, const storage_file *rec)
 }
 
 /* See storage.h. RT_ERR_INVALID for a NULL or overlong id. */
+/* Deletes every file whose expires_at has passed: the row, then its blob
+ * (as storage_file_delete). Each is logged. */
+static int expire_due(storage *st, sqlite3 *db)
+{
+    sqlite3_stmt *stmt = NULL;
+    int err = storage_db_prepare(db, "DELETE FROM files WHERE expires_at > 0 AND expires_at <= ?1 "
+                                     "RETURNING id", &stmt);
+    if (err)
+        return err;
+    sqlite3_bind_int64(stmt, 1, rt_unix_time());
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(stmt, 0);
+        if (!id || storage_id_check(id))
+            continue;
+        rt_log(RT_LOG_INFO, "storage: file %s expired (expires_after) and was deleted", id);
+        if (unlinkat(st->files_fd, id, 0) != 0 && errno != ENOENT)
+            rt_log(RT_LOG_WARN, "storage: cannot remove files/%s: %s", id, strerror(errno));
+    }
+    err = rc == SQLITE_DONE ? RT_OK : storage_db_error(db, rc, "expire files");
+    sqlite3_finalize(stmt);
+    return err;
+}
+
+int storage_file_expire(storage *st)
+{
+    sqlite3 *db = NULL;
+    int err = st ? storage_db_get(st, &db) : RT_ERR_INVALID;
+    return err ? err : expire_due(st, db);
+}
+
 int storage_file_get(storage *st, const char *id, storage_file *out)
 {
     if (!st || !out || storage_id_check(id))
@@ -124,6 +157,8 @@ int storage_file_get(storage *st, const char *id, storage_file *out)
     sqlite3 *db = NULL;
     sqlite3_stmt *stmt = NULL;
     int err = storage_db_get(st, &db);
+    if (!err)
+        err = expire_due(st, db);
     if (!err)
         err = storage_db_prepare(db, "SELECT " FILE_COLS " FROM files WHERE id = ?1", &stmt);
     if (err)
@@ -263,6 +298,8 @@ int storage_file_list(storage *st, const char *purpose, const char *after,
         return RT_ERR_INVALID;
     sqlite3 *db = NULL;
     int err = storage_db_get(st, &db);
+    if (!err)
+        err = expire_due(st, db);
     if (err)
         return err;
     struct storage_file_rows rows = {NULL, 0, 0};
@@ -294,6 +331,8 @@ int storage_file_path(storage *st, const char *id, char *buf, size_t size)
         return RT_ERR_INVALID;
     sqlite3 *db = NULL;
     int err = storage_db_get(st, &db);
+    if (!err)
+        err = expire_due(st, db);
     if (!err)
         err = storage_file_exists(db, id);
     if (err)

@@ -41,6 +41,7 @@ typedef struct storage_file {
     int64_t created_at;                       /* Unix seconds */
     int64_t n_examples;                       /* JSONL examples counted, 0 if n/a */
     int64_t n_tokens;                         /* tokens counted, 0 until known */
+    int64_t expires_at;                       /* Unix seconds it is deleted at; 0: never */
 } storage_file;
 
 /*
@@ -67,7 +68,8 @@ void storage_new_id(const char *prefix, char *buf, size_t size);
  * Blob upload, streamed: begin creates a temporary file under files/; write
  * appends; commit fsyncs, renames it to files/<new id>, fsyncs the folder and
  * only then inserts the row from *meta (id, bytes and created_at are filled
- * in by storage) and copies the stored record into *out. abort removes the
+ * in by storage; meta's expires_at, when > 0, is the file's lifetime in
+ * seconds, stored as created_at + it) and copies the stored record into *out. abort removes the
  * temporary file. commit and abort both free the blob, whatever they return.
  */
 int storage_blob_begin(storage *st, storage_blob **out);
@@ -75,6 +77,11 @@ int storage_blob_write(storage_blob *blob, const void *data, size_t len);
 int64_t storage_blob_size(const storage_blob *blob);
 int storage_blob_commit(storage_blob *blob, const storage_file *meta, storage_file *out);
 void storage_blob_abort(storage_blob *blob);
+
+/* Deletes every file past its expires_at (row, then bytes; each logged).
+ * storage_file_get, _list and _path do it first, so an expired file is
+ * never seen again; a server calls it now and then as well. */
+int storage_file_expire(storage *st);
 
 /* Reads one file record. RT_ERR_NOT_FOUND when there is no such id. */
 int storage_file_get(storage *st, const char *id, storage_file *out);

@@ -113,6 +113,34 @@ def test_upload_and_validation():
         remove(d)
 
 
+def test_expires_after():
+    """OpenAI's expires_after on upload: the file says when it goes
+    (expires_at), and bad values are a 400 naming the field. (Deletion at that
+    time is checked in tests/test_storage.c, with a one-second lifetime.)"""
+    d = temp_dir()
+    srv = Server(d)
+    try:
+        def post(fields):
+            body, hdrs = multipart(dict({"purpose": "fine-tune"}, **fields), {"file": ("a.jsonl", GOOD_CHAT)})
+            return srv.json("POST", "/v1/files", body, hdrs)
+        status, _, f = post({"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600"})
+        t.eq(status, 200, f"upload with expires_after ({f})")
+        t.eq(f.get("expires_at"), f.get("created_at", 0) + 3600, "expires_at = created_at + seconds")
+        t.eq(srv.json("GET", f"/v1/files/{f['id']}")[2].get("expires_at"), f.get("expires_at"), "and stays")
+        status, _, plain = post({})
+        t.eq(plain.get("expires_at"), None, "no expires_after: never expires")
+        for fields in ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "60"},
+                       {"expires_after[anchor]": "last_active_at", "expires_after[seconds]": "3600"},
+                       {"expires_after[anchor]": "created_at", "expires_after[seconds]": "3600x"},
+                       {"expires_after[seconds]": "3600"}):
+            status, _, r = post(fields)
+            t.eq((status, r.get("error", {}).get("param")), (400, "expires_after"), f"bad expires_after {fields}")
+        t.eq(len(srv.json("GET", "/v1/files")[2]["data"]), 2, "refused uploads stored nothing")
+    finally:
+        srv.stop()
+        remove(d)
+
+
 def test_list_get_content_delete():
     d = temp_dir()
     srv = Server(d)
@@ -319,7 +347,7 @@ def test_restart_and_crash():
     remove(d)
 
 
-for fn in [test_health_and_metrics, test_upload_and_validation, test_list_get_content_delete,
+for fn in [test_health_and_metrics, test_upload_and_validation, test_expires_after, test_list_get_content_delete,
            test_bad_input, test_percent_decoded_ids, test_auth, test_restart_and_crash]:
     t.run(fn)
 t.finish()

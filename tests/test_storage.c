@@ -372,6 +372,40 @@ static void test_delete(void)
     tmpdir_remove(dir);
 }
 
+/* expires_after: a lifetime becomes created_at + it; once passed, the file
+ * is gone from get, list and path, its bytes too, and a file without one
+ * stays. */
+static void test_expiry(void)
+{
+    char *dir = tmpdir_make();
+    storage *st = NULL;
+    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    storage_blob *b = NULL;
+    storage_file m = meta_make("short.jsonl", "fine-tune"), f, keep, tmp;
+    m.expires_at = 1; /* one second */
+    CHECK_EQ_INT(storage_blob_begin(st, &b), RT_OK);
+    CHECK_EQ_INT(storage_blob_write(b, "x\n", 2), RT_OK);
+    CHECK_EQ_INT(storage_blob_commit(b, &m, &f), RT_OK);
+    CHECK_EQ_INT(f.expires_at, f.created_at + 1);
+    CHECK_EQ_INT(upload(st, "abc", 3, "fine-tune", &keep), RT_OK);
+    CHECK_EQ_INT(keep.expires_at, 0);
+    CHECK_EQ_INT(storage_file_get(st, f.id, &tmp), RT_OK);
+    CHECK_EQ_INT(tmp.expires_at, f.expires_at);
+    sleep(2);
+    CHECK_EQ_INT(storage_file_get(st, f.id, &tmp), RT_ERR_NOT_FOUND);
+    CHECK(!path_exists(dir, "files", f.id));
+    storage_file *list = NULL;
+    size_t n = 0;
+    bool more = false;
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, 10, true, &list, &n, &more), RT_OK);
+    CHECK(n == 1 && !strcmp(list[0].id, keep.id));
+    free(list);
+    CHECK_EQ_INT(storage_file_expire(st), RT_OK);
+    CHECK_EQ_INT(storage_file_get(st, keep.id, &tmp), RT_OK);
+    storage_close(st);
+    tmpdir_remove(dir);
+}
+
 static void test_orphan_cleanup(void)
 {
     char *dir = tmpdir_make();
@@ -622,6 +656,7 @@ int main(void)
     RUN(test_blob_roundtrip);
     RUN(test_list_pagination);
     RUN(test_delete);
+    RUN(test_expiry);
     RUN(test_orphan_cleanup);
     RUN(test_threads);
     RUN(test_blob_abort);
