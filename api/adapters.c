@@ -191,28 +191,30 @@ int api_adapters_import(api_request *req)
         return RT_OK;
     if (!finish_parts(im))
         return RT_ERR_IO;
-    char final[1024], id[STORAGE_ID_MAX], err[512] = "";
-    storage_new_id("adapter", id, sizeof id);
-    snprintf(final, sizeof final, "%s/adapters/%s", storage_data_dir(req->srv->st), id);
-    if (rename(im->dir, final) != 0)
-        return RT_ERR_IO;
-    im->dir[0] = '\0'; /* from here on `final` is ours to clean up */
-    int rc = engine_adapter_add(req->srv->engine, im->name, final, err, sizeof err);
-    if (rc != RT_OK) {
-        rt_remove_tree(final);
+    char id[STORAGE_ID_MAX], err[512] = "";
+    /* Checked against the base where it lies, then published, then served from there. */
+    int rc = engine_adapter_add(req->srv->engine, im->name, im->dir, err, sizeof err);
+    if (rc != RT_OK)
         return api_respond_error(req, 400, BAD, rc == RT_ERR_EXISTS ? "name" : "adapter_model.safetensors",
                                  "adapter_mismatch", "The adapter does not fit the base model: %s", err);
-    }
+    engine_adapter_remove(req->srv->engine, im->name);
     storage_model m = {0};
     snprintf(m.id, sizeof m.id, "%s", im->name);
     snprintf(m.kind, sizeof m.kind, "adapter");
     snprintf(m.parent, sizeof m.parent, "%s", req->srv->cfg.model_id ? req->srv->cfg.model_id : "");
     snprintf(m.owned_by, sizeof m.owned_by, "%s", req->tenant ? req->tenant : "retune");
-    snprintf(m.path, sizeof m.path, "%s", final);
-    rc = storage_model_add(req->srv->st, &m);
-    if (rc != RT_OK) {
-        engine_adapter_remove(req->srv->engine, im->name);
-        rt_remove_tree(final);
+    storage_new_id("adapter", id, sizeof id);
+    rc = storage_model_publish(req->srv->st, im->dir, id, false, &m);
+    if (rc == RT_ERR_EXISTS)
+        return api_respond_error(req, 400, BAD, "name", "model_exists",
+                                 "A model named '%s' already exists.", im->name);
+    if (rc != RT_OK)
+        return rc;
+    im->dir[0] = '\0'; /* published: no longer the request's to clean up */
+    rc = engine_adapter_add(req->srv->engine, im->name, m.path, err, sizeof err);
+    if (rc != RT_OK) { /* it fitted a moment ago: only a vanished directory gets here */
+        storage_model_delete(req->srv->st, m.id);
+        rt_remove_tree(m.path);
         return rc;
     }
     cJSON *o = cJSON_CreateObject();

@@ -253,35 +253,27 @@ static void report_retention(job_run *r, const engine_train_result *res)
           res->retention_loss_before, res->retention_loss_after, pct);
 }
 
-/* Moves the result into adapters/<id> or models/<id>, then marks success. */
+/* Publishes the result as adapters/<id> or models/<id>, then marks success. */
 static void succeed(job_run *r, const char *out_dir, bool full)
 {
     static const char *const running[] = {"running", NULL};
-    char target[1024];
-    snprintf(target, sizeof target, "%s/%s", storage_data_dir(r->cfg->st), full ? "models" : "adapters");
-    mkdir(target, 0755);
-    snprintf(target + strlen(target), sizeof target - strlen(target), "/%s", r->job->id);
-    rt_remove_tree(target); /* a half-published result from before a crash */
-    if (rename(out_dir, target) != 0 || rt_sync_dir_of(target) != RT_OK) {
-        fail(r, "server_error", NULL, "The trained model could not be stored.");
-        return;
-    }
     if (store_results(r) != RT_OK)
         rt_log(RT_LOG_WARN, "job %s: results CSV not stored", r->job->id);
-    snprintf(r->job->fine_tuned_model, sizeof r->job->fine_tuned_model, "%s", r->model_name);
-    r->job->estimated_finish = 0;
     storage_model m = {0};
     snprintf(m.id, sizeof m.id, "%s", r->model_name);
     snprintf(m.kind, sizeof m.kind, "%s", full ? "full" : "adapter");
     snprintf(m.parent, sizeof m.parent, "%s", r->job->model);
     snprintf(m.owned_by, sizeof m.owned_by, "%s", r->job->tenant);
-    snprintf(m.path, sizeof m.path, "%s", target);
     snprintf(m.job_id, sizeof m.job_id, "%s", r->job->id);
-    storage_model_delete(r->cfg->st, m.id); /* a re-run after a crash publishes again */
-    if (storage_model_add(r->cfg->st, &m) != RT_OK) {
-        fail(r, "server_error", NULL, "The trained model could not be published.");
+    int rc = storage_model_publish(r->cfg->st, out_dir, r->job->id, true, &m);
+    if (rc != RT_OK) {
+        rt_log(RT_LOG_ERROR, "job %s: publishing %s: %s", r->job->id, out_dir, rt_strerror(rc));
+        fail(r, "server_error", NULL, "The trained model could not be stored.");
         return;
     }
+    const char *target = m.path;
+    snprintf(r->job->fine_tuned_model, sizeof r->job->fine_tuned_model, "%s", r->model_name);
+    r->job->estimated_finish = 0;
     save(r);
     storage_job_transition(r->cfg->st, r->job->id, running, "succeeded", r->job);
     event(r, "info", "message", NULL, "New fine-tuned model created: %s", r->model_name);

@@ -1,9 +1,10 @@
 /*
  * storage/clean.c — removes what a crash can leave in <data-dir>/files/:
  * temporary uploads (".tmp-*") and blobs whose id has no files row (a crash
- * between rename and INSERT, or between DELETE and unlink). Nothing else is
- * touched: only regular files directly in files/ whose name is ".tmp-*" or
- * has the exact shape of a generated id.
+ * between rename and INSERT, or between DELETE and unlink); and in
+ * adapters/ and models/: temporary ".<id>" folders and published folders
+ * without a models row. Nothing else is touched: only entries whose name has
+ * the exact shape of a generated id (or "." / ".tmp-" before one).
  *
  * Cleaning is only safe when no other handle (this process or another) is
  * mid-upload on the same folder. Every open handle holds a shared flock on
@@ -15,6 +16,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -89,6 +91,58 @@ cleanup_stmt:
     return err;
 }
 
+/* Whether a models row points at <folder>/<name> (whatever the data
+ * directory was called when the row was written). */
+static int model_dir_has_row(sqlite3 *db, const char *folder, const char *name, bool *out)
+{
+    sqlite3_stmt *q = NULL;
+    int err = storage_db_prepare(db, "SELECT 1 FROM models WHERE substr(path, -length(?1)) = ?1", &q);
+    if (err)
+        return err;
+    char tail[512];
+    snprintf(tail, sizeof tail, "/%s/%s", folder, name);
+    sqlite3_bind_text(q, 1, tail, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(q);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        err = storage_db_error(db, rc, "look up model directory");
+    *out = rc == SQLITE_ROW;
+    sqlite3_finalize(q);
+    return err;
+}
+
+/* Removes from adapters/ or models/ what a crash left: an import's
+ * temporary ".<id>" folder, or a published folder whose row never came
+ * (or was deleted). Only folders named like generated ids are touched. */
+static int clean_model_folder(storage *st, sqlite3 *db, const char *folder)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", storage_data_dir(st), folder);
+    DIR *d = opendir(path);
+    if (!d)
+        return RT_OK; /* nothing published yet */
+    int err = RT_OK;
+    struct dirent *e;
+    while (!err && (e = readdir(d)) != NULL) {
+        const char *name = e->d_name;
+        bool tmp = name[0] == '.' && storage_id_is_generated(name + 1);
+        struct stat sb;
+        if ((!tmp && !storage_id_is_generated(name)) ||
+            fstatat(dirfd(d), name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(sb.st_mode))
+            continue;
+        bool has_row = false;
+        if (!tmp)
+            err = model_dir_has_row(db, folder, name, &has_row);
+        if (err || has_row)
+            continue;
+        char victim[1300];
+        snprintf(victim, sizeof victim, "%s/%s", path, name);
+        rt_remove_tree(victim);
+        rt_log(RT_LOG_INFO, "storage: removed leftover %s/%s", folder, name);
+    }
+    closedir(d);
+    return err;
+}
+
 /*
  * Cleans files/ if this is the only open handle on it, then holds a shared
  * flock on st->files_fd until storage_close closes it. A failing flock only
@@ -97,8 +151,13 @@ cleanup_stmt:
 int storage_clean_orphans(storage *st, sqlite3 *db)
 {
     int err = RT_OK;
-    if (flock(st->files_fd, LOCK_EX | LOCK_NB) == 0)
+    if (flock(st->files_fd, LOCK_EX | LOCK_NB) == 0) {
         err = storage_clean_dir(st, db);
+        if (!err)
+            err = clean_model_folder(st, db, "adapters");
+        if (!err)
+            err = clean_model_folder(st, db, "models");
+    }
     else if (errno == EWOULDBLOCK)
         rt_log(RT_LOG_INFO, "storage: %s is in use by another handle; "
                "skipping leftover clean-up", st->files_dir);

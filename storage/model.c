@@ -3,7 +3,13 @@
  */
 #include "storage/row.h"
 
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const row_col model_cols[] = {
     ROW_TEXT_COL(storage_model, id),       ROW_TEXT_COL(storage_model, kind),
@@ -68,5 +74,77 @@ int storage_model_delete(storage *st, const char *id)
     int rc = sqlite3_step(stmt);
     err = rc == SQLITE_DONE ? (sqlite3_changes(db) ? RT_OK : RT_ERR_NOT_FOUND) : storage_db_error(db, rc, "delete model");
     sqlite3_finalize(stmt);
+    return err;
+}
+
+/* The data-dir folder that holds models of kind: "adapters" or "models". */
+const char *storage_model_folder(const char *kind)
+{
+    return kind && !strcmp(kind, "full") ? "models" : "adapters";
+}
+
+/* fsyncs every regular file directly in dir, then dir itself, so that what
+ * a rename publishes is on disk before the rename is. */
+static int sync_dir_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return RT_ERR_IO;
+    int err = RT_OK;
+    struct dirent *e;
+    while (!err && (e = readdir(d)) != NULL) {
+        struct stat sb;
+        if (fstatat(dirfd(d), e->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(sb.st_mode))
+            continue;
+        int fd = openat(dirfd(d), e->d_name, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || fsync(fd) != 0)
+            err = RT_ERR_IO;
+        if (fd >= 0)
+            close(fd);
+    }
+    int dfd = dirfd(d);
+    if (!err && fsync(dfd) != 0)
+        err = RT_ERR_IO;
+    closedir(d);
+    return err;
+}
+
+/* A directory name storage may create: one plain path component. */
+static bool dir_name_ok(const char *name)
+{
+    return name && name[0] && name[0] != '.' && !strchr(name, '/') && strlen(name) < 200;
+}
+
+/* See storage.h: fsync the files and the folder, rename, fsync the parent,
+ * and only then the row, the same order as a blob commit. */
+int storage_model_publish(storage *st, const char *tmp_dir, const char *dir_name, bool replace,
+                          storage_model *m)
+{
+    storage_model existing;
+    if (!st || !tmp_dir || !m || !dir_name_ok(dir_name) || !name_ok(m->id))
+        return RT_ERR_INVALID;
+    if (!replace && storage_model_get(st, m->id, &existing) == RT_OK)
+        return RT_ERR_EXISTS;
+    char parent[800], final[1024];
+    if (snprintf(parent, sizeof parent, "%s/%s", storage_data_dir(st), storage_model_folder(m->kind)) >=
+        (int)sizeof parent)
+        return RT_ERR_INVALID;
+    if (mkdir(parent, 0755) != 0 && errno != EEXIST)
+        return RT_ERR_IO;
+    snprintf(final, sizeof final, "%s/%s", parent, dir_name);
+    int err = sync_dir_files(tmp_dir);
+    if (err)
+        return err;
+    rt_remove_tree(final); /* what a crash left of an earlier attempt */
+    if (rename(tmp_dir, final) != 0)
+        return RT_ERR_IO;
+    err = rt_sync_dir_of(final);
+    snprintf(m->path, sizeof m->path, "%s", final);
+    if (!err && replace)
+        storage_model_delete(st, m->id); /* a re-run publishes again */
+    if (!err)
+        err = storage_model_add(st, m);
+    if (err)
+        rt_remove_tree(final); /* no directory without its row */
     return err;
 }

@@ -231,6 +231,24 @@ typedef struct storage_model {
 /* Publishes a model (created_at filled in when 0). RT_ERR_EXISTS if taken. */
 int storage_model_add(storage *st, const storage_model *m);
 
+/*
+ * Publishes the finished directory tmp_dir (the caller's, on the same file
+ * system) as model m, the one way a model directory enters the data
+ * directory: fsyncs its files and itself, renames it to
+ * <data-dir>/adapters/<dir_name> (m->kind "adapter") or models/<dir_name>
+ * ("full"), fsyncs that folder, and only then inserts m's row (replacing a
+ * row of the same id when replace, e.g. a job re-run after a crash). A
+ * crash at any point leaves no row without its directory; a directory
+ * without a row is removed at the next open. m->path is set to the final
+ * directory. Errors: RT_ERR_EXISTS (m->id taken, nothing moved),
+ * RT_ERR_INVALID, RT_ERR_IO, RT_ERR_DB (then the directory is removed).
+ */
+int storage_model_publish(storage *st, const char *tmp_dir, const char *dir_name, bool replace,
+                          storage_model *m);
+
+/* "adapters" or "models": the data-dir folder of a model kind. */
+const char *storage_model_folder(const char *kind);
+
 /* Reads a model by name. RT_ERR_NOT_FOUND when unknown. */
 int storage_model_get(storage *st, const char *id, storage_model *out);
 

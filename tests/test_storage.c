@@ -406,6 +406,76 @@ static void test_expiry(void)
     tmpdir_remove(dir);
 }
 
+/* A folder with one file, ready to publish. */
+static void make_model_dir(const char *path)
+{
+    CHECK_EQ_INT(mkdir(path, 0755), 0);
+    char f[PATH_MAX];
+    snprintf(f, sizeof f, "%s/adapter_config.json", path);
+    FILE *fp = fopen(f, "w");
+    CHECK(fp != NULL);
+    if (fp) {
+        fputs("{}", fp);
+        fclose(fp);
+    }
+}
+
+/* storage_model_publish: directory and row together or not at all; what a
+ * crash can leave (a published folder with no row, an import's temporary
+ * folder) is gone at the next open, and published models stay. */
+static void test_model_publish(void)
+{
+    char *dir = tmpdir_make();
+    storage *st = NULL;
+    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    char tmp[PATH_MAX], tmp2[PATH_MAX], orphan[PATH_MAX], importing[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s/work-a", dir);
+    make_model_dir(tmp);
+    storage_model m = {0};
+    snprintf(m.id, sizeof m.id, "ft:base:org:abc");
+    snprintf(m.kind, sizeof m.kind, "adapter");
+    CHECK_EQ_INT(storage_model_publish(st, tmp, "adapter-0123456789abcdef01234567", false, &m), RT_OK);
+    CHECK(path_exists(dir, "adapters", "adapter-0123456789abcdef01234567/adapter_config.json"));
+    CHECK(!path_exists(dir, "", "work-a"));
+    storage_model got;
+    CHECK_EQ_INT(storage_model_get(st, m.id, &got), RT_OK);
+    CHECK_EQ_STR(got.path, m.path);
+    /* the name is taken: refused before anything moves */
+    snprintf(tmp2, sizeof tmp2, "%s/work-b", dir);
+    make_model_dir(tmp2);
+    storage_model again = m;
+    CHECK_EQ_INT(storage_model_publish(st, tmp2, "adapter-1123456789abcdef01234567", false, &again),
+                 RT_ERR_EXISTS);
+    CHECK(path_exists(dir, "", "work-b") && !path_exists(dir, "adapters", "adapter-1123456789abcdef01234567"));
+    /* a job re-run replaces its row; a full model goes to models/ */
+    storage_model full = {0};
+    snprintf(full.id, sizeof full.id, "ft:base:org:full");
+    snprintf(full.kind, sizeof full.kind, "full");
+    CHECK_EQ_INT(storage_model_publish(st, tmp2, "ftjob-0123456789abcdef01234567", true, &full), RT_OK);
+    CHECK(path_exists(dir, "models", "ftjob-0123456789abcdef01234567"));
+    CHECK_EQ_INT(storage_model_publish(st, "/nonexistent/x", "ftjob-1123456789abcdef01234567", true, &full),
+                 RT_ERR_IO);
+    CHECK_EQ_INT(storage_model_get(st, full.id, &got), RT_OK); /* a failed re-run keeps the old one */
+    CHECK_EQ_INT(storage_model_publish(st, tmp, "../escape", false, &m), RT_ERR_INVALID);
+    storage_close(st);
+    /* what a crash leaves: renamed but no row, and an import still being received */
+    snprintf(orphan, sizeof orphan, "%s/adapters/adapter-2123456789abcdef01234567", dir);
+    make_model_dir(orphan);
+    snprintf(importing, sizeof importing, "%s/adapters/.import-0123456789abcdef01234567", dir);
+    make_model_dir(importing);
+    char keep[PATH_MAX];
+    snprintf(keep, sizeof keep, "%s/adapters/not-an-id", dir);
+    make_model_dir(keep);
+    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK(!path_exists(dir, "adapters", "adapter-2123456789abcdef01234567"));
+    CHECK(!path_exists(dir, "adapters", ".import-0123456789abcdef01234567"));
+    CHECK(path_exists(dir, "adapters", "not-an-id"));
+    CHECK(path_exists(dir, "adapters", "adapter-0123456789abcdef01234567"));
+    CHECK(path_exists(dir, "models", "ftjob-0123456789abcdef01234567"));
+    storage_close(st);
+    tmpdir_remove(dir);
+}
+
 static void test_orphan_cleanup(void)
 {
     char *dir = tmpdir_make();
@@ -657,6 +727,7 @@ int main(void)
     RUN(test_list_pagination);
     RUN(test_delete);
     RUN(test_expiry);
+    RUN(test_model_publish);
     RUN(test_orphan_cleanup);
     RUN(test_threads);
     RUN(test_blob_abort);
