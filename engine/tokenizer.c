@@ -240,6 +240,12 @@ static int load_model(tokenizer *tok, const cJSON *model, char *err, size_t errs
         tk_set_err(err, errsize, "BPE subword prefixes/suffixes are not supported");
         return RT_ERR_UNSUPPORTED;
     }
+    const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(model, "dropout");
+    if (cJSON_IsNumber(dropout) && dropout->valuedouble > 0) {
+        /* Hugging Face then drops merges at random on every encode */
+        tk_set_err(err, errsize, "BPE dropout is not supported");
+        return RT_ERR_UNSUPPORTED;
+    }
     int rc = load_vocab(tok, vocab);
     if (rc != RT_OK)
         return rc;
@@ -387,28 +393,21 @@ static int load_pattern(const cJSON *pat, tk_pattern *out, char *err, size_t err
     return tk_pattern_init(out, s ? s : r, s != NULL, err, errsize);
 }
 
-/* Reads one normalizer (recursing into Sequence). */
-static int load_normalizer(tokenizer *tok, const cJSON *n, char *err, size_t errsize)
+/* The normalizers that take no options, by their tokenizer.json type. */
+static const struct { const char *type; enum tk_norm_kind kind; } plain_norms[] = {
+    { "NFC", TK_NORM_NFC }, { "NFD", TK_NORM_NFD }, { "NFKC", TK_NORM_NFKC },
+    { "NFKD", TK_NORM_NFKD }, { "Lowercase", TK_NORM_LOWERCASE },
+};
+
+/* Fills one non-Sequence normalizer step; an unknown type (BertNormalizer,
+ * StripAccents, Nmt, ByteLevel...) fails by name rather than being skipped. */
+static int load_norm_step(tk_norm *s, const char *type, const cJSON *n, char *err, size_t errsize)
 {
-    if (!n || cJSON_IsNull(n))
-        return RT_OK;
-    const char *type = get_str(n, "type");
-    if (type && strcmp(type, "Sequence") == 0) {
-        const cJSON *it;
-        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(n, "normalizers")) {
-            int rc = load_normalizer(tok, it, err, errsize);
-            if (rc != RT_OK)
-                return rc;
+    for (size_t i = 0; i < sizeof plain_norms / sizeof plain_norms[0]; i++) {
+        if (strcmp(type, plain_norms[i].type) == 0) {
+            s->kind = plain_norms[i].kind;
+            return RT_OK;
         }
-        return RT_OK;
-    }
-    tk_norm *s;
-    if (push_step((void **)&tok->norms, &tok->n_norms, sizeof *s, (void **)&s) != RT_OK)
-        return RT_ERR_NOMEM;
-    s->kind = TK_NORM_IDENTITY;
-    if (!type) {
-        tk_set_err(err, errsize, "a normalizer has no type");
-        return RT_ERR_FORMAT;
     }
     if (strcmp(type, "Prepend") == 0) {
         s->kind = TK_NORM_PREPEND;
@@ -431,14 +430,43 @@ static int load_normalizer(tokenizer *tok, const cJSON *n, char *err, size_t err
         s->right = get_bool(n, "strip_right", false);
         return RT_OK;
     }
-    if (!strcmp(type, "NFC") || !strcmp(type, "NFKC") || !strcmp(type, "NFD") ||
-        !strcmp(type, "NFKD") || !strcmp(type, "Precompiled")) {
-        rt_log(RT_LOG_WARN, "tokenizer: %s normalization is applied as identity; "
-               "text not already normalized may tokenize differently", type);
+    if (strcmp(type, "Precompiled") == 0) {
+        s->kind = TK_NORM_PRECOMPILED;
+        const char *map = get_str(n, "precompiled_charsmap");
+        if (!map) {
+            tk_set_err(err, errsize, "a Precompiled normalizer has no precompiled_charsmap string");
+            return RT_ERR_FORMAT;
+        }
+        return tk_charsmap_load(map, &s->map, err, errsize);
+    }
+    tk_set_err(err, errsize, "normalizer %.64s is not supported (NFC, NFD, NFKC, NFKD, Lowercase, "
+               "Precompiled, Prepend, Replace, Strip, Sequence)", type);
+    return RT_ERR_UNSUPPORTED;
+}
+
+/* Reads one normalizer (recursing into Sequence). */
+static int load_normalizer(tokenizer *tok, const cJSON *n, char *err, size_t errsize)
+{
+    if (!n || cJSON_IsNull(n))
+        return RT_OK;
+    const char *type = get_str(n, "type");
+    if (type && strcmp(type, "Sequence") == 0) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(n, "normalizers")) {
+            int rc = load_normalizer(tok, it, err, errsize);
+            if (rc != RT_OK)
+                return rc;
+        }
         return RT_OK;
     }
-    tk_set_err(err, errsize, "normalizer %s is not supported", type);
-    return RT_ERR_UNSUPPORTED;
+    if (!type) {
+        tk_set_err(err, errsize, "a normalizer has no type");
+        return RT_ERR_FORMAT;
+    }
+    tk_norm *s;
+    if (push_step((void **)&tok->norms, &tok->n_norms, sizeof *s, (void **)&s) != RT_OK)
+        return RT_ERR_NOMEM;
+    return load_norm_step(s, type, n, err, errsize);
 }
 
 /* --------------------------------------------------------- pre-tokenizer */
@@ -801,6 +829,7 @@ static void free_steps(tokenizer *tok)
     for (size_t i = 0; i < tok->n_norms; i++) {
         free(tok->norms[i].str);
         tk_pattern_free(&tok->norms[i].pat);
+        tk_charsmap_free(tok->norms[i].map);
     }
     for (size_t i = 0; i < tok->n_pres; i++) {
         tk_pattern_free(&tok->pres[i].pat);

@@ -17,12 +17,17 @@
  *
  * A tokenizer is immutable once loaded (and given its model's vocabulary
  * size, tokenizer_set_model_vocab): every function taking a const
- * tokenizer * may run on many threads at once. Not supported (the load
- * fails with RT_ERR_UNSUPPORTED): WordPiece/Unigram models, subword
- * prefixes/suffixes, unknown normalizers or pre-tokenizers. Unicode
- * normalization (NFC/NFKC...) is accepted but applied as identity, with a
- * warning at load: text that is not already normalized may differ from
- * Hugging Face's ids.
+ * tokenizer * may run on many threads at once.
+ *
+ * Normalizers: NFC, NFD, NFKC, NFKD (on utf8proc), Lowercase (Rust's
+ * char::to_lowercase), Precompiled (a SentencePiece precompiled_charsmap,
+ * as T5/ALBERT-style tokenizers carry), Prepend, Replace, Strip, and
+ * Sequences of them, all applied as Hugging Face applies them.
+ *
+ * Not supported (the load fails with RT_ERR_UNSUPPORTED, naming what):
+ * WordPiece/Unigram models, BPE dropout, subword prefixes/suffixes, any
+ * other normalizer (BertNormalizer, StripAccents, Nmt, ByteLevel...),
+ * pre-tokenizer, decoder or post-processor.
  */
 #ifndef RT_ENGINE_TOKENIZER_H
 #define RT_ENGINE_TOKENIZER_H

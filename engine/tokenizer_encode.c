@@ -225,8 +225,15 @@ static int norm_step(const tk_norm *st, const char *s, size_t n, tk_buf *out)
         size_t b = st->right ? space_run_before(s, n) : n;
         return tk_buf_append(out, s + a, b > a ? b - a : 0);
     }
-    case TK_NORM_IDENTITY:
-        break;
+    case TK_NORM_NFC:
+    case TK_NORM_NFD:
+    case TK_NORM_NFKC:
+    case TK_NORM_NFKD:
+        return tk_unicode_normalize(st->kind, s, n, out);
+    case TK_NORM_LOWERCASE:
+        return tk_lowercase(s, n, out);
+    case TK_NORM_PRECOMPILED:
+        return tk_charsmap_apply(st->map, s, n, out);
     }
     return tk_buf_append(out, s, n);
 }

@@ -8,6 +8,8 @@
  *   tokenizer_encode.c  added tokens, normalizers, pre-tokenizers, encode
  *   tokenizer_bpe.c     the BPE model on one pre-token
  *   tokenizer_decode.c  decoders, decode, streaming
+ *   tokenizer_unicode.c NFC/NFD/NFKC/NFKD, Lowercase, grapheme clusters
+ *   tokenizer_precompiled.c  the Precompiled (SentencePiece charsmap) normalizer
  *   tokenizer_train.c   the byte-level BPE trainer
  */
 #ifndef RT_ENGINE_TOKENIZER_INTERNAL_H
@@ -134,14 +136,45 @@ void tk_pattern_free(tk_pattern *p);
 
 /* ---- the pipeline's parts (tokenizer.c builds them) ---- */
 
-enum tk_norm_kind { TK_NORM_PREPEND, TK_NORM_REPLACE, TK_NORM_STRIP, TK_NORM_IDENTITY };
+enum tk_norm_kind {
+    TK_NORM_PREPEND, TK_NORM_REPLACE, TK_NORM_STRIP, TK_NORM_NFC, TK_NORM_NFD,
+    TK_NORM_NFKC, TK_NORM_NFKD, TK_NORM_LOWERCASE, TK_NORM_PRECOMPILED
+};
+
+/* A SentencePiece precompiled_charsmap (tokenizer_precompiled.c). */
+typedef struct tk_charsmap tk_charsmap;
 
 typedef struct tk_norm {
     enum tk_norm_kind kind;
     char *str;            /* PREPEND: text; REPLACE: content */
     tk_pattern pat;       /* REPLACE: the pattern */
     bool left, right;     /* STRIP */
+    tk_charsmap *map;     /* PRECOMPILED */
 } tk_norm;
+
+/* ---- Unicode normalizers (tokenizer_unicode.c) ---- */
+
+/* Appends the normal form (kind TK_NORM_NFC/NFD/NFKC/NFKD) of valid UTF-8
+ * s[0..n) to out. Errors: RT_ERR_NOMEM, RT_ERR_FORMAT (invalid UTF-8). */
+int tk_unicode_normalize(enum tk_norm_kind form, const char *s, size_t n, tk_buf *out);
+/* Appends s[0..n) lowercased as Rust's char::to_lowercase does, char by
+ * char. Errors: RT_ERR_NOMEM. */
+int tk_lowercase(const char *s, size_t n, tk_buf *out);
+/* Bytes of the extended grapheme cluster starting at s[0] (n > 0). */
+size_t tk_grapheme_len(const char *s, size_t n);
+
+/* ---- Precompiled normalizer (tokenizer_precompiled.c) ---- */
+
+/* Decodes and checks a base64 precompiled_charsmap (NUL-terminated,
+ * borrowed). On success *out owns a new charsmap (tk_charsmap_free); on
+ * failure returns RT_ERR_FORMAT (message in err) or RT_ERR_NOMEM and
+ * leaves *out untouched. */
+int tk_charsmap_load(const char *b64, tk_charsmap **out, char *err, size_t errsize);
+/* Appends valid UTF-8 s[0..n) normalized by the charsmap, as Hugging
+ * Face's Precompiled normalizer. Errors: RT_ERR_NOMEM. */
+int tk_charsmap_apply(const tk_charsmap *m, const char *s, size_t n, tk_buf *out);
+/* Frees a charsmap; NULL is allowed. */
+void tk_charsmap_free(tk_charsmap *m);
 
 enum tk_split_behavior {
     TK_SPLIT_REMOVED, TK_SPLIT_ISOLATED, TK_SPLIT_MERGED_PREV,

@@ -2,7 +2,12 @@
  * tests/test_tokenizer.c — the tokenizer against Hugging Face: every case
  * of tests/fixtures/tokenizer/expected.tsv (made by HF's tokenizers library,
  * see tests/fixtures/make_tokenizer_table.mjs) must give the same ids and
- * the same decoded text. Also: the trainer is deterministic and its
+ * the same decoded text; for the tokenizers with Unicode normalizers
+ * (NFC/NFD/NFKC/NFKD, NFKC + Lowercase, a SentencePiece Precompiled
+ * charsmap) the table marks the cases where HF's ids without the
+ * normalizer differ, and there must be some. Also: hostile charsmaps are
+ * refused, what is not implemented fails at load by name, the trainer is
+ * deterministic and its
  * committed output is what HF was run on, streaming decode agrees with
  * decode, error paths, speed, and the chat template renderer and masks.
  *
@@ -80,7 +85,8 @@ static void print_ids(const char *label, const int32_t *ids, size_t n)
 typedef struct table_stats {
     char name[64];
     tokenizer *tok;
-    int cases, ids_ok, dec_ok, roundtrip, roundtrip_ok, skipped;
+    int cases, ids_ok, dec_ok, roundtrip, roundtrip_ok;
+    int norm_cases, norm_ok;   /* rows where skipping the Unicode normalizers changes HF's ids */
 } table_stats;
 
 /* Parses "1 2 3" into ids. */
@@ -96,20 +102,18 @@ static size_t parse_ids(char *s, int32_t *out, size_t cap)
 static void check_row(table_stats *st, char **f)
 {
     size_t tn, dn, sn, ours_n = 0, dlen, slen;
-    bool add = f[1][0] == '1', nfc = f[2][0] == '1';
+    bool add = f[1][0] == '1', norm_matters = f[7][0] == '1';
     char *text = unhex(f[3], strlen(f[3]), &tn), *dec = unhex(f[5], strlen(f[5]), &dn);
     char *dskip = unhex(f[6], strlen(f[6]), &sn), *ours_dec = NULL, *ours_skip = NULL;
     static int32_t want[8192];
     size_t wn = parse_ids(f[4], want, 8192);
     int32_t *ours = NULL;
-    if (!nfc && strcmp(st->name, "qwen2_style") == 0) {
-        st->skipped++; /* NFC is applied as identity: documented limit */
-        goto out;
-    }
     st->cases++;
     int rc = tokenizer_encode(st->tok, text, tn, add, &ours, &ours_n);
     bool same = rc == RT_OK && ours_n == wn && (!wn || !memcmp(ours, want, wn * sizeof *ours));
     st->ids_ok += same;
+    st->norm_cases += norm_matters;
+    st->norm_ok += norm_matters && same;
     if (!same && st->cases - st->ids_ok <= 5) {
         fprintf(stderr, "  %s mismatch (add_special=%d) text=\"%s\"\n", st->name, add, text);
         print_ids("hf  ", want, wn);
@@ -127,7 +131,6 @@ static void check_row(table_stats *st, char **f)
             st->roundtrip_ok += slen == tn && !memcmp(ours_skip, text, tn);
         }
     }
-out:
     free(ours);
     free(ours_dec);
     free(ours_skip);
@@ -161,9 +164,9 @@ static void test_table(void)
     for (char *line = strtok_r(data, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         if (line[0] == '#')
             continue;
-        char *f[7];
+        char *f[8];
         int k = 0;
-        for (char *p = line; k < 7; k++) {
+        for (char *p = line; k < 8; k++) {
             f[k] = p;
             char *tab = strchr(p, '\t');
             if (!tab) {
@@ -173,8 +176,8 @@ static void test_table(void)
             *tab = '\0';
             p = tab + 1;
         }
-        CHECK_MSG(k == 7, "bad table line");
-        if (k != 7)
+        CHECK_MSG(k == 8, "bad table line");
+        if (k != 8)
             continue;
         table_stats *st = stats_for(all, &nall, f[0]);
         if (st->tok)
@@ -182,9 +185,9 @@ static void test_table(void)
     }
     for (int i = 0; i < nall; i++) {
         table_stats *st = &all[i];
-        printf("table %-16s %4d/%4d ids match HF, %4d/%4d decodes match, %d/%d round trips, %d skipped (NFC)\n",
-               st->name, st->ids_ok, st->cases, st->dec_ok, st->cases, st->roundtrip_ok,
-               st->roundtrip, st->skipped);
+        printf("table %-17s %4d/%4d ids match HF, %4d/%4d decodes match, %d/%d round trips, "
+               "%3d/%3d where the normalizer matters\n", st->name, st->ids_ok, st->cases, st->dec_ok,
+               st->cases, st->roundtrip_ok, st->roundtrip, st->norm_ok, st->norm_cases);
         CHECK_MSG(st->cases > 0 && st->ids_ok == st->cases, "%s: ids", st->name);
         CHECK_MSG(st->dec_ok == st->cases, "%s: decode", st->name);
         CHECK_MSG(st->roundtrip_ok == st->roundtrip, "%s: round trip", st->name);
@@ -193,7 +196,19 @@ static void test_table(void)
         tokenizer_free(st->tok);
     }
     printf("table: %d/%d cases match Hugging Face\n", matched, total);
-    CHECK(nall >= 7); /* five hand-made tokenizers + two from our trainer */
+    CHECK(nall >= 12); /* ten hand-made tokenizers + two from our trainer */
+    /* The Unicode normalizers are really applied: each of these tables has
+     * cases where HF's ids without them differ, and we match those too. */
+    static const char *normalized[] = { "qwen2_style", "nfd_style", "nfkc_style", "nfkd_style",
+                                        "nfkc_lower", "precompiled_style" };
+    for (size_t j = 0; j < sizeof normalized / sizeof normalized[0]; j++) {
+        const table_stats *st = NULL;
+        for (int i = 0; i < nall; i++)
+            if (!strcmp(all[i].name, normalized[j]))
+                st = &all[i];
+        CHECK_MSG(st && st->norm_cases >= 20 && st->norm_ok == st->norm_cases,
+                  "%s: normalizer cases %d/%d", normalized[j], st ? st->norm_ok : 0, st ? st->norm_cases : 0);
+    }
     free(data);
 }
 
@@ -574,6 +589,198 @@ static void test_api(void)
 }
 
 
+/* ------------------------------------------------------------ normalizers */
+
+/* Standard base64 (with padding) of p[0..n), as a new string. */
+static char *b64(const unsigned char *p, size_t n)
+{
+    static const char dig[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = malloc(n / 3 * 4 + 5), *o = out;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) |
+                     (i + 2 < n ? p[i + 2] : 0);
+        *o++ = dig[v >> 18 & 63];
+        *o++ = dig[v >> 12 & 63];
+        *o++ = i + 1 < n ? dig[v >> 6 & 63] : '=';
+        *o++ = i + 2 < n ? dig[v & 63] : '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+/* A charsmap blob (trie byte count, units, strings) cut to at most cut
+ * bytes, as base64. */
+static char *charsmap_b64(const uint32_t *units, size_t n, const char *strings, size_t slen, size_t cut)
+{
+    size_t len = 4 + 4 * n + slen;
+    unsigned char *blob = malloc(len);
+    uint32_t size = (uint32_t)(4 * n);
+    for (int b = 0; b < 4; b++)
+        blob[b] = (unsigned char)(size >> (8 * b));
+    for (size_t i = 0; i < n; i++)
+        for (int b = 0; b < 4; b++)
+            blob[4 + 4 * i + (size_t)b] = (unsigned char)(units[i] >> (8 * b));
+    memcpy(blob + 4 + 4 * n, strings, slen);
+    char *out = b64(blob, len < cut ? len : cut);
+    free(blob);
+    return out;
+}
+
+/* Loads a tokenizer.json with a tiny BPE (a b c) and the given parts
+ * (JSON text, "null" for none); err gets the loader's message. */
+static int load_parts_json(const char *normalizer, const char *pre, const char *decoder, const char *post,
+                           tokenizer **out, char *err, size_t errsize)
+{
+    const char *fmt = "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":1,\"c\":2},\"merges\":[]},"
+                      "\"normalizer\":%s,\"pre_tokenizer\":%s,\"decoder\":%s,\"post_processor\":%s}";
+    size_t n = strlen(fmt) + strlen(normalizer) + strlen(pre) + strlen(decoder) + strlen(post);
+    char *json = malloc(n);
+    snprintf(json, n, fmt, normalizer, pre, decoder, post);
+    err[0] = '\0';
+    int rc = tokenizer_load_json(json, strlen(json), out, err, errsize);
+    free(json);
+    return rc;
+}
+
+/* Loads the tiny BPE with a Precompiled normalizer of charsmap b64map
+ * (taken: freed here); RT_OK and *out, or the error. */
+static int load_charsmap(char *b64map, tokenizer **out, char *err, size_t errsize)
+{
+    size_t n = strlen(b64map) + 128;
+    char *norm = malloc(n);
+    snprintf(norm, n, "{\"type\":\"Precompiled\",\"precompiled_charsmap\":\"%s\"}", b64map);
+    int rc = load_parts_json(norm, "null", "null", "null", out, err, errsize);
+    free(norm);
+    free(b64map);
+    return rc;
+}
+
+/* Encodes text and compares with want[0..n). */
+static bool encodes_to(const tokenizer *tok, const char *text, const int32_t *want, size_t n)
+{
+    int32_t *ids = NULL;
+    size_t k = 0;
+    bool ok = tokenizer_encode(tok, text, strlen(text), false, &ids, &k) == RT_OK && k == n &&
+              (!n || !memcmp(ids, want, n * sizeof *ids));
+    free(ids);
+    return ok;
+}
+
+/* A hand-made double array mapping "a" to "b", and broken variants of it:
+ * every broken one is refused at load with RT_ERR_FORMAT, never a crash. */
+static void test_charsmap_hostile(void)
+{
+    uint32_t u[98] = { 0 };
+    u[97] = 0x61 | 0x100 | 1u << 10; /* label 'a', has a leaf, offset 1: value unit 96 */
+    u[96] = 0;                       /* value: offset 0 in the strings */
+    char err[256];
+    tokenizer *tok = NULL;
+    CHECK_EQ_INT(load_charsmap(charsmap_b64(u, 98, "b\0", 2, SIZE_MAX), &tok, err, sizeof err), RT_OK);
+    if (tok) {
+        CHECK(encodes_to(tok, "acab", (const int32_t[]){ 1, 2, 1, 1 }, 4));
+        tokenizer_free(tok);
+        tok = NULL;
+    }
+    struct { const char *what; uint32_t u97, u96; const char *str; size_t slen, cut; } bad[] = {
+        { "value past the strings", u[97], 1000, "b\0", 2, SIZE_MAX },
+        { "value unit past the array", 0x61 | 0x100 | 1000u << 10, 0, "b\0", 2, SIZE_MAX },
+        { "value inside a character", u[97], 1, "\xC3\xA9\0", 3, SIZE_MAX },
+        { "strings not UTF-8", u[97], 0, "\xFF\0", 2, SIZE_MAX },
+        { "trie cut short", u[97], 0, "b\0", 2, 4 + 4 * 50 },
+        { "no trie size", u[97], 0, "b\0", 2, 3 },
+        { "empty blob", u[97], 0, "b\0", 2, 0 },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        u[97] = bad[i].u97;
+        u[96] = bad[i].u96;
+        int rc = load_charsmap(charsmap_b64(u, 98, bad[i].str, bad[i].slen, bad[i].cut), &tok, err, sizeof err);
+        CHECK_MSG(rc == RT_ERR_FORMAT && tok == NULL && strstr(err, "Precompiled"), "%s: %s (%s)",
+                  bad[i].what, rt_strerror(rc), err);
+    }
+    uint32_t zero[1] = { 0 }; /* a trie of no units */
+    CHECK_EQ_INT(load_charsmap(charsmap_b64(zero, 0, "b\0", 2, SIZE_MAX), &tok, err, sizeof err), RT_ERR_FORMAT);
+    static const char *not_b64[] = { "@@@@", "A===", "AAB=", "AAAAA", "A AA" };
+    for (size_t i = 0; i < sizeof not_b64 / sizeof not_b64[0]; i++) {
+        char *m = malloc(8);
+        strcpy(m, not_b64[i]);
+        CHECK_EQ_INT(load_charsmap(m, &tok, err, sizeof err), RT_ERR_FORMAT);
+    }
+    /* A cycle: 'a' leads back to the root. Loads (nothing points outside),
+     * and lookups end with the key. */
+    memset(u, 0, sizeof u);
+    u[97] = 0x61 | 97u << 10;
+    CHECK_EQ_INT(load_charsmap(charsmap_b64(u, 98, "b\0", 2, SIZE_MAX), &tok, err, sizeof err), RT_OK);
+    if (tok)
+        CHECK(encodes_to(tok, "aaaaaaa", (const int32_t[]){ 0, 0, 0, 0, 0, 0, 0 }, 7));
+    tokenizer_free(tok);
+    tok = NULL;
+    CHECK_EQ_INT(load_parts_json("{\"type\":\"Precompiled\",\"precompiled_charsmap\":null}", "null", "null",
+                                 "null", &tok, err, sizeof err), RT_ERR_FORMAT);
+
+    /* The real nmt_nfkc charsmap loads; cut inside its trie or its
+     * strings, it is refused. */
+    size_t n = 0;
+    char *blob = slurp(FIX "nmt_nfkc.bin", &n);
+    CHECK_MSG(blob && n > 200000, "cannot read " FIX "nmt_nfkc.bin");
+    if (!blob)
+        return;
+    size_t trie = (unsigned char)blob[0] | (size_t)(unsigned char)blob[1] << 8 | (size_t)(unsigned char)blob[2] << 16;
+    size_t cuts[] = { n, 1000, 4 + trie - 1, 4 + trie + 10 };
+    for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+        int rc = load_charsmap(b64((const unsigned char *)blob, cuts[i]), &tok, err, sizeof err);
+        CHECK_MSG(rc == (i == 0 ? RT_OK : RT_ERR_FORMAT), "nmt_nfkc cut at %zu: %s (%s)", cuts[i],
+                  rt_strerror(rc), err);
+        tokenizer_free(tok);
+        tok = NULL;
+    }
+    free(blob);
+}
+
+/* Whatever the code does not implement is refused at load, by name. */
+static void test_refused_by_name(void)
+{
+    static const struct { const char *norm, *pre, *dec, *post, *name; } cases[] = {
+        { "{\"type\":\"BertNormalizer\",\"clean_text\":true,\"handle_chinese_chars\":true,"
+          "\"strip_accents\":null,\"lowercase\":true}", "null", "null", "null", "BertNormalizer" },
+        { "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFKD\"},{\"type\":\"StripAccents\"}]}",
+          "null", "null", "null", "StripAccents" },
+        { "{\"type\":\"Nmt\"}", "null", "null", "null", "Nmt" },
+        { "{\"type\":\"ByteLevel\"}", "null", "null", "null", "ByteLevel" },
+        { "null", "{\"type\":\"Whitespace\"}", "null", "null", "Whitespace" },
+        { "null", "{\"type\":\"WhitespaceSplit\"}", "null", "null", "WhitespaceSplit" },
+        { "null", "{\"type\":\"BertPreTokenizer\"}", "null", "null", "BertPreTokenizer" },
+        { "null", "{\"type\":\"Punctuation\",\"behavior\":\"Isolated\"}", "null", "null", "Punctuation" },
+        { "null", "{\"type\":\"UnicodeScripts\"}", "null", "null", "UnicodeScripts" },
+        { "null", "{\"type\":\"CharDelimiterSplit\",\"delimiter\":\"x\"}", "null", "null", "CharDelimiterSplit" },
+        { "null", "{\"type\":\"FixedLength\",\"length\":5}", "null", "null", "FixedLength" },
+        { "null", "null", "{\"type\":\"WordPiece\",\"prefix\":\"##\",\"cleanup\":true}", "null", "WordPiece" },
+        { "null", "null", "{\"type\":\"BPEDecoder\",\"suffix\":\"</w>\"}", "null", "BPEDecoder" },
+        { "null", "null", "{\"type\":\"CTC\"}", "null", "CTC" },
+        { "null", "null", "null", "{\"type\":\"Magic\"}", "Magic" },
+    };
+    char err[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tokenizer *tok = NULL;
+        int rc = load_parts_json(cases[i].norm, cases[i].pre, cases[i].dec, cases[i].post, &tok, err, sizeof err);
+        CHECK_MSG(rc == RT_ERR_UNSUPPORTED && !tok && strstr(err, cases[i].name), "%s: %s (%s)",
+                  cases[i].name, rt_strerror(rc), err);
+        tokenizer_free(tok);
+    }
+    /* The normalizers we apply all load, also nested in a Sequence. */
+    tokenizer *tok = NULL;
+    CHECK_EQ_INT(load_parts_json("{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFC\"},{\"type\":\"NFD\"},"
+                                 "{\"type\":\"Sequence\",\"normalizers\":[{\"type\":\"NFKC\"},{\"type\":\"NFKD\"}]},"
+                                 "{\"type\":\"Lowercase\"}]}", "null", "null", "null", &tok, err, sizeof err),
+                 RT_OK);
+    if (tok) /* full-width "ＡＢ": NFKC/NFKD make it "AB", Lowercase "ab" */
+        CHECK(encodes_to(tok, "\xEF\xBC\xA1\xEF\xBC\xA2", (const int32_t[]){ 0, 1 }, 2));
+    tokenizer_free(tok);
+    const char *dropout = "{\"model\":{\"type\":\"BPE\",\"dropout\":0.1,\"vocab\":{\"a\":0},\"merges\":[]}}";
+    tok = NULL;
+    CHECK_EQ_INT(tokenizer_load_json(dropout, strlen(dropout), &tok, err, sizeof err), RT_ERR_UNSUPPORTED);
+    CHECK(strstr(err, "dropout") != NULL && tok == NULL);
+}
+
 /* ------------------------------------------------------------------- chat */
 
 /* Concatenation of what the loss should see: trained assistant contents. */
@@ -848,6 +1055,8 @@ int main(int argc, char **argv)
     RUN(test_stream);
     RUN(test_padded_vocab);
     RUN(test_api);
+    RUN(test_charsmap_hostile);
+    RUN(test_refused_by_name);
     RUN(test_fuzz);
     RUN(test_chat_cases);
     RUN(test_chat_detect);
