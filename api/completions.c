@@ -183,7 +183,7 @@ static bool parse_sampling(const cJSON *body, gen_params *p, bad_field *b)
 /* The text of a message's content: a string, or the text parts of an array. */
 static bool message_text(const cJSON *content, int i, gen_params *p, const char **out, bad_field *b)
 {
-    static char param[48];
+    static _Thread_local char param[48];
     snprintf(param, sizeof param, "messages[%d].content", i);
     if (!content || cJSON_IsNull(content)) {
         *out = "";
@@ -227,9 +227,11 @@ static bool parse_messages(const cJSON *body, gen_params *p, bad_field *b)
     p->texts = calloc((size_t)n, sizeof *p->texts);
     if (!p->messages || !p->texts)
         return bad(b, "messages", "out of memory");
-    for (int i = 0; i < n; i++) {
-        static char param[32];
-        const cJSON *m = cJSON_GetArrayItem(msgs, i);
+    const cJSON *m = NULL;
+    int i = -1;
+    cJSON_ArrayForEach(m, msgs) { /* linear: cJSON_GetArrayItem(i) in a loop is quadratic */
+        static _Thread_local char param[32]; /* per HTTP thread: a message names its own field */
+        i++;
         const cJSON *role = cJSON_IsObject(m) ? cJSON_GetObjectItemCaseSensitive(m, "role") : NULL;
         snprintf(param, sizeof param, "messages[%d].role", i);
         bool known = false;
@@ -256,12 +258,13 @@ static bool prompt_id_list(const cJSON *v, gen_params *p, int k, bad_field *b)
         return bad(b, "prompt", "'prompt' token id lists must not be empty.");
     if (!(p->prompt_ids[k] = malloc(sizeof *p->prompt_ids[k] * (size_t)n)))
         return bad(b, "prompt", "out of memory");
-    for (int i = 0; i < n; i++) {
-        const cJSON *t = cJSON_GetArrayItem(v, i);
+    const cJSON *t;
+    int i = 0;
+    cJSON_ArrayForEach(t, v) {
         if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble > 2147483647.0 ||
             t->valuedouble != floor(t->valuedouble))
             return bad(b, "prompt", "'prompt' token ids must be non-negative integers.");
-        p->prompt_ids[k][i] = (int32_t)t->valuedouble;
+        p->prompt_ids[k][i++] = (int32_t)t->valuedouble;
     }
     p->n_prompt_ids[k] = (size_t)n;
     return true;

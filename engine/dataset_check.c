@@ -100,9 +100,11 @@ static int check_chat(const cJSON *messages, char *reason, size_t size)
     if (n == 0)
         return fail(reason, size, "\"messages\" is empty");
     int assistants = 0;
-    for (int i = 0; i < n; i++) {
+    const cJSON *m;
+    int i = 0;
+    cJSON_ArrayForEach(m, messages) { /* linear, not cJSON_GetArrayItem(i) */
         bool is_assistant = false;
-        int rc = check_message(cJSON_GetArrayItem(messages, i), i, &is_assistant, reason, size);
+        int rc = check_message(m, i++, &is_assistant, reason, size);
         if (rc != RT_OK)
             return rc;
         assistants += is_assistant;

@@ -30,8 +30,10 @@ static int render_chat(const cJSON *obj, const tokenizer *tok, const chat_templa
     chat_message *msgs = calloc((size_t)n, sizeof *msgs);
     if (!msgs)
         return RT_ERR_NOMEM;
-    for (int i = 0; i < n; i++) {
-        const cJSON *m = cJSON_GetArrayItem(messages, i);
+    const cJSON *m;
+    int i = -1;
+    cJSON_ArrayForEach(m, messages) { /* linear, not cJSON_GetArrayItem(i) */
+        i++;
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         const cJSON *weight = cJSON_GetObjectItemCaseSensitive(m, "weight");
         msgs[i].role = cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring;

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define MAX_KEYS 64
 
@@ -132,6 +133,17 @@ static int parse_int64(const char *name, const char *text, int64_t lo, int64_t h
     return 0;
 }
 
+/* A boolean environment variable: only 1, true, yes or on (any case) turn
+ * it on; "0", "false" or "" leave it off, as people who write them mean. */
+static bool env_true(const char *v)
+{
+    static const char *const yes[] = {"1", "true", "yes", "on", NULL};
+    for (const char *const *y = yes; v && *y; y++)
+        if (!strcasecmp(v, *y))
+            return true;
+    return false;
+}
+
 /* Defaults first, then the environment, then flags (flags win). */
 static int read_environment(serve_options *o)
 {
@@ -139,7 +151,7 @@ static int read_environment(serve_options *o)
     o->host = getenv("RETUNE_HOST") ? getenv("RETUNE_HOST") : "127.0.0.1";
     o->model_dir = getenv("RETUNE_MODEL");
     o->keys_file = getenv("RETUNE_API_KEYS_FILE");
-    o->insecure_no_auth = getenv("RETUNE_INSECURE_NO_AUTH") != NULL;
+    o->insecure_no_auth = env_true(getenv("RETUNE_INSECURE_NO_AUTH"));
     o->port = 8080;
     o->max_upload_bytes = 512LL << 20;
     o->min_examples = 10;

@@ -294,6 +294,10 @@ def test_auth():
                           capture_output=True, timeout=30)
     t.eq(proc.returncode, 2, "no keys on a non-loopback address is refused")
     t.check(b"--insecure-no-auth" in proc.stderr, "refusal explains the way out")
+    for off in ("false", "0", "no", ""):  # issue 13: set-ness alone used to turn auth off
+        proc = subprocess.run([BIN, "serve", "--data-dir", d, "--host", "0.0.0.0", "--port", "0"],
+                              capture_output=True, timeout=30, env=dict(os.environ, RETUNE_INSECURE_NO_AUTH=off))
+        t.eq(proc.returncode, 2, f"RETUNE_INSECURE_NO_AUTH={off!r} leaves auth on")
     srv = Server(d, env={"RETUNE_API_KEY": "sk-env"})
     try:
         status, _, _ = srv.json("GET", "/v1/files", headers={"Authorization": "Bearer sk-env"})

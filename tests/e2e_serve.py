@@ -157,6 +157,15 @@ def test_bad_requests(srv):
         t.eq((got, r.get("error", {}).get("param")), (400, param), f"completions error names {param}")
     got, _, _ = srv.json("POST", "/v1/chat/completions", b"{", JSON)
     t.eq(got, 400, "malformed JSON")
+    # Issue 13: concurrent bad requests each name their own field (a shared buffer mixed them up).
+    def bad_role(i):
+        msgs = [{"role": "user", "content": "x"}] * i + [{"role": "wizard", "content": "x"}]
+        return i, post(srv, "/v1/chat/completions", {"model": "tiny_chat", "messages": msgs})[2]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(bad_role, [i % 40 for i in range(400)]))
+    wrong = [(i, r.get("error", {}).get("param")) for i, r in answers
+             if r.get("error", {}).get("param") != f"messages[{i}].role"]
+    t.eq(wrong, [], "400 concurrent bad requests each name their own message")
     t.eq(srv.json("GET", "/healthz")[0], 200, "server serves on after bad requests")
 
 
