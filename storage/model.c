@@ -78,7 +78,7 @@ int storage_model_delete(storage *st, const char *id)
 }
 
 /* The data-dir folder that holds models of kind: "adapters" or "models". */
-const char *storage_model_folder(const char *kind)
+static const char *model_folder(const char *kind)
 {
     return kind && !strcmp(kind, "full") ? "models" : "adapters";
 }
@@ -126,7 +126,7 @@ int storage_model_publish(storage *st, const char *tmp_dir, const char *dir_name
     if (!replace && storage_model_get(st, m->id, &existing) == RT_OK)
         return RT_ERR_EXISTS;
     char parent[800], final[1024];
-    if (snprintf(parent, sizeof parent, "%s/%s", storage_data_dir(st), storage_model_folder(m->kind)) >=
+    if (snprintf(parent, sizeof parent, "%s/%s", storage_data_dir(st), model_folder(m->kind)) >=
         (int)sizeof parent)
         return RT_ERR_INVALID;
     if (mkdir(parent, 0755) != 0 && errno != EEXIST)

@@ -246,8 +246,6 @@ int storage_model_add(storage *st, const storage_model *m);
 int storage_model_publish(storage *st, const char *tmp_dir, const char *dir_name, bool replace,
                           storage_model *m);
 
-/* "adapters" or "models": the data-dir folder of a model kind. */
-const char *storage_model_folder(const char *kind);
 
 /* Reads a model by name. RT_ERR_NOT_FOUND when unknown. */
 int storage_model_get(storage *st, const char *id, storage_model *out);
