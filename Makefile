@@ -40,7 +40,7 @@ BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
 
-.PHONY: all test unit-test san-test deps clean bench
+.PHONY: all test unit-test san-test deps clean bench print-ldlibs
 all: $(BUILD)/retune $(TEST_BIN) $(BENCH_BIN)
 
 $(BUILD)/retune: $(BUILD)/obj/server/main.o $(BUILD)/libretune.a
@@ -87,6 +87,10 @@ san-test:
 
 deps:
 	sh tools/install_deps.sh
+
+# The libraries a program linked against libretune.a needs (kernels/cuda/emu/run.sh).
+print-ldlibs:
+	@echo $(LDLIBS)
 
 clean:
 	rm -rf $(BUILD) build-san

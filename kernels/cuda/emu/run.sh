@@ -23,8 +23,7 @@ mkdir -p "$O"
 INC="-I. -Ibuild/gen -I$CUDA_INC -I$E -I/usr/include/x86_64-linux-gnu/openblas-pthread"
 CXXF="-std=c++17 -O1 -g -Wall -Wno-unknown-pragmas $INC"
 CF="-std=c11 -O1 -g -Wall -Wextra -D_GNU_SOURCE -DRT_WITH_CUDA $INC"
-LIBS="build/libretune.a -lmicrohttpd -lcjson -lsqlite3 -lpcre2-8 \
- -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas -lm -lpthread"
+LIBS="build/libretune.a $(make -s --no-print-directory print-ldlibs)"
 
 g++ $CXXF -c $E/emu_runtime.cpp -o $O/emu_runtime.o
 for f in kernels/cuda/*.cu; do
