@@ -1,8 +1,11 @@
 /*
- * engine/chat_template.c — chat formats as C code, chosen by looking at a
- * model's Jinja chat template, and the renderer that produces ids with a
- * per-token loss mask. See chat_template.h for the formats and the rules.
+ * engine/chat_template.c — a model's chat template loaded from
+ * tokenizer_config.json and compiled by the Jinja interpreter (rendered
+ * through engine/chat_jinja.c), or, without one, ChatML as C code; ids with a
+ * per-token loss mask. See chat_template.h for the rules.
  *
+ * The C formats below also serve the templates' recognised families for
+ * tests that compare them; every loaded template renders through Jinja.
  * Each format is a function that emits pieces in order: a piece is either
  * a token string (used as one id when the tokenizer knows it) or text to
  * encode, each with its mask value. Encoding pieces one at a time is what
@@ -12,6 +15,7 @@
  * special token or at the start).
  */
 #include "engine/chat_template.h"
+#include "engine/chat_jinja.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -26,6 +30,7 @@ struct chat_template {
     char *bos, *eos;          /* from the config; NULL when absent */
     char *default_system;     /* ChatML: inserted when no system message */
     bool template_bos;        /* the template writes bos_token first */
+    jinja_template *jt;       /* the template itself; NULL: none given (ChatML in C) */
 };
 
 /* Copies s (NULL stays NULL); false when out of memory. */
@@ -95,15 +100,23 @@ static bool find_default_system(const char *src, char **out)
     return true;
 }
 
-/* Builds a template; see chat_template.h. */
-int chat_template_from_source(const char *source, const char *bos, const char *eos,
-                              chat_template **out)
+/* As chat_template_from_source, saying in err why a template does not compile. */
+static int from_source(const char *source, const char *bos, const char *eos, chat_template **out,
+                       char *err, size_t errsize)
 {
     if (!out)
         return RT_ERR_INVALID;
     chat_template *ct = calloc(1, sizeof *ct);
     if (!ct)
         return RT_ERR_NOMEM;
+    char why[256] = "";
+    int rc = source ? jinja_compile(source, &ct->jt, why, sizeof why) : RT_OK;
+    if (rc != RT_OK) {
+        if (err && errsize)
+            snprintf(err, errsize, "chat_template: %s", why);
+        free(ct);
+        return rc == RT_ERR_NOMEM ? rc : RT_ERR_UNSUPPORTED;
+    }
     ct->kind = detect_kind(source);
     ct->template_bos = source && strstr(source, "bos_token");
     bool ok = dup_opt(bos, &ct->bos) && dup_opt(eos, &ct->eos);
@@ -117,11 +130,19 @@ int chat_template_from_source(const char *source, const char *bos, const char *e
     return RT_OK;
 }
 
+/* Builds a template; see chat_template.h. */
+int chat_template_from_source(const char *source, const char *bos, const char *eos,
+                              chat_template **out)
+{
+    return from_source(source, bos, eos, out, NULL, 0);
+}
+
 /* Frees a template; NULL is allowed. */
 void chat_template_free(chat_template *ct)
 {
     if (!ct)
         return;
+    jinja_free(ct->jt);
     free(ct->bos);
     free(ct->eos);
     free(ct->default_system);
@@ -174,11 +195,12 @@ int chat_template_load_json(const char *json, size_t len, chat_template **out,
             snprintf(err, errsize, "tokenizer_config.json is not a JSON object");
         return RT_ERR_FORMAT;
     }
-    int rc = chat_template_from_source(template_setting(cfg), token_setting(cfg, "bos_token"),
-                                       token_setting(cfg, "eos_token"), out);
+    char why[320] = "";
+    int rc = from_source(template_setting(cfg), token_setting(cfg, "bos_token"),
+                         token_setting(cfg, "eos_token"), out, why, sizeof why);
     cJSON_Delete(cfg);
     if (rc != RT_OK && err && errsize)
-        snprintf(err, errsize, "%s", rt_strerror(rc));
+        snprintf(err, errsize, "%s", why[0] ? why : rt_strerror(rc));
     return rc;
 }
 
@@ -535,7 +557,16 @@ int chat_template_render(const chat_template *ct, const tokenizer *tok,
                          const chat_message *msgs, size_t n, bool add_generation_prompt,
                          int32_t **ids, uint8_t **mask, size_t *n_ids)
 {
-    if (!ct || !tok || (!msgs && n) || !ids || !mask || !n_ids || !roles_ok(ct, msgs, n))
+    if (!ct || !tok || (!msgs && n) || !ids || !mask || !n_ids)
+        return RT_ERR_INVALID;
+    for (size_t i = 0; ct->jt && i < n; i++)
+        if (!msgs[i].role || !msgs[i].role[0])
+            return RT_ERR_INVALID;
+    if (ct->jt) { /* the model's own template decides what it accepts */
+        chat_jinja_vars v = {ct->bos, ct->eos, chat_template_end_of_turn(ct)};
+        return chat_jinja_render(ct->jt, &v, tok, msgs, n, add_generation_prompt, ids, mask, n_ids);
+    }
+    if (!roles_ok(ct, msgs, n))
         return RT_ERR_INVALID;
     render r = { .ct = ct, .tok = tok, .at_start = true };
     int rc;

@@ -2,22 +2,23 @@
  * engine/chat_template.h — (internal to engine/) turns a conversation into
  * token ids plus a loss mask, in the chat format a model was tuned with.
  *
- * Jinja is not run: the family is recognised from tokenizer_config.json's
- * chat_template source (substring heuristics) and rendered by C code:
+ * A model's own chat_template (tokenizer_config.json) is run by the Jinja
+ * interpreter (engine/jinja.h), as transformers runs it, and the loss mask is
+ * found from the rendered text (engine/chat_jinja.h): 1 on the tokens of
+ * assistant content and on the end-of-turn token that closes it, 0 elsewhere
+ * (the separator after it included), and 0 for an assistant message whose
+ * weight is 0. A template the interpreter cannot run is refused when it is
+ * loaded, naming the construct and its line. Without a template, ChatML is
+ * rendered by C code. The family is still recognised from the source
+ * (substring heuristics) for the end-of-turn token and the default system
+ * prompt:
  *   ChatML   (<|im_start|>: Qwen2, SmolLM, many others)
  *   Llama-3  (<|start_header_id|>)
  *   Llama-2  ([INST] with <<SYS>>) and Mistral ([INST] without it)
  *   Zephyr   (<|user|>: TinyLlama-chat, Zephyr)
- * An unknown or missing template falls back to ChatML with a warning.
- *
- * Rendering encodes piece by piece (headers, content, end-of-turn), so the
- * mask lines up with the ids exactly: 1 on the tokens of assistant content
- * and on the end-of-turn token that closes it, 0 elsewhere, and 0 for an
- * assistant message whose weight is 0. Pieces are encoded separately, so a
- * token never spans a piece boundary; this matches encoding the whole
- * rendered string for byte-level tokenizers in the usual cases, while
- * SentencePiece tokenizers give each piece its "▁" prefix (as Meta's and
- * Mistral's reference encoders do for each turn).
+ * Serving encodes the whole rendered text at once, as transformers does;
+ * training encodes it in pieces cut at the answers' bounds so that the mask
+ * lines up with the ids exactly.
  */
 #ifndef RT_ENGINE_CHAT_TEMPLATE_H
 #define RT_ENGINE_CHAT_TEMPLATE_H

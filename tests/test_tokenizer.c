@@ -932,6 +932,12 @@ static void test_chat_detect(void)
     CHECK(chat_template_kind(ct) == CHAT_TEMPLATE_MISTRAL);
     CHECK_EQ_STR(chat_template_bos(ct), "<s>");
     chat_template_free(ct);
+    /* a template the interpreter cannot run is refused when loaded, by construct and line */
+    char why[256] = "";
+    const char *callcfg = "{\"chat_template\": \"{% for m in messages %}\\n{% call x() %}{% endcall %}{% endfor %}\"}";
+    ct = NULL;
+    CHECK_EQ_INT(chat_template_load_json(callcfg, strlen(callcfg), &ct, why, sizeof why), RT_ERR_UNSUPPORTED);
+    CHECK_MSG(ct == NULL && strstr(why, "line 2") && strstr(why, "call"), "refusal names it: %s", why);
     CHECK_EQ_INT(chat_template_from_source("{{ weird }}", NULL, NULL, &ct), RT_OK);
     CHECK(chat_template_kind(ct) == CHAT_TEMPLATE_CHATML && chat_template_default_system(ct) == NULL);
     chat_template_free(ct);

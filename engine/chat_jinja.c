@@ -1,0 +1,242 @@
+/*
+ * engine/chat_jinja.c — conversations through the model's Jinja chat
+ * template, tokenized with a loss mask (see chat_jinja.h).
+ */
+#include "engine/chat_jinja.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rt.h"
+
+/* A byte range of the rendered text that is trained on. */
+typedef struct answer {
+    size_t start, end;
+} answer;
+
+/* {messages, add_generation_prompt, bos_token, eos_token} for msgs[0..n). */
+static cJSON *context(const chat_jinja_vars *v, const chat_message *msgs, size_t n, bool gen)
+{
+    cJSON *ctx = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(ctx, "messages");
+    for (size_t i = 0; i < n; i++) {
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(m, "role", msgs[i].role);
+        cJSON_AddStringToObject(m, "content", msgs[i].content ? msgs[i].content : "");
+        cJSON_AddItemToArray(list, m);
+    }
+    cJSON_AddBoolToObject(ctx, "add_generation_prompt", gen);
+    cJSON_AddStringToObject(ctx, "bos_token", v->bos ? v->bos : "");
+    cJSON_AddStringToObject(ctx, "eos_token", v->eos ? v->eos : "");
+    return ctx;
+}
+
+/* Renders msgs[0..n) into *text (*len bytes), with the generation spans
+ * when spans is non-NULL. */
+static int render_text(const jinja_template *t, const chat_jinja_vars *v, const chat_message *msgs,
+                       size_t n, bool gen, char **text, size_t *len, jinja_spans *spans)
+{
+    cJSON *ctx = context(v, msgs, n, gen);
+    if (!ctx)
+        return RT_ERR_NOMEM;
+    char err[256];
+    int rc = jinja_render(t, ctx, text, len, spans, err, sizeof err);
+    cJSON_Delete(ctx);
+    if (rc != RT_OK)
+        rt_log(RT_LOG_DEBUG, "chat template: %s", err);
+    return rc;
+}
+
+static bool is_answer(const chat_message *m)
+{
+    return m->role && !strcmp(m->role, "assistant");
+}
+
+/* The range message i adds: render(0..i] minus render(0..i) with the
+ * generation prompt, when both are prefixes of the whole text. */
+static int answer_by_prefix(const jinja_template *t, const chat_jinja_vars *v,
+                            const chat_message *msgs, size_t i, const char *whole, size_t len,
+                            answer *out, bool *found)
+{
+    char *before = NULL, *upto = NULL;
+    size_t nb = 0, nu = 0;
+    *found = false;
+    int rc = render_text(t, v, msgs, i, true, &before, &nb, NULL);
+    if (rc == RT_OK)
+        rc = render_text(t, v, msgs, i + 1, false, &upto, &nu, NULL);
+    if (rc == RT_OK && nb <= nu && nu <= len && !memcmp(before, upto, nb) && !memcmp(upto, whole, nu)) {
+        *out = (answer){nb, nu};
+        *found = true;
+    }
+    free(before);
+    free(upto);
+    return rc == RT_ERR_INVALID || rc == RT_ERR_FORMAT ? RT_OK : rc; /* such prefixes may be refused */
+}
+
+/* The fallback: the content found after `from`, with the end-of-turn
+ * marker right after it. */
+static bool answer_by_search(const chat_message *m, const chat_jinja_vars *v, const char *whole,
+                             size_t len, size_t from, answer *out)
+{
+    const char *content = m->content ? m->content : "";
+    size_t cl = strlen(content);
+    const char *at = cl ? strstr(whole + from, content) : whole + from;
+    if (!at)
+        return false;
+    size_t start = (size_t)(at - whole), end = start + cl;
+    size_t el = v->end_of_turn ? strlen(v->end_of_turn) : 0;
+    if (el && end + el <= len && !memcmp(whole + end, v->end_of_turn, el))
+        end += el;
+    *out = (answer){start, end};
+    return true;
+}
+
+/* The trained ranges of the answers (weight != 0), in order. */
+static int find_answers(const jinja_template *t, const chat_jinja_vars *v, const chat_message *msgs,
+                        size_t n, const char *whole, size_t len, const jinja_spans *spans,
+                        answer *out, size_t *count)
+{
+    size_t n_answers = 0, k = 0, from = 0;
+    for (size_t i = 0; i < n; i++)
+        n_answers += is_answer(&msgs[i]);
+    bool by_spans = spans->count > 0 && spans->count == n_answers;
+    *count = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!is_answer(&msgs[i]))
+            continue;
+        answer a = {0, 0};
+        bool found = false;
+        if (by_spans) {
+            a = (answer){spans->items[k].start, spans->items[k].end};
+            found = true;
+        } else {
+            int rc = answer_by_prefix(t, v, msgs, i, whole, len, &a, &found);
+            if (rc != RT_OK)
+                return rc;
+            found = found && a.start >= from;
+            if (!found)
+                found = answer_by_search(&msgs[i], v, whole, len, from, &a);
+        }
+        k++;
+        if (!found) {
+            rt_log(RT_LOG_WARN, "chat template: assistant message %zu is not in the rendered text", i);
+            return RT_ERR_UNSUPPORTED;
+        }
+        from = a.end;
+        if (msgs[i].weight != 0)
+            out[(*count)++] = a;
+    }
+    return RT_OK;
+}
+
+/* The ids and mask being built. */
+typedef struct out_ids {
+    int32_t *ids;
+    uint8_t *mask;
+    size_t n;
+} out_ids;
+
+/* Encodes text[0..len) (a continuation unless first) with mask value m. */
+static int encode_piece(const tokenizer *tok, const char *text, size_t len, bool first, uint8_t m,
+                        out_ids *o)
+{
+    if (len == 0)
+        return RT_OK;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = tokenizer_encode_ex(tok, text, len, first ? 0 : TOKENIZER_CONTINUE, &ids, &n);
+    if (rc != RT_OK)
+        return rc;
+    int32_t *grown = realloc(o->ids, (o->n + n + 1) * sizeof *grown);
+    uint8_t *mgrown = grown ? realloc(o->mask, o->n + n + 1) : NULL;
+    if (grown)
+        o->ids = grown;
+    if (mgrown)
+        o->mask = mgrown;
+    if (!grown || !mgrown) {
+        free(ids);
+        return RT_ERR_NOMEM;
+    }
+    memcpy(o->ids + o->n, ids, n * sizeof *ids);
+    memset(o->mask + o->n, m, n);
+    o->n += n;
+    free(ids);
+    return RT_OK;
+}
+
+/* Whether token id is only whitespace. */
+static bool blank_token(const tokenizer *tok, int32_t id)
+{
+    char buf[64];
+    size_t n = 0;
+    if (tokenizer_token_bytes(tok, id, false, false, buf, sizeof buf, &n) != RT_OK || n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!strchr(" \n\r\t", buf[i]))
+            return false;
+    return true;
+}
+
+/* The answer's tokens [first, o->n): no loss on the whitespace the template
+ * puts after the end-of-turn token (the separator before the next turn),
+ * as transformers' {% generation %} ranges leave it out. The ids stay
+ * those of the whole string. */
+static void unmask_separator(const tokenizer *tok, const chat_jinja_vars *v, size_t first, out_ids *o)
+{
+    int32_t eot = v->end_of_turn ? tokenizer_token_id(tok, v->end_of_turn) : -1;
+    size_t k = o->n;
+    while (k > first && blank_token(tok, o->ids[k - 1]))
+        k--;
+    if (eot >= 0 && k > first && o->ids[k - 1] == eot)
+        memset(o->mask + k, 0, o->n - k);
+}
+
+/* Encodes the text cut at the answers' bounds. */
+static int encode_pieces(const tokenizer *tok, const chat_jinja_vars *v, const char *whole,
+                         size_t len, const answer *a, size_t n_answers, out_ids *o)
+{
+    size_t at = 0;
+    int rc = RT_OK;
+    for (size_t k = 0; rc == RT_OK && k < n_answers; k++) {
+        rc = encode_piece(tok, whole + at, a[k].start - at, at == 0, 0, o);
+        size_t first = o->n;
+        if (rc == RT_OK)
+            rc = encode_piece(tok, whole + a[k].start, a[k].end - a[k].start, a[k].start == 0, 1, o);
+        if (rc == RT_OK)
+            unmask_separator(tok, v, first, o);
+        at = a[k].end;
+    }
+    if (rc == RT_OK)
+        rc = encode_piece(tok, whole + at, len - at, at == 0, 0, o);
+    return rc;
+}
+
+int chat_jinja_render(const jinja_template *t, const chat_jinja_vars *v, const tokenizer *tok,
+                      const chat_message *msgs, size_t n, bool add_generation_prompt,
+                      int32_t **ids, uint8_t **mask, size_t *n_ids)
+{
+    char *whole = NULL;
+    size_t len = 0, n_answers = 0;
+    jinja_spans spans = {0};
+    out_ids o = {malloc(sizeof(int32_t)), malloc(1), 0};
+    answer *answers = calloc(n ? n : 1, sizeof *answers);
+    int rc = o.ids && o.mask && answers ? RT_OK : RT_ERR_NOMEM;
+    if (rc == RT_OK)
+        rc = render_text(t, v, msgs, n, add_generation_prompt, &whole, &len, &spans);
+    if (rc == RT_OK)
+        rc = find_answers(t, v, msgs, n, whole, len, &spans, answers, &n_answers);
+    if (rc == RT_OK)
+        rc = encode_pieces(tok, v, whole, len, answers, n_answers, &o);
+    free(whole);
+    free(answers);
+    jinja_spans_free(&spans);
+    if (rc != RT_OK) {
+        free(o.ids);
+        free(o.mask);
+        return rc;
+    }
+    *ids = o.ids;
+    *mask = o.mask;
+    *n_ids = o.n;
+    return RT_OK;
+}
