@@ -26,7 +26,8 @@ typedef struct gen_params {
     bool chat;
     const char *model;
     engine_request er;              /* sampling, inputs (borrowing body strings) */
-    int n, n_choices;               /* per prompt; in all (n times the prompts) */
+    int n, n_choices;               /* returned per prompt; engine requests in all */
+    int per_prompt;                 /* engine requests per prompt: best_of (>= n) */
     bool stream, include_usage;
     engine_chat_message *messages;  /* owned */
     char **texts;                   /* owned joined content strings */
@@ -38,6 +39,8 @@ typedef struct gen_params {
     size_t n_prompt_ids[MAX_PROMPTS];
     int n_prompts;
     engine_logit_bias *bias;        /* owned */
+    bool tools;                     /* tool calls are read from the output */
+    bool parallel_tool_calls;       /* false: at most one call per choice */
 } gen_params;
 
 static void params_free(gen_params *p)
@@ -214,6 +217,126 @@ static bool message_text(const cJSON *content, int i, gen_params *p, const char 
     return true;
 }
 
+/* An OpenAI function name: 1 to 64 of a-z, A-Z, 0-9, '_' and '-'. */
+static bool function_name_ok(const cJSON *name)
+{
+    if (!cJSON_IsString(name))
+        return false;
+    size_t n = strlen(name->valuestring);
+    return n >= 1 && n <= 64 && strspn(name->valuestring, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                                          "0123456789_-") == n;
+}
+
+/* tools: [{"type": "function", "function": {"name", "description"?,
+ * "parameters"?, "strict"?}}, ...]. */
+static bool check_tools(const cJSON *tools, bad_field *b)
+{
+    static _Thread_local char param[48];
+    if (!cJSON_IsArray(tools) || cJSON_GetArraySize(tools) > 128)
+        return bad(b, "tools", "'tools' must be an array of at most 128 tools.");
+    const cJSON *t;
+    int i = -1;
+    cJSON_ArrayForEach(t, tools) {
+        i++;
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(t, "type");
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
+        const cJSON *params = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
+        const cJSON *desc = cJSON_GetObjectItemCaseSensitive(fn, "description");
+        snprintf(param, sizeof param, "tools[%d]", i);
+        if (!cJSON_IsObject(t) || !cJSON_IsString(type) || strcmp(type->valuestring, "function") ||
+            !cJSON_IsObject(fn))
+            return bad(b, param, "'%s' must be {\"type\": \"function\", \"function\": {...}}.", param);
+        snprintf(param, sizeof param, "tools[%d].function.name", i);
+        if (!function_name_ok(cJSON_GetObjectItemCaseSensitive(fn, "name")))
+            return bad(b, param, "'%s' must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -.", param);
+        snprintf(param, sizeof param, "tools[%d].function.parameters", i);
+        if (params && !cJSON_IsObject(params))
+            return bad(b, param, "'%s' must be a JSON Schema object.", param);
+        snprintf(param, sizeof param, "tools[%d].function.description", i);
+        if (desc && !cJSON_IsString(desc))
+            return bad(b, param, "'%s' must be a string.", param);
+    }
+    return true;
+}
+
+/* tools, tool_choice and parallel_tool_calls. "none" keeps the tools from
+ * the template (and reads no calls), as vLLM does; "auto" lets the model
+ * choose. Forcing a call ("required", a named function) needs constrained
+ * decoding of the call format and is refused by name. */
+static bool parse_tools(const cJSON *body, gen_params *p, bad_field *b)
+{
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(body, "tools");
+    const cJSON *choice = cJSON_GetObjectItemCaseSensitive(body, "tool_choice");
+    p->parallel_tool_calls = true;
+    if (!opt_bool(body, "parallel_tool_calls", &p->parallel_tool_calls, b))
+        return false;
+    bool have = tools && !cJSON_IsNull(tools);
+    if (have && !check_tools(tools, b))
+        return false;
+    have = have && cJSON_GetArraySize(tools) > 0;
+    if (choice && !cJSON_IsNull(choice)) {
+        bool word = cJSON_IsString(choice);
+        if (word && strcmp(choice->valuestring, "none") && strcmp(choice->valuestring, "auto") &&
+            strcmp(choice->valuestring, "required"))
+            return bad(b, "tool_choice", "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                                         "{\"type\": \"function\", \"function\": {\"name\": ...}}.");
+        if (!word && !cJSON_IsObject(choice))
+            return bad(b, "tool_choice", "'tool_choice' must be a string or an object.");
+        if (!word || !strcmp(choice->valuestring, "required"))
+            return bad(b, "tool_choice", "'tool_choice' that forces a call (\"required\" or a named "
+                                         "function) is not supported yet; use \"auto\".");
+        if (!have && strcmp(choice->valuestring, "none"))
+            return bad(b, "tool_choice", "'tool_choice' is only allowed when 'tools' are specified.");
+        if (!strcmp(choice->valuestring, "none"))
+            have = false;
+    }
+    p->tools = have;
+    p->er.tools = have ? tools : NULL;
+    return true;
+}
+
+/* An assistant message's tool_calls: [{"id", "type": "function",
+ * "function": {"name", "arguments": JSON text}}, ...]. */
+static bool check_tool_calls(const cJSON *calls, int i, bad_field *b)
+{
+    static _Thread_local char param[64];
+    snprintf(param, sizeof param, "messages[%d].tool_calls", i);
+    if (!cJSON_IsArray(calls))
+        return bad(b, param, "'%s' must be an array.", param);
+    const cJSON *c;
+    int k = -1;
+    cJSON_ArrayForEach(c, calls) {
+        k++;
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(c, "type");
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
+        const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+        snprintf(param, sizeof param, "messages[%d].tool_calls[%d]", i, k);
+        if (!cJSON_IsObject(c) || !cJSON_IsString(id) || !cJSON_IsString(type) ||
+            strcmp(type->valuestring, "function") || !cJSON_IsObject(fn) ||
+            !function_name_ok(cJSON_GetObjectItemCaseSensitive(fn, "name")) || !cJSON_IsString(args))
+            return bad(b, param, "'%s' must be {\"id\": ..., \"type\": \"function\", \"function\": "
+                                 "{\"name\": ..., \"arguments\": \"<JSON text>\"}}.", param);
+    }
+    return true;
+}
+
+/* What a message carries besides role and content: tool calls (assistant),
+ * the call a tool result answers. */
+static bool check_message_extras(const cJSON *m, const char *role, int i, bad_field *b)
+{
+    static _Thread_local char param[48];
+    const cJSON *calls = cJSON_GetObjectItemCaseSensitive(m, "tool_calls");
+    if (calls && !cJSON_IsNull(calls) && (strcmp(role, "assistant") || !check_tool_calls(calls, i, b)))
+        return b->param ? false : bad(b, "messages", "messages[%d]: only assistant messages have "
+                                                    "'tool_calls'.", i);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "tool_call_id");
+    snprintf(param, sizeof param, "messages[%d].tool_call_id", i);
+    if (!strcmp(role, "tool") && !cJSON_IsString(id))
+        return bad(b, param, "Missing required parameter: '%s'.", param);
+    return true;
+}
+
 static bool parse_messages(const cJSON *body, gen_params *p, bad_field *b)
 {
     static const char *const roles[] = {"system", "developer", "user", "assistant", "tool", NULL};
@@ -240,10 +363,13 @@ static bool parse_messages(const cJSON *body, gen_params *p, bad_field *b)
         if (!known)
             return bad(b, param, "'%s' must be one of system, developer, user, assistant, tool.", param);
         const char *text = "";
-        if (!message_text(cJSON_GetObjectItemCaseSensitive(m, "content"), i, p, &text, b))
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!message_text(content, i, p, &text, b) || !check_message_extras(m, role->valuestring, i, b))
             return false;
+        bool calls = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(m, "tool_calls")) > 0;
         p->messages[i].role = strcmp(role->valuestring, "developer") ? role->valuestring : "system";
-        p->messages[i].content = text;
+        p->messages[i].content = calls && (!content || cJSON_IsNull(content)) ? NULL : text;
+        p->messages[i].json = m;
     }
     p->er.messages = p->messages;
     p->er.n_messages = (size_t)n;
@@ -311,7 +437,7 @@ static const char *const chat_fields[] = {
     "frequency_penalty", "logit_bias", "n", "seed", "stream", "stream_options", "stop",
     "max_tokens", "max_completion_tokens", "logprobs", "top_logprobs", "user", "store", "metadata",
     "service_tier", "response_format", "tools", "tool_choice", "parallel_tool_calls", "modalities",
-    NULL};
+    "chat_template_kwargs", NULL};
 static const char *const completion_fields[] = {
     "model", "prompt", "temperature", "top_p", "top_k", "repetition_penalty", "presence_penalty",
     "frequency_penalty", "logit_bias", "n", "seed", "stream", "stream_options", "stop",
@@ -340,11 +466,6 @@ static bool check_unsupported(const cJSON *body, bool chat, bad_field *b)
     if (chat && rf && !cJSON_IsNull(rf) && !(cJSON_IsString(rft) && !strcmp(rft->valuestring, "text")))
         return bad(b, "response_format", "'response_format' other than {\"type\": \"text\"} is not "
                                          "supported yet: retune cannot constrain its output to JSON.");
-    if (chat && !no_op(cJSON_GetObjectItemCaseSensitive(body, "tools"), NULL))
-        return bad(b, "tools", "'tools' is not supported yet: retune cannot return tool calls.");
-    if (chat && !no_op(cJSON_GetObjectItemCaseSensitive(body, "tool_choice"), "none") &&
-        !no_op(cJSON_GetObjectItemCaseSensitive(body, "tool_choice"), "auto"))
-        return bad(b, "tool_choice", "'tool_choice' needs 'tools', which are not supported yet.");
     const cJSON *mod = cJSON_GetObjectItemCaseSensitive(body, "modalities");
     if (chat && !no_op(mod, NULL) && !(cJSON_IsArray(mod) && cJSON_GetArraySize(mod) == 1 &&
                                        cJSON_IsString(mod->child) && !strcmp(mod->child->valuestring, "text")))
@@ -370,18 +491,18 @@ static bool check_fields(const cJSON *body, bool chat, bad_field *b)
     return check_unsupported(body, chat, b);
 }
 
-/* best_of (legacy completions): n best of best_of; only best_of == n, which
- * returns all of them, is done. */
-static bool check_best_of(const cJSON *body, const gen_params *p, bad_field *b)
+/* best_of (legacy completions): best_of completions per prompt, of which
+ * the n with the highest log probability per token are returned. */
+static bool check_best_of(const cJSON *body, gen_params *p, bad_field *b)
 {
     double best_of = p->n;
     if (!opt_num(body, "best_of", 1, MAX_N, true, &best_of, b))
         return false;
     if (best_of < p->n)
         return bad(b, "best_of", "'best_of' must be at least 'n'.");
-    if (best_of > p->n)
-        return bad(b, "best_of", "'best_of' greater than 'n' is not supported yet; use 'n' and "
-                                 "'logprobs' to choose among completions.");
+    if (best_of > p->n && p->stream)
+        return bad(b, "best_of", "'best_of' greater than 'n' cannot be streamed.");
+    p->per_prompt = (int)best_of;
     return true;
 }
 
@@ -405,8 +526,12 @@ static bool parse_request(const cJSON *body, gen_params *p, bad_field *b)
         if (!opt_num(body, "max_tokens", 1, 1e7, true, &max_tokens, b) ||
             !opt_num(body, "max_completion_tokens", 1, 1e7, true, &max_tokens, b) ||
             !opt_bool(body, "logprobs", &lp, b) || !opt_num(body, "top_logprobs", 0, 20, true, &top, b) ||
-            !parse_messages(body, p, b))
+            !parse_messages(body, p, b) || !parse_tools(body, p, b))
             return false;
+        const cJSON *kw = cJSON_GetObjectItemCaseSensitive(body, "chat_template_kwargs");
+        if (kw && !cJSON_IsNull(kw) && !cJSON_IsObject(kw))
+            return bad(b, "chat_template_kwargs", "'chat_template_kwargs' must be an object.");
+        er->template_kwargs = cJSON_IsObject(kw) ? kw : NULL;
         if (top > 0 && !lp)
             return bad(b, "top_logprobs", "'top_logprobs' needs 'logprobs': true.");
         er->logprobs = lp;
@@ -422,12 +547,16 @@ static bool parse_request(const cJSON *body, gen_params *p, bad_field *b)
             return bad(b, "max_tokens", "'max_tokens' may be 0 only with 'echo': true.");
         if (p->n_prompts * p->n > MAX_N)
             return bad(b, "n", "'n' times the number of prompts must be at most %d.", MAX_N);
+        if (p->n_prompts * p->per_prompt > MAX_N)
+            return bad(b, "best_of", "'best_of' times the number of prompts must be at most %d.", MAX_N);
         if (p->stream && er->echo && max_tokens == 0)
             return bad(b, "stream", "'stream' needs max_tokens >= 1.");
     }
     er->max_tokens = (int)max_tokens;
     er->top_logprobs = (int)top;
-    p->n_choices = p->chat ? p->n : p->n_prompts * p->n;
+    if (p->chat)
+        p->per_prompt = p->n;
+    p->n_choices = p->chat ? p->n : p->n_prompts * p->per_prompt;
     return true;
 }
 
@@ -440,6 +569,9 @@ typedef struct choice {
     int completion_tokens, prompt_tokens;
     cJSON *logprobs;          /* chat: content array; completions: {tokens, ...} */
     int text_offset;
+    size_t streamed;          /* with tools: bytes of text already sent as content */
+    double sum_logprob;       /* of the completion's tokens (best_of ranks by its mean) */
+    int n_logprobs;
 } choice;
 
 typedef struct gen_state gen_state;
@@ -454,7 +586,9 @@ struct gen_state {
     pthread_cond_t cond;
     int refs;                 /* HTTP side + one per accepted engine request */
     bool chat, stream, include_usage, logprobs, sent_role[MAX_N];
-    int n, done, per_prompt;  /* choices; finished; choices per prompt (the request's n) */
+    bool tools, one_call;     /* read tool calls from the text; at most one per choice */
+    int n, done, per_prompt;  /* engine requests; finished; engine requests per prompt */
+    int returned;             /* choices returned per prompt: n (best_of keeps the best n) */
     choice choices[MAX_N];
     choice_ctx ctx[MAX_N];
     engine_handle *handles[MAX_N];
@@ -615,11 +749,12 @@ static void stream_chunk(gen_state *g, int index, const engine_token_event *ev, 
     cJSON *choices, *env = chunk_envelope(g, &choices);
     cJSON *c = cJSON_CreateObject();
     cJSON_AddNumberToObject(c, "index", index);
-    char text[4096];
-    size_t n = ev && ev->len < sizeof text ? ev->len : 0;
-    if (ev && n)
-        memcpy(text, ev->text, n);
-    text[n] = '\0';
+    char *text = strndup(ev && ev->len ? ev->text : "", ev ? ev->len : 0);
+    if (!text) {
+        cJSON_Delete(env);
+        cJSON_Delete(c);
+        return;
+    }
     if (g->chat) {
         cJSON *delta = cJSON_AddObjectToObject(c, "delta");
         if (!g->sent_role[index]) {
@@ -645,12 +780,118 @@ static void stream_chunk(gen_state *g, int index, const engine_token_event *ev, 
             cJSON_AddNullToObject(c, "logprobs");
         }
     }
+    free(text);
     if (finish)
         cJSON_AddStringToObject(c, "finish_reason", finish);
     else
         cJSON_AddNullToObject(c, "finish_reason");
     cJSON_AddItemToArray(choices, c);
     sse_send(g, env);
+}
+
+/* ---- tool calls ---------------------------------------------------------------------- */
+
+/* An id for a call the model made without one: Mistral's templates take
+ * back only 9 letters and digits, the others get OpenAI's call-... shape. */
+static void new_call_id(gen_state *g, char *buf, size_t size)
+{
+    const char *f = engine_tool_format(g->engine);
+    if (!f || strcmp(f, "mistral") || size < 10) {
+        storage_new_id("call", buf, size);
+        return;
+    }
+    static const char alnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    unsigned char r[9] = {0};
+    if (getrandom(r, sizeof r, 0) != sizeof r)
+        memset(r, 7, sizeof r);
+    for (int i = 0; i < 9; i++)
+        buf[i] = alnum[r[i] % (sizeof alnum - 1)];
+    buf[9] = '\0';
+}
+
+/* OpenAI's tool_calls array for calls[0..n); streamed deltas carry an index. */
+static cJSON *tool_calls_json(gen_state *g, const engine_tool_call *calls, int n, bool stream)
+{
+    cJSON *list = cJSON_CreateArray();
+    for (int k = 0; k < n; k++) {
+        char id[64];
+        if (calls[k].id[0])
+            snprintf(id, sizeof id, "%s", calls[k].id);
+        else
+            new_call_id(g, id, sizeof id);
+        cJSON *c = cJSON_CreateObject();
+        if (stream)
+            cJSON_AddNumberToObject(c, "index", k);
+        cJSON_AddStringToObject(c, "id", id);
+        cJSON_AddStringToObject(c, "type", "function");
+        cJSON *fn = cJSON_AddObjectToObject(c, "function");
+        cJSON_AddStringToObject(fn, "name", calls[k].name);
+        cJSON_AddStringToObject(fn, "arguments", calls[k].arguments);
+        cJSON_AddItemToArray(list, c);
+    }
+    return list;
+}
+
+/* The choice's text read as content and tool calls (at most one when
+ * parallel calls are off); false when out of memory. */
+static bool read_calls(gen_state *g, const choice *c, char **content, engine_tool_call **calls, int *n)
+{
+    if (engine_tool_calls_parse(g->engine, c->text ? c->text : "", c->len, content, calls, n) != RT_OK)
+        return false;
+    if (g->one_call && *n > 1) {
+        for (int k = 1; k < *n; k++) { /* the array itself is freed with the first */
+            free((*calls)[k].name);
+            free((*calls)[k].arguments);
+        }
+        *n = 1;
+    }
+    return true;
+}
+
+/* Streaming with tools: sends the part of the text now known to be
+ * content (a tool call's marker, or what may become one, waits). */
+static void stream_content_so_far(gen_state *g, int index, const engine_token_event *ev)
+{
+    choice *c = &g->choices[index];
+    size_t safe = engine_tool_content_prefix(g->engine, c->text, c->len);
+    engine_token_event e = *ev;
+    e.text = c->text ? c->text + c->streamed : "";
+    e.len = safe > c->streamed ? safe - c->streamed : 0;
+    c->streamed += e.len;
+    if (e.len || (g->logprobs && ev->token >= 0) || !g->sent_role[index])
+        stream_chunk(g, index, &e, NULL);
+}
+
+/* Streaming with tools, at the end: the calls as one delta, or the text
+ * held back as content when there are none. The finish reason to send. */
+static const char *stream_tool_end(gen_state *g, int index, const char *finish)
+{
+    choice *c = &g->choices[index];
+    char *content = NULL;
+    engine_tool_call *calls = NULL;
+    int n = 0;
+    if (!read_calls(g, c, &content, &calls, &n))
+        return "error";
+    if (n == 0 && c->len > c->streamed) {
+        engine_token_event e = {.text = c->text + c->streamed, .len = c->len - c->streamed, .token = -1};
+        stream_chunk(g, index, &e, NULL);
+    } else if (n > 0) {
+        cJSON *choices, *env = chunk_envelope(g, &choices);
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ch, "index", index);
+        cJSON *delta = cJSON_AddObjectToObject(ch, "delta");
+        if (!g->sent_role[index])
+            cJSON_AddStringToObject(delta, "role", "assistant");
+        g->sent_role[index] = true;
+        cJSON_AddItemToObject(delta, "tool_calls", tool_calls_json(g, calls, n, true));
+        cJSON_AddNullToObject(ch, "logprobs");
+        cJSON_AddNullToObject(ch, "finish_reason");
+        cJSON_AddItemToArray(choices, ch);
+        sse_send(g, env);
+    }
+    engine_tool_calls_free(calls, n);
+    free(content);
+    return n > 0 && !strcmp(finish, "stop") ? "tool_calls" : finish;
 }
 
 static cJSON *usage_json(gen_state *g)
@@ -676,7 +917,10 @@ static int on_token(void *ctx, const engine_token_event *ev)
     gen_state *g = cc->g;
     choice *c = &g->choices[cc->index];
     pthread_mutex_lock(&g->lock);
-    if (g->stream) {
+    grow_append(&c->text, &c->len, &c->cap, ev->text, ev->len);
+    if (g->stream && g->tools) {
+        stream_content_so_far(g, cc->index, ev);
+    } else if (g->stream) {
         bool carries_logprob = g->logprobs && ev->token >= 0;
         if (ev->len || carries_logprob || !g->sent_role[cc->index])
             stream_chunk(g, cc->index, ev, NULL);
@@ -687,7 +931,10 @@ static int on_token(void *ctx, const engine_token_event *ev)
             completion_logprob(g, c->logprobs, ev, c->text_offset);
     }
     c->text_offset += (int)ev->len;
-    grow_append(&c->text, &c->len, &c->cap, ev->text, ev->len);
+    if (ev->has_logprob && !ev->prompt) {
+        c->sum_logprob += ev->logprob;
+        c->n_logprobs++;
+    }
     pthread_cond_broadcast(&g->cond);
     pthread_mutex_unlock(&g->lock);
     return 0;
@@ -707,7 +954,8 @@ static void on_done(void *ctx, const engine_result *res)
     g->done++;
     if (g->stream) {
         if (strcmp(res->finish_reason, "cancelled"))
-            stream_chunk(g, cc->index, NULL, res->finish_reason);
+            stream_chunk(g, cc->index, NULL, g->tools ? stream_tool_end(g, cc->index, res->finish_reason)
+                                                      : res->finish_reason);
         if (g->done == g->n) {
             if (g->include_usage) {
                 cJSON *choices, *env = chunk_envelope(g, &choices);
@@ -725,6 +973,55 @@ static void on_done(void *ctx, const engine_result *res)
 
 /* ---- responses ---------------------------------------------------------------------- */
 
+/* A message's content and tool_calls read from the choice's text; the
+ * finish reason ("tool_calls" when the model stopped after calls). */
+static const char *add_tool_message(gen_state *g, const choice *c, cJSON *m, const char *finish)
+{
+    char *content = NULL;
+    engine_tool_call *calls = NULL;
+    int n = 0;
+    if (!read_calls(g, c, &content, &calls, &n)) {
+        cJSON_AddStringToObject(m, "content", c->text ? c->text : "");
+        return finish;
+    }
+    if (n > 0 && !content[0])
+        cJSON_AddNullToObject(m, "content");
+    else
+        cJSON_AddStringToObject(m, "content", n > 0 ? content : (c->text ? c->text : ""));
+    if (n > 0)
+        cJSON_AddItemToObject(m, "tool_calls", tool_calls_json(g, calls, n, false));
+    engine_tool_calls_free(calls, n);
+    free(content);
+    return n > 0 && !strcmp(finish, "stop") ? "tool_calls" : finish;
+}
+
+static double mean_logprob(const choice *c)
+{
+    return c->n_logprobs ? c->sum_logprob / c->n_logprobs : 0;
+}
+
+/* The engine requests whose completions are returned, in order: all of
+ * them, or with best_of the `returned` best of each prompt's (highest log
+ * probability per token first, as OpenAI ranks them). */
+static int returned_choices(const gen_state *g, int *order)
+{
+    int n = 0;
+    for (int first = 0; first < g->n; first += g->per_prompt) {
+        int start = n;
+        for (int i = first; i < first + g->per_prompt && i < g->n; i++) {
+            int k = n++;
+            while (k > start && g->per_prompt > g->returned &&
+                   mean_logprob(&g->choices[i]) > mean_logprob(&g->choices[order[k - 1]])) {
+                order[k] = order[k - 1];
+                k--;
+            }
+            order[k] = i;
+        }
+        n = start + (g->per_prompt < g->returned ? g->per_prompt : g->returned);
+    }
+    return n;
+}
+
 /* The whole (non-streamed) response. */
 static cJSON *final_json(gen_state *g)
 {
@@ -735,14 +1032,19 @@ static cJSON *final_json(gen_state *g)
     cJSON_AddStringToObject(o, "model", g->model);
     cJSON_AddNullToObject(o, "system_fingerprint");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
-    for (int i = 0; i < g->n; i++) {
-        choice *c = &g->choices[i];
+    int order[MAX_N], n = returned_choices(g, order);
+    for (int i = 0; i < n; i++) {
+        choice *c = &g->choices[order[i]];
         cJSON *j = cJSON_CreateObject();
         cJSON_AddNumberToObject(j, "index", i);
+        const char *finish = c->finish ? c->finish : "stop";
         if (g->chat) {
             cJSON *m = cJSON_AddObjectToObject(j, "message");
             cJSON_AddStringToObject(m, "role", "assistant");
-            cJSON_AddStringToObject(m, "content", c->text ? c->text : "");
+            if (g->tools)
+                finish = add_tool_message(g, c, m, finish);
+            else
+                cJSON_AddStringToObject(m, "content", c->text ? c->text : "");
             cJSON_AddNullToObject(m, "refusal");
         } else {
             cJSON_AddStringToObject(j, "text", c->text ? c->text : "");
@@ -756,7 +1058,7 @@ static cJSON *final_json(gen_state *g)
             cJSON_AddNullToObject(j, "logprobs");
         }
         c->logprobs = NULL; /* moved into the response */
-        cJSON_AddStringToObject(j, "finish_reason", c->finish ? c->finish : "stop");
+        cJSON_AddStringToObject(j, "finish_reason", finish);
         cJSON_AddItemToArray(choices, j);
     }
     cJSON_AddItemToObject(o, "usage", usage_json(g));
@@ -838,8 +1140,11 @@ static gen_state *gen_new(const gen_params *p, const api_target *t)
     g->stream = p->stream;
     g->include_usage = p->include_usage;
     g->logprobs = p->er.logprobs;
+    g->tools = p->tools;
+    g->one_call = !p->parallel_tool_calls;
     g->n = p->n_choices;
-    g->per_prompt = p->n;
+    g->per_prompt = p->per_prompt;
+    g->returned = p->n;
     g->engine = t->engine;
     g->created = rt_unix_time();
     snprintf(g->model, sizeof g->model, "%s", p->model);
@@ -857,7 +1162,8 @@ static const char *field_of(const char *err)
 {
     static const char *const fields[] = {"temperature", "top_p", "top_k", "repetition_penalty",
                                          "presence_penalty", "frequency_penalty", "logit_bias",
-                                         "top_logprobs", "max_tokens", "stop", "messages", NULL};
+                                         "top_logprobs", "max_tokens", "stop", "messages", "tools",
+                                         NULL};
     for (const char *const *f = fields; *f; f++)
         if (!strncmp(err, *f, strlen(*f)) && (err[strlen(*f)] == ' ' || err[strlen(*f)] == ':'))
             return *f;
@@ -885,14 +1191,15 @@ static int submit_all(api_request *req, gen_params *p, const api_target *t, gen_
     char err[512] = "";
     for (int i = 0; i < p->n_choices; i++) {
         engine_request er = p->er;
-        if (!p->chat) { /* choice i answers prompt i / n */
-            int k = i / p->n;
+        if (!p->chat) { /* choice i answers prompt i / per_prompt */
+            int k = i / p->per_prompt;
             er.prompt = p->prompts[k];
             er.prompt_ids = p->prompt_ids[k];
             er.n_prompt_ids = p->n_prompt_ids[k];
         }
         er.adapter = t->adapter[0] ? t->adapter : NULL;
-        er.seed = p->er.seed + (uint64_t)(i % p->n);
+        er.seed = p->er.seed + (uint64_t)(i % p->per_prompt);
+        er.logprobs = p->er.logprobs || p->per_prompt > p->n; /* best_of ranks by them */
         if (!er.has_seed && p->n_choices > 1) {
             uint64_t r = 0;
             if (getrandom(&r, sizeof r, 0) == sizeof r)

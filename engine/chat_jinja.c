@@ -5,6 +5,7 @@
 #include "engine/chat_jinja.h"
 
 #include <cjson/cJSON.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,35 +16,90 @@ typedef struct answer {
     size_t start, end;
 } answer;
 
-/* {messages, add_generation_prompt, bos_token, eos_token} for msgs[0..n). */
+/* tool_calls[].function.arguments given as JSON text (OpenAI's shape)
+ * become the objects templates expect ("arguments | tojson"); text that is
+ * not a JSON object stays text. */
+static void parse_arguments(cJSON *tool_calls)
+{
+    cJSON *call, *list = cJSON_IsArray(tool_calls) ? tool_calls : NULL;
+    cJSON_ArrayForEach(call, list) {
+        cJSON *fn = cJSON_GetObjectItemCaseSensitive(call, "function");
+        cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+        cJSON *parsed = cJSON_IsString(args) ? cJSON_Parse(args->valuestring) : NULL;
+        if (cJSON_IsObject(parsed))
+            cJSON_ReplaceItemInObjectCaseSensitive(fn, "arguments", parsed);
+        else
+            cJSON_Delete(parsed);
+    }
+}
+
+/* One message as the template sees it: the given JSON (weight dropped)
+ * with role and content as the caller resolved them. */
+static cJSON *message_json(const chat_message *m)
+{
+    cJSON *o = m->json ? cJSON_Duplicate(m->json, true) : cJSON_CreateObject();
+    if (!o)
+        return NULL;
+    cJSON_DeleteItemFromObjectCaseSensitive(o, "weight");
+    const cJSON *given = cJSON_GetObjectItemCaseSensitive(o, "content");
+    bool null_content = m->json && !m->content && (!given || cJSON_IsNull(given));
+    cJSON_DeleteItemFromObjectCaseSensitive(o, "role");
+    cJSON_AddStringToObject(o, "role", m->role);
+    if (!null_content) {
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "content");
+        cJSON_AddStringToObject(o, "content", m->content ? m->content : "");
+    }
+    parse_arguments(cJSON_GetObjectItemCaseSensitive(o, "tool_calls"));
+    return o;
+}
+
+/* The render variables for msgs[0..n): the extra ones first, so that
+ * messages, tools, add_generation_prompt, bos_token and eos_token win. */
 static cJSON *context(const chat_jinja_vars *v, const chat_message *msgs, size_t n, bool gen)
 {
-    cJSON *ctx = cJSON_CreateObject(), *list = cJSON_AddArrayToObject(ctx, "messages");
-    for (size_t i = 0; i < n; i++) {
-        cJSON *m = cJSON_CreateObject();
-        cJSON_AddStringToObject(m, "role", msgs[i].role);
-        cJSON_AddStringToObject(m, "content", msgs[i].content ? msgs[i].content : "");
-        cJSON_AddItemToArray(list, m);
-    }
+    const chat_extras *x = v->extras;
+    cJSON *ctx = x && cJSON_IsObject(x->kwargs) ? cJSON_Duplicate(x->kwargs, true) : cJSON_CreateObject();
+    if (!ctx)
+        return NULL;
+    static const char *const fixed[] = {"messages", "tools", "add_generation_prompt", "bos_token",
+                                        "eos_token", NULL};
+    for (const char *const *k = fixed; *k; k++)
+        cJSON_DeleteItemFromObjectCaseSensitive(ctx, *k);
+    cJSON *list = cJSON_AddArrayToObject(ctx, "messages");
+    for (size_t i = 0; list && i < n; i++)
+        cJSON_AddItemToArray(list, message_json(&msgs[i]));
+    if (x && x->tools)
+        cJSON_AddItemToObject(ctx, "tools", cJSON_Duplicate(x->tools, true));
+    else
+        cJSON_AddNullToObject(ctx, "tools");
     cJSON_AddBoolToObject(ctx, "add_generation_prompt", gen);
     cJSON_AddStringToObject(ctx, "bos_token", v->bos ? v->bos : "");
     cJSON_AddStringToObject(ctx, "eos_token", v->eos ? v->eos : "");
+    if (!list || cJSON_GetArraySize(list) != (int)n) {
+        cJSON_Delete(ctx);
+        return NULL;
+    }
     return ctx;
 }
 
 /* Renders msgs[0..n) into *text (*len bytes), with the generation spans
- * when spans is non-NULL. */
+ * when spans is non-NULL; err says why not. */
 static int render_text(const jinja_template *t, const chat_jinja_vars *v, const chat_message *msgs,
-                       size_t n, bool gen, char **text, size_t *len, jinja_spans *spans)
+                       size_t n, bool gen, char **text, size_t *len, jinja_spans *spans, char *err,
+                       size_t errsize)
 {
     cJSON *ctx = context(v, msgs, n, gen);
     if (!ctx)
         return RT_ERR_NOMEM;
-    char err[256];
-    int rc = jinja_render(t, ctx, text, len, spans, err, sizeof err);
+    char why[256] = "";
+    int rc = jinja_render(t, ctx, text, len, spans, why, sizeof why);
     cJSON_Delete(ctx);
-    if (rc != RT_OK)
-        rt_log(RT_LOG_DEBUG, "chat template: %s", err);
+    if (rc != RT_OK) {
+        rt_log(RT_LOG_DEBUG, "chat template: %s", why);
+        if (err && errsize)
+            snprintf(err, errsize, rc == RT_ERR_INVALID ? "the chat template refused the "
+                     "conversation: %s" : "the chat template failed: %s", why);
+    }
     return rc;
 }
 
@@ -61,9 +117,9 @@ static int answer_by_prefix(const jinja_template *t, const chat_jinja_vars *v,
     char *before = NULL, *upto = NULL;
     size_t nb = 0, nu = 0;
     *found = false;
-    int rc = render_text(t, v, msgs, i, true, &before, &nb, NULL);
+    int rc = render_text(t, v, msgs, i, true, &before, &nb, NULL, NULL, 0);
     if (rc == RT_OK)
-        rc = render_text(t, v, msgs, i + 1, false, &upto, &nu, NULL);
+        rc = render_text(t, v, msgs, i + 1, false, &upto, &nu, NULL, NULL, 0);
     if (rc == RT_OK && nb <= nu && nu <= len && !memcmp(before, upto, nb) && !memcmp(upto, whole, nu)) {
         *out = (answer){nb, nu};
         *found = true;
@@ -74,10 +130,13 @@ static int answer_by_prefix(const jinja_template *t, const chat_jinja_vars *v,
 }
 
 /* The fallback: the content found after `from`, with the end-of-turn
- * marker right after it. */
+ * marker right after it. Not for a message of tool calls: its text is the
+ * template's, so only the other two ways can find it. */
 static bool answer_by_search(const chat_message *m, const chat_jinja_vars *v, const char *whole,
                              size_t len, size_t from, answer *out)
 {
+    if (m->json && cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(m->json, "tool_calls")) > 0)
+        return false;
     const char *content = m->content ? m->content : "";
     size_t cl = strlen(content);
     const char *at = cl ? strstr(whole + from, content) : whole + from;
@@ -94,13 +153,17 @@ static bool answer_by_search(const chat_message *m, const chat_jinja_vars *v, co
 /* The trained ranges of the answers (weight != 0), in order. */
 static int find_answers(const jinja_template *t, const chat_jinja_vars *v, const chat_message *msgs,
                         size_t n, const char *whole, size_t len, const jinja_spans *spans,
-                        answer *out, size_t *count)
+                        answer *out, size_t *count, char *err, size_t errsize)
 {
-    size_t n_answers = 0, k = 0, from = 0;
-    for (size_t i = 0; i < n; i++)
+    size_t n_answers = 0, n_trained = 0, k = 0, from = 0;
+    for (size_t i = 0; i < n; i++) {
         n_answers += is_answer(&msgs[i]);
+        n_trained += is_answer(&msgs[i]) && msgs[i].weight != 0;
+    }
     bool by_spans = spans->count > 0 && spans->count == n_answers;
     *count = 0;
+    if (n_trained == 0)
+        return RT_OK; /* nothing to find (serving): the text is encoded whole */
     for (size_t i = 0; i < n; i++) {
         if (!is_answer(&msgs[i]))
             continue;
@@ -119,7 +182,9 @@ static int find_answers(const jinja_template *t, const chat_jinja_vars *v, const
         }
         k++;
         if (!found) {
-            rt_log(RT_LOG_WARN, "chat template: assistant message %zu is not in the rendered text", i);
+            if (err && errsize)
+                snprintf(err, errsize, "messages[%zu]: the assistant message cannot be found in the "
+                         "text the chat template renders, so its loss mask is unknown", i);
             return RT_ERR_UNSUPPORTED;
         }
         from = a.end;
@@ -213,7 +278,7 @@ static int encode_pieces(const tokenizer *tok, const chat_jinja_vars *v, const c
 
 int chat_jinja_render(const jinja_template *t, const chat_jinja_vars *v, const tokenizer *tok,
                       const chat_message *msgs, size_t n, bool add_generation_prompt,
-                      int32_t **ids, uint8_t **mask, size_t *n_ids)
+                      int32_t **ids, uint8_t **mask, size_t *n_ids, char *err, size_t errsize)
 {
     char *whole = NULL;
     size_t len = 0, n_answers = 0;
@@ -222,9 +287,9 @@ int chat_jinja_render(const jinja_template *t, const chat_jinja_vars *v, const t
     answer *answers = calloc(n ? n : 1, sizeof *answers);
     int rc = o.ids && o.mask && answers ? RT_OK : RT_ERR_NOMEM;
     if (rc == RT_OK)
-        rc = render_text(t, v, msgs, n, add_generation_prompt, &whole, &len, &spans);
+        rc = render_text(t, v, msgs, n, add_generation_prompt, &whole, &len, &spans, err, errsize);
     if (rc == RT_OK)
-        rc = find_answers(t, v, msgs, n, whole, len, &spans, answers, &n_answers);
+        rc = find_answers(t, v, msgs, n, whole, len, &spans, answers, &n_answers, err, errsize);
     if (rc == RT_OK)
         rc = encode_pieces(tok, v, whole, len, answers, n_answers, &o);
     free(whole);

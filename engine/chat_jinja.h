@@ -27,17 +27,18 @@
 #include "engine/jinja.h"
 #include "engine/tokenizer.h"
 
-/* The strings a render passes besides the messages (each may be NULL). */
+/* What a render passes besides the messages (each may be NULL). */
 typedef struct chat_jinja_vars {
     const char *bos, *eos;
-    const char *end_of_turn; /* the marker that closes an answer, for the fallback */
+    const char *end_of_turn;   /* the marker that closes an answer, for the fallback */
+    const chat_extras *extras; /* tools and extra variables */
 } chat_jinja_vars;
 
 /* Renders msgs[0..n) with t and tokenizes them as chat_template_render
  * does (outputs and errors alike; a template's raise_exception() is
- * RT_ERR_INVALID). */
+ * RT_ERR_INVALID with its message in err). */
 int chat_jinja_render(const jinja_template *t, const chat_jinja_vars *v, const tokenizer *tok,
                       const chat_message *msgs, size_t n, bool add_generation_prompt,
-                      int32_t **ids, uint8_t **mask, size_t *n_ids);
+                      int32_t **ids, uint8_t **mask, size_t *n_ids, char *err, size_t errsize);
 
 #endif

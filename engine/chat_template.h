@@ -3,19 +3,21 @@
  * token ids plus a loss mask, in the chat format a model was tuned with.
  *
  * A model's own chat_template (tokenizer_config.json) is run by the Jinja
- * interpreter (engine/jinja.h), as transformers runs it, and the loss mask is
- * found from the rendered text (engine/chat_jinja.h): 1 on the tokens of
- * assistant content and on the end-of-turn token that closes it, 0 elsewhere
+ * interpreter (engine/jinja.h), as transformers runs it, with the variables
+ * transformers passes (messages, tools, add_generation_prompt, bos_token,
+ * eos_token and extra keyword arguments); a model without one gets ChatML,
+ * written as a Jinja template. The loss mask is found from the rendered
+ * text (engine/chat_jinja.h): 1 on the tokens of assistant content (tool
+ * calls included) and on the end-of-turn token that closes it, 0 elsewhere
  * (the separator after it included), and 0 for an assistant message whose
  * weight is 0. A template the interpreter cannot run is refused when it is
- * loaded, naming the construct and its line. Without a template, ChatML is
- * rendered by C code. The family is still recognised from the source
- * (substring heuristics) for the end-of-turn token and the default system
- * prompt:
- *   ChatML   (<|im_start|>: Qwen2, SmolLM, many others)
- *   Llama-3  (<|start_header_id|>)
- *   Llama-2  ([INST] with <<SYS>>) and Mistral ([INST] without it)
- *   Zephyr   (<|user|>: TinyLlama-chat, Zephyr)
+ * loaded, naming the construct and its line; nothing falls back silently.
+ *
+ * The family is recognised from the source (substring heuristics) only to
+ * name it; the end-of-turn marker is the first of <|im_end|>, <|eot_id|>,
+ * <end_of_turn>, <|end|> the template writes, else its eos token, and the
+ * tool-call format is the markers it writes (engine/tool_calls.h).
+ *
  * Serving encodes the whole rendered text at once, as transformers does;
  * training encodes it in pieces cut at the answers' bounds so that the mask
  * lines up with the ids exactly.
@@ -27,27 +29,42 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cjson/cJSON.h>
+
 #include "engine/tokenizer.h"
+#include "engine/tool_calls.h"
 
 enum chat_template_kind {
     CHAT_TEMPLATE_CHATML,
     CHAT_TEMPLATE_LLAMA3,
     CHAT_TEMPLATE_LLAMA2,
     CHAT_TEMPLATE_MISTRAL,
-    CHAT_TEMPLATE_ZEPHYR
+    CHAT_TEMPLATE_ZEPHYR,
+    CHAT_TEMPLATE_OTHER
 };
 
 typedef struct chat_template chat_template;
 
-/* One message. role is "system", "user" or "assistant" (ChatML, Llama-3
- * and Zephyr also take other roles, e.g. "tool"); content is UTF-8 (NULL
- * means empty). weight applies to assistant messages: 0 excludes it from
- * the loss, anything else includes it. Strings are borrowed. */
+/* One message. role is "system", "user", "assistant", "tool", ... (the
+ * template decides which it takes); content is UTF-8 (NULL means empty, or
+ * JSON null when json has content null). weight applies to assistant
+ * messages: 0 excludes it from the loss, anything else includes it. json,
+ * when not NULL, is the message as given (OpenAI's shape): its other keys
+ * (tool_calls, tool_call_id, name, ...) reach the template too, tool-call
+ * arguments given as JSON text parsed into objects as templates expect
+ * them. All borrowed. */
 typedef struct chat_message {
     const char *role;
     const char *content;
     int weight;
+    const cJSON *json;
 } chat_message;
+
+/* What a render passes besides the messages (each may be NULL). */
+typedef struct chat_extras {
+    const cJSON *tools;   /* OpenAI's tools array */
+    const cJSON *kwargs;  /* an object of extra template variables (enable_thinking, ...) */
+} chat_extras;
 
 /*
  * Reads tokenizer_config.json: chat_template (a string, or a list of named
@@ -64,8 +81,9 @@ int chat_template_load(const char *tokenizer_config_path, chat_template **out,
 int chat_template_load_json(const char *json, size_t len, chat_template **out,
                             char *err, size_t errsize);
 
-/* Builds a template from a Jinja source (NULL: unknown, so ChatML) and the
- * bos/eos token strings (either may be NULL). All borrowed (copied). */
+/* Builds a template from a Jinja source (NULL: none, so ChatML) and the
+ * bos/eos token strings (either may be NULL). All borrowed (copied).
+ * RT_ERR_UNSUPPORTED when the interpreter cannot run the source. */
 int chat_template_from_source(const char *source, const char *bos, const char *eos,
                               chat_template **out);
 
@@ -84,20 +102,22 @@ const char *chat_template_eos(const chat_template *ct);
  * or the eos token): generation should stop on it. NULL when unknown. */
 const char *chat_template_end_of_turn(const chat_template *ct);
 
-/* The system prompt the template inserts when a conversation has none
- * (e.g. Qwen2's "You are a helpful assistant."), or NULL. Borrowed. */
-const char *chat_template_default_system(const chat_template *ct);
+/* How the template writes tool calls (TOOL_FORMAT_NONE: it takes no tools). */
+enum tool_format chat_template_tool_format(const chat_template *ct);
 
 /*
- * Renders msgs[0..n) with tok. add_generation_prompt appends the header
- * that opens an assistant turn (serving). On success *ids and *mask are
- * new malloc'd arrays of *n_ids entries (non-NULL even when empty) that the
- * caller frees. Errors: RT_ERR_INVALID (NULL role, or a role the format
- * cannot express: Llama-2/Mistral take system (first only), user and
- * assistant), RT_ERR_NOMEM; outputs untouched on failure.
+ * Renders msgs[0..n) with tok and extras (NULL: none). add_generation_prompt
+ * appends the header that opens an assistant turn (serving). With
+ * extras->tools the template named "tool_use" is used when the config has
+ * one. On success *ids and *mask are new malloc'd arrays of *n_ids entries
+ * (non-NULL even when empty) that the caller frees. Errors: RT_ERR_INVALID
+ * (a missing role, or the template refused the conversation with
+ * raise_exception), RT_ERR_UNSUPPORTED (an answer cannot be found in the
+ * rendered text), RT_ERR_NOMEM; err (may be NULL) says why; outputs
+ * untouched on failure.
  */
-int chat_template_render(const chat_template *ct, const tokenizer *tok,
-                         const chat_message *msgs, size_t n, bool add_generation_prompt,
-                         int32_t **ids, uint8_t **mask, size_t *n_ids);
+int chat_template_render(const chat_template *ct, const tokenizer *tok, const chat_message *msgs,
+                         size_t n, bool add_generation_prompt, const chat_extras *extras,
+                         int32_t **ids, uint8_t **mask, size_t *n_ids, char *err, size_t errsize);
 
 #endif

@@ -63,6 +63,27 @@ static bool is_known_role(const char *role)
     return false;
 }
 
+/* An assistant message's tool_calls: each {"function": {"name": string,
+ * "arguments": JSON text or object}} (OpenAI's fine-tuning shape). */
+static int check_tool_calls(const cJSON *calls, int i, char *reason, size_t size)
+{
+    const cJSON *c;
+    int k = 0;
+    cJSON_ArrayForEach(c, calls) {
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(c, "function");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+        const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+        if (!cJSON_IsObject(c) || !cJSON_IsObject(fn) || !cJSON_IsString(name) || !name->valuestring[0])
+            return fail(reason, size, "messages[%d].tool_calls[%d] must be {\"type\": \"function\", "
+                        "\"function\": {\"name\": ..., \"arguments\": ...}}", i, k);
+        if (!cJSON_IsObject(args) && !cJSON_IsString(args))
+            return fail(reason, size, "messages[%d].tool_calls[%d].function.arguments must be JSON "
+                        "text or an object", i, k);
+        k++;
+    }
+    return RT_OK;
+}
+
 /* Checks messages[i]; sets *is_assistant. */
 static int check_message(const cJSON *msg, int i, bool *is_assistant,
                          char *reason, size_t size)
@@ -78,6 +99,10 @@ static int check_message(const cJSON *msg, int i, bool *is_assistant,
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(msg, "content");
     const cJSON *tool_calls = cJSON_GetObjectItemCaseSensitive(msg, "tool_calls");
     bool may_omit = *is_assistant && cJSON_IsArray(tool_calls);
+    if (tool_calls && !cJSON_IsNull(tool_calls) && !may_omit)
+        return fail(reason, size, "messages[%d].tool_calls must be an array on an assistant message", i);
+    if (may_omit && check_tool_calls(tool_calls, i, reason, size) != RT_OK)
+        return RT_ERR_FORMAT;
     if (!content && !may_omit)
         return fail(reason, size, "messages[%d] has no \"content\"", i);
     if (content && !cJSON_IsString(content) && !(may_omit && cJSON_IsNull(content)))
@@ -157,8 +182,12 @@ int engine_dataset_check_line(const char *line, size_t len,
         rc = fail(reason, reason_size, "unexpected data after the JSON object");
     else if (!cJSON_IsObject(obj))
         rc = fail(reason, reason_size, "not a JSON object");
-    else if (cJSON_GetObjectItemCaseSensitive(obj, "messages"))
-        rc = check_chat(cJSON_GetObjectItemCaseSensitive(obj, "messages"), reason, reason_size);
+    else if (cJSON_GetObjectItemCaseSensitive(obj, "messages")) {
+        const cJSON *tools = cJSON_GetObjectItemCaseSensitive(obj, "tools");
+        rc = tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools)
+                 ? fail(reason, reason_size, "\"tools\" must be an array")
+                 : check_chat(cJSON_GetObjectItemCaseSensitive(obj, "messages"), reason, reason_size);
+    }
     else if (cJSON_GetObjectItemCaseSensitive(obj, "prompt") ||
              cJSON_GetObjectItemCaseSensitive(obj, "completion")) {
         found = ENGINE_EXAMPLE_COMPLETION;

@@ -24,6 +24,8 @@
 
 #include "common/rt.h"
 
+struct cJSON;
+
 typedef struct engine_server engine_server;   /* a base model + engine thread */
 typedef struct engine_handle engine_handle;   /* one submitted request */
 
@@ -120,7 +122,10 @@ bool engine_adapter_exists(engine_server *srv, const char *name);
 
 typedef struct engine_chat_message {
     const char *role;       /* "system", "user", "assistant", ... */
-    const char *content;    /* UTF-8; NULL = empty */
+    const char *content;    /* UTF-8; NULL = empty (or null, as json has it) */
+    const struct cJSON *json; /* the message as given (OpenAI's shape), or NULL:
+                               its tool_calls, tool_call_id, name, ... reach
+                               the chat template too */
 } engine_chat_message;
 
 /* One streamed token (or a text-only flush). Everything is borrowed for
@@ -168,6 +173,12 @@ typedef struct engine_request {
     const char *adapter;                 /* registered adapter, NULL/"" = base */
     const engine_chat_message *messages;
     size_t n_messages;
+    const struct cJSON *tools;           /* messages only: OpenAI's tools array, given to
+                                            the chat template; the output then keeps
+                                            the special tokens that mark tool calls,
+                                            for engine_tool_calls_parse. NULL: none */
+    const struct cJSON *template_kwargs; /* messages only: an object of extra chat
+                                            template variables, or NULL */
     const char *prompt;
     const int32_t *prompt_ids;
     size_t n_prompt_ids;
@@ -197,6 +208,33 @@ typedef struct engine_request {
     /* Called exactly once per accepted request, last. May be NULL. */
     void (*on_done)(void *ctx, const engine_result *res);
 } engine_request;
+
+/* ---- tool calls ------------------------------------------------------------ */
+
+/* The name of the format the model's chat template writes tool calls in
+ * ("hermes", "mistral", "llama3"), or NULL when it takes no tools. */
+const char *engine_tool_format(engine_server *srv);
+
+/* One tool call read from a completion: name and arguments (JSON object
+ * text), malloc'd; id is the model's own when it wrote one, else "". */
+typedef struct engine_tool_call {
+    char *name;
+    char *arguments;
+    char id[64];
+} engine_tool_call;
+
+/* Splits a completion's text into *content (malloc'd, "" when none) and the
+ * tool calls written in the template's format (*calls malloc'd, NULL when
+ * *n_calls is 0); free with engine_tool_calls_free. Text that does not
+ * follow the format is content. RT_ERR_INVALID, RT_ERR_NOMEM. */
+int engine_tool_calls_parse(engine_server *srv, const char *text, size_t len, char **content,
+                            engine_tool_call **calls, int *n_calls);
+void engine_tool_calls_free(engine_tool_call *calls, int n);
+
+/* How many leading bytes of a completion's text so far are content for
+ * certain (no tool call can start in them), for streaming: the rest waits
+ * until the call is whole or the text is known to be none. */
+size_t engine_tool_content_prefix(engine_server *srv, const char *text, size_t len);
 
 /*
  * Queues req. On success *out is a handle (release with

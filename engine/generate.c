@@ -71,8 +71,9 @@ static int encode_prompt(generator *g, const engine_generate_config *c)
     if (c->raw) {
         rc = tokenizer_encode(g->tok, c->prompt, strlen(c->prompt), true, &g->ids, &g->n_ids);
     } else {
-        chat_message msg = {"user", c->prompt, 1};
-        rc = chat_template_render(g->tmpl, g->tok, &msg, 1, true, &g->ids, &mask, &g->n_ids);
+        chat_message msg = {"user", c->prompt, 0, NULL};
+        rc = chat_template_render(g->tmpl, g->tok, &msg, 1, true, NULL, &g->ids, &mask, &g->n_ids,
+                                  NULL, 0);
     }
     free(mask);
     if (rc == RT_OK) {

@@ -194,6 +194,7 @@ struct engine_handle {
     char *stop[ENGINE_MAX_STOP];    /* owned copies */
     int n_stop;
     bool logprobs, echo;
+    bool keep_special;              /* the text keeps special tokens (tool-call markers) */
     int top_logprobs;
     void *ctx;
     int (*on_token)(void *ctx, const engine_token_event *ev);

@@ -94,7 +94,7 @@ void infer_sched_start(engine_server *srv, engine_handle *h)
         s->order = srv->next_order++;
         s->rng.state = h->seed;
         if (srv->tok)
-            rc = tokenizer_stream_new(srv->tok, true, &s->out);
+            rc = tokenizer_stream_new(srv->tok, !h->keep_special, &s->out);
         if (rc == RT_OK && srv->tok && h->echo)
             rc = tokenizer_stream_new(srv->tok, false, &s->echo);
         if (rc == RT_OK && h->penalty != 1.0 && !(s->seen = calloc((size_t)V / 8 + 1, 1)))

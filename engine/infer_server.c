@@ -336,6 +336,29 @@ void engine_server_load(engine_server *srv, int *waiting, int *active)
 }
 
 /* A token's raw bytes through the tokenizer. */
+const char *engine_tool_format(engine_server *srv)
+{
+    enum tool_format f = srv->tok ? chat_template_tool_format(srv->tmpl) : TOOL_FORMAT_NONE;
+    return f == TOOL_FORMAT_NONE ? NULL : tool_format_name(f);
+}
+
+int engine_tool_calls_parse(engine_server *srv, const char *text, size_t len, char **content,
+                            engine_tool_call **calls, int *n_calls)
+{
+    return tool_calls_parse(chat_template_tool_format(srv->tmpl), text, len, content, calls,
+                            n_calls);
+}
+
+void engine_tool_calls_free(engine_tool_call *calls, int n)
+{
+    tool_calls_free(calls, n);
+}
+
+size_t engine_tool_content_prefix(engine_server *srv, const char *text, size_t len)
+{
+    return tool_calls_content_prefix(chat_template_tool_format(srv->tmpl), text, len);
+}
+
 int engine_token_text(const engine_server *srv, int32_t id, char *buf, size_t cap, size_t *len)
 {
     if (!srv->tok)
@@ -440,18 +463,24 @@ static int prompt_tokens(const engine_server *srv, const engine_request *r, int3
                        "the model has no tokenizer.json: only prompt_ids can be served");
     if (r->prompt)
         return tokenizer_encode(srv->tok, r->prompt, strlen(r->prompt), true, ids, n);
+    if (r->tools && chat_template_tool_format(srv->tmpl) == TOOL_FORMAT_NONE)
+        return st_fail(err, errsize, RT_ERR_INVALID, "tools: this model's chat template does not "
+                       "take tools (it writes no tool-call markers)");
     chat_message *msgs = calloc(r->n_messages, sizeof *msgs);
     if (!msgs)
         return RT_ERR_NOMEM;
-    for (size_t i = 0; i < r->n_messages; i++)
-        msgs[i] = (chat_message){r->messages[i].role, r->messages[i].content, 1};
+    for (size_t i = 0; i < r->n_messages; i++) /* weight 0: nothing to train, encoded whole */
+        msgs[i] = (chat_message){r->messages[i].role, r->messages[i].content, 0, r->messages[i].json};
     uint8_t *mask = NULL;
-    int rc = chat_template_render(srv->tmpl, srv->tok, msgs, r->n_messages, true, ids, &mask, n);
+    chat_extras extras = {r->tools, r->template_kwargs};
+    char why[300] = "";
+    int rc = chat_template_render(srv->tmpl, srv->tok, msgs, r->n_messages, true, &extras, ids,
+                                  &mask, n, why, sizeof why);
     free(mask);
     free(msgs);
-    if (rc == RT_ERR_INVALID)
-        return st_fail(err, errsize, rc, "messages: a role is missing or the %s chat format "
-                       "cannot express it", chat_template_kind_name(chat_template_kind(srv->tmpl)));
+    if (rc == RT_ERR_INVALID || rc == RT_ERR_FORMAT || rc == RT_ERR_UNSUPPORTED ||
+        rc == RT_ERR_TOO_LARGE)
+        return st_fail(err, errsize, RT_ERR_INVALID, "messages: %s", why[0] ? why : rt_strerror(rc));
     return rc;
 }
 
@@ -514,6 +543,7 @@ static void handle_options(engine_server *srv, const engine_request *r, engine_h
     h->logprobs = r->logprobs;
     h->top_logprobs = r->logprobs || r->echo ? r->top_logprobs : 0;
     h->echo = r->echo;
+    h->keep_special = r->tools != NULL && r->messages != NULL;
     h->ctx = r->ctx;
     h->on_token = r->on_token;
     h->on_done = r->on_done;

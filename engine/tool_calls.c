@@ -263,3 +263,45 @@ int tool_calls_parse(enum tool_format f, const char *text, size_t len, char **co
     free(s);
     return RT_OK;
 }
+
+/* Length of the longest suffix of text[0..len) that is a proper prefix of marker. */
+static size_t partial_marker(const char *text, size_t len, const char *marker)
+{
+    size_t k = strlen(marker) - 1;
+    for (k = k < len ? k : len; k > 0; k--)
+        if (!memcmp(text + len - k, marker, k))
+            return k;
+    return 0;
+}
+
+/* Where a call marked by marker may begin: at the marker, or at a partial
+ * one at the end; else nowhere (len). */
+static size_t before_marker(const char *text, size_t len, const char *marker)
+{
+    const char *at = memmem(text, len, marker, strlen(marker));
+    return at ? (size_t)(at - text) : len - partial_marker(text, len, marker);
+}
+
+/* Llama-3: the reply is a call when it starts (after blanks) with '{' or
+ * <|python_tag|>; until its first other byte nothing is certain. */
+static size_t llama3_prefix(const char *text, size_t len)
+{
+    static const char python_tag[] = "<|python_tag|>";
+    const char *q = skip_space(text, text + len);
+    size_t rest = len - (size_t)(q - text), tl = strlen(python_tag);
+    if (rest == 0 || *q == '{' || !memcmp(q, python_tag, rest < tl ? rest : tl))
+        return 0;
+    return len;
+}
+
+size_t tool_calls_content_prefix(enum tool_format f, const char *text, size_t len)
+{
+    if (!text)
+        return 0;
+    switch (f) {
+    case TOOL_FORMAT_HERMES: return before_marker(text, len, "<tool_call>");
+    case TOOL_FORMAT_MISTRAL: return before_marker(text, len, "[TOOL_CALLS]");
+    case TOOL_FORMAT_LLAMA3: return llama3_prefix(text, len);
+    default: return len;
+    }
+}

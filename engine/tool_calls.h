@@ -22,6 +22,8 @@
 
 #include <stddef.h>
 
+#include "engine/engine_serve.h"
+
 enum tool_format { TOOL_FORMAT_NONE, TOOL_FORMAT_HERMES, TOOL_FORMAT_MISTRAL, TOOL_FORMAT_LLAMA3 };
 
 /* The format a chat template's tool calls take, from its Jinja source
@@ -32,12 +34,9 @@ enum tool_format tool_format_detect(const char *template_source);
 const char *tool_format_name(enum tool_format f);
 
 /* One call: name and arguments (compact JSON object text), both malloc'd;
- * id is the model's own when it wrote one (Mistral), else "". */
-typedef struct tool_call {
-    char *name;
-    char *arguments;
-    char id[64];
-} tool_call;
+ * id is the model's own when it wrote one (Mistral), else "". The type is
+ * the engine's public one (engine/engine_serve.h). */
+typedef engine_tool_call tool_call;
 
 /*
  * Splits text[0..len) written in format f into *content (the text outside
@@ -47,6 +46,12 @@ typedef struct tool_call {
  */
 int tool_calls_parse(enum tool_format f, const char *text, size_t len, char **content,
                      tool_call **calls, int *n_calls);
+
+/* How many leading bytes of text[0..len) (a reply so far) are content
+ * whatever comes next: the bytes before a call's marker, or before what may
+ * still become one; for Llama-3, all or nothing, decided by the reply's
+ * first byte. For streaming content before the calls are whole. */
+size_t tool_calls_content_prefix(enum tool_format f, const char *text, size_t len);
 
 /* Frees n calls and the array; NULL is allowed. */
 void tool_calls_free(tool_call *calls, int n);

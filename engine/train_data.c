@@ -19,9 +19,10 @@
 #define MAX_DATASET_BYTES ((size_t)4 << 30)
 #define MAX_MESSAGES 4096
 
-/* Renders a chat example. */
+/* Renders a chat example: its messages (tool calls and all) and its
+ * tools, as serving renders them; reason says why not. */
 static int render_chat(const cJSON *obj, const tokenizer *tok, const chat_template *tmpl,
-                       train_example *ex)
+                       train_example *ex, char *reason, size_t reason_size)
 {
     const cJSON *messages = cJSON_GetObjectItemCaseSensitive(obj, "messages");
     int n = cJSON_GetArraySize(messages);
@@ -37,11 +38,15 @@ static int render_chat(const cJSON *obj, const tokenizer *tok, const chat_templa
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         const cJSON *weight = cJSON_GetObjectItemCaseSensitive(m, "weight");
         msgs[i].role = cJSON_GetObjectItemCaseSensitive(m, "role")->valuestring;
-        msgs[i].content = cJSON_IsString(content) ? content->valuestring : "";
+        msgs[i].content = cJSON_IsString(content) ? content->valuestring : NULL; /* null: as given */
         msgs[i].weight = cJSON_IsNumber(weight) ? (int)weight->valuedouble : 1;
+        msgs[i].json = m;
     }
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(obj, "tools");
+    chat_extras extras = {cJSON_IsArray(tools) && cJSON_GetArraySize(tools) ? tools : NULL, NULL};
     size_t len = 0;
-    int rc = chat_template_render(tmpl, tok, msgs, (size_t)n, false, &ex->ids, &ex->mask, &len);
+    int rc = chat_template_render(tmpl, tok, msgs, (size_t)n, false, &extras, &ex->ids, &ex->mask,
+                                  &len, reason, reason_size);
     free(msgs);
     ex->len = (int)len;
     return rc;
@@ -104,10 +109,11 @@ static int load_line(const char *line, size_t len, const tokenizer *tok, const c
     cJSON *obj = cJSON_ParseWithLength(line, len);
     if (!obj)
         return RT_ERR_NOMEM;
-    rc = format == ENGINE_EXAMPLE_CHAT ? render_chat(obj, tok, tmpl, ex)
+    reason[0] = '\0';
+    rc = format == ENGINE_EXAMPLE_CHAT ? render_chat(obj, tok, tmpl, ex, reason, reason_size)
                                        : render_completion(obj, tok, tmpl, ex);
     cJSON_Delete(obj);
-    if (rc != RT_OK && reason_size)
+    if (rc != RT_OK && reason_size && !reason[0])
         snprintf(reason, reason_size, "cannot be rendered with this model's chat template (%s)",
                  rt_strerror(rc));
     return rc;

@@ -150,7 +150,8 @@ def test_bad_requests(srv):
                         ({"model": "tiny_chat", "prompt": ["a", 5]}, "prompt"),
                         ({"model": "tiny_chat", "prompt": ["a"] * 65, "n": 2}, "n"),
                         ({"model": "tiny_chat", "prompt": "x", "suffix": "y"}, "suffix"),
-                        ({"model": "tiny_chat", "prompt": "x", "best_of": 3}, "best_of"),
+                        ({"model": "tiny_chat", "prompt": "x", "best_of": 3, "stream": True}, "best_of"),
+                        ({"model": "tiny_chat", "prompt": ["a"] * 40, "best_of": 4}, "best_of"),
                         ({"model": "tiny_chat", "prompt": "x", "n": 2, "best_of": 1}, "best_of"),
                         ({"model": "tiny_chat", "prompt": "x", "messages": []}, "messages")]:
         got, _, r = post(srv, "/v1/completions", body)
@@ -209,6 +210,16 @@ def test_sampling_fields(srv):
     _, _, solo = post(srv, "/v1/completions", {"model": "tiny_chat", "max_tokens": 3, "prompt": "Hello world"})
     t.eq(lst["usage"]["prompt_tokens"], solo["usage"]["prompt_tokens"] + 3 + one_prompt_tokens(srv),
          "usage counts each prompt once")
+    # best_of: of best_of completions (seeds seed, seed+1, ... as n would give them), the n with
+    # the highest log probability per token come back, best first.
+    sampled = dict(base, max_tokens=6, temperature=1.5, seed=11)
+    _, _, all4 = post(srv, "/v1/completions", dict(sampled, n=4, logprobs=0))
+    means = [sum(c["logprobs"]["token_logprobs"]) / len(c["logprobs"]["token_logprobs"]) for c in all4["choices"]]
+    best = [all4["choices"][i]["text"] for i in sorted(range(4), key=lambda i: -means[i])[:2]]
+    status, _, top2 = post(srv, "/v1/completions", dict(sampled, n=2, best_of=4))
+    t.eq((status, [c["text"] for c in top2.get("choices", [])], [c["index"] for c in top2.get("choices", [])]),
+         (200, best, [0, 1]), "best_of = 4, n = 2: the two most likely of the four")
+    t.eq(top2["usage"]["completion_tokens"], all4["usage"]["completion_tokens"], "best_of counts every completion")
     status, _, ok = post(srv, "/v1/chat/completions", {"model": "tiny_chat", "max_tokens": 2, "user": "u1",
                                                         "messages": [{"role": "user", "content": "hi"}],
                                                         "response_format": {"type": "text"}, "tools": [],

@@ -828,7 +828,7 @@ static void test_chat(engine_server *srv)
 {
     collector c;
     collector_init(&c);
-    engine_chat_message msgs[2] = {{"system", "Be brief."}, {"user", "Hi!"}};
+    engine_chat_message msgs[2] = {{"system", "Be brief.", NULL}, {"user", "Hi!", NULL}};
     engine_request r = request_of(&c, "a3", NULL, 8);
     r.messages = msgs;
     r.n_messages = 2;

@@ -824,14 +824,14 @@ static int check_chat_case(const cJSON *c)
         const cJSON *w = cJSON_GetObjectItem(m, "weight");
         msgs[n] = (chat_message){ cJSON_GetObjectItem(m, "role")->valuestring,
                                   cJSON_GetObjectItem(m, "content")->valuestring,
-                                  cJSON_IsNumber(w) ? w->valueint : 1 };
+                                  cJSON_IsNumber(w) ? w->valueint : 1, NULL };
         n_weighted += !strcmp(msgs[n].role, "assistant") && msgs[n].weight;
         n++;
     }
     int32_t *ids = NULL;
     uint8_t *mask = NULL;
     int ok = 0;
-    CHECK_EQ_INT(chat_template_render(ct, tok, msgs, n, gen, &ids, &mask, &n_ids), RT_OK);
+    CHECK_EQ_INT(chat_template_render(ct, tok, msgs, n, gen, NULL, &ids, &mask, &n_ids, NULL, 0), RT_OK);
     if (!ids)
         goto out;
     const cJSON *hf = cJSON_GetObjectItem(c, "hf_ids");
@@ -919,18 +919,36 @@ static void test_chat_detect(void)
     }
     chat_template *ct = NULL;
     CHECK_EQ_INT(chat_template_load(FIX "config_qwen2.json", &ct, NULL, 0), RT_OK);
-    CHECK_EQ_STR(chat_template_default_system(ct), "You are a helpful assistant.");
     CHECK(chat_template_bos(ct) == NULL);
     CHECK_EQ_STR(chat_template_eos(ct), "<|im_end|>");
     chat_template_free(ct);
 
     /* AddedToken objects, a list of named templates, an unknown format. */
     const char *cfg = "{\"bos_token\": {\"content\": \"<s>\", \"lstrip\": false}, \"eos_token\": \"</s>\","
-                      " \"chat_template\": [{\"name\": \"tool_use\", \"template\": \"<|im_start|>\"},"
+                      " \"chat_template\": [{\"name\": \"tool_use\", \"template\": \"<tool_call>{{ tools[0] }}\"},"
                       " {\"name\": \"default\", \"template\": \"{{ bos_token }}[INST] x [/INST]\"}]}";
     CHECK_EQ_INT(chat_template_load_json(cfg, strlen(cfg), &ct, NULL, 0), RT_OK);
     CHECK(chat_template_kind(ct) == CHAT_TEMPLATE_MISTRAL);
     CHECK_EQ_STR(chat_template_bos(ct), "<s>");
+    CHECK(chat_template_tool_format(ct) == TOOL_FORMAT_HERMES); /* from the one named tool_use */
+    {   /* a request with tools renders the tool_use template */
+        tokenizer *tok = load_fixture("qwen2_style");
+        cJSON *tools = cJSON_Parse("[7]");
+        chat_extras x = {tools, NULL};
+        chat_message hi = {"user", "x", 0, NULL};
+        int32_t *ids = NULL;
+        uint8_t *mask = NULL;
+        size_t n = 0;
+        char *text = NULL;
+        CHECK_EQ_INT(tok ? chat_template_render(ct, tok, &hi, 1, true, &x, &ids, &mask, &n, NULL, 0) : -1, RT_OK);
+        if (ids && tokenizer_decode(tok, ids, n, false, &text, &n) == RT_OK)
+            CHECK_EQ_STR(text, "<tool_call>7");
+        free(text);
+        free(ids);
+        free(mask);
+        cJSON_Delete(tools);
+        tokenizer_free(tok);
+    }
     chat_template_free(ct);
     /* a template the interpreter cannot run is refused when loaded, by construct and line */
     char why[256] = "";
@@ -939,7 +957,7 @@ static void test_chat_detect(void)
     CHECK_EQ_INT(chat_template_load_json(callcfg, strlen(callcfg), &ct, why, sizeof why), RT_ERR_UNSUPPORTED);
     CHECK_MSG(ct == NULL && strstr(why, "line 2") && strstr(why, "call"), "refusal names it: %s", why);
     CHECK_EQ_INT(chat_template_from_source("{{ weird }}", NULL, NULL, &ct), RT_OK);
-    CHECK(chat_template_kind(ct) == CHAT_TEMPLATE_CHATML && chat_template_default_system(ct) == NULL);
+    CHECK(chat_template_kind(ct) == CHAT_TEMPLATE_OTHER);
     chat_template_free(ct);
     ct = NULL;
     CHECK_EQ_INT(chat_template_load(FIX "no_such_config.json", &ct, NULL, 0), RT_ERR_NOT_FOUND);
@@ -954,12 +972,12 @@ static void test_chat_mask(void)
     CHECK_EQ_INT(chat_template_load(FIX "config_llama3.json", &ct, NULL, 0), RT_OK);
     if (!tok || !ct)
         goto out;
-    chat_message msgs[] = { { "user", "hi", 1 }, { "assistant", "hello", 1 },
-                            { "user", "again", 1 }, { "assistant", "skip me", 0 } };
+    chat_message msgs[] = { { "user", "hi", 1, NULL }, { "assistant", "hello", 1, NULL },
+                            { "user", "again", 1, NULL }, { "assistant", "skip me", 0, NULL } };
     int32_t *ids;
     uint8_t *mask;
     size_t n;
-    CHECK_EQ_INT(chat_template_render(ct, tok, msgs, 4, false, &ids, &mask, &n), RT_OK);
+    CHECK_EQ_INT(chat_template_render(ct, tok, msgs, 4, false, NULL, &ids, &mask, &n, NULL, 0), RT_OK);
     int32_t eot = tokenizer_token_id(tok, "<|eot_id|>");
     size_t on = 0, eots = 0;
     for (size_t i = 0; i < n; i++) {
@@ -977,7 +995,7 @@ static void test_chat_mask(void)
     free(ids);
     free(mask);
     /* Serving: the prompt ends with an open assistant header. */
-    CHECK_EQ_INT(chat_template_render(ct, tok, msgs, 1, true, &ids, &mask, &n), RT_OK);
+    CHECK_EQ_INT(chat_template_render(ct, tok, msgs, 1, true, NULL, &ids, &mask, &n, NULL, 0), RT_OK);
     char *text;
     size_t len;
     CHECK_EQ_INT(tokenizer_decode(tok, ids, n, false, &text, &len), RT_OK);
@@ -986,17 +1004,115 @@ static void test_chat_mask(void)
     free(text);
     free(ids);
     free(mask);
-    chat_message bad[] = { { NULL, "x", 1 } };
+    chat_message bad[] = { { NULL, "x", 1, NULL } };
     ids = NULL;
-    CHECK_EQ_INT(chat_template_render(ct, tok, bad, 1, false, &ids, &mask, &n), RT_ERR_INVALID);
+    CHECK_EQ_INT(chat_template_render(ct, tok, bad, 1, false, NULL, &ids, &mask, &n, NULL, 0), RT_ERR_INVALID);
     CHECK(ids == NULL);
-    CHECK_EQ_INT(chat_template_render(ct, tok, NULL, 0, true, &ids, &mask, &n), RT_OK);
+    CHECK_EQ_INT(chat_template_render(ct, tok, NULL, 0, true, NULL, &ids, &mask, &n, NULL, 0), RT_OK);
     CHECK(n > 0);
     free(ids);
     free(mask);
 out:
     chat_template_free(ct);
     tokenizer_free(tok);
+}
+
+/* A training line whose answer is a tool call, through a real template:
+ * the loss covers exactly the call as the template writes it and its
+ * end-of-turn; the tools reach the system block; a template's own
+ * raise_exception() comes back as the reason. */
+static void check_tool_mask(const char *template_file, const char *cfg_json, const char *tok_name,
+                            const char *want_masked, const char *want_in_prompt)
+{
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/chat_templates/%s", template_file);
+    char *src = slurp(path, NULL);
+    tokenizer *tok = load_fixture(tok_name);
+    chat_template *ct = NULL;
+    cJSON *line = cJSON_Parse(cfg_json);
+    CHECK(src && tok && line);
+    CHECK_EQ_INT(src && tok && line ? chat_template_from_source(src, "<s>", "</s>", &ct) : RT_OK, RT_OK);
+    if (!ct)
+        goto out;
+    const cJSON *ms = cJSON_GetObjectItem(line, "messages"), *m;
+    chat_message msgs[8];
+    size_t n = 0;
+    cJSON_ArrayForEach(m, ms) {
+        const cJSON *c = cJSON_GetObjectItem(m, "content");
+        msgs[n++] = (chat_message){cJSON_GetObjectItem(m, "role")->valuestring,
+                                   cJSON_IsString(c) ? c->valuestring : NULL, 1, m};
+    }
+    chat_extras x = {cJSON_GetObjectItem(line, "tools"), NULL};
+    int32_t *ids = NULL, *sel = NULL;
+    uint8_t *mask = NULL;
+    size_t n_ids = 0, ns = 0;
+    char err[300] = "";
+    CHECK_EQ_INT(chat_template_render(ct, tok, msgs, n, false, &x, &ids, &mask, &n_ids, err, sizeof err),
+                 RT_OK);
+    if (!ids) {
+        printf("  %s: %s\n", template_file, err);
+        goto out;
+    }
+    sel = malloc(n_ids * sizeof *sel);
+    for (size_t i = 0; i < n_ids; i++)
+        if (mask[i])
+            sel[ns++] = ids[i];
+    char *masked = NULL, *all = NULL;
+    size_t len;
+    CHECK_EQ_INT(tokenizer_decode(tok, sel, ns, false, &masked, &len), RT_OK);
+    CHECK_EQ_INT(tokenizer_decode(tok, ids, n_ids, false, &all, &len), RT_OK);
+    CHECK_MSG(masked && !strcmp(masked, want_masked), "%s: masked \"%s\"", template_file, masked);
+    CHECK_MSG(all && strstr(all, want_in_prompt), "%s: the tools are in the prompt", template_file);
+    free(masked);
+    free(all);
+    free(ids);
+    free(mask);
+    free(sel);
+out:
+    cJSON_Delete(line);
+    chat_template_free(ct);
+    tokenizer_free(tok);
+    free(src);
+}
+
+static void test_chat_tools(void)
+{
+    const char *line =
+        "{\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"get_weather\","
+        " \"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}}}}],"
+        " \"messages\": [{\"role\": \"user\", \"content\": \"Weather in Oslo?\"},"
+        " {\"role\": \"assistant\", \"content\": null, \"tool_calls\": [{\"id\": \"abcdefghi\","
+        " \"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"arguments\": \"{\\\"city\\\": \\\"Oslo\\\"}\"}}]}]}";
+    check_tool_mask("qwen2.5-instruct.jinja", line, "qwen2_style",
+                    "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call><|im_end|>",
+                    "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\"");
+    /* extra template variables: Qwen3's enable_thinking=false closes an empty think block */
+    char *src = slurp("tests/fixtures/chat_templates/qwen3.jinja", NULL);
+    tokenizer *tok = load_fixture("qwen2_style");
+    chat_template *ct = NULL;
+    CHECK_EQ_INT(src ? chat_template_from_source(src, NULL, "<|im_end|>", &ct) : RT_ERR_IO, RT_OK);
+    cJSON *kw = cJSON_Parse("{\"enable_thinking\": false}");
+    chat_extras x = {NULL, kw};
+    chat_message hi = {"user", "Hi", 0, NULL};
+    int32_t *ids = NULL;
+    uint8_t *mask = NULL;
+    size_t n = 0;
+    char *text = NULL, err[200] = "";
+    if (ct && tok && chat_template_render(ct, tok, &hi, 1, true, &x, &ids, &mask, &n, err, sizeof err) == RT_OK &&
+        tokenizer_decode(tok, ids, n, false, &text, &n) == RT_OK)
+        CHECK_EQ_STR(text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
+    else
+        CHECK_MSG(false, "qwen3 with enable_thinking: %s", err);
+    free(text);
+    free(ids);
+    free(mask);
+    cJSON_Delete(kw);
+    chat_template_free(ct);
+    tokenizer_free(tok);
+    free(src);
+    check_tool_mask("llama-3.1-instruct.jinja", line, "llama3_style",
+                    "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}<|eot_id|>",
+                    "\"name\": \"get_weather\"");
 }
 
 /* ------------------------------------------------------------------ speed */
@@ -1067,6 +1183,7 @@ int main(int argc, char **argv)
     RUN(test_chat_cases);
     RUN(test_chat_detect);
     RUN(test_chat_mask);
+    RUN(test_chat_tools);
     RUN(test_speed);
     return TEST_SUMMARY();
 }

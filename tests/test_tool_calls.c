@@ -140,6 +140,39 @@ static void test_mutations(void)
     CHECK_MSG(answered == total, "%d of %d mutated replies answered", answered, total);
 }
 
+/* Streaming: the bytes that are content whatever comes next. */
+static void test_content_prefix(void)
+{
+    static const struct { enum tool_format f; const char *text; size_t want; } cases[] = {
+        {TOOL_FORMAT_HERMES, "Let me check.", 13},
+        {TOOL_FORMAT_HERMES, "Let me check. <tool", 14},       /* a marker may be starting */
+        {TOOL_FORMAT_HERMES, "Ok <tool_call>\n{\"name\"", 3},  /* up to the marker */
+        {TOOL_FORMAT_HERMES, "a < b", 5},                       /* '<' then ' ': no marker */
+        {TOOL_FORMAT_HERMES, "", 0},
+        {TOOL_FORMAT_MISTRAL, "Sure[TOOL_", 4},
+        {TOOL_FORMAT_MISTRAL, "[TOOL_CALLS][{", 0},
+        {TOOL_FORMAT_LLAMA3, "  ", 0},                          /* undecided */
+        {TOOL_FORMAT_LLAMA3, " {\"name\":", 0},                 /* a call */
+        {TOOL_FORMAT_LLAMA3, "<|python", 0},
+        {TOOL_FORMAT_LLAMA3, "Hello {", 7},                     /* text first: all content */
+        {TOOL_FORMAT_NONE, "<tool_call>", 11},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t got = tool_calls_content_prefix(cases[i].f, cases[i].text, strlen(cases[i].text));
+        CHECK_MSG(got == cases[i].want, "%s \"%s\": %zu, want %zu", tool_format_name(cases[i].f),
+                  cases[i].text, got, cases[i].want);
+    }
+    /* As text grows the certain prefix never shrinks. */
+    const char *reply = "I will look. <tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call>";
+    size_t last = 0;
+    for (size_t n = 0; n <= strlen(reply); n++) {
+        size_t got = tool_calls_content_prefix(TOOL_FORMAT_HERMES, reply, n);
+        CHECK_MSG(got >= last && got <= n, "prefix %zu after %zu at %zu bytes", got, last, n);
+        last = got;
+    }
+    CHECK_EQ_INT(last, 13);
+}
+
 int main(void)
 {
     RUN(test_hermes);
@@ -147,5 +180,6 @@ int main(void)
     RUN(test_llama3);
     RUN(test_detect);
     RUN(test_mutations);
+    RUN(test_content_prefix);
     return TEST_SUMMARY();
 }

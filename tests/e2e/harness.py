@@ -115,7 +115,7 @@ class Checks:
         return self.check(got == want, f"{what}: got {got!r}, want {want!r}")
 
     def run(self, fn):
-        print(f"-- {fn.__name__}", flush=True)
+        print(f"-- {getattr(fn, '__name__', None) or fn.func.__name__}", flush=True)
         try:
             fn()
         except Exception:
