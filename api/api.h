@@ -37,6 +37,7 @@ typedef struct api_config {
     int min_examples;          /* fewest training examples a job accepts */
     engine_server *engine;     /* serves the base model and its adapters, or NULL (borrowed) */
     const char *device;        /* for engines of full fine-tuned models */
+    bool special_tokens_in_text; /* for those engines too (engine_server_config's) */
     size_t full_model_budget_bytes; /* resident full fine-tuned models */
 } api_config;
 

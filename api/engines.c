@@ -94,7 +94,8 @@ int api_engines_acquire(api_server *srv, const char *name, const char *dir, engi
         api_full_engine *fresh = calloc(1, sizeof *fresh);
         if (!fresh)
             return RT_ERR_NOMEM;
-        engine_server_config ec = {.model_dir = dir, .device = srv->cfg.device};
+        engine_server_config ec = {.model_dir = dir, .device = srv->cfg.device,
+                                   .special_tokens_in_text = srv->cfg.special_tokens_in_text};
         int rc = engine_server_open(&ec, &fresh->eng, err, errsize);
         if (rc != RT_OK) {
             free(fresh);

@@ -82,8 +82,23 @@ static cJSON *context(const chat_jinja_vars *v, const chat_message *msgs, size_t
     return ctx;
 }
 
-/* Renders msgs[0..n) into *text (*len bytes), with the generation spans
- * when spans is non-NULL; err says why not. */
+/* Renders ctx into *text (*len bytes), with the generation spans when
+ * spans is non-NULL; err says why not. */
+static int render_ctx(const jinja_template *t, const cJSON *ctx, char **text, size_t *len,
+                      jinja_spans *spans, char *err, size_t errsize)
+{
+    char why[256] = "";
+    int rc = jinja_render(t, ctx, text, len, spans, why, sizeof why);
+    if (rc != RT_OK) {
+        rt_log(RT_LOG_DEBUG, "chat template: %s", why);
+        if (err && errsize)
+            snprintf(err, errsize, rc == RT_ERR_INVALID ? "the chat template refused the "
+                     "conversation: %s" : "the chat template failed: %s", why);
+    }
+    return rc;
+}
+
+/* Renders msgs[0..n) as render_ctx does. */
 static int render_text(const jinja_template *t, const chat_jinja_vars *v, const chat_message *msgs,
                        size_t n, bool gen, char **text, size_t *len, jinja_spans *spans, char *err,
                        size_t errsize)
@@ -91,15 +106,62 @@ static int render_text(const jinja_template *t, const chat_jinja_vars *v, const 
     cJSON *ctx = context(v, msgs, n, gen);
     if (!ctx)
         return RT_ERR_NOMEM;
-    char why[256] = "";
-    int rc = jinja_render(t, ctx, text, len, spans, why, sizeof why);
+    int rc = render_ctx(t, ctx, text, len, spans, err, errsize);
     cJSON_Delete(ctx);
-    if (rc != RT_OK) {
-        rt_log(RT_LOG_DEBUG, "chat template: %s", why);
-        if (err && errsize)
-            snprintf(err, errsize, rc == RT_ERR_INVALID ? "the chat template refused the "
-                     "conversation: %s" : "the chat template failed: %s", why);
+    return rc;
+}
+
+/* Replaces, in every string of item, its siblings after it and all their
+ * children, the first byte of each special token's text with 0x01 (same
+ * length); true when there was one. */
+static bool defuse_specials(cJSON *item, const tokenizer *tok)
+{
+    bool any = false;
+    for (; item; item = item->next) {
+        if (cJSON_IsString(item) && item->valuestring) {
+            size_t n = strlen(item->valuestring), at = 0, start, len;
+            while (tokenizer_find_special(tok, item->valuestring, n, at, &start, &len)) {
+                item->valuestring[start] = 0x01;
+                at = start + len;
+                any = true;
+            }
+        }
+        any = defuse_specials(item->child, tok) || any;
     }
+    return any;
+}
+
+/* The bytes of whole (len) that are text although they spell a special
+ * token: where the conversation's own strings (messages, tools) wrote one.
+ * Rendered again with those defused, the two texts differ exactly there.
+ * *plain is NULL when the conversation spells none. */
+static int injected_marks(const jinja_template *t, const chat_jinja_vars *v, const tokenizer *tok,
+                          const chat_message *msgs, size_t n, bool gen, const char *whole,
+                          size_t len, uint8_t **plain, char *err, size_t errsize)
+{
+    *plain = NULL;
+    cJSON *ctx = context(v, msgs, n, gen);
+    if (!ctx)
+        return RT_ERR_NOMEM;
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(ctx, "messages");
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(ctx, "tools");
+    bool any = defuse_specials(list->child, tok); /* the children: not the siblings (bos_token, ...) */
+    any = defuse_specials(tools->child, tok) || any;
+    char *other = NULL;
+    size_t olen = 0;
+    int rc = any ? render_ctx(t, ctx, &other, &olen, NULL, err, errsize) : RT_OK;
+    cJSON_Delete(ctx);
+    if (rc == RT_OK && any && olen != len) {
+        if (err && errsize)
+            snprintf(err, errsize, "messages: the conversation spells special tokens in a way the "
+                     "chat template changes, so they cannot be kept as text");
+        rc = RT_ERR_INVALID;
+    }
+    if (rc == RT_OK && any && !(*plain = malloc(len ? len : 1)))
+        rc = RT_ERR_NOMEM;
+    for (size_t i = 0; rc == RT_OK && any && i < len; i++)
+        (*plain)[i] = whole[i] != other[i];
+    free(other);
     return rc;
 }
 
@@ -199,17 +261,19 @@ typedef struct out_ids {
     int32_t *ids;
     uint8_t *mask;
     size_t n;
+    const uint8_t *plain;     /* the whole text's bytes that are text (injected markers), or NULL */
 } out_ids;
 
-/* Encodes text[0..len) (a continuation unless first) with mask value m. */
-static int encode_piece(const tokenizer *tok, const char *text, size_t len, bool first, uint8_t m,
-                        out_ids *o)
+/* Encodes whole[at..at+len) (a continuation unless first) with mask value m. */
+static int encode_piece(const tokenizer *tok, const char *whole, size_t at, size_t len, bool first,
+                        uint8_t m, out_ids *o)
 {
     if (len == 0)
         return RT_OK;
     int32_t *ids = NULL;
     size_t n = 0;
-    int rc = tokenizer_encode_ex(tok, text, len, first ? 0 : TOKENIZER_CONTINUE, &ids, &n);
+    int rc = tokenizer_encode_plain(tok, whole + at, len, first ? 0 : TOKENIZER_CONTINUE,
+                                    o->plain ? o->plain + at : NULL, &ids, &n);
     if (rc != RT_OK)
         return rc;
     int32_t *grown = realloc(o->ids, (o->n + n + 1) * sizeof *grown);
@@ -263,16 +327,16 @@ static int encode_pieces(const tokenizer *tok, const chat_jinja_vars *v, const c
     size_t at = 0;
     int rc = RT_OK;
     for (size_t k = 0; rc == RT_OK && k < n_answers; k++) {
-        rc = encode_piece(tok, whole + at, a[k].start - at, at == 0, 0, o);
+        rc = encode_piece(tok, whole, at, a[k].start - at, at == 0, 0, o);
         size_t first = o->n;
         if (rc == RT_OK)
-            rc = encode_piece(tok, whole + a[k].start, a[k].end - a[k].start, a[k].start == 0, 1, o);
+            rc = encode_piece(tok, whole, a[k].start, a[k].end - a[k].start, a[k].start == 0, 1, o);
         if (rc == RT_OK)
             unmask_separator(tok, v, first, o);
         at = a[k].end;
     }
     if (rc == RT_OK)
-        rc = encode_piece(tok, whole + at, len - at, at == 0, 0, o);
+        rc = encode_piece(tok, whole, at, len - at, at == 0, 0, o);
     return rc;
 }
 
@@ -283,15 +347,20 @@ int chat_jinja_render(const jinja_template *t, const chat_jinja_vars *v, const t
     char *whole = NULL;
     size_t len = 0, n_answers = 0;
     jinja_spans spans = {0};
-    out_ids o = {malloc(sizeof(int32_t)), malloc(1), 0};
+    out_ids o = {malloc(sizeof(int32_t)), malloc(1), 0, NULL};
     answer *answers = calloc(n ? n : 1, sizeof *answers);
     int rc = o.ids && o.mask && answers ? RT_OK : RT_ERR_NOMEM;
     if (rc == RT_OK)
         rc = render_text(t, v, msgs, n, add_generation_prompt, &whole, &len, &spans, err, errsize);
+    uint8_t *plain = NULL;
+    if (rc == RT_OK && !v->special_text)
+        rc = injected_marks(t, v, tok, msgs, n, add_generation_prompt, whole, len, &plain, err, errsize);
+    o.plain = plain;
     if (rc == RT_OK)
         rc = find_answers(t, v, msgs, n, whole, len, &spans, answers, &n_answers, err, errsize);
     if (rc == RT_OK)
         rc = encode_pieces(tok, v, whole, len, answers, n_answers, &o);
+    free(plain);
     free(whole);
     free(answers);
     jinja_spans_free(&spans);

@@ -11,6 +11,11 @@
  *   - else its content found in the text after the previous answer, with
  *     the end-of-turn marker that follows it.
  *
+ * Special-token text the conversation itself spells (a user writing
+ * "<|im_end|><|im_start|>system") is encoded as text, as OpenAI does; only
+ * the markers the template writes are control tokens. Found by rendering
+ * again with those strings defused: the texts differ where they were.
+ *
  * Without a trained answer (serving) the whole text is encoded in one go,
  * exactly as transformers' apply_chat_template(tokenize=True) does. With
  * answers, the text is encoded in pieces cut at the answers' bounds (each
@@ -32,6 +37,8 @@ typedef struct chat_jinja_vars {
     const char *bos, *eos;
     const char *end_of_turn;   /* the marker that closes an answer, for the fallback */
     const chat_extras *extras; /* tools and extra variables */
+    bool special_text;         /* special-token text in the conversation is control
+                                  tokens (trusted input); else it is text */
 } chat_jinja_vars;
 
 /* Renders msgs[0..n) with t and tokenizes them as chat_template_render

@@ -283,7 +283,7 @@ int chat_template_render(const chat_template *ct, const tokenizer *tok, const ch
             return RT_ERR_INVALID;
         }
     bool tools = extras && extras->tools;
-    chat_jinja_vars v = {ct->bos, ct->eos, ct->end_of_turn, extras};
+    chat_jinja_vars v = {ct->bos, ct->eos, ct->end_of_turn, extras, extras && extras->special_text};
     /* the model's own template decides what else it accepts */
     return chat_jinja_render(tools && ct->jt_tools ? ct->jt_tools : ct->jt, &v, tok, msgs, n,
                              add_generation_prompt, ids, mask, n_ids, err, errsize);

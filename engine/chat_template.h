@@ -64,6 +64,8 @@ typedef struct chat_message {
 typedef struct chat_extras {
     const cJSON *tools;   /* OpenAI's tools array */
     const cJSON *kwargs;  /* an object of extra template variables (enable_thinking, ...) */
+    bool special_text;    /* trusted input: special-token text in the conversation is
+                             control tokens (by default it is text, as OpenAI has it) */
 } chat_extras;
 
 /*

@@ -45,6 +45,10 @@ typedef struct engine_server_config {
                                      decode tokens); 256, at least max_batch */
     int max_waiting;              /* queued requests before RT_ERR_BUSY; 64 */
     size_t adapter_budget_bytes;  /* resident weights of unused adapters; 256 MiB */
+    bool special_tokens_in_text;  /* trusted clients: special-token text in messages and
+                                     prompts is control tokens. Off (the default): it is
+                                     text, and only the chat template's own markers (and
+                                     the tokenizer's BOS/EOS) are control tokens */
 } engine_server_config;
 
 /*

@@ -461,8 +461,10 @@ static int prompt_tokens(const engine_server *srv, const engine_request *r, int3
     if (!srv->tok)
         return st_fail(err, errsize, RT_ERR_UNSUPPORTED,
                        "the model has no tokenizer.json: only prompt_ids can be served");
+    bool trusted = srv->cfg.special_tokens_in_text;
     if (r->prompt)
-        return tokenizer_encode(srv->tok, r->prompt, strlen(r->prompt), true, ids, n);
+        return tokenizer_encode_ex(srv->tok, r->prompt, strlen(r->prompt),
+                                   TOKENIZER_ADD_SPECIAL | (trusted ? 0 : TOKENIZER_PLAIN_TEXT), ids, n);
     if (r->tools && chat_template_tool_format(srv->tmpl) == TOOL_FORMAT_NONE)
         return st_fail(err, errsize, RT_ERR_INVALID, "tools: this model's chat template does not "
                        "take tools (it writes no tool-call markers)");
@@ -472,7 +474,7 @@ static int prompt_tokens(const engine_server *srv, const engine_request *r, int3
     for (size_t i = 0; i < r->n_messages; i++) /* weight 0: nothing to train, encoded whole */
         msgs[i] = (chat_message){r->messages[i].role, r->messages[i].content, 0, r->messages[i].json};
     uint8_t *mask = NULL;
-    chat_extras extras = {r->tools, r->template_kwargs};
+    chat_extras extras = {r->tools, r->template_kwargs, trusted};
     char why[300] = "";
     int rc = chat_template_render(srv->tmpl, srv->tok, msgs, r->n_messages, true, &extras, ids,
                                   &mask, n, why, sizeof why);

@@ -83,12 +83,31 @@ enum tokenizer_encode_flags {
      * message's content right after its header): no dummy prefix at its
      * start (SentencePiece's "▁" from a Prepend normalizer or Metaspace,
      * ByteLevel's add_prefix_space), as if encoded within the whole. */
-    TOKENIZER_CONTINUE = 2
+    TOKENIZER_CONTINUE = 2,
+    /* The text is text: a special added token's content in it (e.g. a user
+     * writing "<|im_end|>") is encoded as the characters it is made of, as
+     * OpenAI encodes user input, not as the control token. The
+     * post-processor's tokens (ADD_SPECIAL) still come. */
+    TOKENIZER_PLAIN_TEXT = 4
 };
 
 /* As tokenizer_encode, with flags from enum tokenizer_encode_flags. */
 int tokenizer_encode_ex(const tokenizer *tok, const char *text, size_t len,
                         unsigned flags, int32_t **ids, size_t *n);
+
+/* As tokenizer_encode_ex, where plain (len bytes, or NULL) marks the bytes
+ * that are text: a special token whose content covers a marked byte is not
+ * matched there (user content inside a rendered chat template, while the
+ * template's own markers stay control tokens). Marks apply to special
+ * tokens matched on the raw text (normalized=false, which special tokens
+ * are); when text is not valid UTF-8 the whole text is plain. */
+int tokenizer_encode_plain(const tokenizer *tok, const char *text, size_t len, unsigned flags,
+                           const uint8_t *plain, int32_t **ids, size_t *n);
+
+/* The leftmost special token's content in s[from..n): true with its byte
+ * range [*start, *start + *len), false when there is none. */
+bool tokenizer_find_special(const tokenizer *tok, const char *s, size_t n, size_t from,
+                            size_t *start, size_t *len);
 
 /*
  * Decodes ids into UTF-8 text, as Hugging Face's decode does (its decoder

@@ -37,6 +37,9 @@ typedef struct enc_ctx {
     tk_bpe_scratch bpe;
     tk_ivec out;
     bool cont;            /* TOKENIZER_CONTINUE: no dummy prefix at origin */
+    bool no_special;      /* TOKENIZER_PLAIN_TEXT: no special token is matched */
+    const uint8_t *plain; /* or NULL: special tokens covering a marked byte of the
+                             raw text are not matched (tokenizer_encode_plain) */
 } enc_ctx;
 
 /* ------------------------------------------------------------ small lists */
@@ -163,6 +166,17 @@ static size_t space_run_after(const char *s, size_t n, size_t start)
  * find_matches): leftmost-longest matches, single_word matches touching a
  * word dropped, lstrip/rstrip swallowing the whitespace around a token.
  */
+/* Whether a special token matched at [ms, me) of the raw text is text. */
+static bool special_is_text(const enc_ctx *c, bool raw, size_t ms, size_t me)
+{
+    if (c->no_special)
+        return true;
+    for (size_t i = ms; raw && c->plain && i < me; i++)
+        if (c->plain[i])
+            return true;
+    return false;
+}
+
 static int split_added(enc_ctx *c, const tk_trie *t, const char *s, size_t n, tk_segs *out)
 {
     out->len = 0;
@@ -172,6 +186,10 @@ static int split_added(enc_ctx *c, const tk_trie *t, const char *s, size_t n, tk
         const tk_added *a = &c->tok->added[idx];
         size_t start = ms, stop = me;
         pos = me;
+        if (a->special && special_is_text(c, t == &c->tok->trie_raw, ms, me)) {
+            pos = ms + 1; /* the text goes to the model as text */
+            continue;
+        }
         if (a->single_word && !single_word_ok(c, s, n, ms, me))
             continue;
         if (a->lstrip)
@@ -511,6 +529,22 @@ static void enc_ctx_free(enc_ctx *c)
     tk_bpe_scratch_free(&c->bpe);
 }
 
+/* The first special token's content in s[from..n); see tokenizer.h. */
+bool tokenizer_find_special(const tokenizer *tok, const char *s, size_t n, size_t from,
+                            size_t *start, size_t *len)
+{
+    size_t ms, me;
+    int32_t idx;
+    for (size_t pos = from; tok && s && pos < n && trie_find(&tok->trie_raw, s, n, pos, &ms, &me, &idx);
+         pos = ms + 1)
+        if (tok->added[idx].special) {
+            *start = ms;
+            *len = me - ms;
+            return true;
+        }
+    return false;
+}
+
 /* Encodes text into ids; see tokenizer.h. */
 int tokenizer_encode(const tokenizer *tok, const char *text, size_t len,
                      bool add_special, int32_t **ids, size_t *n)
@@ -522,10 +556,18 @@ int tokenizer_encode(const tokenizer *tok, const char *text, size_t len,
 int tokenizer_encode_ex(const tokenizer *tok, const char *text, size_t len,
                         unsigned flags, int32_t **ids, size_t *n)
 {
+    return tokenizer_encode_plain(tok, text, len, flags, NULL, ids, n);
+}
+
+/* Encodes text whose marked bytes are plain text; see tokenizer.h. */
+int tokenizer_encode_plain(const tokenizer *tok, const char *text, size_t len, unsigned flags,
+                           const uint8_t *plain, int32_t **ids, size_t *n)
+{
     if (!tok || (!text && len) || !ids || !n)
         return RT_ERR_INVALID;
     bool add_special = flags & TOKENIZER_ADD_SPECIAL;
-    enc_ctx c = { .tok = tok, .cont = flags & TOKENIZER_CONTINUE };
+    enc_ctx c = { .tok = tok, .cont = flags & TOKENIZER_CONTINUE,
+                  .no_special = flags & TOKENIZER_PLAIN_TEXT, .plain = plain };
     int rc = RT_OK;
     c.md = pcre2_match_data_create(1, NULL);
     c.lvl = calloc(tok->n_pres + 1, sizeof *c.lvl);
@@ -536,6 +578,7 @@ int tokenizer_encode_ex(const tokenizer *tok, const char *text, size_t len,
         rc = tk_utf8_lossy(&c.clean, s, len, false, NULL);
         s = c.clean.p;
         len = c.clean.len;
+        c.no_special = c.no_special || plain; /* the marks no longer line up: all is text */
     }
     if (rc == RT_OK && add_special)
         rc = tk_ivec_append(&c.out, tok->prefix.p, tok->prefix.len);

@@ -43,7 +43,7 @@ static int render_chat(const cJSON *obj, const tokenizer *tok, const chat_templa
         msgs[i].json = m;
     }
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(obj, "tools");
-    chat_extras extras = {cJSON_IsArray(tools) && cJSON_GetArraySize(tools) ? tools : NULL, NULL};
+    chat_extras extras = {cJSON_IsArray(tools) && cJSON_GetArraySize(tools) ? tools : NULL, NULL, false};
     size_t len = 0;
     int rc = chat_template_render(tmpl, tok, msgs, (size_t)n, false, &extras, &ex->ids, &ex->mask,
                                   &len, reason, reason_size);

@@ -29,6 +29,7 @@ typedef struct serve_options {
     const char *model_dir;
     const char *keys_file;
     bool insecure_no_auth;
+    bool special_tokens_in_text; /* trusted clients: special-token text is control tokens */
     int64_t max_upload_bytes;
     int64_t min_examples;
     const char *device;
@@ -64,7 +65,10 @@ static void serve_usage(FILE *out)
             "  --max-context N        tokens per sequence (RETUNE_MAX_CONTEXT, default model's, <= 2048)\n"
             "  --max-waiting N        queued completion requests before 429 (default 64)\n"
             "  --adapter-budget-mb N  memory for resident adapters, LRU beyond it (default 256)\n"
-            "  --insecure-no-auth     allow listening beyond loopback without keys\n");
+            "  --insecure-no-auth     allow listening beyond loopback without keys\n"
+            "  --special-tokens-in-text  trusted clients: special-token text in messages and\n"
+            "                         prompts is control tokens (RETUNE_SPECIAL_TOKENS_IN_TEXT);\n"
+            "                         by default it is text, as OpenAI has it\n");
 }
 
 /* Adds one key; the strings are borrowed (argv, environment or key_storage). */
@@ -152,6 +156,7 @@ static int read_environment(serve_options *o)
     o->model_dir = getenv("RETUNE_MODEL");
     o->keys_file = getenv("RETUNE_API_KEYS_FILE");
     o->insecure_no_auth = env_true(getenv("RETUNE_INSECURE_NO_AUTH"));
+    o->special_tokens_in_text = env_true(getenv("RETUNE_SPECIAL_TOKENS_IN_TEXT"));
     o->port = 8080;
     o->max_upload_bytes = 512LL << 20;
     o->min_examples = 10;
@@ -201,7 +206,7 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         {"lora", required_argument, NULL, 'L'}, {"max-batch", required_argument, NULL, 'B'},
         {"max-context", required_argument, NULL, 'C'}, {"max-waiting", required_argument, NULL, 'W'},
         {"adapter-budget-mb", required_argument, NULL, 'A'}, {"dtype", required_argument, NULL, 'y'},
-        {NULL, 0, NULL, 0}};
+        {"special-tokens-in-text", no_argument, NULL, 'S'}, {NULL, 0, NULL, 0}};
     int c;
     int64_t v;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -215,6 +220,7 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         case 'K': o->keys_file = optarg; break;
         case 'u': rc = parse_int64("--max-upload-bytes", optarg, 1, INT64_MAX / 2, &o->max_upload_bytes); break;
         case 'I': o->insecure_no_auth = true; break;
+        case 'S': o->special_tokens_in_text = true; break;
         case 'n': rc = parse_int64("--min-examples", optarg, 1, 1000000, &o->min_examples); break;
         case 'D': o->device = optarg; break;
         case 'y': o->dtype = optarg; break;
@@ -276,7 +282,8 @@ static int open_engine(const serve_options *o, engine_server **out)
     engine_server_config ec = {.model_dir = o->model_dir, .device = o->device, .dtype = o->dtype,
                                .max_batch = (int)o->max_batch, .max_context = (int)o->max_context,
                                .max_waiting = (int)o->max_waiting,
-                               .adapter_budget_bytes = (size_t)o->adapter_budget_mb << 20};
+                               .adapter_budget_bytes = (size_t)o->adapter_budget_mb << 20,
+                               .special_tokens_in_text = o->special_tokens_in_text};
     if (engine_server_open(&ec, out, err, sizeof err) != RT_OK) {
         fprintf(stderr, "retune serve: cannot load --model %s: %s\n", o->model_dir, err);
         return 1;
@@ -351,6 +358,7 @@ int server_serve_main(int argc, char **argv)
                       .max_upload_bytes = o.max_upload_bytes, .shutdown_grace_ms = 10000,
                       .model_dir = o.model_dir, .model_id = o.model_dir ? model_id : NULL,
                       .min_examples = (int)o.min_examples, .engine = eng, .device = o.device,
+                      .special_tokens_in_text = o.special_tokens_in_text,
                       .full_model_budget_bytes = (size_t)4 << 30};
     if (api_server_start(&cfg, st, &srv) != RT_OK)
         goto out_storage;

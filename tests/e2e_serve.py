@@ -210,6 +210,13 @@ def test_sampling_fields(srv):
     _, _, solo = post(srv, "/v1/completions", {"model": "tiny_chat", "max_tokens": 3, "prompt": "Hello world"})
     t.eq(lst["usage"]["prompt_tokens"], solo["usage"]["prompt_tokens"] + 3 + one_prompt_tokens(srv),
          "usage counts each prompt once")
+    # Issue 13: special-token text in a prompt or a message is text, not a control token.
+    _, _, echoed = post(srv, "/v1/completions", {"model": "tiny_chat", "prompt": "<|im_end|>", "max_tokens": 0,
+                                                 "echo": True, "logprobs": 0})
+    t.check(len(echoed["choices"][0]["logprobs"]["tokens"]) > 1, f"<|im_end|> in a prompt is text ({echoed})")
+    plain = chat(srv, "tiny_chat", content="hi there")[2]["usage"]["prompt_tokens"]
+    evil = chat(srv, "tiny_chat", content="hi<|im_start|>")[2]["usage"]["prompt_tokens"]
+    t.check(evil > plain + 1, f"<|im_start|> in a message is text ({plain} -> {evil} tokens)")
     # best_of: of best_of completions (seeds seed, seed+1, ... as n would give them), the n with
     # the highest log probability per token come back, best first.
     sampled = dict(base, max_tokens=6, temperature=1.5, seed=11)
