@@ -28,6 +28,7 @@ typedef struct job_run {
     const volatile int *stopping;
     char dir[2048];           /* <data>/jobs/<id> */
     char csv_path[2200];
+    bool csv_failed;          /* a results-CSV write failed (said once) */
     char model_name[512];
     double last_event, last_save;
     bool had_valid;
@@ -67,21 +68,46 @@ static void save(job_run *r)
     r->last_save = rt_now_seconds();
 }
 
+/* Moves the job from running to status, saying so in the log when the
+ * database refuses (the job then stays running, and the next start
+ * re-queues it). A busy database is retried for a few seconds. */
+static void finish_as(job_run *r, const char *status)
+{
+    static const char *const running[] = {"running", NULL};
+    int rc = RT_ERR_BUSY;
+    for (int tries = 0; rc == RT_ERR_BUSY && tries < 20; tries++) {
+        if (tries) {
+            struct timespec pause = {0, 250 * 1000 * 1000};
+            nanosleep(&pause, NULL);
+        }
+        rc = storage_job_transition(r->cfg->st, r->job->id, running, status, r->job);
+    }
+    if (rc != RT_OK)
+        rt_log(RT_LOG_ERROR, "job %s: could not record status %s: %s", r->job->id, status,
+               rt_strerror(rc));
+}
+
 /* Appends one line to the results CSV (kept on disk so a resumed job keeps
- * the rows of its earlier life). */
+ * the rows of its earlier life). A failed write is said once, in the log
+ * and as a job event; training goes on. */
 static void csv_append(job_run *r, const engine_progress *p)
 {
     FILE *f = fopen(r->csv_path, "a");
-    if (!f)
-        return;
-    if (ftell(f) == 0)
-        fprintf(f, "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n");
-    fprintf(f, "%d,%.6f,%.6f,", p->step, p->train_loss, p->train_accuracy);
-    if (p->has_valid)
-        fprintf(f, "%.6f,%.6f\n", p->valid_loss, p->valid_accuracy);
-    else
-        fprintf(f, ",\n");
-    fclose(f);
+    bool ok = f != NULL;
+    if (ok && ftell(f) == 0)
+        ok = fprintf(f, "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy\n") > 0;
+    if (ok)
+        ok = fprintf(f, "%d,%.6f,%.6f,", p->step, p->train_loss, p->train_accuracy) > 0;
+    if (ok)
+        ok = (p->has_valid ? fprintf(f, "%.6f,%.6f\n", p->valid_loss, p->valid_accuracy)
+                           : fprintf(f, ",\n")) > 0;
+    if (f && fclose(f) != 0)
+        ok = false;
+    if (!ok && !r->csv_failed) {
+        r->csv_failed = true;
+        rt_log(RT_LOG_WARN, "job %s: cannot write %s", r->job->id, r->csv_path);
+        event(r, "warn", "message", NULL, "The results file could not be written at step %d", p->step);
+    }
 }
 
 /* Drops CSV rows past `step` (a resumed job replays them). */
@@ -141,11 +167,12 @@ static void on_checkpoint(void *ctx, const char *dir, const engine_progress *p)
              "%s:ckpt-step-%d", r->model_name, p->step);
     api_job_metrics_json(p, ck.metrics, sizeof ck.metrics);
     ck.step = p->step;
-    if (storage_checkpoint_add(r->cfg->st, &ck) != RT_OK)
-        rt_log(RT_LOG_WARN, "job %s: could not record checkpoint %s", r->job->id, dir);
     snprintf(r->job->checkpoint, sizeof r->job->checkpoint, "%s", dir);
     r->job->step = p->step;
-    save(r);
+    /* the row and the resume pointer together: a crash leaves both or neither */
+    if (storage_checkpoint_commit(r->cfg->st, &ck, r->job) != RT_OK)
+        rt_log(RT_LOG_WARN, "job %s: could not record checkpoint %s", r->job->id, dir);
+    r->last_save = rt_now_seconds();
     event(r, "info", "message", NULL, "Checkpoint created at step %d", p->step);
     if (r->cfg->on_model)
         r->cfg->on_model(r->cfg->ctx, ck.fine_tuned_model_checkpoint,
@@ -193,13 +220,12 @@ static int should_stop(void *ctx)
 /* Marks the job failed with an error object. */
 static void fail(job_run *r, const char *code, const char *param, const char *msg)
 {
-    static const char *const running[] = {"running", NULL};
     storage_job *j = r->job;
     snprintf(j->error_code, sizeof j->error_code, "%s", code);
     snprintf(j->error_param, sizeof j->error_param, "%s", param ? param : "");
     snprintf(j->error_message, sizeof j->error_message, "%s", msg);
     save(r);
-    storage_job_transition(r->cfg->st, j->id, running, "failed", j);
+    finish_as(r, "failed");
     event(r, "error", "message", NULL, "%s", msg);
     rt_log(RT_LOG_WARN, "job %s failed: %s", j->id, msg);
 }
@@ -256,7 +282,6 @@ static void report_retention(job_run *r, const engine_train_result *res)
 /* Publishes the result as adapters/<id> or models/<id>, then marks success. */
 static void succeed(job_run *r, const char *out_dir, bool full)
 {
-    static const char *const running[] = {"running", NULL};
     if (store_results(r) != RT_OK)
         rt_log(RT_LOG_WARN, "job %s: results CSV not stored", r->job->id);
     storage_model m = {0};
@@ -275,7 +300,7 @@ static void succeed(job_run *r, const char *out_dir, bool full)
     snprintf(r->job->fine_tuned_model, sizeof r->job->fine_tuned_model, "%s", r->model_name);
     r->job->estimated_finish = 0;
     save(r);
-    storage_job_transition(r->cfg->st, r->job->id, running, "succeeded", r->job);
+    finish_as(r, "succeeded");
     event(r, "info", "message", NULL, "New fine-tuned model created: %s", r->model_name);
     event(r, "info", "message", NULL, "The job has successfully completed");
     if (r->cfg->on_model)
@@ -285,18 +310,17 @@ static void succeed(job_run *r, const char *out_dir, bool full)
 /* A run that stopped early: cancelled, paused, or the server is stopping. */
 static void stopped(job_run *r)
 {
-    static const char *const running[] = {"running", NULL};
     save(r);
     if (r->stop_reason == ENGINE_STOP_CANCEL) {
-        storage_job_transition(r->cfg->st, r->job->id, running, "cancelled", r->job);
+        finish_as(r, "cancelled");
         event(r, "info", "message", NULL, "Fine-tuning job cancelled at step %lld", (long long)r->job->step);
     } else if (*r->stopping) {
-        storage_job_transition(r->cfg->st, r->job->id, running, "queued", r->job);
+        finish_as(r, "queued");
         event(r, "info", "message", NULL,
               "The server is stopping; the job will resume from its checkpoint at step %lld",
               (long long)r->job->step);
     } else {
-        storage_job_transition(r->cfg->st, r->job->id, running, "paused", r->job);
+        finish_as(r, "paused");
         event(r, "info", "message", NULL, "Job paused at step %lld (checkpoint saved)",
               (long long)r->job->step);
     }

@@ -317,6 +317,43 @@ int storage_checkpoint_add(storage *st, const storage_checkpoint *ck)
     return row_insert(db, &ckpt_table, &c);
 }
 
+typedef struct checkpoint_args {
+    storage_checkpoint ck;
+    const storage_job *job;
+} checkpoint_args;
+
+static int checkpoint_fn(sqlite3 *db, void *p)
+{
+    static const char *const skip[] = {"id", "created_at", "control", NULL};
+    checkpoint_args *a = p;
+    int err = row_insert(db, &ckpt_table, &a->ck);
+    return err ? err : row_update(db, &job_table, a->job, skip);
+}
+
+/* The checkpoint's row and the job's progress (its resume pointer) in one
+ * transaction; see storage.h. */
+int storage_checkpoint_commit(storage *st, const storage_checkpoint *ck, const storage_job *job)
+{
+    sqlite3 *db;
+    int err = conn(st, ck->job_id, &db);
+    if (!err && (!job || strcmp(job->id, ck->job_id)))
+        err = RT_ERR_INVALID;
+    checkpoint_args *a = err ? NULL : calloc(1, sizeof *a);
+    if (!err && !a)
+        err = RT_ERR_NOMEM;
+    if (err)
+        return err;
+    a->ck = *ck;
+    a->job = job;
+    if (!a->ck.id[0])
+        storage_new_id("ftckpt", a->ck.id, sizeof a->ck.id);
+    if (!a->ck.created_at)
+        a->ck.created_at = rt_unix_time();
+    err = in_transaction(db, checkpoint_fn, a);
+    free(a);
+    return err;
+}
+
 int storage_checkpoint_list(storage *st, const char *job_id, const char *after, int limit,
                             storage_checkpoint **out, size_t *count, bool *has_more)
 {

@@ -208,6 +208,12 @@ typedef struct storage_checkpoint {
 /* Appends a checkpoint (id and created_at filled in when empty/zero). */
 int storage_checkpoint_add(storage *st, const storage_checkpoint *ck);
 
+/* Appends a checkpoint and saves its job (the job's checkpoint and step:
+ * where a resumed job starts) in one transaction, so that a crash leaves
+ * both or neither. One checkpoint per job and step: a second is
+ * RT_ERR_EXISTS, and nothing changes. */
+int storage_checkpoint_commit(storage *st, const storage_checkpoint *ck, const storage_job *job);
+
 /* Lists a job's checkpoints (job_id NULL: every job's) newest first (after:
  * as storage_event_list). */
 int storage_checkpoint_list(storage *st, const char *job_id, const char *after, int limit,

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <sqlite3.h>
+
 #include "storage/storage.h"
 #include "tests/test.h"
 
@@ -137,6 +139,78 @@ static void test_metadata_filter(storage *st)
     CHECK(storage_job_list(st, &quote, NULL, 10, &jobs, &n, &more) == RT_ERR_INVALID);
 }
 
+/* Issue 13 item 4: a checkpoint's row and its job's resume pointer commit
+ * together, and a second row for the same step is refused. */
+static void test_checkpoint_commit(storage *st)
+{
+    storage_job j = make_job("ftjob-ck", "running");
+    CHECK(storage_job_insert(st, &j) == RT_OK);
+    storage_checkpoint ck = {0};
+    snprintf(ck.job_id, sizeof ck.job_id, "ftjob-ck");
+    snprintf(ck.fine_tuned_model_checkpoint, sizeof ck.fine_tuned_model_checkpoint, "ft:ck:ckpt-step-5");
+    snprintf(ck.path, sizeof ck.path, "/tmp/ck/step-5");
+    ck.step = 5;
+    snprintf(j.checkpoint, sizeof j.checkpoint, "/tmp/ck/step-5");
+    j.step = 5;
+    CHECK_EQ_INT(storage_checkpoint_commit(st, &ck, &j), RT_OK);
+    storage_job got;
+    CHECK(storage_job_get(st, "ftjob-ck", &got) == RT_OK);
+    CHECK_EQ_STR(got.checkpoint, "/tmp/ck/step-5");
+    CHECK_EQ_INT(got.step, 5);
+    /* the same step again (a resumed job repeating it): refused, nothing changes */
+    storage_job later = j;
+    snprintf(later.checkpoint, sizeof later.checkpoint, "/tmp/ck/other");
+    later.step = 9;
+    CHECK_EQ_INT(storage_checkpoint_commit(st, &ck, &later), RT_ERR_EXISTS);
+    CHECK(storage_job_get(st, "ftjob-ck", &got) == RT_OK);
+    CHECK_EQ_STR(got.checkpoint, "/tmp/ck/step-5");
+    CHECK_EQ_INT(got.step, 5);
+    storage_checkpoint *list = NULL;
+    size_t n = 0;
+    bool more = false;
+    CHECK(storage_checkpoint_list(st, "ftjob-ck", NULL, 10, &list, &n, &more) == RT_OK);
+    CHECK_EQ_INT(n, 1);
+    free(list);
+    CHECK_EQ_INT(storage_checkpoint_commit(st, &ck, NULL), RT_ERR_INVALID);
+}
+
+/* Migration 0006 on a database from before it: duplicate steps (left by
+ * the old two-commit checkpointing) keep their first row. */
+static void test_checkpoint_dedupe_migration(void)
+{
+    char dir[] = "/tmp/retune-jobs-mig-XXXXXX", path[128];
+    if (!mkdtemp(dir))
+        return;
+    snprintf(path, sizeof path, "%s/retune.db", dir);
+    storage *st = NULL;
+    CHECK(storage_open(dir, &st) == RT_OK);
+    storage_job j = make_job("ftjob-dup", "running");
+    CHECK(st && storage_job_insert(st, &j) == RT_OK);
+    storage_close(st);
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    const char *old = "DROP INDEX job_checkpoints_step; PRAGMA user_version=5;"
+        "INSERT INTO job_checkpoints(id, job_id, created_at, step, fine_tuned_model_checkpoint, path)"
+        " VALUES ('ftckpt-1', 'ftjob-dup', 1, 4, 'ft:d:ckpt-step-4', '/a'),"
+        " ('ftckpt-2', 'ftjob-dup', 2, 4, 'ft:d:ckpt-step-4', '/a'),"
+        " ('ftckpt-3', 'ftjob-dup', 3, 8, 'ft:d:ckpt-step-8', '/b');";
+    CHECK(sqlite3_exec(db, old, NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    st = NULL;
+    CHECK(storage_open(dir, &st) == RT_OK);
+    storage_checkpoint *list = NULL;
+    size_t n = 0;
+    bool more = false;
+    CHECK(st && storage_checkpoint_list(st, "ftjob-dup", NULL, 10, &list, &n, &more) == RT_OK);
+    CHECK_EQ_INT(n, 2);
+    CHECK(n == 2 && !strcmp(list[1].id, "ftckpt-1") && !strcmp(list[0].id, "ftckpt-3"));
+    free(list);
+    storage_close(st);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
     char dir[] = "/tmp/retune-jobs-XXXXXX";
@@ -148,8 +222,10 @@ int main(void)
         RUN_ARG(test_claim_and_transitions, st);
         RUN_ARG(test_lists, st);
         RUN_ARG(test_metadata_filter, st);
+        RUN_ARG(test_checkpoint_commit, st);
     }
     storage_close(st);
+    RUN(test_checkpoint_dedupe_migration);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0)
