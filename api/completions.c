@@ -169,8 +169,12 @@ static bool parse_sampling(const cJSON *body, gen_params *p, bad_field *b)
     if (!ok)
         return false;
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(body, "stream_options");
-    if (so && !cJSON_IsNull(so) && (!cJSON_IsObject(so) || !opt_bool(so, "include_usage", &p->include_usage, b)))
-        return b->param ? false : bad(b, "stream_options", "'stream_options' must be an object.");
+    const cJSON *usage = cJSON_IsObject(so) ? cJSON_GetObjectItemCaseSensitive(so, "include_usage") : NULL;
+    if (so && !cJSON_IsNull(so) && !cJSON_IsObject(so))
+        return bad(b, "stream_options", "'stream_options' must be an object.");
+    if (usage && !cJSON_IsNull(usage) && !cJSON_IsBool(usage))
+        return bad(b, "stream_options.include_usage", "'stream_options.include_usage' must be a boolean.");
+    p->include_usage = cJSON_IsTrue(usage);
     er->temperature = temperature;
     er->top_p = top_p;
     er->top_k = (int)top_k;
@@ -1176,6 +1180,8 @@ static int submit_error(api_request *req, int rc, const char *err)
     if (rc == RT_ERR_BUSY)
         return api_respond_error_retry(req, 429, 1, "rate_limit_exceeded",
                                        "The server is busy: too many requests are waiting. Retry shortly.");
+    if (rc == RT_ERR_TOO_LARGE)
+        return api_respond_error(req, 400, BAD, field_of(err), "context_length_exceeded", "%s", err);
     if (rc == RT_ERR_INVALID || rc == RT_ERR_UNSUPPORTED)
         return api_respond_error(req, 400, BAD, field_of(err), "invalid_value", "%s", err);
     if (rc == RT_ERR_NOT_FOUND)

@@ -27,6 +27,7 @@ typedef struct upload {
     api_multipart mp;
     storage_blob *blob;
     int file_parts;                 /* how many `file` parts were seen */
+    bool file_seen;                 /* a piece of a `file` part arrived (even empty) */
     bool bad_multipart;
     int storage_rc;                 /* first storage error while writing */
     char filename[STORAGE_FILENAME_MAX];
@@ -191,9 +192,10 @@ static enum MHD_Result on_part(void *cls, enum MHD_ValueKind kind, const char *k
     api_request *req = cls;
     upload *up = req->state;
     if (strcmp(key, "file") == 0) {
-        /* A second file part starts at offset 0 after the first closed. */
-        if (off == 0 && up->blob && up->file_parts == 1 && storage_blob_size(up->blob) > 0)
+        /* A second file part starts at offset 0 after the first, empty or not. */
+        if (off == 0 && up->file_seen && up->file_parts == 1)
             up->file_parts++;
+        up->file_seen = true;
         take_file_data(req, up, filename, data, size, off);
     } else if (strcmp(key, "purpose") == 0) {
         take_purpose(up, data, size);

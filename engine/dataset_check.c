@@ -170,6 +170,8 @@ int engine_dataset_check_line(const char *line, size_t len,
         reason[0] = '\0';
     if (is_blank(line, len))
         return RT_ERR_NOT_FOUND;
+    if (memchr(line, '\0', len))
+        return fail(reason, reason_size, "contains a NUL byte (it would cut the text short)");
     if (!engine_utf8_valid(line, len))
         return fail(reason, reason_size, "invalid UTF-8");
     const char *end = NULL;

@@ -246,7 +246,8 @@ size_t engine_tool_content_prefix(engine_server *srv, const char *text, size_t l
  * prompt is tokenized and the adapter's weights loaded (on first use) in
  * the calling thread. Errors: RT_ERR_INVALID (err names the field: bad
  * sampling values, no/two inputs, empty prompt, a token id out of range,
- * prompt + max_tokens over the context), RT_ERR_NOT_FOUND (unknown
+ * prompt + max_tokens over the context), RT_ERR_TOO_LARGE (the prompt
+ * alone fills the context: err names messages or prompt), RT_ERR_NOT_FOUND (unknown
  * adapter), RT_ERR_BUSY (max_waiting requests queued: retry later / 429),
  * RT_ERR_UNSUPPORTED (text input without a tokenizer), RT_ERR_STATE
  * (closing), RT_ERR_NOMEM, or an adapter load error.

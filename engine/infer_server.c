@@ -499,7 +499,11 @@ static int handle_build(engine_server *srv, const engine_request *r, engine_hand
     int ctx = srv->cfg.max_context;
     if (n == 0)
         rc = st_fail(err, errsize, RT_ERR_INVALID, "the prompt is empty");
-    else if (n > (size_t)ctx || (r->max_tokens > 0 && (size_t)r->max_tokens > (size_t)ctx - n))
+    else if (n > (size_t)ctx || (n == (size_t)ctx && !r->echo))
+        rc = st_fail(err, errsize, RT_ERR_TOO_LARGE, "%s: the prompt has %zu tokens; this model's "
+                     "context is %d tokens, and the reply needs room in it",
+                     r->messages ? "messages" : "prompt", n, ctx);
+    else if (r->max_tokens > 0 && (size_t)r->max_tokens > (size_t)ctx - n)
         rc = st_fail(err, errsize, RT_ERR_INVALID,
                      "max_tokens: the prompt (%zu tokens) plus max_tokens (%d) exceed the "
                      "context of %d tokens", n, r->max_tokens, ctx);

@@ -223,6 +223,15 @@ def test_bad_input():
         err(status, body, 400, "file", "malformed multipart")
         status, _, body = upload(srv, b"x" * 10000)
         err(status, body, 413, "body", "oversized body")
+        # Issue 13: an empty first file part must not let a second one through.
+        b = b"----rt"
+        two = (b"--" + b + b"\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+               b"--" + b + b"\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jsonl\"\r\n"
+               b"Content-Type: application/octet-stream\r\n\r\n\r\n"
+               b"--" + b + b"\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.jsonl\"\r\n"
+               b"Content-Type: application/octet-stream\r\n\r\n" + GOOD_CHAT + b"\r\n--" + b + b"--\r\n")
+        status, _, body = srv.json("POST", "/v1/files", two, {"Content-Type": "multipart/form-data; boundary=" + b.decode()})
+        err(status, body, 400, "file", "an empty file part then a second one")
         status, _, body = srv.json("GET", "/v1/files/file-doesnotexist")
         err(status, body, 404, "id", "unknown id")
         status, _, body = srv.json("PUT", "/v1/files")
@@ -247,6 +256,10 @@ def test_bad_input():
         t.eq(data, GOOD_CHAT, "stored data untouched by bad input")
         tmp_left = [n for n in os.listdir(os.path.join(d, "files")) if n.startswith(".tmp")]
         t.eq(tmp_left, [], "no temporary files left by rejected uploads")
+        # Issue 13: a raw NUL byte inside a JSONL line is refused, naming the line.
+        status, _, body = upload(srv, GOOD_CHAT + b'{"prompt": "a\x00b", "completion": "c"}\n')
+        t.check(status == 200 and body.get("status") == "error" and "line 4" in body.get("status_details", ""),
+                f"a NUL byte in a line is refused by line ({body})")
     finally:
         srv.stop()
         remove(d)

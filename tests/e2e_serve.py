@@ -137,6 +137,9 @@ def test_bad_requests(srv):
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, 400, "max_tokens"),
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, 400, "top_logprobs"),
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 400, "stream"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "stream": True,
+          "stream_options": {"include_usage": "yes"}}, 400, "stream_options.include_usage"),
+        ({"model": "tiny_chat", "messages": [{"role": "user", "content": "word " * 3000}]}, 400, "messages"),
     ]
     for body, status, param in cases:
         got, _, r = post(srv, "/v1/chat/completions", body)
@@ -156,6 +159,11 @@ def test_bad_requests(srv):
                         ({"model": "tiny_chat", "prompt": "x", "messages": []}, "messages")]:
         got, _, r = post(srv, "/v1/completions", body)
         t.eq((got, r.get("error", {}).get("param")), (400, param), f"completions error names {param}")
+    got, _, r = post(srv, "/v1/chat/completions", {"model": "tiny_chat", "messages": [{"role": "user", "content": "word " * 3000}]})
+    t.eq(r.get("error", {}).get("code"), "context_length_exceeded", "a prompt over the context: context_length_exceeded")
+    got, _, r = post(srv, "/v1/completions", {"model": "tiny_chat", "prompt": [5] * 600})
+    t.eq((got, r.get("error", {}).get("param"), r.get("error", {}).get("code")), (400, "prompt", "context_length_exceeded"),
+         "a legacy prompt over the context names prompt")
     got, _, _ = srv.json("POST", "/v1/chat/completions", b"{", JSON)
     t.eq(got, 400, "malformed JSON")
     # Issue 13: concurrent bad requests each name their own field (a shared buffer mixed them up).

@@ -110,6 +110,12 @@ static void test_dataset_lines(void)
             CHECK_MSG(strncmp(reason, cases[i].want_reason, strlen(cases[i].want_reason)) == 0,
                       "case %zu: reason '%s' want '%s'", i, reason, cases[i].want_reason);
     }
+    /* a raw NUL byte inside a string would cut the text: refused (issue 13) */
+    static const char nul[] = "{\"prompt\":\"a\0b\",\"completion\":\"c\"}";
+    char reason[256];
+    enum engine_example_format fmt;
+    CHECK_EQ_INT(engine_dataset_check_line(nul, sizeof nul - 1, &fmt, reason, sizeof reason), RT_ERR_FORMAT);
+    CHECK(strstr(reason, "NUL") != NULL);
 }
 
 static void test_utf8(void)
