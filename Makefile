@@ -3,6 +3,7 @@
 #   make CUDA=1     also the CUDA backend (nvcc, cuBLAS)
 #   make test       build and run every test (unit, numerical, end-to-end)
 #   make san-test   every test under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make tsan-test  the concurrent tests under ThreadSanitizer (any report fails)
 #   make deps       install the Debian packages the build and tests need
 
 CC      ?= cc
@@ -17,6 +18,10 @@ LDLIBS  += -lmicrohttpd -lcjson -lsqlite3 -lpcre2-8 -lutf8proc \
 ifeq ($(SAN),1)
   CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
+endif
+ifeq ($(TSAN),1)
+  CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
+  LDFLAGS += -fsanitize=thread
 endif
 
 CUDA_HOME ?= /usr/local/cuda
@@ -40,7 +45,7 @@ BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
 
-.PHONY: all test unit-test san-test deps clean bench print-ldlibs
+.PHONY: all test unit-test san-test tsan-test deps clean bench print-ldlibs
 all: $(BUILD)/retune $(TEST_BIN) $(BENCH_BIN)
 
 $(BUILD)/retune: $(BUILD)/obj/server/main.o $(BUILD)/libretune.a
@@ -85,6 +90,15 @@ san-test:
 	$(MAKE) BUILD=build-san SAN=1 OPT=-O1 all
 	ASAN_OPTIONS=detect_leaks=1 sh tests/run.sh build-san
 
+# The tests where threads meet (the engine's batcher, concurrent HTTP requests,
+# training beside serving) under ThreadSanitizer; a report stops the process
+# (halt_on_error), which fails its test. tests/tsan.supp names the one library
+# it cannot see into (OpenBLAS's own threads).
+TSAN_TESTS := tests/e2e_serve.py tests/e2e_jobs.py tests/e2e_tools.py
+tsan-test:
+	$(MAKE) BUILD=build-tsan TSAN=1 OPT=-O1 build-tsan/retune build-tsan/tests/test_infer
+	TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$(CURDIR)/tests/tsan.supp" sh tests/run.sh build-tsan build-tsan/tests/test_infer $(TSAN_TESTS)
+
 deps:
 	sh tools/install_deps.sh
 
@@ -93,6 +107,6 @@ print-ldlibs:
 	@echo $(LDLIBS)
 
 clean:
-	rm -rf $(BUILD) build-san
+	rm -rf $(BUILD) build-san build-tsan
 
 -include $(LIB_OBJ:.o=.d) $(BUILD)/obj/server/main.d

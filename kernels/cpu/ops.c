@@ -28,9 +28,10 @@
  * RMSNorm) worth compiling for several x86-64 levels, picked at load time
  * (ifunc): the build targets the x86-64 baseline (SSE2), the machines have
  * AVX2 or AVX-512, and the row loops run 4-5x faster with them.
- * -DKERNELS_NO_CLONES builds the baseline only (to test that path). */
+ * -DKERNELS_NO_CLONES builds the baseline only (to test that path); so does
+ * ThreadSanitizer, whose runtime is not up yet when ifunc resolvers run. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
-    !defined(KERNELS_NO_CLONES)
+    !defined(KERNELS_NO_CLONES) && !defined(__SANITIZE_THREAD__) /* TSan: resolvers run too early */
 #define HOT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define HOT_CLONES

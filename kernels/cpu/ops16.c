@@ -34,7 +34,7 @@
 #define POOL_MIN_MACS 65536.0 /* smaller direct products run on the calling thread */
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
-    !defined(KERNELS_NO_CLONES)
+    !defined(KERNELS_NO_CLONES) && !defined(__SANITIZE_THREAD__) /* TSan: resolvers run too early */
 #define HOT16 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define HOT16

@@ -60,6 +60,18 @@ for await (const chunk of stream) {
 }
 out.stream = { text, usage };
 
+// Sampling fields through the SDK: logit_bias +100 on one token forces it; a
+// frequency penalty of +2 repeats fewer distinct tokens than one of -2.
+const forced = await client.completions.create({ model: process.env.BASE_MODEL, prompt: "Hello", max_tokens: 4,
+                                                 temperature: 0, logit_bias: { "72": 100 }, logprobs: 0 });
+const distinct = async (penalty) => {
+  const r = await client.completions.create({ model: process.env.BASE_MODEL, prompt: "Hello", max_tokens: 24,
+                                              temperature: 0, frequency_penalty: penalty, logprobs: 0 });
+  return new Set(r.choices[0].logprobs.tokens).size;
+};
+out.sampling = { forced: forced.choices[0].logprobs.tokens, distinct_pos: await distinct(2),
+                 distinct_neg: await distinct(-2) };
+
 const legacy = await client.completions.create({ model: process.env.BASE_MODEL, prompt: "Hello", max_tokens: 3 });
 out.completion = { text: legacy.choices[0].text, object: legacy.object };
 
