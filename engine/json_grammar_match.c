@@ -11,7 +11,8 @@
  *
  * The mask walks the vocabulary trie in preorder with one state per trie
  * level, so a shared prefix is fed once and a rejected prefix prunes its
- * whole subtree.
+ * whole subtree; inside strings and keys a level is just the changed top
+ * frame (see jg_level).
  */
 #include "engine/json_grammar_internal.h"
 
@@ -779,19 +780,93 @@ void json_vocab_free(json_vocab *v)
     free(v);
 }
 
+/* A mask level: its state is lv[base] with the single stack's top frame
+ * replaced by top (base < own level), or lv[level] itself (base == level).
+ * Bytes inside a string or key change only that frame, so most trie
+ * levels are such deltas and cost a 32-byte copy, not a state copy. */
+typedef struct jg_level {
+    int base;
+    int body;            /* 1: its state is one stack in a string body, 2: in a key, 0: else */
+    jg_frame top;
+} jg_level;
+
+/* Sets li[d].body from level d's full state lv[d]. */
+static void level_classify(const json_grammar *g, const jg_state *lv, jg_level *li, uint32_t d)
+{
+    const jg_state *b = &lv[d];
+    li[d].base = (int)d;
+    li[d].body = 0;
+    if (b->n != 1 || b->s[0].depth == 0)
+        return;
+    const jg_frame *f = &b->s[0].f[b->s[0].depth - 1];
+    int kind = g->nodes[f->node].kind;
+    if (kind == JG_STRING && f->phase == S_BODY)
+        li[d].body = 1;
+    else if (kind == JG_OBJECT && f->phase == O_KEY)
+        li[d].body = 2;
+    if (li[d].body)
+        li[d].top = *f;
+}
+
+/* Makes lv[d] hold level d's state in full. */
+static void materialize(jg_state *lv, jg_level *li, uint32_t d)
+{
+    if (li[d].base == (int)d)
+        return;
+    copy_state(&lv[d], &lv[li[d].base]);
+    jg_stack *s = &lv[d].s[0];
+    s->f[s->depth - 1] = li[d].top;
+    s->ws = 0;
+    li[d].base = (int)d;
+}
+
+/* Level d = level d-1 after byte c; returns whether it lives. */
+static int mask_step(const json_grammar *g, jg_state *lv, jg_level *li, uint32_t d, uint8_t c)
+{
+    jg_level *p = &li[d - 1];
+    if (p->body) {
+        jg_frame f = p->top;
+        int r;
+        if (p->body == 1) {
+            r = string_feed(g, &f, c);
+        } else {
+            r = key_byte(g, &g->nodes[f.node], &lv[p->base].s[0], &f, c);
+            if (r == R_OK && f.phase != O_KEY)
+                r = R_PUSH;    /* the key closed: not a body any more */
+        }
+        if (r == R_BAD)
+            return 0;
+        if (r == R_OK) {
+            li[d].base = p->base;
+            li[d].body = p->body;
+            li[d].top = f;
+            return 1;
+        }
+    }
+    materialize(lv, li, d - 1);
+    step(g, &lv[d - 1], &lv[d], c);
+    if (lv[d].n == 0)
+        return 0;
+    level_classify(g, lv, li, d);
+    return 1;
+}
+
 int json_matcher_mask(const json_matcher *m, const json_vocab *v, uint8_t *allowed)
 {
     if (!m || !v || (!allowed && v->n_tokens))
         return RT_ERR_INVALID;
     jg_state *lv = malloc(((size_t)v->max_depth + 1) * sizeof *lv);
-    if (!lv)
+    jg_level *li = malloc(((size_t)v->max_depth + 1) * sizeof *li);
+    if (!lv || !li) {
+        free(lv);
+        free(li);
         return RT_ERR_NOMEM;
+    }
     memset(allowed, 0, (size_t)v->n_tokens);
     copy_state(&lv[0], &m->cur);
+    level_classify(m->g, lv, li, 0);
     for (int j = 1; j < v->n_nodes;) {
-        uint32_t d = v->depth[j];
-        step(m->g, &lv[d - 1], &lv[d], v->byte[j]);
-        if (lv[d].n == 0) {
+        if (!mask_step(m->g, lv, li, v->depth[j], v->byte[j])) {
             j = v->end[j];
             continue;
         }
@@ -800,5 +875,6 @@ int json_matcher_mask(const json_matcher *m, const json_vocab *v, uint8_t *allow
         j++;
     }
     free(lv);
+    free(li);
     return RT_OK;
 }
