@@ -41,6 +41,7 @@ typedef struct gen_params {
     engine_logit_bias *bias;        /* owned */
     bool tools;                     /* tool calls are read from the output */
     bool parallel_tool_calls;       /* false: at most one call per choice */
+    json_grammar *grammar;          /* response_format; owned until gen_state takes it */
 } gen_params;
 
 static void params_free(gen_params *p)
@@ -52,6 +53,7 @@ static void params_free(gen_params *p)
     for (int i = 0; i < p->n_prompts; i++)
         free(p->prompt_ids[i]);
     free(p->bias);
+    engine_grammar_free(p->grammar);
 }
 
 /* The first problem found: answered as a 400 naming param. */
@@ -465,11 +467,6 @@ static bool no_op(const cJSON *v, const char *noop_string)
 /* Fields retune knows but does not do: a 400 naming them, never a silent no-op. */
 static bool check_unsupported(const cJSON *body, bool chat, bad_field *b)
 {
-    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(body, "response_format");
-    const cJSON *rft = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
-    if (chat && rf && !cJSON_IsNull(rf) && !(cJSON_IsString(rft) && !strcmp(rft->valuestring, "text")))
-        return bad(b, "response_format", "'response_format' other than {\"type\": \"text\"} is not "
-                                         "supported yet: retune cannot constrain its output to JSON.");
     const cJSON *mod = cJSON_GetObjectItemCaseSensitive(body, "modalities");
     if (chat && !no_op(mod, NULL) && !(cJSON_IsArray(mod) && cJSON_GetArraySize(mod) == 1 &&
                                        cJSON_IsString(mod->child) && !strcmp(mod->child->valuestring, "text")))
@@ -510,6 +507,101 @@ static bool check_best_of(const cJSON *body, gen_params *p, bad_field *b)
     return true;
 }
 
+/* ---- response_format: constrained JSON output ------------------------------------ */
+
+/* True when every key of o is one of keys (NULL-terminated); else a 400
+ * with param (a static string: the object's own path) naming the first
+ * other key, so that no field of response_format is silently ignored. */
+static bool only_keys(const cJSON *o, const char *const *keys, const char *param, bad_field *b)
+{
+    const cJSON *item;
+    cJSON_ArrayForEach(item, o)
+        if (!known_field(keys, item->string))
+            return bad(b, param, "Unrecognized argument '%.60s' in '%s'.", item->string, param);
+    return true;
+}
+
+/* OpenAI's rule for a json_schema name: 1 to 64 of a-z, A-Z, 0-9, _ and -. */
+static bool schema_name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0 || n > 64)
+        return false;
+    return strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n;
+}
+
+/* response_format.json_schema: {name, description?, schema?, strict?} ->
+ * the schema to compile (NULL when absent: any object). */
+static bool parse_json_schema(const cJSON *js, const cJSON **schema, bad_field *b)
+{
+    static const char *const keys[] = {"name", "description", "schema", "strict", NULL};
+    if (!js || cJSON_IsNull(js))
+        return bad(b, "response_format.json_schema",
+                   "Missing required parameter: 'response_format.json_schema'.");
+    if (!cJSON_IsObject(js))
+        return bad(b, "response_format.json_schema", "'response_format.json_schema' must be an object.");
+    if (!only_keys(js, keys, "response_format.json_schema", b))
+        return false;
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(js, "name");
+    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(js, "description");
+    const cJSON *strict = cJSON_GetObjectItemCaseSensitive(js, "strict");
+    const cJSON *sch = cJSON_GetObjectItemCaseSensitive(js, "schema");
+    if (!name || cJSON_IsNull(name))
+        return bad(b, "response_format.json_schema.name",
+                   "Missing required parameter: 'response_format.json_schema.name'.");
+    if (!cJSON_IsString(name) || !schema_name_ok(name->valuestring))
+        return bad(b, "response_format.json_schema.name",
+                   "'response_format.json_schema.name' must be 1 to 64 characters of a-z, A-Z, 0-9, "
+                   "underscores and dashes.");
+    if (desc && !cJSON_IsNull(desc) && !cJSON_IsString(desc))
+        return bad(b, "response_format.json_schema.description",
+                   "'response_format.json_schema.description' must be a string.");
+    if (strict && !cJSON_IsNull(strict) && !cJSON_IsBool(strict))
+        return bad(b, "response_format.json_schema.strict",
+                   "'response_format.json_schema.strict' must be a boolean.");
+    if (sch && !cJSON_IsNull(sch) && !cJSON_IsObject(sch))
+        return bad(b, "response_format.json_schema.schema",
+                   "'response_format.json_schema.schema' must be a JSON Schema object.");
+    *schema = sch && !cJSON_IsNull(sch) ? sch : NULL;
+    return true;
+}
+
+/* response_format (chat): {"type": "text"} asks for nothing; "json_object"
+ * and "json_schema" compile the grammar that every choice's tokens are
+ * sampled under (once per request; strict or not, it is enforced). */
+static bool parse_response_format(const cJSON *body, gen_params *p, bad_field *b)
+{
+    static const char *const plain_keys[] = {"type", NULL};
+    static const char *const schema_keys[] = {"type", "json_schema", NULL};
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(body, "response_format");
+    if (!rf || cJSON_IsNull(rf))
+        return true;
+    const cJSON *type = cJSON_IsObject(rf) ? cJSON_GetObjectItemCaseSensitive(rf, "type") : NULL;
+    if (!cJSON_IsObject(rf))
+        return bad(b, "response_format", "'response_format' must be an object with a 'type'.");
+    const char *t = cJSON_IsString(type) ? type->valuestring : "";
+    bool schema_type = !strcmp(t, "json_schema");
+    if (strcmp(t, "text") && strcmp(t, "json_object") && !schema_type)
+        return bad(b, "response_format.type", "'response_format.type' must be 'text', 'json_object' "
+                                              "or 'json_schema'.");
+    if (!only_keys(rf, schema_type ? schema_keys : plain_keys, "response_format", b))
+        return false;
+    if (!strcmp(t, "text"))
+        return true;
+    const cJSON *schema = NULL;
+    if (schema_type && !parse_json_schema(cJSON_GetObjectItemCaseSensitive(rf, "json_schema"), &schema, b))
+        return false;
+    char err[200] = "";
+    int rc = engine_grammar_compile(schema, &p->grammar, err, sizeof err);
+    if (rc == RT_ERR_NOMEM)
+        return bad(b, "response_format", "out of memory compiling 'response_format'");
+    if (rc != RT_OK)
+        return bad(b, "response_format.json_schema.schema",
+                   "Invalid schema for response_format: %s", err[0] ? err : rt_strerror(rc));
+    p->er.grammar = p->grammar;
+    return true;
+}
+
 /* Everything but the model: inputs, lengths, logprobs. */
 static bool parse_request(const cJSON *body, gen_params *p, bad_field *b)
 {
@@ -530,7 +622,8 @@ static bool parse_request(const cJSON *body, gen_params *p, bad_field *b)
         if (!opt_num(body, "max_tokens", 1, 1e7, true, &max_tokens, b) ||
             !opt_num(body, "max_completion_tokens", 1, 1e7, true, &max_tokens, b) ||
             !opt_bool(body, "logprobs", &lp, b) || !opt_num(body, "top_logprobs", 0, 20, true, &top, b) ||
-            !parse_messages(body, p, b) || !parse_tools(body, p, b))
+            !parse_messages(body, p, b) || !parse_tools(body, p, b) ||
+            !parse_response_format(body, p, b))
             return false;
         const cJSON *kw = cJSON_GetObjectItemCaseSensitive(body, "chat_template_kwargs");
         if (kw && !cJSON_IsNull(kw) && !cJSON_IsObject(kw))
@@ -601,6 +694,7 @@ struct gen_state {
     size_t out_len, out_cap, out_sent;
     bool ended;               /* [DONE] queued */
     const char *error;        /* an engine error (static string) */
+    json_grammar *grammar;    /* response_format, borrowed by every choice until on_done */
     char id[64], model[640];
     int64_t created;
 };
@@ -618,6 +712,7 @@ static void gen_release(gen_state *g)
         cJSON_Delete(g->choices[i].logprobs);
     }
     free(g->out);
+    engine_grammar_free(g->grammar); /* every on_done has run: nothing borrows it now */
     pthread_mutex_destroy(&g->lock);
     pthread_cond_destroy(&g->cond);
     free(g);
@@ -1167,7 +1262,7 @@ static const char *field_of(const char *err)
     static const char *const fields[] = {"temperature", "top_p", "top_k", "repetition_penalty",
                                          "presence_penalty", "frequency_penalty", "logit_bias",
                                          "top_logprobs", "max_tokens", "stop", "messages", "tools",
-                                         NULL};
+                                         "response_format", NULL};
     for (const char *const *f = fields; *f; f++)
         if (!strncmp(err, *f, strlen(*f)) && (err[strlen(*f)] == ' ' || err[strlen(*f)] == ':'))
             return *f;
@@ -1245,6 +1340,10 @@ static int generate(api_request *req, bool chat)
         rc = api_respond_error(req, 400, BAD, b.param, "invalid_value", "%s", b.message);
     else if (api_model_resolve(req, p.model, &t)) {
         gen_state *g = gen_new(&p, &t);
+        if (g) { /* the grammar lives as long as the choices that borrow it */
+            g->grammar = p.grammar;
+            p.grammar = NULL;
+        }
         if (!g)
             rc = RT_ERR_NOMEM;
         else if (!req->responded && (rc = submit_all(req, &p, &t, g)) == RT_OK && !req->responded)

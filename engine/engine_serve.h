@@ -173,6 +173,29 @@ typedef struct engine_logit_bias {
 
 #define ENGINE_MAX_LOGIT_BIAS 1024
 
+/* ---- constrained output: OpenAI's response_format ------------------------- */
+
+/* A JSON Schema compiled for constrained decoding (engine/json_grammar.h
+ * says which keywords it takes). Compile it once per HTTP request; every
+ * engine_request of that request (its n choices) may borrow it. */
+typedef struct json_grammar json_grammar;
+struct cJSON;
+
+/*
+ * Compiles schema (borrowed; NULL: any JSON object, response_format
+ * {"type": "json_object"}) into *out, freed with engine_grammar_free once
+ * every request that borrowed it has had on_done. Errors:
+ * RT_ERR_UNSUPPORTED (a keyword retune does not enforce, e.g. "pattern"),
+ * RT_ERR_INVALID (a malformed or unsatisfiable schema), RT_ERR_TOO_LARGE,
+ * RT_ERR_NOMEM; err then names the keyword and its path in the schema
+ * ("#/properties/a/pattern").
+ */
+int engine_grammar_compile(const struct cJSON *schema, json_grammar **out, char *err,
+                           size_t errsize);
+
+/* Frees a grammar; NULL is allowed. */
+void engine_grammar_free(json_grammar *g);
+
 typedef struct engine_request {
     const char *adapter;                 /* registered adapter, NULL/"" = base */
     const engine_chat_message *messages;
@@ -206,6 +229,17 @@ typedef struct engine_request {
     int top_logprobs;                    /* 0..20 alternatives per token */
     bool echo;                           /* first report the prompt tokens with
                                             their logprobs (token i given < i) */
+    const json_grammar *grammar;         /* NULL: free text. Else every token is
+                                            sampled among those that keep the output
+                                            a prefix of a document of the grammar
+                                            (disallowed logits set to -inf after
+                                            logit_bias and penalties; logprobs stay
+                                            the raw row's); once the document is
+                                            complete only end-of-turn/eos may follow
+                                            ("stop"). max_tokens first: "length", a
+                                            valid prefix. No token can follow: "stop"
+                                            when complete, else "error". Borrowed:
+                                            valid until on_done. Needs a tokenizer. */
     void *ctx;
     /* A token or text; return non-zero to cancel the request. May be NULL. */
     int (*on_token)(void *ctx, const engine_token_event *ev);
@@ -243,13 +277,14 @@ size_t engine_tool_content_prefix(engine_server *srv, const char *text, size_t l
 /*
  * Queues req. On success *out is a handle (release with
  * engine_handle_release) and on_done will be called exactly once. The
- * prompt is tokenized and the adapter's weights loaded (on first use) in
- * the calling thread. Errors: RT_ERR_INVALID (err names the field: bad
+ * prompt is tokenized, the adapter's weights loaded (on first use) and,
+ * for the first request with a grammar, the vocabulary indexed for it
+ * (once per server) in the calling thread. Errors: RT_ERR_INVALID (err names the field: bad
  * sampling values, no/two inputs, empty prompt, a token id out of range,
  * prompt + max_tokens over the context), RT_ERR_TOO_LARGE (the prompt
  * alone fills the context: err names messages or prompt), RT_ERR_NOT_FOUND (unknown
  * adapter), RT_ERR_BUSY (max_waiting requests queued: retry later / 429),
- * RT_ERR_UNSUPPORTED (text input without a tokenizer), RT_ERR_STATE
+ * RT_ERR_UNSUPPORTED (text input or a grammar without a tokenizer), RT_ERR_STATE
  * (closing), RT_ERR_NOMEM, or an adapter load error.
  */
 int engine_submit(engine_server *srv, const engine_request *req, engine_handle **out,

@@ -29,6 +29,7 @@
 
 #include "engine/chat_template.h"
 #include "engine/engine_serve.h"
+#include "engine/json_grammar.h"
 #include "engine/model.h"
 #include "engine/rng.h"
 #include "engine/sample.h"
@@ -196,6 +197,7 @@ struct engine_handle {
     bool logprobs, echo;
     bool keep_special;              /* the text keeps special tokens (tool-call markers) */
     int top_logprobs;
+    const json_grammar *grammar;    /* response_format (borrowed until on_done), or NULL */
     void *ctx;
     int (*on_token)(void *ctx, const engine_token_event *ev);
     void (*on_done)(void *ctx, const engine_result *res);
@@ -215,6 +217,8 @@ typedef struct infer_seq {
     uint32_t *counts;               /* per id, times generated (presence/frequency), or NULL */
     int32_t *distinct;              /* the ids generated, each once, n_distinct of them */
     int n_distinct;
+    json_matcher *json;             /* where the output is in h->grammar, or NULL */
+    json_matcher *trial;            /* scratch for greedy's one-token test, or NULL */
 } infer_seq;
 
 /* The scheduler's per-step bookkeeping of one segment. */
@@ -247,9 +251,21 @@ struct engine_server {
     pthread_t thread;
     bool started;
 
+    /* constrained decoding: the vocabulary as the grammar matcher walks it,
+     * built by the first request with a grammar (any submitting thread,
+     * under vocab_mu), then read-only until close; the engine thread reads
+     * it only for requests submitted after it was built. */
+    pthread_mutex_t vocab_mu;
+    json_vocab *vocab;
+    char *vocab_bytes;              /* every token's bytes, token i's at vocab_off[i] */
+    size_t *vocab_off;              /* [n_sample + 1] */
+
     /* statistics (engine thread writes, anyone reads) */
     atomic_uint_fast64_t n_steps;   /* forward steps run */
     atomic_int max_groups;          /* most adapter groups (base counts) in one step */
+    atomic_uint_fast64_t n_masks;   /* grammar masks computed (response_format) */
+    atomic_uint_fast64_t mask_ns;   /* time spent computing and applying them */
+    atomic_uint_fast64_t n_unmasked; /* constrained greedy tokens taken without a mask */
 
     /* engine thread only */
     infer_seq *seqs;                /* max_batch slots */
@@ -259,6 +275,7 @@ struct engine_server {
     infer_step_seg *meta;           /* [max_batch] */
     float *logits;                  /* host [max_step_tokens, V] */
     float *work;                    /* sampling scratch [2V] + a raw row [V] */
+    uint8_t *allowed;               /* a constrained sequence's token mask [V] */
 };
 
 /* Starts h (popped from the queue, counted active) in a free slot; on
@@ -280,5 +297,33 @@ void infer_sched_cancel_all(engine_server *srv);
 
 /* Drops one reference to h; the last frees it. */
 void infer_handle_unref(engine_handle *h);
+
+/* ---- constrained decoding (engine/infer_grammar.c) ----------------------- */
+
+/* Builds srv->vocab on first use (any thread; once per server): every
+ * sampleable token's raw bytes, special tokens none. RT_ERR_UNSUPPORTED
+ * without a tokenizer, RT_ERR_NOMEM. */
+int infer_grammar_vocab(engine_server *srv);
+
+/* Frees what infer_grammar_vocab built. */
+void infer_grammar_vocab_free(engine_server *srv);
+
+/*
+ * Restricts row[0..n_sample) to the tokens that may follow m: the others
+ * get -INFINITY; once m is done only the stop ids remain, before that
+ * never. srv->allowed holds the mask afterwards and *n_allowed its count
+ * (0: nothing can follow). Engine thread. RT_ERR_NOMEM.
+ */
+int infer_grammar_mask(engine_server *srv, const json_matcher *m, float *row, int *n_allowed);
+
+/* Feeds token id's bytes to m; RT_ERR_INVALID (m unchanged) when they do
+ * not fit. */
+int infer_grammar_advance(const engine_server *srv, json_matcher *m, int32_t id);
+
+/* True when token id may follow m (what infer_grammar_mask would allow,
+ * for one token: the greedy choice is tried before a whole mask is made).
+ * trial (same grammar) is scratch, overwritten. */
+bool infer_grammar_accepts(const engine_server *srv, const json_matcher *m, json_matcher *trial,
+                           int32_t id);
 
 #endif

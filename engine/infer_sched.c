@@ -67,6 +67,8 @@ static void seq_end(engine_server *srv, infer_seq *s, const char *reason, const 
     free(s->seen);
     free(s->counts);
     free(s->distinct);
+    json_matcher_free(s->json); /* before on_done: the grammar is borrowed until then */
+    json_matcher_free(s->trial);
     memset(s, 0, sizeof *s);
     active_done(srv); /* the slot is free before on_done runs */
     finish_handle(srv, h, reason, error, n_gen);
@@ -103,6 +105,10 @@ void infer_sched_start(engine_server *srv, engine_handle *h)
             (!(s->counts = calloc((size_t)V, sizeof *s->counts)) ||
              !(s->distinct = malloc((size_t)(h->max_tokens > 0 ? h->max_tokens : 1) * sizeof *s->distinct))))
             rc = RT_ERR_NOMEM;
+        if (rc == RT_OK && h->grammar)
+            rc = json_matcher_new(h->grammar, &s->json);
+        if (rc == RT_OK && h->grammar && h->sp.temperature <= 0)
+            rc = json_matcher_new(h->grammar, &s->trial);
         for (int i = 0; rc == RT_OK && i < h->n_prompt; i++)
             mark_seen(s->seen, h->tokens[i]);
     }
@@ -226,9 +232,9 @@ static void release_text(infer_seq *s, engine_token_event *ev, size_t n)
     }
 }
 
-/* The stop condition of a sampled end-of-turn/eos token: whatever text
- * is still held back goes out (in a text-only event), then on_done. */
-static void stop_on_token(engine_server *srv, infer_seq *s)
+/* Whatever text is still held back goes out (in a text-only event), cut
+ * at a stop string. */
+static void release_held(infer_seq *s)
 {
     engine_handle *h = s->h;
     engine_token_event ev = {"", 0, -1, false, false, 0.0f, 0, NULL, NULL};
@@ -240,6 +246,13 @@ static void stop_on_token(engine_server *srv, infer_seq *s)
     infer_stop_scan(s->text ? s->text : "", s->text_len, (const char *const *)h->stop, h->n_stop,
                     true, &n, &match);
     release_text(s, &ev, n);
+}
+
+/* The stop condition of a sampled end-of-turn/eos token: the held text
+ * goes out, then on_done. */
+static void stop_on_token(engine_server *srv, infer_seq *s)
+{
+    release_held(s);
     seq_end(srv, s, "stop", NULL);
 }
 
@@ -266,9 +279,68 @@ static void adjust_logits(const infer_seq *s, float *row, int V)
         infer_repetition_penalty(row, V, s->seen, h->penalty);
 }
 
-/* Samples the next token from row (host; the request's biases and penalties
- * modify it), streams it and applies the stop conditions. Logprobs come from
- * the raw row. */
+/* The token a constrained sequence samples from row (adjusted already):
+ * greedy first tries the unconstrained argmax (when the grammar takes it,
+ * it is the masked argmax too), else the disallowed logits become -inf and
+ * the request's sampler picks. *id = -1 when no token may follow. */
+static int sample_constrained(engine_server *srv, infer_seq *s, float *row, int32_t *id)
+{
+    const sample_params greedy = {0, 0, 1};
+    int n = srv->n_sample, allowed = 0;
+    if (s->trial) {
+        int32_t best = sample_token(row, n, &greedy, &s->rng, srv->work);
+        if (infer_grammar_accepts(srv, s->json, s->trial, best)) {
+            atomic_fetch_add(&srv->n_unmasked, 1);
+            *id = best;
+            return RT_OK;
+        }
+    }
+    double t0 = rt_now_seconds();
+    int rc = infer_grammar_mask(srv, s->json, row, &allowed);
+    atomic_fetch_add(&srv->mask_ns, (uint64_t)((rt_now_seconds() - t0) * 1e9));
+    atomic_fetch_add(&srv->n_masks, 1);
+    if (rc != RT_OK)
+        return rc;
+    if (allowed == 0) {
+        *id = -1;
+        return RT_OK;
+    }
+    *id = sample_token(row, n, &s->h->sp, &s->rng, srv->work);
+    if (!srv->allowed[*id]) /* rounding at the end of the cumulative sum: take the best allowed */
+        *id = sample_token(row, n, &greedy, &s->rng, srv->work);
+    return RT_OK;
+}
+
+/* No token can follow a constrained output: a complete document whose
+ * model has no stop token ends "stop"; an incomplete one (a vocabulary
+ * without the bytes the grammar needs next) ends "error". */
+static void end_unconstrainable(engine_server *srv, infer_seq *s)
+{
+    bool done = json_matcher_done(s->json);
+    release_held(s);
+    seq_end(srv, s, done ? "stop" : "error",
+            done ? NULL : "response_format: no token of the vocabulary can continue the JSON");
+}
+
+/* The next token from row (adjusted already): the request's sampler, under
+ * its grammar when it has one (whose matcher then takes the token's bytes).
+ * *id = -1 when the grammar allows nothing; RT_ERR_INVALID when the token
+ * does not fit (never expected: the mask allowed it). */
+static int pick_token(engine_server *srv, infer_seq *s, float *row, int32_t *id)
+{
+    if (!s->json) {
+        *id = sample_token(row, srv->n_sample, &s->h->sp, &s->rng, srv->work);
+        return RT_OK;
+    }
+    int rc = sample_constrained(srv, s, row, id);
+    if (rc == RT_OK && *id >= 0 && !is_stop_id(srv, *id))
+        rc = infer_grammar_advance(srv, s->json, *id);
+    return rc;
+}
+
+/* Samples the next token from row (host; the request's biases, penalties
+ * and grammar modify it), streams it and applies the stop conditions.
+ * Logprobs come from the raw row. */
 static void sample_next(engine_server *srv, infer_seq *s, float *row)
 {
     engine_handle *h = s->h;
@@ -281,14 +353,24 @@ static void sample_next(engine_server *srv, infer_seq *s, float *row)
     float top_lps[ENGINE_MAX_TOP_LOGPROBS];
     engine_token_event ev = {"", 0, -1, false, false, 0.0f, 0, NULL, NULL};
     float *raw = row;
-    bool adjusted = s->seen || s->counts || h->n_bias;
+    bool adjusted = s->seen || s->counts || h->n_bias || s->json;
     if (adjusted && h->logprobs) { /* keep the raw row for the logprob */
         raw = srv->work + 2 * (size_t)V;
         memcpy(raw, row, (size_t)V * sizeof *raw);
     }
     if (adjusted)
         adjust_logits(s, row, V);
-    int32_t id = sample_token(row, srv->n_sample, &h->sp, &s->rng, srv->work);
+    int32_t id = -1;
+    int rc = pick_token(srv, s, row, &id);
+    if (rc != RT_OK) {
+        seq_end(srv, s, "error", rc == RT_ERR_INVALID ? "response_format: the sampled token does "
+                                                        "not fit the grammar" : rt_strerror(rc));
+        return;
+    }
+    if (id < 0) {
+        end_unconstrainable(srv, s);
+        return;
+    }
     s->n_gen++;
     h->tokens[s->n_tokens++] = id;
     mark_seen(s->seen, id);
@@ -299,7 +381,7 @@ static void sample_next(engine_server *srv, infer_seq *s, float *row)
     }
     bool final = s->n_gen >= h->max_tokens, match = false;
     size_t n = 0;
-    int rc = decode_token(s, id, final);
+    rc = decode_token(s, id, final);
     if (rc != RT_OK) {
         seq_end(srv, s, "error", rt_strerror(rc));
         return;

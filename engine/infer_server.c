@@ -191,8 +191,9 @@ static int alloc_step_buffers(engine_server *srv)
     srv->meta = calloc(B, sizeof *srv->meta);
     srv->logits = malloc(N * V * sizeof *srv->logits);
     srv->work = malloc(3 * V * sizeof *srv->work);
+    srv->allowed = malloc(V);
     return srv->seqs && srv->step_ids && srv->logit_rows && srv->segs && srv->meta &&
-                   srv->logits && srv->work
+                   srv->logits && srv->work && srv->allowed
                ? RT_OK
                : RT_ERR_NOMEM;
 }
@@ -212,6 +213,9 @@ static void server_free(engine_server *srv)
     free(srv->meta);
     free(srv->logits);
     free(srv->work);
+    free(srv->allowed);
+    infer_grammar_vocab_free(srv);
+    pthread_mutex_destroy(&srv->vocab_mu);
     pthread_mutex_destroy(&srv->mu);
     pthread_cond_destroy(&srv->wake);
     free(srv);
@@ -289,6 +293,7 @@ int engine_server_open(const engine_server_config *cfg, engine_server **out, cha
     if (!srv)
         return RT_ERR_NOMEM;
     pthread_mutex_init(&srv->mu, NULL);
+    pthread_mutex_init(&srv->vocab_mu, NULL);
     pthread_cond_init(&srv->wake, NULL);
     int rc = server_build(srv, cfg, err, errsize);
     if (rc == RT_OK && pthread_create(&srv->thread, NULL, engine_main, srv) != 0)
@@ -304,6 +309,18 @@ int engine_server_open(const engine_server_config *cfg, engine_server **out, cha
     return RT_OK;
 }
 
+/* What constrained decoding cost over the server's life (bench/json_mask_bench.py
+ * reads this line). */
+static void log_grammar_stats(engine_server *srv)
+{
+    uint64_t n = atomic_load(&srv->n_masks), fast = atomic_load(&srv->n_unmasked);
+    if (n + fast == 0)
+        return;
+    rt_log(RT_LOG_INFO, "response_format: %llu token masks over a %d-token vocabulary, %.3f ms "
+           "each on average; %llu greedy tokens needed none", (unsigned long long)n, srv->n_sample,
+           n ? (double)atomic_load(&srv->mask_ns) / 1e6 / (double)n : 0.0, (unsigned long long)fast);
+}
+
 /* Tells the engine thread to cancel everything and stop, joins it, frees. */
 void engine_server_close(engine_server *srv)
 {
@@ -315,6 +332,7 @@ void engine_server_close(engine_server *srv)
     pthread_mutex_unlock(&srv->mu);
     if (srv->started)
         pthread_join(srv->thread, NULL);
+    log_grammar_stats(srv);
     server_free(srv);
 }
 
@@ -386,8 +404,24 @@ bool engine_adapter_exists(engine_server *srv, const char *name)
 
 /* ---- requests -------------------------------------------------------------- */
 
+/* A grammar needs the tokenizer's bytes of every token: the first request
+ * with one builds the vocabulary trie (once per server). */
+static int check_grammar(engine_server *srv, const engine_request *r, char *err, size_t errsize)
+{
+    if (!r->grammar)
+        return RT_OK;
+    if (!srv->tok)
+        return st_fail(err, errsize, RT_ERR_UNSUPPORTED,
+                       "response_format needs a tokenizer; the model has none");
+    int rc = infer_grammar_vocab(srv);
+    if (rc != RT_OK)
+        return st_fail(err, errsize, rc, "response_format: cannot index the vocabulary (%s)",
+                       rt_strerror(rc));
+    return RT_OK;
+}
+
 /* Checks the sampling and output fields; err names the first bad one. */
-static int check_options(const engine_server *srv, const engine_request *r, char *err,
+static int check_options(engine_server *srv, const engine_request *r, char *err,
                          size_t errsize)
 {
     if (!(r->temperature >= 0) || !isfinite(r->temperature))
@@ -433,7 +467,7 @@ static int check_options(const engine_server *srv, const engine_request *r, char
             return st_fail(err, errsize, RT_ERR_UNSUPPORTED,
                            "stop strings need a tokenizer; the model has none");
     }
-    return RT_OK;
+    return check_grammar(srv, r, err, errsize);
 }
 
 /* The prompt's token ids (malloc'd into *ids, *n) from whichever input the
@@ -550,6 +584,7 @@ static void handle_options(engine_server *srv, const engine_request *r, engine_h
     h->top_logprobs = r->logprobs || r->echo ? r->top_logprobs : 0;
     h->echo = r->echo;
     h->keep_special = r->tools != NULL && r->messages != NULL;
+    h->grammar = r->grammar;
     h->ctx = r->ctx;
     h->on_token = r->on_token;
     h->on_done = r->on_done;

@@ -10,6 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "e2e"))
 from harness import Checks, Server, remove, temp_dir  # noqa: E402
+from json_check import validate  # noqa: E402
 
 t = Checks()
 SDK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sdk")
@@ -42,6 +43,11 @@ def main():
         t.check(r.get("job", {}).get("model") in r.get("models", []), "models.list has the fine-tune")
         t.eq(r.get("chat", {}).get("finish"), "length", "chat.completions on the adapter")
         t.check(r.get("stream", {}).get("usage", {}).get("completion_tokens") == 5, "streamed chat with usage")
+        st = r.get("structured", {})
+        t.eq(st.get("finish"), "stop", f"json_schema response_format finishes ({st.get('content')!r})")
+        t.check(isinstance(st.get("parsed"), dict) and "parse_error" not in st["parsed"] and
+                validate(st.get("schema", {}), st["parsed"]) is None,
+                f"json_schema output parses and validates ({st.get('content')!r})")
         t.eq(r.get("completion", {}).get("object"), "text_completion", "legacy completions")
         sm = r.get("sampling", {})
         forced = sm.get("forced", [])

@@ -131,7 +131,7 @@ def test_bad_requests(srv):
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}],
           "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools"),
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}],
-          "response_format": {"type": "json_object"}}, 400, "response_format"),
+          "response_format": {"type": "xml"}}, 400, "response_format.type"),
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "store": True}, 400, "store"),
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
         ({"model": "tiny_chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100000}, 400, "max_tokens"),

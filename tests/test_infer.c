@@ -21,6 +21,8 @@
 #include "engine/hf_config.h"
 #include "engine/infer.h"
 #include "engine/safetensors.h"
+
+#include <cjson/cJSON.h>
 #include "tests/test.h"
 
 #define TINY "tests/fixtures/tiny_chat"
@@ -856,6 +858,145 @@ static void test_echo_text(engine_server *srv)
     collector_free(&c);
 }
 
+/* ---- response_format: constrained decoding -------------------------------- */
+
+/* A grammar compiled from JSON text (NULL: any object). */
+static json_grammar *grammar_of(const char *schema)
+{
+    cJSON *j = schema ? cJSON_Parse(schema) : NULL;
+    json_grammar *g = NULL;
+    char err[256] = "";
+    CHECK_MSG(engine_grammar_compile(j, &g, err, sizeof err) == RT_OK, "%s", err);
+    cJSON_Delete(j);
+    return g;
+}
+
+/* One constrained request on a text prompt; the collector gets its output. */
+static void run_constrained(engine_server *srv, collector *c, const json_grammar *g,
+                            double temperature, uint64_t seed, int max_tokens)
+{
+    collector_init(c);
+    engine_request r = request_of(c, NULL, prompts[seed % 4], max_tokens);
+    r.grammar = g;
+    r.temperature = temperature;
+    r.has_seed = true;
+    r.seed = seed;
+    r.logprobs = true;
+    run_one(srv, &r);
+}
+
+/* Greedy takes the unmasked argmax when the grammar allows it and masks
+ * otherwise; a near-zero temperature always masks. Both must pick the same
+ * tokens, and the output is a JSON object. Sampled outputs are objects too,
+ * with the raw row's logprobs. */
+static void test_grammar_greedy_and_sampled(engine_server *srv)
+{
+    json_grammar *g[2] = {grammar_of(NULL),
+                          grammar_of("{\"type\":\"object\",\"properties\":{\"a\":{\"enum\":[\"x\",1,null]},"
+                                     "\"b\":{\"type\":\"boolean\"}},\"required\":[\"a\",\"b\"]}")};
+    for (int k = 0; k < 2; k++) { /* any object (may not finish: greedy loops), then a small schema */
+        collector greedy, masked;
+        run_constrained(srv, &greedy, g[k], 0, 1, 300);
+        run_constrained(srv, &masked, g[k], 1e-6, 1, 300);
+        CHECK_EQ_INT(greedy.n_tokens, masked.n_tokens);
+        CHECK(memcmp(greedy.tokens, masked.tokens, sizeof(int32_t) * (size_t)greedy.n_tokens) == 0);
+        CHECK_EQ_STR(greedy.finish, k ? "stop" : greedy.finish);
+        cJSON *doc = cJSON_Parse(greedy.text);
+        CHECK_MSG(strcmp(greedy.finish, "stop") || cJSON_IsObject(doc), "greedy output: %s", greedy.text);
+        cJSON_Delete(doc);
+        collector_free(&greedy);
+        collector_free(&masked);
+    }
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+        collector c;
+        run_constrained(srv, &c, g[1], 1.0, seed, 300);
+        cJSON *doc = cJSON_Parse(c.text);
+        CHECK_MSG(!strcmp(c.finish, "stop") && cJSON_IsObject(doc) && cJSON_GetArraySize(doc) == 2 &&
+                      cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(doc, "b")),
+                  "seed %d: %s: %s", (int)seed, c.finish, c.text);
+        for (int i = 0; i < c.n_tokens; i++)
+            CHECK(c.logprobs[i] <= 0);
+        cJSON_Delete(doc);
+        collector_free(&c);
+    }
+    engine_grammar_free(g[0]);
+    engine_grammar_free(g[1]);
+}
+
+/* Every token id whose bytes are not exactly one of keep[] loses its
+ * bytes: a vocabulary that cannot write most JSON. */
+static json_vocab *crippled_vocab(const engine_server *srv, const char *const *keep, int n_keep)
+{
+    int V = srv->n_sample;
+    const char **ptrs = malloc((size_t)V * sizeof *ptrs);
+    size_t *lens = calloc((size_t)V, sizeof *lens);
+    for (int i = 0; i < V; i++) {
+        ptrs[i] = srv->vocab_bytes + srv->vocab_off[i];
+        size_t len = srv->vocab_off[i + 1] - srv->vocab_off[i];
+        for (int k = 0; k < n_keep; k++)
+            if (len == strlen(keep[k]) && !memcmp(ptrs[i], keep[k], len))
+                lens[i] = len;
+    }
+    json_vocab *v = NULL;
+    CHECK(json_vocab_new(ptrs, lens, V, &v) == RT_OK);
+    free(ptrs);
+    free(lens);
+    return v;
+}
+
+/* When no token may follow, the sequence ends cleanly: "stop" for a
+ * complete document when the model has no stop token, "error" for a
+ * vocabulary that cannot continue (the output so far a valid prefix). */
+static void test_grammar_dead_ends(engine_server *srv)
+{
+    json_grammar *g = grammar_of(NULL);
+    collector c;
+    run_constrained(srv, &c, g, 1.0, 5, 8); /* builds the vocabulary */
+    collector_free(&c);
+    int n_stop = srv->n_stop_ids; /* the engine is idle: safe to change between requests */
+    srv->n_stop_ids = 0;
+    run_constrained(srv, &c, g, 1.0, 6, 400);
+    cJSON *doc = cJSON_Parse(c.text);
+    CHECK_MSG(!strcmp(c.finish, "stop") && cJSON_IsObject(doc), "%s: %s", c.finish, c.text);
+    cJSON_Delete(doc);
+    collector_free(&c);
+    srv->n_stop_ids = n_stop;
+    static const char *const keep[] = {"{", " "};
+    json_vocab *full = srv->vocab, *poor = crippled_vocab(srv, keep, 2);
+    srv->vocab = poor;
+    run_constrained(srv, &c, g, 1.0, 7, 400);
+    CHECK_MSG(!strcmp(c.finish, "error") && strspn(c.text, "{ ") == strlen(c.text) &&
+                  strchr(c.text, '{') && strchr(c.text, '{') == strrchr(c.text, '{'),
+              "%s: \"%s\"", c.finish, c.text);
+    collector_free(&c);
+    srv->vocab = full;
+    json_vocab_free(poor);
+    engine_grammar_free(g);
+}
+
+/* A grammar needs a tokenizer (the token-id-only model refuses it). */
+static void test_grammar_needs_tokenizer(void)
+{
+    engine_server *srv = open_server(GQA, 1, 8, 2, 0);
+    json_grammar *g = grammar_of(NULL);
+    collector c;
+    collector_init(&c);
+    int32_t ids[3] = {1, 2, 3};
+    engine_request r = request_of(&c, NULL, NULL, 4);
+    r.prompt_ids = ids;
+    r.n_prompt_ids = 3;
+    r.grammar = g;
+    engine_handle *h = NULL;
+    char err[256] = "";
+    if (srv && !srv->tok) {
+        CHECK_EQ_INT(engine_submit(srv, &r, &h, err, sizeof err), RT_ERR_UNSUPPORTED);
+        CHECK_MSG(strstr(err, "response_format") != NULL, "%s", err);
+    }
+    collector_free(&c);
+    engine_grammar_free(g);
+    engine_server_close(srv);
+}
+
 /* A full queue refuses with RT_ERR_BUSY (max_batch 1, max_waiting 2). */
 static void test_queue_full(void)
 {
@@ -1008,9 +1149,14 @@ int main(void)
         test_bad_adapters(srv, dirs[0]);
         fprintf(stderr, "-- test_lru\n");
         test_lru(srv, 2 * one);
+        fprintf(stderr, "-- test_grammar_greedy_and_sampled\n");
+        test_grammar_greedy_and_sampled(srv);
+        fprintf(stderr, "-- test_grammar_dead_ends\n");
+        test_grammar_dead_ends(srv);
         engine_server_close(srv);
     }
     RUN(test_queue_full);
+    RUN(test_grammar_needs_tokenizer);
     remove_dir(tmp_root);
     return TEST_SUMMARY();
 }

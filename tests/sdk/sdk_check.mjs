@@ -1,6 +1,7 @@
 // Drives a running retune server with OpenAI's official Node SDK, unchanged
 // but for the base URL: files, a fine-tuning job, models, chat (plain and
-// streamed), legacy completions, and a typed API error. Prints one JSON
+// streamed), structured output (json_schema), legacy completions, and a
+// typed API error. Prints one JSON
 // line of findings for tests/e2e_sdk.py to check.
 import fs from "node:fs";
 import OpenAI, { toFile } from "openai";
@@ -71,6 +72,35 @@ const distinct = async (penalty) => {
 };
 out.sampling = { forced: forced.choices[0].logprobs.tokens, distinct_pos: await distinct(2),
                  distinct_neg: await distinct(-2) };
+
+// Structured output: a json_schema response_format (enums, booleans and a
+// small array, so even the tiny model's garbage finishes as a document).
+const weather = {
+  type: "object",
+  properties: {
+    sky: { enum: ["clear", "cloudy", "green"] },
+    rain: { type: "boolean" },
+    winds: { type: "array", items: { enum: ["north", "south"] }, minItems: 1, maxItems: 2 },
+  },
+  required: ["sky", "rain", "winds"],
+  additionalProperties: false,
+};
+const structured = await client.chat.completions.create({
+  model: process.env.BASE_MODEL,
+  messages: [{ role: "user", content: "The weather, as JSON." }],
+  max_tokens: 300,
+  temperature: 1,
+  seed: 5,
+  response_format: { type: "json_schema", json_schema: { name: "weather", schema: weather, strict: true } },
+});
+let parsed = null;
+try {
+  parsed = JSON.parse(structured.choices[0].message.content);
+} catch (e) {
+  parsed = { parse_error: String(e) };
+}
+out.structured = { schema: weather, finish: structured.choices[0].finish_reason, parsed,
+                   content: structured.choices[0].message.content };
 
 const legacy = await client.completions.create({ model: process.env.BASE_MODEL, prompt: "Hello", max_tokens: 3 });
 out.completion = { text: legacy.choices[0].text, object: legacy.object };
