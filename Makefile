@@ -94,7 +94,7 @@ san-test:
 # training beside serving) under ThreadSanitizer; a report stops the process
 # (halt_on_error), which fails its test. tests/tsan.supp names the one library
 # it cannot see into (OpenBLAS's own threads).
-TSAN_TESTS := tests/e2e_serve.py tests/e2e_jobs.py tests/e2e_tools.py
+TSAN_TESTS := tests/e2e_serve.py tests/e2e_jobs.py
 tsan-test:
 	$(MAKE) BUILD=build-tsan TSAN=1 OPT=-O1 build-tsan/retune build-tsan/tests/test_infer
 	TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$(CURDIR)/tests/tsan.supp" sh tests/run.sh build-tsan build-tsan/tests/test_infer $(TSAN_TESTS)
