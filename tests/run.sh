@@ -22,12 +22,14 @@ tally() { # $1 = name, $2 = exit status, $3 = output file
 out=$(mktemp)
 run_one() { # $1 = a test binary or an e2e script
     echo "== $1"
+    t0=$(date +%s)
     case "$1" in
         *.py) RETUNE_BIN="$BUILD/retune" python3 "$1" > "$out" 2>&1 ;;
         *) "$1" > "$out" 2>&1 ;;
     esac
     rc=$?
     cat "$out"; tally "$1" $rc "$out"
+    echo "   ($1: $(($(date +%s) - t0)) s)"
 }
 if [ "$MODE" = only ]; then
     for t in $ONLY; do run_one "$t"; done
