@@ -74,7 +74,6 @@ enum api_match api_route_match(const char *method, const char *raw_path,
 bool api_percent_decode(const char *src, size_t len, char *dst, size_t size,
                         bool plus_is_space);
 
-typedef struct api_full_engine api_full_engine;
 
 struct api_server {
     struct MHD_Daemon *daemon;
@@ -83,8 +82,8 @@ struct api_server {
     engine_server *engine;         /* cfg.engine */
     int port;
     int in_flight;                 /* requests between first call and completion */
-    api_full_engine *fulls;        /* engines of full fine-tuned models (api/engines.c) */
-    pthread_mutex_t lock;          /* guards in_flight and fulls */
+    engine_pool *fulls;            /* engines of full fine-tuned models */
+    pthread_mutex_t lock;          /* guards in_flight */
 };
 
 struct api_request {
@@ -191,7 +190,7 @@ int api_job_check_hyperparameters(const cJSON *hp, char *param, size_t psize, ch
 typedef struct api_target {
     engine_server *engine;
     char adapter[640];
-    api_full_engine *full;
+    engine_pool_entry *full;
 } api_target;
 
 /* Resolves `model` (registering adapters on first use, opening full models'
@@ -199,12 +198,6 @@ typedef struct api_target {
 bool api_model_resolve(api_request *req, const char *model, api_target *out);
 void api_model_release(api_request *req, api_target *t);
 
-int api_engines_acquire(api_server *srv, const char *name, const char *dir, engine_server **eng,
-                        api_full_engine **handle, char *err, size_t errsize);
-void api_engines_release(api_server *srv, api_full_engine *e);
-/* Unregisters a deleted model (adapter or full); in-flight requests finish. */
-void api_engines_forget(api_server *srv, const char *name);
-void api_engines_close_all(api_server *srv);
 
 /* ---- handlers ---- */
 int api_health(api_request *req);

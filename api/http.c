@@ -274,6 +274,12 @@ int api_server_start(const api_config *cfg, storage *st, api_server **out)
     srv->cfg = *cfg;
     srv->st = st;
     srv->engine = cfg->engine;
+    engine_pool_config pc = {.device = cfg->device, .budget_bytes = cfg->full_model_budget_bytes,
+                             .special_tokens_in_text = cfg->special_tokens_in_text};
+    if (engine_pool_new(&pc, &srv->fulls) != RT_OK) {
+        free(srv);
+        return RT_ERR_NOMEM;
+    }
     pthread_mutex_init(&srv->lock, NULL);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
                      MHD_USE_ERROR_LOG | MHD_USE_ITC | (ipv6 ? MHD_USE_IPv6 : 0);
@@ -287,6 +293,7 @@ int api_server_start(const api_config *cfg, storage *st, api_server **out)
     if (!srv->daemon) {
         rt_log(RT_LOG_ERROR, "cannot listen on %s:%d (address in use or not permitted)",
                cfg->host, cfg->port);
+        engine_pool_free(srv->fulls);
         pthread_mutex_destroy(&srv->lock);
         free(srv);
         return RT_ERR_IO;
@@ -317,7 +324,7 @@ void api_server_stop(api_server *srv)
         nanosleep(&ts, NULL);
     }
     MHD_stop_daemon(srv->daemon);
-    api_engines_close_all(srv);
+    engine_pool_free(srv->fulls);
     pthread_mutex_destroy(&srv->lock);
     free(srv);
 }

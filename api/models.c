@@ -106,6 +106,15 @@ int api_models_get(api_request *req)
     return model_not_found(req, id);
 }
 
+/* A deleted model stops being served: an adapter is unregistered from the
+ * base engine, a full fine-tune's engine closes once its requests finish. */
+static void forget_model(api_server *srv, const char *id)
+{
+    if (srv->engine && engine_adapter_exists(srv->engine, id))
+        engine_adapter_remove(srv->engine, id);
+    engine_pool_forget(srv->fulls, id);
+}
+
 int api_models_delete(api_request *req)
 {
     const api_config *cfg = &req->srv->cfg;
@@ -122,7 +131,7 @@ int api_models_delete(api_request *req)
     if (rc != RT_OK)
         return api_respond_internal(req, rc);
     /* Requests in flight keep their reference and finish first. */
-    api_engines_forget(req->srv, id);
+    forget_model(req->srv, id);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", id);
     cJSON_AddStringToObject(o, "object", "model");
@@ -177,7 +186,7 @@ bool api_model_resolve(api_request *req, const char *model, api_target *out)
             return true;
         }
     } else {
-        rc = api_engines_acquire(req->srv, model, path, &out->engine, &out->full, err, sizeof err);
+        rc = engine_pool_acquire(req->srv->fulls, model, path, &out->engine, &out->full, err, sizeof err);
         if (rc == RT_OK)
             return true;
     }
@@ -189,6 +198,6 @@ bool api_model_resolve(api_request *req, const char *model, api_target *out)
 void api_model_release(api_request *req, api_target *t)
 {
     if (t->full)
-        api_engines_release(req->srv, t->full);
+        engine_pool_release(req->srv->fulls, t->full);
     t->full = NULL;
 }

@@ -300,4 +300,35 @@ void engine_cancel(engine_handle *h);
  * to stop it); callbacks still arrive until on_done. NULL is allowed. */
 void engine_handle_release(engine_handle *h);
 
+/* ---- the engines of full fine-tuned models --------------------------------- */
+
+/*
+ * A full fine-tune has weights of its own, so it is served by an engine of
+ * its own. The pool opens one on first use, shares it between every request
+ * naming it (reference counted) and closes the least recently used unused
+ * ones when the resident weights exceed the budget. Thread-safe.
+ */
+typedef struct engine_pool engine_pool;
+typedef struct engine_pool_entry engine_pool_entry; /* one held engine */
+
+typedef struct engine_pool_config {
+    const char *device;           /* as engine_server_config's (copied) */
+    size_t budget_bytes;          /* resident weights of unused engines */
+    bool special_tokens_in_text;  /* as engine_server_config's */
+} engine_pool_config;
+
+int engine_pool_new(const engine_pool_config *cfg, engine_pool **out);
+
+/* Closes every engine; no engine may be held any more. NULL is allowed. */
+void engine_pool_free(engine_pool *p);
+
+/* The engine serving model name from dir, opened when none is resident;
+ * *held is released with engine_pool_release. Errors: engine_server_open's. */
+int engine_pool_acquire(engine_pool *p, const char *name, const char *dir, engine_server **eng,
+                        engine_pool_entry **held, char *err, size_t errsize);
+void engine_pool_release(engine_pool *p, engine_pool_entry *held);
+
+/* The model name is gone (deleted): its engine closes once nobody holds it. */
+void engine_pool_forget(engine_pool *p, const char *name);
+
 #endif

@@ -1092,6 +1092,36 @@ static void test_lru(engine_server *srv, size_t budget)
     CHECK_MSG(bytes <= budget && resident <= 2, "%zu bytes in %d adapters", bytes, resident);
 }
 
+/* The pool of full fine-tunes' engines: one engine per name however many
+ * hold it; a forgotten name's engine stays with those holding it while the
+ * next acquire opens a fresh one; the budget closes unused engines. */
+static void test_engine_pool(void)
+{
+    engine_pool *p = NULL;
+    engine_pool_config pc = {.device = "cpu", .budget_bytes = 0};
+    CHECK_EQ_INT(engine_pool_new(&pc, &p), RT_OK);
+    if (!p)
+        return;
+    engine_server *a = NULL, *b = NULL, *c = NULL;
+    engine_pool_entry *ha = NULL, *hb = NULL, *hc = NULL;
+    char err[256] = "";
+    CHECK_EQ_INT(engine_pool_acquire(p, "full-1", TINY, &a, &ha, err, sizeof err), RT_OK);
+    CHECK_EQ_INT(engine_pool_acquire(p, "full-1", TINY, &b, &hb, err, sizeof err), RT_OK);
+    CHECK(a && a == b && ha == hb);
+    engine_pool_forget(p, "full-1");  /* deleted while two requests hold it */
+    engine_server_info info = {0};
+    if (a)
+        engine_server_info_get(a, &info);
+    CHECK(info.vocab_size > 0); /* still usable */
+    CHECK_EQ_INT(engine_pool_acquire(p, "full-1", TINY, &c, &hc, err, sizeof err), RT_OK);
+    CHECK(c && c != a); /* a new publish of the name gets a fresh engine */
+    engine_pool_release(p, ha);
+    engine_pool_release(p, hb);       /* the forgotten engine closes here */
+    engine_pool_release(p, hc);       /* budget 0: closed once unused */
+    CHECK_EQ_INT(engine_pool_acquire(p, "full-2", "/nonexistent/model", &a, &ha, err, sizeof err) != RT_OK, 1);
+    engine_pool_free(p);
+}
+
 int main(void)
 {
     snprintf(tmp_root, sizeof tmp_root, "/tmp/retune_infer_XXXXXX");
@@ -1113,6 +1143,7 @@ int main(void)
     fprintf(stderr, "-- test_kv_decode\n");
     test_kv_decode(dirs[1]);
     RUN(test_echo_reference);
+    RUN(test_engine_pool);
 
     /* budget: two rank-4 adapters' worth, so the LRU must evict */
     size_t one = 0;
