@@ -201,3 +201,15 @@ void api_model_release(api_request *req, api_target *t)
         engine_pool_release(req->srv->fulls, t->full);
     t->full = NULL;
 }
+
+void api_model_published(api_server *srv, const char *name, const char *kind, const char *dir)
+{
+    char err[512] = "";
+    if (!srv || !srv->engine || strcmp(kind, "adapter"))
+        return;
+    int rc = engine_adapter_add(srv->engine, name, dir, err, sizeof err);
+    if (rc == RT_OK)
+        rt_log(RT_LOG_INFO, "model %s registered for serving", name);
+    else if (rc != RT_ERR_EXISTS) /* the first request will try again, and say why */
+        rt_log(RT_LOG_WARN, "model %s could not be registered: %s", name, err);
+}

@@ -300,11 +300,12 @@ static void succeed(job_run *r, const char *out_dir, bool full)
     snprintf(r->job->fine_tuned_model, sizeof r->job->fine_tuned_model, "%s", r->model_name);
     r->job->estimated_finish = 0;
     save(r);
+    /* announced before the job says succeeded: its first request finds it registered */
+    if (r->cfg->on_model)
+        r->cfg->on_model(r->cfg->ctx, r->model_name, full ? "model" : "adapter", target);
     finish_as(r, "succeeded");
     event(r, "info", "message", NULL, "New fine-tuned model created: %s", r->model_name);
     event(r, "info", "message", NULL, "The job has successfully completed");
-    if (r->cfg->on_model)
-        r->cfg->on_model(r->cfg->ctx, r->model_name, full ? "model" : "adapter", target);
 }
 
 /* A run that stopped early: cancelled, paused, or the server is stopping. */

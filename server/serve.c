@@ -275,6 +275,12 @@ static void model_base_id(const char *dir, char *out, size_t size)
     snprintf(out, size, "%s", basename(copy));
 }
 
+/* The worker's hook: a job published a model; the API registers it. */
+static void announce_model(void *ctx, const char *name, const char *kind, const char *dir)
+{
+    api_model_published(ctx, name, kind, dir);
+}
+
 /* Opens the serving engine on the base model and registers --lora adapters. */
 static int open_engine(const serve_options *o, engine_server **out)
 {
@@ -363,7 +369,7 @@ int server_serve_main(int argc, char **argv)
     if (api_server_start(&cfg, st, &srv) != RT_OK)
         goto out_storage;
     worker_config wc = {.st = st, .model_dir = o.model_dir, .device = o.device, .dtype = o.dtype,
-                        .engine = eng};
+                        .engine = eng, .on_model = announce_model, .ctx = srv};
     if (o.model_dir && worker_start(&wc, &wk) != RT_OK) {
         api_server_stop(srv);
         goto out_storage;
@@ -373,8 +379,8 @@ int server_serve_main(int argc, char **argv)
     fflush(stderr);
     int sig = wait_for_stop_signal(&set);
     rt_log(RT_LOG_INFO, "signal %d: stopping (finishing requests in flight)", sig);
+    worker_stop(wk); /* first: its hook (announce_model) uses the API server */
     api_server_stop(srv);
-    worker_stop(wk);
     status = 0;
 out_storage:
     engine_server_close(eng);

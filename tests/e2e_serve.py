@@ -253,6 +253,9 @@ def test_adapters_served(srv, d):
                         "target_modules": "all-linear", "checkpoint_interval": 4})
     t.eq(job["status"], "succeeded", f"LoRA job succeeded ({job.get('error')})")
     name = job["fine_tuned_model"]
+    # Issue 12: the worker announced it, so it is registered before its first request.
+    t.check(f"model {name} registered for serving" in srv.log_text(),
+            "a freshly published adapter is registered by the worker, not by its first request")
     status, _, tuned = chat(srv, name, max_tokens=10)
     t.eq(status, 200, f"the fine-tuned model is served at once, no restart ({tuned})")
     base = chat(srv, "tiny_chat", max_tokens=10)[2]
