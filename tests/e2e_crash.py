@@ -1,9 +1,10 @@
 """Crash injection in the spirit of SQLite's: the real server is killed with
 SIGKILL at 50 random moments while uploads stream in, jobs train, write
-checkpoints and publish their models. After every kill the restarted server
+checkpoints and publish their models, and adapters are imported. After every kill the restarted server
 must show:
 
-  - every upload it acknowledged (a 200 with an id), byte for byte;
+  - every upload it acknowledged (a 200 with an id), byte for byte, and
+    every adapter import it acknowledged, listed;
   - every job it reported finished, still finished, its model still listed;
   - no two checkpoint rows for one job and step, no model row without its
     folder, and `PRAGMA integrity_check` ok on the SQLite file;
@@ -100,11 +101,32 @@ class Load:
         self.uploads = {}      # file id -> sha256 of what was sent
         self.jobs = []         # acknowledged job ids
         self.finished = {}     # job id -> fine_tuned_model, once seen succeeded
+        self.imports = []      # acknowledged adapter imports (model names)
         self.lock = threading.Lock()
+
+    def import_some(self, srv, d, stop):
+        """Imports a finished job's adapter under new names (a publish each)."""
+        while not stop.is_set():
+            done = [j for j in self.jobs if j in self.finished]
+            folder = os.path.join(d, "adapters", done[0]) if done else None
+            if not folder or not os.path.isdir(folder):
+                time.sleep(0.05)
+                continue
+            files = {k: (k, open(os.path.join(folder, k), "rb").read())
+                     for k in ("adapter_config.json", "adapter_model.safetensors")}
+            name = f"imp-{rng.randint(0, 1 << 40)}"
+            body, hdrs = multipart({"name": name}, files)
+            try:
+                status = srv.json("POST", "/v1/adapters", body, hdrs)[0]
+            except Exception:
+                return
+            if status == 200:
+                with self.lock:
+                    self.imports.append(name)
 
     def upload_some(self, srv, stop):
         while not stop.is_set():
-            content = dataset(rng.randint(8, 4000), salt=f" #{rng.randint(0, 1 << 30)}")
+            content = dataset(rng.randint(8, 1500), salt=f" #{rng.randint(0, 1 << 30)}")
             try:
                 fid = upload(srv, content)
             except Exception:
@@ -133,6 +155,9 @@ def check_after_restart(srv, d, load, cycle):
                        f"cycle {cycle}: acknowledged upload {fid} is intact"):
             break
     models = {m["id"] for m in srv.json("GET", "/v1/models")[2].get("data", [])}
+    for name in list(load.imports):
+        if not t.check(name in models, f"cycle {cycle}: acknowledged adapter import {name} is listed"):
+            break
     for jid, model in list(load.finished.items()):
         j = job(srv, jid)
         t.check(j.get("status") == "succeeded" and model in models,
@@ -161,7 +186,8 @@ def one_cycle(d, load, cycle):
                 load.jobs.append(jid)
         stop = threading.Event()
         workers = [threading.Thread(target=load.upload_some, args=(srv, stop)),
-                   threading.Thread(target=load.watch_jobs, args=(srv, stop))]
+                   threading.Thread(target=load.watch_jobs, args=(srv, stop)),
+                   threading.Thread(target=load.import_some, args=(srv, d, stop))]
         for w in workers:
             w.start()
         time.sleep(rng.uniform(0.05, 1.2))
@@ -186,6 +212,7 @@ def test_kill_at_random_moments():
             final = wait_all(srv, load.jobs)
             t.check(len(load.jobs) >= 5, f"jobs were trained across the kills ({len(load.jobs)})")
             t.check(len(load.uploads) >= 50, f"uploads were acknowledged across the kills ({len(load.uploads)})")
+            t.check(len(load.imports) >= 10, f"adapter imports were acknowledged across the kills ({len(load.imports)})")
             for jid in load.jobs:
                 j = final.get(jid, {})
                 t.eq(j.get("status"), "succeeded", f"interrupted job {jid} finishes ({j.get('error')})")
