@@ -9,9 +9,12 @@
 #include "server/worker.h"
 #include "storage/storage.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -249,10 +252,28 @@ static int parse_flags(serve_options *o, int argc, char **argv)
     return o->keys_file ? read_keys_file(o, o->keys_file) : 0;
 }
 
+/* True when every address host names is a loopback one (127.0.0.0/8,
+ * ::1, or IPv4-mapped 127/8): "127.0.0.1", "localhost", "::1", never a
+ * name that merely starts with "127.". A name that does not resolve is not. */
 static bool is_loopback(const char *host)
 {
-    return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0 ||
-           strcmp(host, "::1") == 0;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res)
+        return false;
+    bool all = true;
+    for (struct addrinfo *a = res; a; a = a->ai_next) {
+        if (a->ai_family == AF_INET) {
+            const struct sockaddr_in *v4 = (const struct sockaddr_in *)a->ai_addr;
+            all = all && (ntohl(v4->sin_addr.s_addr) >> 24) == 127;
+        } else if (a->ai_family == AF_INET6) {
+            const struct in6_addr *v6 = &((const struct sockaddr_in6 *)a->ai_addr)->sin6_addr;
+            all = all && (IN6_IS_ADDR_LOOPBACK(v6) || (IN6_IS_ADDR_V4MAPPED(v6) && v6->s6_addr[12] == 127));
+        } else {
+            all = false;
+        }
+    }
+    freeaddrinfo(res);
+    return all;
 }
 
 /* Blocks until SIGINT or SIGTERM arrives (the signals are blocked in every

@@ -311,6 +311,10 @@ def test_auth():
         proc = subprocess.run([BIN, "serve", "--data-dir", d, "--host", "0.0.0.0", "--port", "0"],
                               capture_output=True, timeout=30, env=dict(os.environ, RETUNE_INSECURE_NO_AUTH=off))
         t.eq(proc.returncode, 2, f"RETUNE_INSECURE_NO_AUTH={off!r} leaves auth on")
+    for host in ("127.evil.example", "127.0.0.1.nip.io"):  # issue 13: a prefix is not loopback
+        proc = subprocess.run([BIN, "serve", "--data-dir", d, "--host", host, "--port", "0"],
+                              capture_output=True, timeout=30)
+        t.eq(proc.returncode, 2, f"--host {host} without keys is refused (not loopback)")
     srv = Server(d, env={"RETUNE_API_KEY": "sk-env"})
     try:
         status, _, _ = srv.json("GET", "/v1/files", headers={"Authorization": "Bearer sk-env"})
