@@ -229,7 +229,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!req)
         return;
     double seconds = rt_now_seconds() - req->started;
-    int status = req->responded ? req->status : 499;
+    /* 499 (nginx's "client closed request"): never answered, or the client
+     * left before the answer (a stream) was all sent */
+    int status = req->responded && toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? req->status : 499;
     rt_log(RT_LOG_INFO, "%s %s %d %.1fms %s%s", req->method, req->path, status, seconds * 1e3,
            req->request_id, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (aborted)");
     api_metrics_observe(req->route ? req->route->name : "unmatched", req->method, status, seconds);

@@ -324,6 +324,10 @@ def test_disconnect(srv):
     s.close()
     time.sleep(0.3)
     t.eq(chat(srv, "tiny_chat")[0], 200, "server serves on after a client left mid-stream")
+    # Issue 13: the abandoned stream counts as 499 in /metrics, not as a 200.
+    metrics = srv.request("GET", "/metrics")[2].decode()
+    t.check('route="chat_completions",method="POST",status="499"' in metrics or
+            ('status="499"' in metrics and "chat" in metrics), "an abandoned stream is a 499 in /metrics")
 
 
 def padded_model(root):
