@@ -358,8 +358,11 @@ int chat_jinja_render(const jinja_template *t, const chat_jinja_vars *v, const t
     o.plain = plain;
     if (rc == RT_OK)
         rc = find_answers(t, v, msgs, n, whole, len, &spans, answers, &n_answers, err, errsize);
-    if (rc == RT_OK)
+    if (rc == RT_OK) {
         rc = encode_pieces(tok, v, whole, len, answers, n_answers, &o);
+        if (rc != RT_OK && rc != RT_ERR_NOMEM && err && errsize)
+            snprintf(err, errsize, "the text could not be tokenized (%s)", rt_strerror(rc));
+    }
     free(plain);
     free(whole);
     free(answers);

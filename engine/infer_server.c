@@ -496,9 +496,13 @@ static int prompt_tokens(const engine_server *srv, const engine_request *r, int3
         return st_fail(err, errsize, RT_ERR_UNSUPPORTED,
                        "the model has no tokenizer.json: only prompt_ids can be served");
     bool trusted = srv->cfg.special_tokens_in_text;
-    if (r->prompt)
-        return tokenizer_encode_ex(srv->tok, r->prompt, strlen(r->prompt),
-                                   TOKENIZER_ADD_SPECIAL | (trusted ? 0 : TOKENIZER_PLAIN_TEXT), ids, n);
+    if (r->prompt) {
+        int rc = tokenizer_encode_ex(srv->tok, r->prompt, strlen(r->prompt),
+                                     TOKENIZER_ADD_SPECIAL | (trusted ? 0 : TOKENIZER_PLAIN_TEXT), ids, n);
+        return rc == RT_OK || rc == RT_ERR_NOMEM
+                   ? rc : st_fail(err, errsize, RT_ERR_INVALID, "prompt: the text could not be "
+                                  "tokenized (%s)", rt_strerror(rc));
+    }
     if (r->tools && chat_template_tool_format(srv->tmpl) == TOOL_FORMAT_NONE)
         return st_fail(err, errsize, RT_ERR_INVALID, "tools: this model's chat template does not "
                        "take tools (it writes no tool-call markers)");

@@ -546,6 +546,9 @@ int tk_regex_spans(const pcre2_code *re, pcre2_match_data *md, const char *s,
         int rc = pcre2_match(re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, md, NULL);
         if (rc == PCRE2_ERROR_NOMATCH)
             break;
+        if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT || rc == PCRE2_ERROR_HEAPLIMIT ||
+            rc == PCRE2_ERROR_JIT_STACKLIMIT)
+            return RT_ERR_TOO_LARGE; /* a pathological text for this pattern, not a bad argument */
         if (rc < 0)
             return RT_ERR_INVALID;
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);

@@ -1115,6 +1115,30 @@ static void test_chat_tools(void)
                     "\"name\": \"get_weather\"");
 }
 
+/* Issue 13: a text that makes a tokenizer's pattern backtrack past PCRE2's
+ * match limit is RT_ERR_TOO_LARGE (a resource limit), not a bad argument. */
+static void test_regex_limit(void)
+{
+    tokenizer *tok = NULL;
+    char err[256];
+    const char *pre = "{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(a|aa)+[0-9]\"},"
+                      "\"behavior\":\"Isolated\",\"invert\":false}";
+    CHECK_EQ_INT(load_parts_json("null", pre, "null", "null", &tok, err, sizeof err), RT_OK);
+    if (!tok)
+        return;
+    char text[4096];
+    memset(text, 'a', sizeof text - 2);
+    text[sizeof text - 2] = 'b'; /* no digit: every way of cutting the a's is tried */
+    text[sizeof text - 1] = '\0';
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = tokenizer_encode(tok, text, strlen(text), false, &ids, &n);
+    CHECK_MSG(rc == RT_ERR_TOO_LARGE, "rc %d (%s)", rc, rt_strerror(rc));
+    if (rc == RT_OK)
+        free(ids);
+    tokenizer_free(tok);
+}
+
 /* Issue 13: special-token text a user writes is text, not control tokens;
  * the template's own markers stay control tokens. */
 static void test_special_injection(void)
@@ -1238,6 +1262,7 @@ int main(int argc, char **argv)
     RUN(test_chat_mask);
     RUN(test_chat_tools);
     RUN(test_special_injection);
+    RUN(test_regex_limit);
     RUN(test_speed);
     return TEST_SUMMARY();
 }
