@@ -121,7 +121,7 @@ static int read_config(const char *path, model_config *out, char *err, size_t er
 {
     char *json = NULL;
     size_t len = 0;
-    int rc = st_read_file(path, 1u << 20, &json, &len, err, errsize);
+    int rc = rt_read_file(path, 1u << 20, &json, &len, err, errsize);
     if (rc == RT_OK)
         rc = hf_config_parse(json, len, path, out, err, errsize);
     free(json);

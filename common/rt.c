@@ -60,3 +60,13 @@ double rt_now_seconds(void)
 }
 
 int64_t rt_unix_time(void) { return (int64_t)time(NULL); }
+
+void rt_fail_message(char *err, size_t errsize, const char *fmt, ...)
+{
+    if (err && errsize > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errsize, fmt, ap);
+        va_end(ap);
+    }
+}

@@ -1,8 +1,9 @@
 /*
  * common/rt.h — the project-wide error type and the tiny utilities every
- * module may use (logging, monotonic time). This is the one leaf module all
- * others may include; it depends on nothing but libc. (common/fs.c holds
- * its two file-system helpers.)
+ * module may use (logging, monotonic time, one way to report an error into
+ * err/errsize). This is the one leaf module all others may include; it
+ * depends on nothing but libc. (common/fs.c holds its file-system helpers:
+ * trees, durable renames, atomic files, whole-file reads.)
  *
  * Fallible functions return an int: RT_OK (0) or one of the negative codes
  * below. Results come back through out-parameters that stay untouched on
@@ -55,5 +56,48 @@ void rt_remove_tree(const char *path);
 
 /* fsyncs the folder that holds path, so a rename into it is durable. */
 int rt_sync_dir_of(const char *path);
+
+/* ---- atomic file output and whole-file input (common/fs.c) ---- */
+
+/* An output file that appears at its final path only on commit. */
+typedef struct rt_atomic_file {
+    int fd;
+    char *tmp_path;   /* owned */
+    char *path;       /* owned */
+} rt_atomic_file;
+
+/* Creates a temporary file next to path (borrowed). RT_ERR_IO, RT_ERR_NOMEM. */
+int rt_atomic_begin(rt_atomic_file *a, const char *path, char *err, size_t errsize);
+
+/* Appends len bytes; retries short writes. RT_ERR_IO. */
+int rt_atomic_append(rt_atomic_file *a, const void *data, size_t len, char *err, size_t errsize);
+
+/* fsync, close, rename to the final path, fsync the directory; frees a.
+ * On error the temporary file is removed. RT_ERR_IO. */
+int rt_atomic_commit(rt_atomic_file *a, char *err, size_t errsize);
+
+/* Removes the temporary file and frees a; safe after a failed begin. */
+void rt_atomic_abort(rt_atomic_file *a);
+
+/* One-shot: writes len bytes of data to path atomically. */
+int rt_write_file_atomic(const char *path, const void *data, size_t len,
+                         char *err, size_t errsize);
+
+/* Reads a whole regular file of at most max_bytes into a NUL-terminated
+ * buffer the caller frees with free(). Errors: RT_ERR_NOT_FOUND (no such
+ * file), RT_ERR_IO, RT_ERR_TOO_LARGE (over max_bytes), RT_ERR_NOMEM. */
+int rt_read_file(const char *path, size_t max_bytes, char **out, size_t *len,
+                 char *err, size_t errsize);
+
+/* Formats err (when not NULL and errsize > 0) like snprintf. */
+void rt_fail_message(char *err, size_t errsize, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* rt_fail(err, errsize, code, fmt, ...): formats err as rt_fail_message
+ * does and is code: the one-line error report every module's err/errsize
+ * shares ("return rt_fail(err, errsize, RT_ERR_FORMAT, "...", ...)"). A
+ * macro, so that the compiler sees the code a failing path returns. */
+#define rt_fail(err, errsize, code, ...) \
+    __extension__({ rt_fail_message((err), (errsize), __VA_ARGS__); (code); })
 
 #endif

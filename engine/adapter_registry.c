@@ -95,24 +95,24 @@ static int validate(const model_config *c, const char *dir, peft_config *pc, cha
     if (rc != RT_OK)
         return rc;
     if (snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir) >= (int)sizeof path)
-        return st_fail(err, errsize, RT_ERR_INVALID, "adapter path is too long");
-    st_file *f = NULL;
-    rc = st_file_open(path, &f, err, errsize);
+        return rt_fail(err, errsize, RT_ERR_INVALID, "adapter path is too long");
+    sft_file *f = NULL;
+    rc = sft_file_open(path, &f, err, errsize);
     if (rc != RT_OK)
         return rc;
     bool *seen = calloc(2 * (size_t)c->num_hidden_layers * PEFT_MODULE_COUNT, sizeof *seen);
     rc = seen ? RT_OK : RT_ERR_NOMEM;
-    for (size_t i = 0; rc == RT_OK && i < st_tensor_count(f); i++) {
+    for (size_t i = 0; rc == RT_OK && i < sft_tensor_count(f); i++) {
         size_t slot;
         char which;
-        rc = lora_check_tensor(c, pc, st_tensor_at(f, i), &slot, &which, err, errsize);
+        rc = lora_check_tensor(c, pc, sft_tensor_at(f, i), &slot, &which, err, errsize);
         if (rc == RT_OK)
             seen[2 * slot + (which == 'B')] = true;
     }
     if (rc == RT_OK)
         rc = lora_check_complete(c, pc, seen, err, errsize);
     free(seen);
-    st_file_close(f);
+    sft_file_close(f);
     return rc;
 }
 
@@ -162,7 +162,7 @@ int adapter_registry_add(adapter_registry *r, const char *name, const char *dir,
                          size_t errsize)
 {
     if (!name || !*name || !dir)
-        return st_fail(err, errsize, RT_ERR_INVALID, "adapter name and directory are required");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "adapter name and directory are required");
     peft_config pc;
     int rc = validate(&r->cfg, dir, &pc, err, errsize);
     if (rc != RT_OK)
@@ -183,7 +183,7 @@ int adapter_registry_add(adapter_registry *r, const char *name, const char *dir,
     pthread_mutex_unlock(&r->mu);
     if (taken) {
         entry_free(e);
-        return st_fail(err, errsize, RT_ERR_EXISTS, "an adapter called %s is already registered",
+        return rt_fail(err, errsize, RT_ERR_EXISTS, "an adapter called %s is already registered",
                        name);
     }
     return RT_OK;
@@ -284,7 +284,7 @@ int adapter_registry_acquire(adapter_registry *r, const char *name, adapter_entr
     adapter_entry *e = name ? find(r, name) : NULL;
     if (!e) {
         pthread_mutex_unlock(&r->mu);
-        return st_fail(err, errsize, RT_ERR_NOT_FOUND, "no adapter called %s",
+        return rt_fail(err, errsize, RT_ERR_NOT_FOUND, "no adapter called %s",
                        name ? name : "(null)");
     }
     e->pins++;

@@ -13,19 +13,8 @@
 #include <stdio.h>
 #include <string.h>
 
-static int fail(char *reason, size_t size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-/* Writes a formatted reason and returns RT_ERR_FORMAT. */
-static int fail(char *reason, size_t size, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    if (size)
-        vsnprintf(reason, size, fmt, ap);
-    va_end(ap);
-    return RT_ERR_FORMAT;
-}
+/* A line's problem: its reason, and RT_ERR_FORMAT. */
+#define fail(reason, size, ...) rt_fail(reason, size, RT_ERR_FORMAT, __VA_ARGS__)
 
 bool engine_utf8_valid(const char *s, size_t len)
 {

@@ -41,7 +41,7 @@ static int generator_open(generator *g, const engine_generate_config *c, char *e
     char path[4096];
     int rc = kernels_backend_get(c->device ? c->device : engine_default_device(), &be);
     if (rc != RT_OK)
-        return st_fail(err, errsize, rc, "device %s is not available (%s)", c->device ? c->device : "default", rt_strerror(rc));
+        return rt_fail(err, errsize, rc, "device %s is not available (%s)", c->device ? c->device : "default", rt_strerror(rc));
     rc = model_load(c->model_dir, be, &g->m, err, errsize);
     if (rc == RT_OK && c->adapter_dir)
         rc = lora_load(c->adapter_dir, &g->m->cfg, be, &g->ad, err, errsize);
@@ -129,7 +129,7 @@ int engine_generate(const engine_generate_config *c, char **text, int *n_tokens,
         rc = encode_prompt(&g, c);
     prompt_len = g.n_ids;
     if (rc == RT_OK && g.cap > (size_t)g.m->cfg.max_position_embeddings)
-        rc = st_fail(err, errsize, RT_ERR_INVALID,
+        rc = rt_fail(err, errsize, RT_ERR_INVALID,
                      "prompt plus max tokens (%zu) exceed the model's context of %d tokens", g.cap,
                      g.m->cfg.max_position_embeddings);
     if (rc == RT_OK)

@@ -64,14 +64,14 @@ static int hf_int(const hf_ctx *c, const char *key, bool has_def, int def, int m
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(c->obj, key);
     if (hf_absent(it)) {
         if (!has_def)
-            return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: required field %s is missing", c->src, key);
+            return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: required field %s is missing", c->src, key);
         *out = def;
         return RT_OK;
     }
     double d = cJSON_IsNumber(it) ? it->valuedouble : NAN;
     char got[32];
     if (!(d >= min && d <= 2147483647.0) || d != (double)(int)d)
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be an integer in [%d, 2147483647], not %s",
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be an integer in [%d, 2147483647], not %s",
                        c->src, key, min, hf_json_describe(it, got, sizeof got));
     *out = (int)d;
     return RT_OK;
@@ -84,7 +84,7 @@ static int hf_float(const hf_ctx *c, const char *key, bool has_def, float def, f
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(c->obj, key);
     if (hf_absent(it)) {
         if (!has_def)
-            return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: required field %s is missing", c->src, key);
+            return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: required field %s is missing", c->src, key);
         *out = def;
         return RT_OK;
     }
@@ -93,7 +93,7 @@ static int hf_float(const hf_ctx *c, const char *key, bool has_def, float def, f
     double d = cJSON_IsNumber(it) ? it->valuedouble : NAN;
     char got[32];
     if (!(d > 0.0 && d <= FLT_MAX) || !((float)d > 0.0f))
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be a positive number a float holds "
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be a positive number a float holds "
                        "(%g to %g), not %s", c->src, key, (double)FLT_TRUE_MIN, (double)FLT_MAX,
                        hf_json_describe(it, got, sizeof got));
     *out = (float)d;
@@ -109,7 +109,7 @@ static int hf_bool(const hf_ctx *c, const char *key, bool def, bool *out)
         return RT_OK;
     }
     if (!cJSON_IsBool(it))
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be true or false", c->src, key);
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be true or false", c->src, key);
     *out = cJSON_IsTrue(it);
     return RT_OK;
 }
@@ -128,7 +128,7 @@ static int hf_token_id(const hf_ctx *c, const char *key, int *out)
     double d = cJSON_IsNumber(it) ? it->valuedouble : NAN;
     char got[32];
     if (!(d >= 0 && d <= 2147483647.0) || d != (double)(int)d)
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be an integer in [0, 2147483647], not %s",
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: %s must be an integer in [0, 2147483647], not %s",
                        c->src, key, hf_json_describe(it, got, sizeof got));
     *out = (int)d;
     return RT_OK;
@@ -140,24 +140,24 @@ static int hf_parse_arch(const hf_ctx *c, model_config *cfg)
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(c->obj, "model_type");
     char got[32];
     if (hf_absent(mt))
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: required field model_type is missing", c->src);
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: required field model_type is missing", c->src);
     if (!cJSON_IsString(mt))
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: model_type must be a string, not %s", c->src,
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: model_type must be a string, not %s", c->src,
                        hf_json_describe(mt, got, sizeof got));
     int arch = -1;
     for (int i = 0; i < (int)(sizeof hf_arches / sizeof hf_arches[0]); i++)
         if (strcmp(mt->valuestring, hf_arches[i].model_type) == 0)
             arch = i;
     if (arch < 0)
-        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+        return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
                        "%s: model_type '%.64s' is not supported (llama, mistral, qwen2, qwen3)", c->src, mt->valuestring);
     const cJSON *archs = cJSON_GetObjectItemCaseSensitive(c->obj, "architectures");
     if (!hf_absent(archs)) {
         const cJSON *first = cJSON_IsArray(archs) ? archs->child : NULL;
         if (!cJSON_IsString(first))
-            return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: architectures must be a list of names", c->src);
+            return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: architectures must be a list of names", c->src);
         if (strcmp(first->valuestring, hf_arches[arch].architecture) != 0)
-            return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+            return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
                            "%s: architectures '%.64s' is not supported with model_type '%s' (expected %s)",
                            c->src, first->valuestring, hf_arches[arch].model_type, hf_arches[arch].architecture);
     }
@@ -177,15 +177,15 @@ static int hf_parse_arch(const hf_ctx *c, model_config *cfg)
 static int hf_check_limits(const hf_ctx *c, const model_config *cfg)
 {
     if (cfg->num_hidden_layers > HF_MAX_LAYERS)
-        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED, "%s: num_hidden_layers %d is above the limit %d",
+        return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED, "%s: num_hidden_layers %d is above the limit %d",
                        c->src, cfg->num_hidden_layers, HF_MAX_LAYERS);
     if (cfg->head_dim > HF_MAX_HEAD_DIM)
-        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+        return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
                        "%s: head_dim %d is above the limit %d of retune's RoPE kernels", c->src,
                        cfg->head_dim, HF_MAX_HEAD_DIM);
     double qd = (double)cfg->num_attention_heads * cfg->head_dim;
     if (qd > 2147483647.0)
-        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+        return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
                        "%s: num_attention_heads %d x head_dim %d = %.0f is above the limit 2147483647",
                        c->src, cfg->num_attention_heads, cfg->head_dim, qd);
     double d = cfg->hidden_size, f = cfg->intermediate_size, v = cfg->vocab_size;
@@ -193,7 +193,7 @@ static int hf_check_limits(const hf_ctx *c, const model_config *cfg)
     double layer = 2 * d + 2 * qd * d + 2 * kvd * d + 3 * d * f;
     double params = 2 * v * d + d + (double)cfg->num_hidden_layers * layer;
     if (params > HF_MAX_PARAMS)
-        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+        return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
                        "%s: vocab_size %d, hidden_size %d, intermediate_size %d, num_hidden_layers %d and "
                        "heads x head_dim %.0f imply %.3g parameters, above the limit %.0e", c->src,
                        cfg->vocab_size, cfg->hidden_size, cfg->intermediate_size, cfg->num_hidden_layers, qd,
@@ -218,19 +218,19 @@ static int hf_parse_sizes(const hf_ctx *c, model_config *cfg)
         return rc;
     int heads = cfg->num_attention_heads;
     if (heads % cfg->num_key_value_heads != 0)
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT,
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT,
                        "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d",
                        c->src, heads, cfg->num_key_value_heads);
     const cJSON *hd = cJSON_GetObjectItemCaseSensitive(c->obj, "head_dim");
     bool qwen3 = cfg->arch == MODEL_ARCH_QWEN3; /* Qwen3Config's head_dim defaults to 128 */
     if (hf_absent(hd) && !qwen3 && cfg->hidden_size % heads != 0)
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT,
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT,
                        "%s: hidden_size %d is not divisible by num_attention_heads %d (and no head_dim)",
                        c->src, cfg->hidden_size, heads);
     if ((rc = hf_int(c, "head_dim", true, qwen3 ? 128 : cfg->hidden_size / heads, 1, &cfg->head_dim)))
         return rc;
     if (cfg->head_dim % 2 != 0)
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: head_dim %d%s must be even for RoPE",
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: head_dim %d%s must be even for RoPE",
                        c->src, cfg->head_dim, hf_absent(hd) ? " (hidden_size / num_attention_heads)" : "");
     return hf_check_limits(c, cfg);
 }
@@ -246,7 +246,7 @@ static int hf_parse_rope_llama3(const hf_ctx *sub, const hf_ctx *c, model_config
         (rc = hf_int(sub, "original_max_position_embeddings", false, 0, 1, &cfg->rope_original_max_position)))
         return rc;
     if (cfg->rope_high_freq_factor <= cfg->rope_low_freq_factor)
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT,
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT,
                        "%s: rope_scaling high_freq_factor must exceed low_freq_factor", c->src);
     return RT_OK;
 }
@@ -275,7 +275,7 @@ static int hf_parse_rope_yarn(const hf_ctx *sub, model_config *cfg)
         (rc = hf_bool(sub, "truncate", true, &truncate)))
         return rc;
     if (cfg->rope_theta == 1.0f) /* log(1) = 0: every frequency would come out NaN */
-        return st_fail(sub->err, sub->errsize, RT_ERR_FORMAT, "%s: yarn needs rope_theta above 1 (it divides "
+        return rt_fail(sub->err, sub->errsize, RT_ERR_FORMAT, "%s: yarn needs rope_theta above 1 (it divides "
                        "by log(rope_theta)), not %g", sub->src, (double)cfg->rope_theta);
     cfg->rope_no_truncate = !truncate;
     return RT_OK;
@@ -290,12 +290,12 @@ static int hf_parse_rope_scaling(const hf_ctx *c, const cJSON *rs, model_config 
     if (hf_absent(rs))
         return RT_OK;
     if (!cJSON_IsObject(rs))
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: rope_scaling must be an object or null", c->src);
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: rope_scaling must be an object or null", c->src);
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
     if (hf_absent(type))
         type = cJSON_GetObjectItemCaseSensitive(rs, "type");
     if (!cJSON_IsString(type))
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: rope_scaling has no rope_type", c->src);
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: rope_scaling has no rope_type", c->src);
     const char *t = type->valuestring;
     char label[512];
     snprintf(label, sizeof label, "%s: rope_scaling", c->src);
@@ -314,7 +314,7 @@ static int hf_parse_rope_scaling(const hf_ctx *c, const cJSON *rs, model_config 
         cfg->rope_type = MODEL_ROPE_YARN;
         return hf_parse_rope_yarn(&sub, cfg);
     }
-    return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+    return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
                    "%s: rope_scaling type '%.32s' is not supported (default, llama3, linear, yarn)",
                    c->src, t);
 }
@@ -327,14 +327,14 @@ static int hf_check_layer_types(const hf_ctx *c, const model_config *cfg)
     if (hf_absent(lt))
         return RT_OK;
     if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != cfg->num_hidden_layers)
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT,
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT,
                        "%s: layer_types must list num_hidden_layers (%d) names", c->src, cfg->num_hidden_layers);
     int l = 0;
     for (const cJSON *it = lt->child; it; it = it->next, l++) {
         bool sliding = cfg->sliding_window > 0 && l >= cfg->max_window_layers;
         const char *want = sliding ? "sliding_attention" : "full_attention";
         if (!cJSON_IsString(it) || strcmp(it->valuestring, want) != 0)
-            return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+            return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
                            "%s: layer_types[%d] is not '%s', which sliding_window and max_window_layers "
                            "imply; other layer patterns are not supported", c->src, l, want);
     }
@@ -370,13 +370,13 @@ static int hf_parse_misc(const hf_ctx *c, model_config *cfg)
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(c->obj, "hidden_act");
     char got[32];
     if (!hf_absent(act) && !cJSON_IsString(act))
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: hidden_act must be a string (silu), not %s", c->src,
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: hidden_act must be a string (silu), not %s", c->src,
                        hf_json_describe(act, got, sizeof got));
     if (!hf_absent(act) && strcmp(act->valuestring, "silu") != 0 && strcmp(act->valuestring, "swish") != 0)
-        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED, "%s: hidden_act '%.32s' is not supported (only silu)",
+        return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED, "%s: hidden_act '%.32s' is not supported (only silu)",
                        c->src, act->valuestring);
     if (!hf_absent(cJSON_GetObjectItemCaseSensitive(c->obj, "quantization_config")))
-        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED, "%s: quantization_config: quantised models are "
+        return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED, "%s: quantization_config: quantised models are "
                        "not supported", c->src);
     bool mlp_bias = false;
     int rc;
@@ -387,7 +387,7 @@ static int hf_parse_misc(const hf_ctx *c, model_config *cfg)
         (rc = hf_token_id(c, "eos_token_id", &cfg->eos_token_id)))
         return rc;
     if (mlp_bias)
-        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED, "%s: mlp_bias true is not supported", c->src);
+        return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED, "%s: mlp_bias true is not supported", c->src);
     if (cfg->arch == MODEL_ARCH_QWEN2)
         cfg->attention_bias = true;   /* Qwen2's q/k/v always carry a bias */
     else if (cfg->arch == MODEL_ARCH_MISTRAL)
@@ -397,11 +397,11 @@ static int hf_parse_misc(const hf_ctx *c, model_config *cfg)
     if (hf_absent(dt))
         dt = cJSON_GetObjectItemCaseSensitive(c->obj, "dtype");  /* transformers >= 4.56 */
     if (!hf_absent(dt) && !cJSON_IsString(dt))
-        return st_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: torch_dtype must be a string (float32, bfloat16, "
+        return rt_fail(c->err, c->errsize, RT_ERR_FORMAT, "%s: torch_dtype must be a string (float32, bfloat16, "
                        "float16), not %s", c->src, hf_json_describe(dt, got, sizeof got));
     const char *dtype = hf_absent(dt) ? "float32" : dt->valuestring;
     if (strcmp(dtype, "float32") != 0 && strcmp(dtype, "bfloat16") != 0 && strcmp(dtype, "float16") != 0)
-        return st_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
+        return rt_fail(c->err, c->errsize, RT_ERR_UNSUPPORTED,
                        "%s: torch_dtype '%.32s' is not supported (float32, bfloat16, float16)", c->src, dtype);
     snprintf(cfg->torch_dtype, sizeof cfg->torch_dtype, "%s", dtype);
     return RT_OK;
@@ -412,19 +412,19 @@ int hf_config_parse(const char *json, size_t len, const char *src, model_config 
 {
     src = src ? src : "config.json";
     if (!json || !out)
-        return st_fail(err, errsize, RT_ERR_INVALID, "%s: NULL argument", src);
+        return rt_fail(err, errsize, RT_ERR_INVALID, "%s: NULL argument", src);
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, len, &end, 0);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: not valid JSON or not a JSON object", src);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: not valid JSON or not a JSON object", src);
     }
     /* Only whitespace may follow the object: two configs pasted together,
      * or one cut and patched, is a broken file, not its first half. */
     for (size_t i = (size_t)(end - json); i < len; i++) {
         if (!strchr(" \t\r\n", json[i]) || json[i] == '\0') {
             cJSON_Delete(root);
-            return st_fail(err, errsize, RT_ERR_FORMAT, "%s: unexpected bytes after the JSON object (at byte %zu)",
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: unexpected bytes after the JSON object (at byte %zu)",
                            src, i);
         }
     }
@@ -446,16 +446,16 @@ int hf_config_parse(const char *json, size_t len, const char *src, model_config 
 int hf_config_load(const char *model_dir, model_config *out, char *err, size_t errsize)
 {
     if (!model_dir || !out)
-        return st_fail(err, errsize, RT_ERR_INVALID, "hf_config_load: NULL argument");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "hf_config_load: NULL argument");
     size_t n = strlen(model_dir);
     char *path = malloc(n + sizeof "/config.json");
     if (!path)
-        return st_fail(err, errsize, RT_ERR_NOMEM, "out of memory");
+        return rt_fail(err, errsize, RT_ERR_NOMEM, "out of memory");
     memcpy(path, model_dir, n);
     memcpy(path + n, "/config.json", sizeof "/config.json");
     char *text = NULL;
     size_t len = 0;
-    int rc = st_read_file(path, HF_CONFIG_MAX_BYTES, &text, &len, err, errsize);
+    int rc = rt_read_file(path, HF_CONFIG_MAX_BYTES, &text, &len, err, errsize);
     if (rc == RT_OK)
         rc = hf_config_parse(text, len, path, out, err, errsize);
     free(text);
@@ -587,31 +587,31 @@ static bool hf_positive(float f)
 int hf_config_write(const model_config *cfg, const char *path, char *err, size_t errsize)
 {
     if (!cfg || !path)
-        return st_fail(err, errsize, RT_ERR_INVALID, "hf_config_write: NULL argument");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "hf_config_write: NULL argument");
     if ((unsigned)cfg->arch > MODEL_ARCH_QWEN3)
-        return st_fail(err, errsize, RT_ERR_INVALID, "%s: unknown model arch %d", path, (int)cfg->arch);
+        return rt_fail(err, errsize, RT_ERR_INVALID, "%s: unknown model arch %d", path, (int)cfg->arch);
     if (!hf_positive(cfg->rms_norm_eps) || !hf_positive(cfg->rope_theta) ||
         (cfg->rope_type != MODEL_ROPE_DEFAULT && !hf_positive(cfg->rope_scaling_factor)) ||
         (cfg->rope_type == MODEL_ROPE_LLAMA3 &&
          (!hf_positive(cfg->rope_low_freq_factor) || !hf_positive(cfg->rope_high_freq_factor))) ||
         (unsigned)cfg->rope_type > MODEL_ROPE_YARN)
-        return st_fail(err, errsize, RT_ERR_INVALID, "%s: rms_norm_eps, rope_theta and rope scaling factors "
+        return rt_fail(err, errsize, RT_ERR_INVALID, "%s: rms_norm_eps, rope_theta and rope scaling factors "
                        "must be positive and finite", path);
     char dtype[sizeof cfg->torch_dtype + 1];
     snprintf(dtype, sizeof dtype, "%.*s", (int)sizeof cfg->torch_dtype, cfg->torch_dtype);
     if (!dtype[0])
         snprintf(dtype, sizeof dtype, "float32");
     if (strcmp(dtype, "float32") != 0 && strcmp(dtype, "bfloat16") != 0 && strcmp(dtype, "float16") != 0)
-        return st_fail(err, errsize, RT_ERR_INVALID, "%s: torch_dtype '%s' is not float32, bfloat16 or float16",
+        return rt_fail(err, errsize, RT_ERR_INVALID, "%s: torch_dtype '%s' is not float32, bfloat16 or float16",
                        path, dtype);
     cJSON *root = hf_config_json(cfg, dtype);
     char *text = root ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);
     if (!text)
-        return st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", path);
+        return rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", path);
     size_t n = strlen(text);
     text[n] = '\n';  /* replace the terminator: the file ends in a newline */
-    int rc = st_write_file_atomic(path, text, n + 1, err, errsize);
+    int rc = rt_write_file_atomic(path, text, n + 1, err, errsize);
     free(text);
     return rc;
 }

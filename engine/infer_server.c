@@ -103,18 +103,18 @@ static int resolve_config(engine_server *srv, const engine_server_config *in, ch
     *c = *in;
     c->model_dir = c->device = NULL;
     if (c->max_batch < 0 || c->max_context < 0 || c->max_step_tokens < 0 || c->max_waiting < 0)
-        return st_fail(err, errsize, RT_ERR_INVALID, "server sizes must not be negative");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "server sizes must not be negative");
     if (!c->max_batch)
         c->max_batch = DEFAULT_MAX_BATCH;
     if (!c->max_context)
         c->max_context = mc->max_position_embeddings < DEFAULT_MAX_CONTEXT
                              ? mc->max_position_embeddings : DEFAULT_MAX_CONTEXT;
     if (c->max_context > mc->max_position_embeddings)
-        return st_fail(err, errsize, RT_ERR_INVALID,
+        return rt_fail(err, errsize, RT_ERR_INVALID,
                        "max_context %d exceeds the model's max_position_embeddings %d",
                        c->max_context, mc->max_position_embeddings);
     if (srv->be->max_kv_head_dim && mc->head_dim > srv->be->max_kv_head_dim)
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED,
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED,
                        "head_dim %d is more than the %s backend's cached attention takes (%d): "
                        "serve this model with --device cpu", mc->head_dim, srv->be->name,
                        srv->be->max_kv_head_dim);
@@ -242,7 +242,7 @@ static int plan_memory(engine_server *srv, char *err, size_t errsize)
     rt_log(RT_LOG_INFO, "%s", srv->info.memory_text);
     if (available <= 0 || total <= available)
         return RT_OK;
-    return st_fail(err, errsize, RT_ERR_NOMEM,
+    return rt_fail(err, errsize, RT_ERR_NOMEM,
                    "needs %.2f GiB (weights %.2f, KV cache %.2f for %d sequences x %d tokens, step "
                    "buffers %.2f), %.2f GiB available: try a smaller --max-batch or --max-context%s",
                    total / gib, weights / gib, kv / gib, c->max_batch, c->max_context, step / gib,
@@ -255,7 +255,7 @@ static int server_build(engine_server *srv, const engine_server_config *cfg, cha
 {
     int rc = kernels_backend_get(cfg->device ? cfg->device : engine_default_device(), &srv->be);
     if (rc != RT_OK)
-        return st_fail(err, errsize, rc, "device %s is not available (%s)", cfg->device ? cfg->device : "default", rt_strerror(rc));
+        return rt_fail(err, errsize, rc, "device %s is not available (%s)", cfg->device ? cfg->device : "default", rt_strerror(rc));
     rc = model_load_named(cfg->model_dir, srv->be, cfg->dtype, &srv->m, err, errsize);
     if (rc == RT_OK)
         rc = resolve_config(srv, cfg, err, errsize);
@@ -288,7 +288,7 @@ int engine_server_open(const engine_server_config *cfg, engine_server **out, cha
                        size_t errsize)
 {
     if (!cfg || !cfg->model_dir || !out)
-        return st_fail(err, errsize, RT_ERR_INVALID, "model_dir is required");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "model_dir is required");
     engine_server *srv = calloc(1, sizeof *srv);
     if (!srv)
         return RT_ERR_NOMEM;
@@ -297,7 +297,7 @@ int engine_server_open(const engine_server_config *cfg, engine_server **out, cha
     pthread_cond_init(&srv->wake, NULL);
     int rc = server_build(srv, cfg, err, errsize);
     if (rc == RT_OK && pthread_create(&srv->thread, NULL, engine_main, srv) != 0)
-        rc = st_fail(err, errsize, RT_ERR_NOMEM, "cannot start the engine thread");
+        rc = rt_fail(err, errsize, RT_ERR_NOMEM, "cannot start the engine thread");
     if (rc != RT_OK) {
         if (rc == RT_ERR_NOMEM && err && errsize && !*err)
             snprintf(err, errsize, "out of memory opening the serving engine");
@@ -411,11 +411,11 @@ static int check_grammar(engine_server *srv, const engine_request *r, char *err,
     if (!r->grammar)
         return RT_OK;
     if (!srv->tok)
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED,
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED,
                        "response_format needs a tokenizer; the model has none");
     int rc = infer_grammar_vocab(srv);
     if (rc != RT_OK)
-        return st_fail(err, errsize, rc, "response_format: cannot index the vocabulary (%s)",
+        return rt_fail(err, errsize, rc, "response_format: cannot index the vocabulary (%s)",
                        rt_strerror(rc));
     return RT_OK;
 }
@@ -425,46 +425,46 @@ static int check_options(engine_server *srv, const engine_request *r, char *err,
                          size_t errsize)
 {
     if (!(r->temperature >= 0) || !isfinite(r->temperature))
-        return st_fail(err, errsize, RT_ERR_INVALID, "temperature must be a number >= 0");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "temperature must be a number >= 0");
     if (!(r->top_p >= 0 && r->top_p <= 1))
-        return st_fail(err, errsize, RT_ERR_INVALID, "top_p must be in (0, 1]");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "top_p must be in (0, 1]");
     if (r->top_k < 0)
-        return st_fail(err, errsize, RT_ERR_INVALID, "top_k must be >= 0");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "top_k must be >= 0");
     if (!(r->repetition_penalty >= 0) || !isfinite(r->repetition_penalty))
-        return st_fail(err, errsize, RT_ERR_INVALID, "repetition_penalty must be a number > 0");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "repetition_penalty must be a number > 0");
     if (!(r->presence_penalty >= -2 && r->presence_penalty <= 2))
-        return st_fail(err, errsize, RT_ERR_INVALID, "presence_penalty must be between -2 and 2");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "presence_penalty must be between -2 and 2");
     if (!(r->frequency_penalty >= -2 && r->frequency_penalty <= 2))
-        return st_fail(err, errsize, RT_ERR_INVALID, "frequency_penalty must be between -2 and 2");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "frequency_penalty must be between -2 and 2");
     if (r->n_logit_bias < 0 || r->n_logit_bias > ENGINE_MAX_LOGIT_BIAS ||
         (r->n_logit_bias && !r->logit_bias))
-        return st_fail(err, errsize, RT_ERR_INVALID, "logit_bias takes at most %d tokens",
+        return rt_fail(err, errsize, RT_ERR_INVALID, "logit_bias takes at most %d tokens",
                        ENGINE_MAX_LOGIT_BIAS);
     for (int i = 0; i < r->n_logit_bias; i++) {
         if (r->logit_bias[i].id < 0 || r->logit_bias[i].id >= srv->n_sample)
-            return st_fail(err, errsize, RT_ERR_INVALID,
+            return rt_fail(err, errsize, RT_ERR_INVALID,
                            "logit_bias: token id %d is outside the vocabulary [0, %d)",
                            r->logit_bias[i].id, srv->n_sample);
         if (!(r->logit_bias[i].bias >= -100 && r->logit_bias[i].bias <= 100))
-            return st_fail(err, errsize, RT_ERR_INVALID,
+            return rt_fail(err, errsize, RT_ERR_INVALID,
                            "logit_bias: the bias of token %d must be between -100 and 100",
                            r->logit_bias[i].id);
     }
     if (r->top_logprobs < 0 || r->top_logprobs > ENGINE_MAX_TOP_LOGPROBS)
-        return st_fail(err, errsize, RT_ERR_INVALID, "top_logprobs must be between 0 and %d",
+        return rt_fail(err, errsize, RT_ERR_INVALID, "top_logprobs must be between 0 and %d",
                        ENGINE_MAX_TOP_LOGPROBS);
     if (r->max_tokens < ENGINE_MAX_TOKENS_FIT || (r->max_tokens == 0 && !r->echo))
-        return st_fail(err, errsize, RT_ERR_INVALID, "max_tokens must be >= 1");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "max_tokens must be >= 1");
     if (r->n_stop < 0 || r->n_stop > ENGINE_MAX_STOP)
-        return st_fail(err, errsize, RT_ERR_INVALID, "stop takes at most %d strings",
+        return rt_fail(err, errsize, RT_ERR_INVALID, "stop takes at most %d strings",
                        ENGINE_MAX_STOP);
     for (int i = 0; i < r->n_stop; i++) {
         size_t n = r->stop[i] ? strlen(r->stop[i]) : 0;
         if (!r->stop[i] || n > ENGINE_MAX_STOP_BYTES || !engine_utf8_valid(r->stop[i], n))
-            return st_fail(err, errsize, RT_ERR_INVALID,
+            return rt_fail(err, errsize, RT_ERR_INVALID,
                            "stop[%d] must be UTF-8 of at most %d bytes", i, ENGINE_MAX_STOP_BYTES);
         if (n && !srv->tok)
-            return st_fail(err, errsize, RT_ERR_UNSUPPORTED,
+            return rt_fail(err, errsize, RT_ERR_UNSUPPORTED,
                            "stop strings need a tokenizer; the model has none");
     }
     return check_grammar(srv, r, err, errsize);
@@ -477,13 +477,13 @@ static int prompt_tokens(const engine_server *srv, const engine_request *r, int3
 {
     int inputs = (r->messages && r->n_messages > 0) + (r->prompt != NULL) + (r->prompt_ids != NULL);
     if (inputs != 1)
-        return st_fail(err, errsize, RT_ERR_INVALID,
+        return rt_fail(err, errsize, RT_ERR_INVALID,
                        inputs ? "give only one of messages, prompt and prompt_ids"
                               : "one of messages, prompt or prompt_ids is required");
     if (r->prompt_ids) {
         for (size_t i = 0; i < r->n_prompt_ids; i++)
             if (r->prompt_ids[i] < 0 || r->prompt_ids[i] >= srv->m->cfg.vocab_size)
-                return st_fail(err, errsize, RT_ERR_INVALID,
+                return rt_fail(err, errsize, RT_ERR_INVALID,
                                "prompt_ids[%zu] = %d is outside the vocabulary [0, %d)", i,
                                r->prompt_ids[i], srv->m->cfg.vocab_size);
         if (!(*ids = malloc((r->n_prompt_ids + 1) * sizeof **ids)))
@@ -493,18 +493,18 @@ static int prompt_tokens(const engine_server *srv, const engine_request *r, int3
         return RT_OK;
     }
     if (!srv->tok)
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED,
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED,
                        "the model has no tokenizer.json: only prompt_ids can be served");
     bool trusted = srv->cfg.special_tokens_in_text;
     if (r->prompt) {
         int rc = tokenizer_encode_ex(srv->tok, r->prompt, strlen(r->prompt),
                                      TOKENIZER_ADD_SPECIAL | (trusted ? 0 : TOKENIZER_PLAIN_TEXT), ids, n);
         return rc == RT_OK || rc == RT_ERR_NOMEM
-                   ? rc : st_fail(err, errsize, RT_ERR_INVALID, "prompt: the text could not be "
+                   ? rc : rt_fail(err, errsize, RT_ERR_INVALID, "prompt: the text could not be "
                                   "tokenized (%s)", rt_strerror(rc));
     }
     if (r->tools && chat_template_tool_format(srv->tmpl) == TOOL_FORMAT_NONE)
-        return st_fail(err, errsize, RT_ERR_INVALID, "tools: this model's chat template does not "
+        return rt_fail(err, errsize, RT_ERR_INVALID, "tools: this model's chat template does not "
                        "take tools (it writes no tool-call markers)");
     chat_message *msgs = calloc(r->n_messages, sizeof *msgs);
     if (!msgs)
@@ -520,7 +520,7 @@ static int prompt_tokens(const engine_server *srv, const engine_request *r, int3
     free(msgs);
     if (rc == RT_ERR_INVALID || rc == RT_ERR_FORMAT || rc == RT_ERR_UNSUPPORTED ||
         rc == RT_ERR_TOO_LARGE)
-        return st_fail(err, errsize, RT_ERR_INVALID, "messages: %s", why[0] ? why : rt_strerror(rc));
+        return rt_fail(err, errsize, RT_ERR_INVALID, "messages: %s", why[0] ? why : rt_strerror(rc));
     return rc;
 }
 
@@ -536,17 +536,17 @@ static int handle_build(engine_server *srv, const engine_request *r, engine_hand
         return rc;
     int ctx = srv->cfg.max_context;
     if (n == 0)
-        rc = st_fail(err, errsize, RT_ERR_INVALID, "the prompt is empty");
+        rc = rt_fail(err, errsize, RT_ERR_INVALID, "the prompt is empty");
     else if (n > (size_t)ctx || (n == (size_t)ctx && !r->echo))
-        rc = st_fail(err, errsize, RT_ERR_TOO_LARGE, "%s: the prompt has %zu tokens; this model's "
+        rc = rt_fail(err, errsize, RT_ERR_TOO_LARGE, "%s: the prompt has %zu tokens; this model's "
                      "context is %d tokens, and the reply needs room in it",
                      r->messages ? "messages" : "prompt", n, ctx);
     else if (r->max_tokens > 0 && (size_t)r->max_tokens > (size_t)ctx - n)
-        rc = st_fail(err, errsize, RT_ERR_INVALID,
+        rc = rt_fail(err, errsize, RT_ERR_INVALID,
                      "max_tokens: the prompt (%zu tokens) plus max_tokens (%d) exceed the "
                      "context of %d tokens", n, r->max_tokens, ctx);
     else if (r->max_tokens == ENGINE_MAX_TOKENS_FIT && n == (size_t)ctx && !r->echo)
-        rc = st_fail(err, errsize, RT_ERR_INVALID,
+        rc = rt_fail(err, errsize, RT_ERR_INVALID,
                      "max_tokens: the prompt fills the whole context of %d tokens", ctx);
     if (rc != RT_OK) {
         free(ids);
@@ -605,9 +605,9 @@ static int enqueue(engine_server *srv, engine_handle *h, char *err, size_t errsi
     int rc = RT_OK;
     pthread_mutex_lock(&srv->mu);
     if (srv->closing)
-        rc = st_fail(err, errsize, RT_ERR_STATE, "the server is shutting down");
+        rc = rt_fail(err, errsize, RT_ERR_STATE, "the server is shutting down");
     else if (queue_full(srv))
-        rc = st_fail(err, errsize, RT_ERR_BUSY, "too many requests are waiting (%d)",
+        rc = rt_fail(err, errsize, RT_ERR_BUSY, "too many requests are waiting (%d)",
                      srv->cfg.max_waiting);
     if (rc == RT_OK) {
         if (srv->wait_tail)
@@ -635,7 +635,7 @@ int engine_submit(engine_server *srv, const engine_request *req, engine_handle *
     bool full = queue_full(srv);
     pthread_mutex_unlock(&srv->mu);
     if (full)
-        return st_fail(err, errsize, RT_ERR_BUSY, "too many requests are waiting (%d)",
+        return rt_fail(err, errsize, RT_ERR_BUSY, "too many requests are waiting (%d)",
                        srv->cfg.max_waiting);
     engine_handle *h = calloc(1, sizeof *h);
     if (!h)

@@ -137,7 +137,7 @@ int lora_clone_zero(const lora *src, lora **out)
     return RT_OK;
 }
 
-int lora_check_tensor(const model_config *c, const peft_config *pc, const st_tensor *t,
+int lora_check_tensor(const model_config *c, const peft_config *pc, const sft_tensor *t,
                       size_t *slot, char *which, char *err, size_t errsize)
 {
     int layer, o, in;
@@ -147,20 +147,20 @@ int lora_check_tensor(const model_config *c, const peft_config *pc, const st_ten
     if (rc != RT_OK)
         return rc;
     if (layer >= c->num_hidden_layers)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: the base model has only %d layers",
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: the base model has only %d layers",
                        t->name, c->num_hidden_layers);
     if (!targeted(pc, m))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: module %s is not in target_modules",
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: module %s is not in target_modules",
                        t->name, peft_module_name(m));
     model_module_shape(c, m, &o, &in);
     int64_t rows = ab == 'A' ? pc->r : o, cols = ab == 'A' ? in : pc->r;
-    char shape[ST_SHAPE_TEXT];
+    char shape[SFT_SHAPE_TEXT];
     if (t->rank != 2 || t->shape[0] != rows || t->shape[1] != cols)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s has shape %s; the base model and r=%d need [%lld, %lld]",
-                       t->name, st_shape_format(t, shape, sizeof shape), pc->r, (long long)rows, (long long)cols);
-    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: dtype %s cannot be loaded", t->name,
-                       st_dtype_name(t->dtype));
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s has shape %s; the base model and r=%d need [%lld, %lld]",
+                       t->name, sft_shape_format(t, shape, sizeof shape), pc->r, (long long)rows, (long long)cols);
+    if (t->dtype != SFT_F32 && t->dtype != SFT_F16 && t->dtype != SFT_BF16)
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: dtype %s cannot be loaded", t->name,
+                       sft_dtype_name(t->dtype));
     *slot = (size_t)layer * PEFT_MODULE_COUNT + (size_t)m;
     *which = ab;
     return RT_OK;
@@ -173,14 +173,14 @@ int lora_check_complete(const model_config *c, const peft_config *pc, const bool
         for (int m = 0; m < PEFT_MODULE_COUNT; m++) {
             size_t s = (size_t)l * PEFT_MODULE_COUNT + (size_t)m;
             if (targeted(pc, m) && (!seen[2 * s] || !seen[2 * s + 1]))
-                return st_fail(err, errsize, RT_ERR_FORMAT, "adapter lacks lora_%c of layer %d %s",
+                return rt_fail(err, errsize, RT_ERR_FORMAT, "adapter lacks lora_%c of layer %d %s",
                                seen[2 * s] ? 'B' : 'A', l, peft_module_name((enum peft_module)m));
         }
     return RT_OK;
 }
 
 /* Checks one adapter tensor against the base and copies it in. */
-static int load_one(lora *l, const model_config *c, const st_tensor *t, const kernels_backend *be,
+static int load_one(lora *l, const model_config *c, const sft_tensor *t, const kernels_backend *be,
                     float *staging, bool *seen, char *err, size_t errsize)
 {
     size_t s;
@@ -189,9 +189,9 @@ static int load_one(lora *l, const model_config *c, const st_tensor *t, const ke
     if (rc != RT_OK)
         return rc;
     if (seen[2 * s + (which == 'B')]) /* "x.weight" and "x.default.weight": which one is meant? */
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: lora_%c of layer %zu %s is given twice", t->name, which,
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: lora_%c of layer %zu %s is given twice", t->name, which,
                        s / PEFT_MODULE_COUNT, peft_module_name((enum peft_module)(s % PEFT_MODULE_COUNT)));
-    rc = st_tensor_read_f32(t, staging, t->numel);
+    rc = sft_tensor_read_f32(t, staging, t->numel);
     if (rc != RT_OK)
         return rc;
     seen[2 * s + (which == 'B')] = true;
@@ -210,29 +210,29 @@ int lora_load(const char *dir, const model_config *c, const kernels_backend *be,
         return rc;
     char path[4096];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    st_file *f = NULL;
+    sft_file *f = NULL;
     lora *l = NULL;
     float *staging = NULL;
     bool *seen = NULL;
-    rc = st_file_open(path, &f, err, errsize);
+    rc = sft_file_open(path, &f, err, errsize);
     if (rc == RT_OK && (rc = lora_alloc(c, &pc, be, &l)) != RT_OK)
-        st_fail(err, errsize, rc, "%s: no memory for an adapter of rank %d (%s)", dir, pc.r, rt_strerror(rc));
+        rt_fail(err, errsize, rc, "%s: no memory for an adapter of rank %d (%s)", dir, pc.r, rt_strerror(rc));
     size_t slots = (size_t)c->num_hidden_layers * PEFT_MODULE_COUNT;
     size_t biggest = (size_t)pc.r * (size_t)(c->intermediate_size > c->hidden_size ? c->intermediate_size : c->hidden_size);
     if (rc == RT_OK && (size_t)pc.r * (size_t)(c->num_attention_heads * c->head_dim) > biggest)
         biggest = (size_t)pc.r * (size_t)(c->num_attention_heads * c->head_dim);
     if (rc == RT_OK && (!(staging = malloc(biggest * sizeof(float))) ||
                         !(seen = calloc(2 * slots, sizeof *seen))))
-        rc = st_fail(err, errsize, RT_ERR_NOMEM, "%s: no memory to stage adapter tensors", dir);
-    for (size_t i = 0; rc == RT_OK && i < st_tensor_count(f); i++)
-        rc = load_one(l, c, st_tensor_at(f, i), be, staging, seen, err, errsize);
+        rc = rt_fail(err, errsize, RT_ERR_NOMEM, "%s: no memory to stage adapter tensors", dir);
+    for (size_t i = 0; rc == RT_OK && i < sft_tensor_count(f); i++)
+        rc = load_one(l, c, sft_tensor_at(f, i), be, staging, seen, err, errsize);
     if (rc == RT_OK)
         rc = lora_check_complete(c, &pc, seen, err, errsize);
     free(seen);
     free(staging);
-    st_file_close(f);
+    sft_file_close(f);
     if (rc != RT_OK && err && errsize && !err[0]) /* a device copy failed: say so, not just the code */
-        st_fail(err, errsize, rc, "%s: the adapter could not be copied to the device (%s)", dir, rt_strerror(rc));
+        rt_fail(err, errsize, rc, "%s: the adapter could not be copied to the device (%s)", dir, rt_strerror(rc));
     if (rc != RT_OK) {
         lora_free(l);
         return rc;
@@ -242,7 +242,7 @@ int lora_load(const char *dir, const model_config *c, const kernels_backend *be,
 }
 
 /* Adds every A and B of l (host copy in host) to the writer. */
-static int add_tensors(const lora *l, const model_config *c, const float *host, st_writer *wr)
+static int add_tensors(const lora *l, const model_config *c, const float *host, sft_writer *wr)
 {
     char key[128];
     int rc = RT_OK;
@@ -254,10 +254,10 @@ static int add_tensors(const lora *l, const model_config *c, const float *host, 
         model_module_shape(c, m, &o, &in);
         int64_t ashape[2] = {l->cfg.r, in}, bshape[2] = {o, l->cfg.r};
         peft_key_format((int)(s / PEFT_MODULE_COUNT), m, 'A', key, sizeof key);
-        rc = st_writer_add(wr, key, ST_F32, 2, ashape, host + (l->a[s] - l->params));
+        rc = sft_writer_add(wr, key, SFT_F32, 2, ashape, host + (l->a[s] - l->params));
         peft_key_format((int)(s / PEFT_MODULE_COUNT), m, 'B', key, sizeof key);
         if (rc == RT_OK)
-            rc = st_writer_add(wr, key, ST_F32, 2, bshape, host + (l->b[s] - l->params));
+            rc = sft_writer_add(wr, key, SFT_F32, 2, bshape, host + (l->b[s] - l->params));
     }
     return rc;
 }
@@ -265,25 +265,25 @@ static int add_tensors(const lora *l, const model_config *c, const float *host, 
 int lora_save(const lora *l, const model_config *c, const char *dir, char *err, size_t errsize)
 {
     float *host = malloc(l->n_params * sizeof(float));
-    st_writer *wr = NULL;
+    sft_writer *wr = NULL;
     char path[4096];
     int rc = host ? RT_OK : RT_ERR_NOMEM;
     if (rc == RT_OK && mkdir(dir, 0755) != 0 && errno != EEXIST)
-        rc = st_fail(err, errsize, RT_ERR_IO, "cannot create %s: %s", dir, strerror(errno));
+        rc = rt_fail(err, errsize, RT_ERR_IO, "cannot create %s: %s", dir, strerror(errno));
     if (rc == RT_OK)
         rc = l->be->copy_to_host(host, l->params, l->n_params * sizeof(float), NULL);
     if (rc == RT_OK)
-        rc = st_writer_init(&wr);
+        rc = sft_writer_init(&wr);
     if (rc == RT_OK)
         rc = add_tensors(l, c, host, wr);
     if (rc == RT_OK)
-        rc = st_writer_set_metadata(wr, "format", "pt");
+        rc = sft_writer_set_metadata(wr, "format", "pt");
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     if (rc == RT_OK)
-        rc = st_writer_write(wr, path, err, errsize);
+        rc = sft_writer_write(wr, path, err, errsize);
     if (rc == RT_OK)
         rc = peft_config_write(dir, &l->cfg, err, errsize);
-    st_writer_free(wr);
+    sft_writer_free(wr);
     free(host);
     return rc;
 }

@@ -310,7 +310,7 @@ void model_free(model *m)
         m->be->free(m->params16);
         m->be->free(m->inv_freq);
     }
-    st_model_close(m->mapped);
+    sft_model_close(m->mapped);
     model_weights_release(&m->w);
     free(m);
 }
@@ -346,24 +346,24 @@ int model_dtype_parse(const char *name, enum model_dtype *out)
 }
 
 /* The checkpoint tensor for t, its shape checked against the config. */
-static int find_tensor(const st_model *st, const model_tensor *t, const st_tensor **out, char *err,
+static int find_tensor(const sft_model *st, const model_tensor *t, const sft_tensor **out, char *err,
                        size_t errsize)
 {
-    const st_tensor *src = st_model_find(st, t->name);
+    const sft_tensor *src = sft_model_find(st, t->name);
     if (!src)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "model weights lack tensor %s", t->name);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "model weights lack tensor %s", t->name);
     bool ok = t->rows ? src->rank == 2 && src->shape[0] == t->rows && src->shape[1] == t->cols
                       : src->rank == 1 && src->shape[0] == t->cols;
-    char shape[ST_SHAPE_TEXT];
+    char shape[SFT_SHAPE_TEXT];
     if (!ok && t->rows)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "tensor %s has shape %s, config.json implies [%d, %d]",
-                       t->name, st_shape_format(src, shape, sizeof shape), t->rows, t->cols);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "tensor %s has shape %s, config.json implies [%d, %d]",
+                       t->name, sft_shape_format(src, shape, sizeof shape), t->rows, t->cols);
     if (!ok)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "tensor %s has shape %s, config.json implies [%d]",
-                       t->name, st_shape_format(src, shape, sizeof shape), t->cols);
-    if (src->dtype != ST_F32 && src->dtype != ST_BF16 && src->dtype != ST_F16)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "tensor %s has dtype %s; only F32, BF16 and "
-                       "F16 weights can be loaded", t->name, st_dtype_name(src->dtype));
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "tensor %s has shape %s, config.json implies [%d]",
+                       t->name, sft_shape_format(src, shape, sizeof shape), t->cols);
+    if (src->dtype != SFT_F32 && src->dtype != SFT_BF16 && src->dtype != SFT_F16)
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "tensor %s has dtype %s; only F32, BF16 and "
+                       "F16 weights can be loaded", t->name, sft_dtype_name(src->dtype));
     *out = src;
     return RT_OK;
 }
@@ -372,7 +372,7 @@ static int find_tensor(const st_model *st, const model_tensor *t, const st_tenso
  * and a float dtype. Checked before anything sized by config.json is
  * allocated, so a config far larger than its weights is refused by name
  * rather than allocated first. */
-static int check_tensors(const model_config *cfg, const st_model *st, char *err, size_t errsize)
+static int check_tensors(const model_config *cfg, const sft_model *st, char *err, size_t errsize)
 {
     model_weights shell; /* no buffer: the list only needs names and shapes */
     model_tensor *t = NULL;
@@ -381,9 +381,9 @@ static int check_tensors(const model_config *cfg, const st_model *st, char *err,
     if (rc == RT_OK)
         rc = model_tensor_list(cfg, &shell, &t, &n);
     if (rc != RT_OK)
-        st_fail(err, errsize, rc, "no memory to list the tensors of %d layers", cfg->num_hidden_layers);
+        rt_fail(err, errsize, rc, "no memory to list the tensors of %d layers", cfg->num_hidden_layers);
     for (size_t i = 0; rc == RT_OK && i < n; i++) {
-        const st_tensor *src;
+        const sft_tensor *src;
         rc = find_tensor(st, &t[i], &src, err, errsize);
     }
     free(t);
@@ -392,50 +392,50 @@ static int check_tensors(const model_config *cfg, const st_model *st, char *err,
 }
 
 /* Reads one fp32 tensor through the staging buffer onto the device. */
-static int load_f32(const st_tensor *src, float *dst, const kernels_backend *be, void *staging)
+static int load_f32(const sft_tensor *src, float *dst, const kernels_backend *be, void *staging)
 {
-    int rc = st_tensor_read_f32(src, staging, src->numel);
+    int rc = sft_tensor_read_f32(src, staging, src->numel);
     return rc == RT_OK ? be->copy_to_device(dst, staging, src->numel * sizeof(float), NULL) : rc;
 }
 
-static enum st_dtype st_dtype_of(kernels_dtype dt)
+static enum sft_dtype st_dtype_of(kernels_dtype dt)
 {
-    return dt == KERNELS_BF16 ? ST_BF16 : ST_F16;
+    return dt == KERNELS_BF16 ? SFT_BF16 : SFT_F16;
 }
 
 /* Writes one 16-bit matrix into its place in m->params16: the raw bytes
  * when the file has that dtype, else converted through fp32 staging. */
-static int load_16(const st_tensor *src, const model_tensor *t, const model *m, void *staging)
+static int load_16(const sft_tensor *src, const model_tensor *t, const model *m, void *staging)
 {
     uint16_t *dst = (uint16_t *)*t->ptr16;
     if (src->dtype == st_dtype_of(m->w16))
         return m->be->copy_to_device(dst, src->data, src->nbytes, NULL);
     float *f = staging;
     uint16_t *h = (uint16_t *)(f + src->numel);
-    int rc = st_tensor_read_f32(src, f, src->numel);
+    int rc = sft_tensor_read_f32(src, f, src->numel);
     for (size_t i = 0; rc == RT_OK && i < src->numel; i++)
-        h[i] = m->w16 == KERNELS_BF16 ? st_f32_to_bf16(f[i]) : st_f32_to_f16(f[i]);
+        h[i] = m->w16 == KERNELS_BF16 ? sft_f32_to_bf16(f[i]) : sft_f32_to_f16(f[i]);
     return rc == RT_OK ? m->be->copy_to_device(dst, h, src->numel * sizeof *h, NULL) : rc;
 }
 
 /* The 16-bit type the matrices are kept in for dtype, given the dtype the
  * checkpoint stores its embedding in (auto follows the checkpoint). */
-static kernels_dtype wanted_w16(enum model_dtype dtype, enum st_dtype stored)
+static kernels_dtype wanted_w16(enum model_dtype dtype, enum sft_dtype stored)
 {
     if (dtype == MODEL_DTYPE_AUTO)
-        return stored == ST_BF16 ? KERNELS_BF16 : stored == ST_F16 ? KERNELS_F16 : 0;
+        return stored == SFT_BF16 ? KERNELS_BF16 : stored == SFT_F16 ? KERNELS_F16 : 0;
     return dtype == MODEL_DTYPE_BF16 ? KERNELS_BF16 : dtype == MODEL_DTYPE_F16 ? KERNELS_F16 : 0;
 }
 
 /* True when every 16-bit matrix of the list is stored in m's dtype in the
  * checkpoint and m lives on the CPU: they can then point into the mapped
  * file. Shapes and dtypes are checked on the way. */
-static int can_map(const st_model *st, const model *m, const model_tensor *t, size_t n, bool *out,
+static int can_map(const sft_model *st, const model *m, const model_tensor *t, size_t n, bool *out,
                    char *err, size_t errsize)
 {
     bool all = strcmp(m->be->name, "cpu") == 0;
     for (size_t i = 0; i < n; i++) {
-        const st_tensor *src;
+        const sft_tensor *src;
         int rc = find_tensor(st, &t[i], &src, err, errsize);
         if (rc != RT_OK)
             return rc;
@@ -448,7 +448,7 @@ static int can_map(const st_model *st, const model *m, const model_tensor *t, si
 
 /* Points the matrices into the mapped file, or allocates params16 and
  * copies them there; then loads the fp32 tensors. */
-static int load_tensors(st_model *st, model *m, model_tensor *t, size_t n, bool map, char *err,
+static int load_tensors(sft_model *st, model *m, model_tensor *t, size_t n, bool map, char *err,
                         size_t errsize)
 {
     int rc = RT_OK;
@@ -456,7 +456,7 @@ static int load_tensors(st_model *st, model *m, model_tensor *t, size_t n, bool 
         uint16_t *base = NULL;
         rc = m->be->alloc((void **)&base, point16(&m->cfg, NULL, NULL) * sizeof(uint16_t));
         if (rc != RT_OK)
-            return st_fail(err, errsize, rc, "no memory for the %zu MiB of 16-bit weights",
+            return rt_fail(err, errsize, rc, "no memory for the %zu MiB of 16-bit weights",
                            point16(&m->cfg, NULL, NULL) * 2 >> 20);
         m->params16 = base;
         point16(&m->cfg, base, &m->w);
@@ -468,9 +468,9 @@ static int load_tensors(st_model *st, model *m, model_tensor *t, size_t n, bool 
     }
     void *staging = malloc(biggest * (sizeof(float) + sizeof(uint16_t)));
     if (!staging)
-        return st_fail(err, errsize, RT_ERR_NOMEM, "no memory to stage a tensor of %zu values", biggest);
+        return rt_fail(err, errsize, RT_ERR_NOMEM, "no memory to stage a tensor of %zu values", biggest);
     for (size_t i = 0; rc == RT_OK && i < n; i++) {
-        const st_tensor *src;
+        const sft_tensor *src;
         rc = find_tensor(st, &t[i], &src, err, errsize);
         if (rc == RT_OK && t[i].ptr16 && map)
             *t[i].ptr16 = src->data;
@@ -479,7 +479,7 @@ static int load_tensors(st_model *st, model *m, model_tensor *t, size_t n, bool 
         else if (rc == RT_OK)
             rc = load_f32(src, t[i].ptr, m->be, staging);
         if (rc != RT_OK && !err[0])
-            st_fail(err, errsize, rc, "tensor %s could not be loaded (%s)", t[i].name, rt_strerror(rc));
+            rt_fail(err, errsize, rc, "tensor %s could not be loaded (%s)", t[i].name, rt_strerror(rc));
     }
     free(staging);
     if (m->w16 && m->cfg.tie_word_embeddings)
@@ -497,33 +497,33 @@ int model_load_as(const char *dir, const kernels_backend *be, enum model_dtype d
     if (rc != RT_OK)
         return rc;
     if (cfg.attention_bias && cfg.arch != MODEL_ARCH_QWEN2) /* it would add an o_proj bias too */
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED,
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED,
                        "config.json: attention_bias is supported for Qwen2 only (q/k/v bias)");
-    st_model *st = NULL;
+    sft_model *st = NULL;
     model *m = NULL;
     model_tensor *tensors = NULL;
     size_t n = 0;
     bool map = false;
-    rc = st_model_open(dir, &st, err, errsize);
+    rc = sft_model_open(dir, &st, err, errsize);
     if (rc == RT_OK)
         rc = check_tensors(&cfg, st, err, errsize);
-    const st_tensor *embed = rc == RT_OK ? st_model_find(st, "model.embed_tokens.weight") : NULL;
-    if (rc == RT_OK && (rc = model_alloc(&cfg, be, wanted_w16(dtype, embed ? embed->dtype : ST_F32), &m)))
-        st_fail(err, errsize, rc, "%s: no room for the %.2f GiB of weights on device %s (%s)", dir,
+    const sft_tensor *embed = rc == RT_OK ? sft_model_find(st, "model.embed_tokens.weight") : NULL;
+    if (rc == RT_OK && (rc = model_alloc(&cfg, be, wanted_w16(dtype, embed ? embed->dtype : SFT_F32), &m)))
+        rt_fail(err, errsize, rc, "%s: no room for the %.2f GiB of weights on device %s (%s)", dir,
                 (double)point_f32(&cfg, NULL, true, NULL) * 4 / (1 << 30), be->name, rt_strerror(rc));
     if (rc == RT_OK)
         rc = model_tensor_list(&cfg, &m->w, &tensors, &n);
     if (rc == RT_OK && m->w16)
         rc = can_map(st, m, tensors, n, &map, err, errsize);
     if (rc == RT_OK && map) /* the reads below and the first steps then stream from disk */
-        st_model_prefetch(st);
+        sft_model_prefetch(st);
     if (rc == RT_OK)
         rc = load_tensors(st, m, tensors, n, map, err, errsize);
     free(tensors);
     if (rc == RT_OK && map)
         m->mapped = st; /* the matrices point into it: closed with the model */
     else
-        st_model_close(st);
+        sft_model_close(st);
     if (rc != RT_OK) {
         if (map)
             m->mapped = NULL;
@@ -539,7 +539,7 @@ int model_load_named(const char *dir, const kernels_backend *be, const char *dty
 {
     enum model_dtype d = MODEL_DTYPE_AUTO;
     if (dtype && model_dtype_parse(dtype, &d) != RT_OK)
-        return st_fail(err, errsize, RT_ERR_INVALID, "dtype '%.32s' is not one of auto, f32, bf16, f16",
+        return rt_fail(err, errsize, RT_ERR_INVALID, "dtype '%.32s' is not one of auto, f32, bf16, f16",
                        dtype);
     return model_load_as(dir, be, d, out, err, errsize);
 }
@@ -607,17 +607,17 @@ int model_save(const model *m, const char *dir, char *err, size_t errsize)
 {
     const model_config *c = &m->cfg;
     if (m->w16)
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "model_save: a model loaded with 16-bit "
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "model_save: a model loaded with 16-bit "
                        "frozen weights cannot be saved (load it in f32 to train or merge it)");
     size_t n_floats = model_weights_count(c), n = 0;
     float *host = malloc(n_floats * sizeof(float));
     model_tensor *tensors = NULL;
-    st_writer *wr = NULL;
+    sft_writer *wr = NULL;
     model_weights hw = {0};
     char path[4096];
     int rc = host ? RT_OK : RT_ERR_NOMEM;
     if (rc == RT_OK && mkdir(dir, 0755) != 0 && errno != EEXIST)
-        rc = st_fail(err, errsize, RT_ERR_IO, "cannot create %s", dir);
+        rc = rt_fail(err, errsize, RT_ERR_IO, "cannot create %s", dir);
     if (rc == RT_OK)
         rc = m->be->copy_to_host(host, m->params, n_floats * sizeof(float), NULL);
     if (rc == RT_OK)
@@ -625,23 +625,23 @@ int model_save(const model *m, const char *dir, char *err, size_t errsize)
     if (rc == RT_OK)
         rc = model_tensor_list(c, &hw, &tensors, &n);
     if (rc == RT_OK)
-        rc = st_writer_init(&wr);
-    enum st_dtype dt = strcmp(c->torch_dtype, "bfloat16") == 0 ? ST_BF16
-                     : strcmp(c->torch_dtype, "float16") == 0  ? ST_F16
-                                                               : ST_F32;
+        rc = sft_writer_init(&wr);
+    enum sft_dtype dt = strcmp(c->torch_dtype, "bfloat16") == 0 ? SFT_BF16
+                     : strcmp(c->torch_dtype, "float16") == 0  ? SFT_F16
+                                                               : SFT_F32;
     for (size_t i = 0; rc == RT_OK && i < n; i++) {
         int64_t shape[2] = {tensors[i].rows ? tensors[i].rows : tensors[i].cols, tensors[i].cols};
-        rc = st_writer_add(wr, tensors[i].name, dt, tensors[i].rows ? 2 : 1, shape, tensors[i].ptr);
+        rc = sft_writer_add(wr, tensors[i].name, dt, tensors[i].rows ? 2 : 1, shape, tensors[i].ptr);
     }
     if (rc == RT_OK)
-        rc = st_writer_set_metadata(wr, "format", "pt");
+        rc = sft_writer_set_metadata(wr, "format", "pt");
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if (rc == RT_OK)
-        rc = st_writer_write(wr, path, err, errsize);
+        rc = sft_writer_write(wr, path, err, errsize);
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (rc == RT_OK)
         rc = hf_config_write(c, path, err, errsize);
-    st_writer_free(wr);
+    sft_writer_free(wr);
     free(tensors);
     model_weights_release(&hw);
     free(host);

@@ -79,7 +79,7 @@ enum model_dtype { MODEL_DTYPE_AUTO, MODEL_DTYPE_F32, MODEL_DTYPE_BF16, MODEL_DT
 /* "auto", "f32", "bf16", "f16" -> *out; RT_ERR_INVALID for anything else. */
 int model_dtype_parse(const char *name, enum model_dtype *out);
 
-struct st_model;
+struct sft_model;
 
 typedef struct model {
     model_config cfg;
@@ -90,7 +90,7 @@ typedef struct model {
     float rope_qscale;      /* model_rope_query_scale(&cfg) */
     kernels_dtype w16;      /* 0: fp32 matrices; else their 16-bit type */
     uint16_t *params16;     /* device copy of the 16-bit matrices, or NULL when mapped */
-    struct st_model *mapped;/* the open checkpoint the 16-bit matrices point into (CPU) */
+    struct sft_model *mapped;/* the open checkpoint the 16-bit matrices point into (CPU) */
     size_t weight_bytes;    /* bytes of weights held (mapped pages included) */
 } model;
 
@@ -156,13 +156,13 @@ int lora_create(const model_config *c, const peft_config *pc, const kernels_back
 int lora_load(const char *dir, const model_config *c, const kernels_backend *be, lora **out,
               char *err, size_t errsize);
 
-struct st_tensor;
+struct sft_tensor;
 
 /* Checks one adapter tensor against the base and the adapter's config
  * (key form, layer, target module, shape [r, in] / [out, r], float dtype);
  * on success sets *slot (layer * PEFT_MODULE_COUNT + module) and *which
  * ('A' or 'B'). RT_ERR_FORMAT / RT_ERR_UNSUPPORTED with err naming the tensor. */
-int lora_check_tensor(const model_config *c, const peft_config *pc, const struct st_tensor *t,
+int lora_check_tensor(const model_config *c, const peft_config *pc, const struct sft_tensor *t,
                       size_t *slot, char *which, char *err, size_t errsize);
 
 /* Every targeted (layer, module) has both A and B: seen[2*slot + (B)] marks

@@ -79,23 +79,23 @@ static int peft_check_unsupported(const cJSON *root, const char *src, char *err,
     };
     for (size_t i = 0; i < sizeof off_fields / sizeof off_fields[0]; i++)
         if (!peft_is_off(cJSON_GetObjectItemCaseSensitive(root, off_fields[i])))
-            return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: %s is set, which is not supported",
+            return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: %s is set, which is not supported",
                            src, off_fields[i]);
     const cJSON *pt = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
     char got[32];
     if (!cJSON_IsString(pt))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: peft_type must be the string \"LORA\", not %s", src,
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: peft_type must be the string \"LORA\", not %s", src,
                        hf_json_describe(pt, got, sizeof got));
     if (strcmp(pt->valuestring, "LORA") != 0)
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: peft_type '%.32s' is not supported (only LORA)",
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: peft_type '%.32s' is not supported (only LORA)",
                        src, pt->valuestring);
     const cJSON *tt = cJSON_GetObjectItemCaseSensitive(root, "task_type");
     if (tt && !cJSON_IsNull(tt) && !(cJSON_IsString(tt) && strcmp(tt->valuestring, "CAUSAL_LM") == 0))
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: task_type '%.32s' is not supported (only CAUSAL_LM)",
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: task_type '%.32s' is not supported (only CAUSAL_LM)",
                        src, cJSON_IsString(tt) ? tt->valuestring : "?");
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(root, "bias");
     if (bias && !cJSON_IsNull(bias) && !(cJSON_IsString(bias) && strcmp(bias->valuestring, "none") == 0))
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: bias '%.32s' is not supported (only \"none\")",
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: bias '%.32s' is not supported (only \"none\")",
                        src, cJSON_IsString(bias) ? bias->valuestring : "?");
     return RT_OK;
 }
@@ -108,20 +108,20 @@ static int peft_parse_targets(const cJSON *tm, const char *src, unsigned *mask, 
         return RT_OK;
     }
     if (!cJSON_IsArray(tm) || tm->child == NULL)
-        return st_fail(err, errsize, cJSON_IsString(tm) ? RT_ERR_UNSUPPORTED : RT_ERR_FORMAT,
+        return rt_fail(err, errsize, cJSON_IsString(tm) ? RT_ERR_UNSUPPORTED : RT_ERR_FORMAT,
                        "%s: target_modules must be \"all-linear\" or a non-empty list of module names", src);
     unsigned m = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, tm) {
         enum peft_module mod;
         if (!cJSON_IsString(e))
-            return st_fail(err, errsize, RT_ERR_FORMAT, "%s: target_modules holds a non-string", src);
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: target_modules holds a non-string", src);
         if (strcmp(e->valuestring, "all-linear") == 0)
             m |= PEFT_ALL_MODULES;
         else if (peft_module_from_name(e->valuestring, &mod) == RT_OK)
             m |= 1u << mod;
         else
-            return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: target_modules: unknown module '%.64s' "
+            return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: target_modules: unknown module '%.64s' "
                            "(q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, all-linear)",
                            src, e->valuestring);
     }
@@ -139,22 +139,22 @@ static int peft_parse_numbers(const cJSON *root, const char *src, peft_config *c
     char got[32];
     double rv = r ? (cJSON_IsNumber(r) ? r->valuedouble : NAN) : 8;
     if (!(rv >= 1 && rv <= PEFT_MAX_RANK) || rv != (double)(int)rv)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: r must be an integer in [1, %d], not %s", src,
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: r must be an integer in [1, %d], not %s", src,
                        PEFT_MAX_RANK, hf_json_describe(r, got, sizeof got));
     /* Ranges are checked in double: a double beyond FLT_MAX converted to
      * float is undefined behaviour. */
     double ad = alpha ? (cJSON_IsNumber(alpha) ? alpha->valuedouble : NAN) : 8.0;
     if (!(ad > 0.0 && ad <= FLT_MAX) || !((float)ad > 0.0f))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: lora_alpha must be a positive number a float holds, "
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: lora_alpha must be a positive number a float holds, "
                        "not %s", src, hf_json_describe(alpha, got, sizeof got));
     float av = (float)ad;
     double dd = drop && !cJSON_IsNull(drop) ? (cJSON_IsNumber(drop) ? drop->valuedouble : NAN) : 0.0;
     if (!(dd >= 0.0 && dd < 1.0 && (float)dd < 1.0f))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: lora_dropout must be in [0, 1), not %s", src,
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: lora_dropout must be in [0, 1), not %s", src,
                        hf_json_describe(drop, got, sizeof got));
     float dv = (float)dd;
     if (rs && !cJSON_IsNull(rs) && !cJSON_IsBool(rs))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: use_rslora must be true or false", src);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: use_rslora must be true or false", src);
     cfg->r = (int)rv;
     cfg->lora_alpha = av;
     cfg->lora_dropout = dv;
@@ -167,11 +167,11 @@ int peft_config_parse(const char *json, size_t len, const char *src, peft_config
 {
     src = src ? src : "adapter_config.json";
     if (!json || !out)
-        return st_fail(err, errsize, RT_ERR_INVALID, "%s: NULL argument", src);
+        return rt_fail(err, errsize, RT_ERR_INVALID, "%s: NULL argument", src);
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: not valid JSON or not a JSON object", src);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: not valid JSON or not a JSON object", src);
     }
     peft_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -184,7 +184,7 @@ int peft_config_parse(const char *json, size_t len, const char *src, peft_config
                                 &cfg.target_modules, err, errsize);
     if (!rc && base && !cJSON_IsNull(base)) {
         if (!cJSON_IsString(base) || strlen(base->valuestring) >= sizeof cfg.base_model_name_or_path)
-            rc = st_fail(err, errsize, RT_ERR_FORMAT, "%s: base_model_name_or_path must be a string under %d bytes",
+            rc = rt_fail(err, errsize, RT_ERR_FORMAT, "%s: base_model_name_or_path must be a string under %d bytes",
                          src, PEFT_BASE_NAME_MAX);
         else
             snprintf(cfg.base_model_name_or_path, sizeof cfg.base_model_name_or_path, "%s", base->valuestring);
@@ -211,13 +211,13 @@ static char *peft_config_path(const char *dir)
 int peft_config_load(const char *dir, peft_config *out, char *err, size_t errsize)
 {
     if (!dir || !out)
-        return st_fail(err, errsize, RT_ERR_INVALID, "peft_config_load: NULL argument");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "peft_config_load: NULL argument");
     char *path = peft_config_path(dir);
     if (!path)
-        return st_fail(err, errsize, RT_ERR_NOMEM, "out of memory");
+        return rt_fail(err, errsize, RT_ERR_NOMEM, "out of memory");
     char *text = NULL;
     size_t len = 0;
-    int rc = st_read_file(path, PEFT_CONFIG_MAX_BYTES, &text, &len, err, errsize);
+    int rc = rt_read_file(path, PEFT_CONFIG_MAX_BYTES, &text, &len, err, errsize);
     if (rc == RT_OK)
         rc = peft_config_parse(text, len, path, out, err, errsize);
     free(text);
@@ -260,12 +260,12 @@ static cJSON *peft_config_json(const peft_config *cfg)
 int peft_config_write(const char *dir, const peft_config *cfg, char *err, size_t errsize)
 {
     if (!dir || !cfg)
-        return st_fail(err, errsize, RT_ERR_INVALID, "peft_config_write: NULL argument");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "peft_config_write: NULL argument");
     if (cfg->r < 1 || cfg->r > PEFT_MAX_RANK || !(cfg->lora_alpha > 0.0f) || !isfinite(cfg->lora_alpha) ||
         !(cfg->lora_dropout >= 0.0f && cfg->lora_dropout < 1.0f) || cfg->target_modules == 0 ||
         (cfg->target_modules & ~PEFT_ALL_MODULES) != 0 ||
         memchr(cfg->base_model_name_or_path, '\0', sizeof cfg->base_model_name_or_path) == NULL)
-        return st_fail(err, errsize, RT_ERR_INVALID, "%s: adapter config has an invalid r, lora_alpha, "
+        return rt_fail(err, errsize, RT_ERR_INVALID, "%s: adapter config has an invalid r, lora_alpha, "
                        "lora_dropout, target_modules or base_model_name_or_path", dir);
     char *path = peft_config_path(dir);
     cJSON *root = path ? peft_config_json(cfg) : NULL;
@@ -273,11 +273,11 @@ int peft_config_write(const char *dir, const peft_config *cfg, char *err, size_t
     cJSON_Delete(root);
     int rc;
     if (!text) {
-        rc = st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", dir);
+        rc = rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", dir);
     } else {
         size_t n = strlen(text);
         text[n] = '\n';  /* the terminator becomes the final newline */
-        rc = st_write_file_atomic(path, text, n + 1, err, errsize);
+        rc = rt_write_file_atomic(path, text, n + 1, err, errsize);
     }
     free(text);
     free(path);
@@ -344,7 +344,7 @@ int peft_key_parse(const char *name, int *layer, enum peft_module *module, char 
                    char *err, size_t errsize)
 {
     if (!name || !layer || !module || !which)
-        return st_fail(err, errsize, RT_ERR_INVALID, "peft_key_parse: NULL argument");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "peft_key_parse: NULL argument");
     const char *p = name;
     int l;
     enum peft_module m;
@@ -357,7 +357,7 @@ int peft_key_parse(const char *name, int *layer, enum peft_module *module, char 
         w = 'B';
     ok = ok && w && (strcmp(p, ".weight") == 0 || strcmp(p, ".default.weight") == 0);
     if (!ok)
-        return st_fail(err, errsize, RT_ERR_FORMAT,
+        return rt_fail(err, errsize, RT_ERR_FORMAT,
                        "'%.200s' is not a supported LoRA key (expected " PEFT_KEY_PREFIX
                        "N.self_attn.{q,k,v,o}_proj.lora_{A,B}.weight or N.mlp.{gate,up,down}_proj..., "
                        "optionally with .default before .weight)", name);

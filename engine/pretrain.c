@@ -73,7 +73,7 @@ static int make_tokenizer(const preset *p, const char *dir, const char *text, si
     cJSON_AddNumberToObject(j, "model_max_length", p->context);
     char *text_cfg = cJSON_Print(j);
     cJSON_Delete(j);
-    rc = text_cfg ? st_write_file_atomic(path, text_cfg, strlen(text_cfg), err, errsize) : RT_ERR_NOMEM;
+    rc = text_cfg ? rt_write_file_atomic(path, text_cfg, strlen(text_cfg), err, errsize) : RT_ERR_NOMEM;
     free(text_cfg);
     return rc;
 }
@@ -111,18 +111,18 @@ int engine_pretrain(const engine_pretrain_config *cfg, const engine_callbacks *c
 {
     const preset *p = find_preset(cfg->preset);
     if (!p)
-        return st_fail(err, errsize, RT_ERR_INVALID, "preset must be tiny, micro or small");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "preset must be tiny, micro or small");
     const kernels_backend *be = NULL;
     int brc = kernels_backend_get(cfg->device ? cfg->device : engine_default_device(), &be);
     if (brc != RT_OK)
-        return st_fail(err, errsize, RT_ERR_INVALID, "device %s is not available (%s)",
+        return rt_fail(err, errsize, RT_ERR_INVALID, "device %s is not available (%s)",
                        cfg->device ? cfg->device : "default", rt_strerror(brc));
     char work[4096], corpus[4200], trained[4200], retention[4300];
     snprintf(work, sizeof work, "%s.tmp", cfg->out_dir);
     snprintf(corpus, sizeof corpus, "%s/corpus.jsonl", work);
     snprintf(trained, sizeof trained, "%s/trained", work);
     if (mkdir(work, 0755) != 0 && errno != EEXIST)
-        return st_fail(err, errsize, RT_ERR_IO, "cannot create %s: %s", work, strerror(errno));
+        return rt_fail(err, errsize, RT_ERR_IO, "cannot create %s: %s", work, strerror(errno));
     char *text = NULL;
     size_t len = 0;
     int vocab = 0;
@@ -153,9 +153,9 @@ int engine_pretrain(const engine_pretrain_config *cfg, const engine_callbacks *c
     if (rc == RT_OK)
         rc = corpus_write_retention(cfg->seed, 96, retention);
     if (rc == RT_OK && result->stopped)
-        rc = st_fail(err, errsize, RT_ERR_CANCELLED, "pre-training was stopped");
+        rc = rt_fail(err, errsize, RT_ERR_CANCELLED, "pre-training was stopped");
     if (rc == RT_OK && rename(trained, cfg->out_dir) != 0)
-        rc = st_fail(err, errsize, RT_ERR_IO, "cannot move the model to %s: %s", cfg->out_dir, strerror(errno));
+        rc = rt_fail(err, errsize, RT_ERR_IO, "cannot move the model to %s: %s", cfg->out_dir, strerror(errno));
     rt_remove_tree(work); /* the corpus, the untrained model */
     return rc;
 }

@@ -30,40 +30,40 @@
 #error "safetensors.c assumes a little-endian host"
 #endif
 
-#define ST_MAX_HEADER ((uint64_t)100 << 20)   /* same limit as the Rust crate */
-#define ST_MAX_DIM ((uint64_t)1 << 53)        /* integers a JSON double holds exactly */
-#define ST_MAX_INDEX_BYTES ((size_t)64 << 20)
+#define SFT_MAX_HEADER ((uint64_t)100 << 20)   /* same limit as the Rust crate */
+#define SFT_MAX_DIM ((uint64_t)1 << 53)        /* integers a JSON double holds exactly */
+#define SFT_MAX_INDEX_BYTES ((size_t)64 << 20)
 
-struct st_file {
+struct sft_file {
     char *path;
     void *map;
     size_t map_len;
-    st_tensor *tensors;   /* sorted by name; names owned */
+    sft_tensor *tensors;   /* sorted by name; names owned */
     size_t count;
     char **meta_keys;     /* owned */
     char **meta_vals;     /* owned */
     size_t meta_count;
 };
 
-struct st_model {
-    st_file **files;
+struct sft_model {
+    sft_file **files;
     char **file_names;    /* shard file names, parallel to files */
     size_t nfiles;
-    const st_tensor **index;  /* visible tensors, sorted by name */
+    const sft_tensor **index;  /* visible tensors, sorted by name */
     size_t count;
 };
 
-struct st_writer_entry {
+struct sft_writer_entry {
     char *name;
-    enum st_dtype dtype;
+    enum sft_dtype dtype;
     int rank;
-    int64_t shape[ST_MAX_RANK];
+    int64_t shape[SFT_MAX_RANK];
     size_t numel;
     const float *data;    /* borrowed */
 };
 
-struct st_writer {
-    struct st_writer_entry *entries;
+struct sft_writer {
+    struct sft_writer_entry *entries;
     size_t count, cap;
     char **meta_keys, **meta_vals;
     size_t meta_count, meta_cap;
@@ -72,37 +72,25 @@ struct st_writer {
 static const struct {
     const char *name;
     size_t size;
-} st_dtypes[ST_DTYPE_COUNT] = {
-    [ST_F32] = {"F32", 4},   [ST_F16] = {"F16", 2},   [ST_BF16] = {"BF16", 2},
-    [ST_F64] = {"F64", 8},   [ST_I64] = {"I64", 8},   [ST_I32] = {"I32", 4},
-    [ST_I16] = {"I16", 2},   [ST_I8] = {"I8", 1},     [ST_U64] = {"U64", 8},
-    [ST_U32] = {"U32", 4},   [ST_U16] = {"U16", 2},   [ST_U8] = {"U8", 1},
-    [ST_BOOL] = {"BOOL", 1}, [ST_F8_E4M3] = {"F8_E4M3", 1},
-    [ST_F8_E5M2] = {"F8_E5M2", 1},
+} sft_dtypes[SFT_DTYPE_COUNT] = {
+    [SFT_F32] = {"F32", 4},   [SFT_F16] = {"F16", 2},   [SFT_BF16] = {"BF16", 2},
+    [SFT_F64] = {"F64", 8},   [SFT_I64] = {"I64", 8},   [SFT_I32] = {"I32", 4},
+    [SFT_I16] = {"I16", 2},   [SFT_I8] = {"I8", 1},     [SFT_U64] = {"U64", 8},
+    [SFT_U32] = {"U32", 4},   [SFT_U16] = {"U16", 2},   [SFT_U8] = {"U8", 1},
+    [SFT_BOOL] = {"BOOL", 1}, [SFT_F8_E4M3] = {"F8_E4M3", 1},
+    [SFT_F8_E5M2] = {"F8_E5M2", 1},
 };
 
 /* ---- small shared helpers --------------------------------------------- */
 
-/* Writes a formatted message into err (if any) and returns code. */
-int st_fail(char *err, size_t errsize, int code, const char *fmt, ...)
-{
-    if (err && errsize > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errsize, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 /* Maps an errno from open() to an rt_error code. */
-static int st_errno_code(int e)
+static int sft_errno_code(int e)
 {
     return e == ENOENT ? RT_ERR_NOT_FOUND : RT_ERR_IO;
 }
 
 /* Returns a malloc'd copy of s, or NULL. */
-static char *st_strdup(const char *s)
+static char *sft_strdup(const char *s)
 {
     size_t n = strlen(s) + 1;
     char *p = malloc(n);
@@ -112,7 +100,7 @@ static char *st_strdup(const char *s)
 }
 
 /* Joins dir and name with '/' into a malloc'd string, or NULL. */
-static char *st_path_join(const char *dir, const char *name)
+static char *sft_path_join(const char *dir, const char *name)
 {
     size_t a = strlen(dir), b = strlen(name);
     char *p = malloc(a + b + 2);
@@ -124,22 +112,22 @@ static char *st_path_join(const char *dir, const char *name)
     return p;
 }
 
-const char *st_dtype_name(enum st_dtype dtype)
+const char *sft_dtype_name(enum sft_dtype dtype)
 {
-    return (unsigned)dtype < ST_DTYPE_COUNT ? st_dtypes[dtype].name : "?";
+    return (unsigned)dtype < SFT_DTYPE_COUNT ? sft_dtypes[dtype].name : "?";
 }
 
-size_t st_dtype_size(enum st_dtype dtype)
+size_t sft_dtype_size(enum sft_dtype dtype)
 {
-    return (unsigned)dtype < ST_DTYPE_COUNT ? st_dtypes[dtype].size : 0;
+    return (unsigned)dtype < SFT_DTYPE_COUNT ? sft_dtypes[dtype].size : 0;
 }
 
 /* Looks up a dtype by its format name; false when unknown. */
-static bool st_dtype_parse(const char *s, enum st_dtype *out)
+static bool sft_dtype_parse(const char *s, enum sft_dtype *out)
 {
-    for (int i = 0; i < ST_DTYPE_COUNT; i++) {
-        if (strcmp(s, st_dtypes[i].name) == 0) {
-            *out = (enum st_dtype)i;
+    for (int i = 0; i < SFT_DTYPE_COUNT; i++) {
+        if (strcmp(s, sft_dtypes[i].name) == 0) {
+            *out = (enum sft_dtype)i;
             return true;
         }
     }
@@ -149,14 +137,14 @@ static bool st_dtype_parse(const char *s, enum st_dtype *out)
 /* ---- scalar conversions ------------------------------------------------ */
 
 /* Reinterprets 32 bits as a float (no aliasing issues through memcpy). */
-static float st_bits_f32(uint32_t u)
+static float sft_bits_f32(uint32_t u)
 {
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
 }
 
-float st_f16_to_f32(uint16_t h)
+float sft_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu;
@@ -167,16 +155,16 @@ float st_f16_to_f32(uint16_t h)
         return sign ? -v : v;
     }
     if (exp == 31)  /* inf, or NaN with its payload kept */
-        return st_bits_f32(sign | 0x7f800000u | (mant << 13));
-    return st_bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
+        return sft_bits_f32(sign | 0x7f800000u | (mant << 13));
+    return sft_bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
 }
 
-float st_bf16_to_f32(uint16_t b)
+float sft_bf16_to_f32(uint16_t b)
 {
-    return st_bits_f32((uint32_t)b << 16);
+    return sft_bits_f32((uint32_t)b << 16);
 }
 
-uint16_t st_f32_to_bf16(float f)
+uint16_t sft_f32_to_bf16(float f)
 {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
@@ -187,7 +175,7 @@ uint16_t st_f32_to_bf16(float f)
     return (uint16_t)(u >> 16);
 }
 
-uint16_t st_f32_to_f16(float f)
+uint16_t sft_f32_to_f16(float f)
 {
     uint32_t u;
     memcpy(&u, &f, sizeof u);
@@ -208,7 +196,7 @@ uint16_t st_f32_to_f16(float f)
 /* ---- parsing one file -------------------------------------------------- */
 
 /* Reads a JSON number that must be an integer in [0, max] into *out. */
-static bool st_json_uint(const cJSON *item, uint64_t max, uint64_t *out)
+static bool sft_json_uint(const cJSON *item, uint64_t max, uint64_t *out)
 {
     if (!cJSON_IsNumber(item))
         return false;
@@ -225,52 +213,52 @@ static bool st_json_uint(const cJSON *item, uint64_t max, uint64_t *out)
 /* Fills t's dtype, rank, shape, numel and nbytes from entry's "dtype" and
  * "shape", and *begin and *end from its "data_offsets", validated against
  * data_len. The name is set by the caller. */
-static int st_parse_entry(const char *path, const cJSON *entry, size_t data_len,
-                          st_tensor *t, uint64_t *begin, uint64_t *end,
+static int sft_parse_entry(const char *path, const cJSON *entry, size_t data_len,
+                          sft_tensor *t, uint64_t *begin, uint64_t *end,
                           char *err, size_t errsize)
 {
     const char *name = entry->string;
     if (!cJSON_IsObject(entry))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s' is not a JSON object", path, name);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s' is not a JSON object", path, name);
     const cJSON *dtype = cJSON_GetObjectItemCaseSensitive(entry, "dtype");
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(entry, "shape");
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(entry, "data_offsets");
     if (!cJSON_IsString(dtype))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s': missing or non-string dtype", path, name);
-    if (!st_dtype_parse(dtype->valuestring, &t->dtype))
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: tensor '%s': unsupported dtype '%.32s'",
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s': missing or non-string dtype", path, name);
+    if (!sft_dtype_parse(dtype->valuestring, &t->dtype))
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: tensor '%s': unsupported dtype '%.32s'",
                        path, name, dtype->valuestring);
     if (!cJSON_IsArray(shape))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s': missing or non-array shape", path, name);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s': missing or non-array shape", path, name);
     int rank = cJSON_GetArraySize(shape);
-    if (rank > ST_MAX_RANK)
-        return st_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: tensor '%s': rank %d exceeds %d",
-                       path, name, rank, ST_MAX_RANK);
+    if (rank > SFT_MAX_RANK)
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "%s: tensor '%s': rank %d exceeds %d",
+                       path, name, rank, SFT_MAX_RANK);
     size_t numel = 1;
     int i = 0;
     const cJSON *dim;
     memset(t->shape, 0, sizeof t->shape);
     cJSON_ArrayForEach(dim, shape) {
         uint64_t v;
-        if (!st_json_uint(dim, ST_MAX_DIM, &v))
-            return st_fail(err, errsize, RT_ERR_FORMAT,
+        if (!sft_json_uint(dim, SFT_MAX_DIM, &v))
+            return rt_fail(err, errsize, RT_ERR_FORMAT,
                            "%s: tensor '%s': shape[%d] is not an integer in [0, 2^53]", path, name, i);
         if (__builtin_mul_overflow(numel, (size_t)v, &numel))
-            return st_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s': shape product overflows", path, name);
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s': shape product overflows", path, name);
         t->shape[i++] = (int64_t)v;
     }
     size_t nbytes;
-    if (__builtin_mul_overflow(numel, st_dtypes[t->dtype].size, &nbytes))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s': byte size overflows", path, name);
+    if (__builtin_mul_overflow(numel, sft_dtypes[t->dtype].size, &nbytes))
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s': byte size overflows", path, name);
     if (!cJSON_IsArray(offs) || cJSON_GetArraySize(offs) != 2)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s': data_offsets must be [begin, end]", path, name);
-    if (!st_json_uint(offs->child, data_len, begin) || !st_json_uint(offs->child->next, data_len, end) ||
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s': data_offsets must be [begin, end]", path, name);
+    if (!sft_json_uint(offs->child, data_len, begin) || !sft_json_uint(offs->child->next, data_len, end) ||
         *begin > *end)
-        return st_fail(err, errsize, RT_ERR_FORMAT,
+        return rt_fail(err, errsize, RT_ERR_FORMAT,
                        "%s: tensor '%s': data_offsets must be two integers, begin <= end, within the %zu-byte "
                        "data section", path, name, data_len);
     if (*end - *begin != nbytes)
-        return st_fail(err, errsize, RT_ERR_FORMAT,
+        return rt_fail(err, errsize, RT_ERR_FORMAT,
                        "%s: tensor '%s': data_offsets span %llu bytes but its dtype and shape need %zu",
                        path, name, (unsigned long long)(*end - *begin), nbytes);
     t->rank = rank;
@@ -280,57 +268,57 @@ static int st_parse_entry(const char *path, const cJSON *entry, size_t data_len,
 }
 
 /* Copies the __metadata__ object (string values only) into f. */
-static int st_parse_metadata(st_file *f, const cJSON *meta, char *err, size_t errsize)
+static int sft_parse_metadata(sft_file *f, const cJSON *meta, char *err, size_t errsize)
 {
     if (!cJSON_IsObject(meta))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: __metadata__ is not an object", f->path);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: __metadata__ is not an object", f->path);
     size_t n = (size_t)cJSON_GetArraySize(meta);
     f->meta_keys = calloc(n ? n : 1, sizeof *f->meta_keys);
     f->meta_vals = calloc(n ? n : 1, sizeof *f->meta_vals);
     if (!f->meta_keys || !f->meta_vals)
-        return st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", f->path);
+        return rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", f->path);
     const cJSON *kv;
     cJSON_ArrayForEach(kv, meta) {
         if (!cJSON_IsString(kv))
-            return st_fail(err, errsize, RT_ERR_FORMAT, "%s: __metadata__ value '%s' is not a string",
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: __metadata__ value '%s' is not a string",
                            f->path, kv->string);
-        f->meta_keys[f->meta_count] = st_strdup(kv->string);
-        f->meta_vals[f->meta_count] = st_strdup(kv->valuestring);
+        f->meta_keys[f->meta_count] = sft_strdup(kv->string);
+        f->meta_vals[f->meta_count] = sft_strdup(kv->valuestring);
         f->meta_count++;  /* counted first so a failed strdup is still freed */
         if (!f->meta_keys[f->meta_count - 1] || !f->meta_vals[f->meta_count - 1])
-            return st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", f->path);
+            return rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", f->path);
     }
     return RT_OK;
 }
 
-struct st_span {
+struct sft_span {
     uint64_t begin, end;
     const char *name;
 };
 
 /* qsort comparator: spans by begin offset. */
-static int st_span_cmp(const void *a, const void *b)
+static int sft_span_cmp(const void *a, const void *b)
 {
-    const struct st_span *x = a, *y = b;
+    const struct sft_span *x = a, *y = b;
     return x->begin < y->begin ? -1 : x->begin > y->begin;
 }
 
 /* qsort comparator: tensors by name. */
-static int st_tensor_cmp(const void *a, const void *b)
+static int sft_tensor_cmp(const void *a, const void *b)
 {
-    return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
+    return strcmp(((const sft_tensor *)a)->name, ((const sft_tensor *)b)->name);
 }
 
 /* Fails when two non-empty spans overlap. spans is sorted in place. */
-static int st_check_overlap(const char *path, struct st_span *spans, size_t n, char *err, size_t errsize)
+static int sft_check_overlap(const char *path, struct sft_span *spans, size_t n, char *err, size_t errsize)
 {
-    qsort(spans, n, sizeof *spans, st_span_cmp);
-    const struct st_span *prev = NULL;
+    qsort(spans, n, sizeof *spans, sft_span_cmp);
+    const struct sft_span *prev = NULL;
     for (size_t i = 0; i < n; i++) {
         if (spans[i].begin == spans[i].end)
             continue;
         if (prev && spans[i].begin < prev->end)
-            return st_fail(err, errsize, RT_ERR_FORMAT, "%s: tensors '%s' and '%s' overlap",
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: tensors '%s' and '%s' overlap",
                            path, prev->name, spans[i].name);
         prev = &spans[i];
     }
@@ -338,18 +326,18 @@ static int st_check_overlap(const char *path, struct st_span *spans, size_t n, c
 }
 
 /* Sorts f's tensors by name and fails on a duplicate name. */
-static int st_sort_names(st_file *f, char *err, size_t errsize)
+static int sft_sort_names(sft_file *f, char *err, size_t errsize)
 {
-    qsort(f->tensors, f->count, sizeof *f->tensors, st_tensor_cmp);
+    qsort(f->tensors, f->count, sizeof *f->tensors, sft_tensor_cmp);
     for (size_t i = 1; i < f->count; i++)
         if (strcmp(f->tensors[i - 1].name, f->tensors[i].name) == 0)
-            return st_fail(err, errsize, RT_ERR_FORMAT, "%s: duplicate tensor name '%s'",
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: duplicate tensor name '%s'",
                            f->path, f->tensors[i].name);
     return RT_OK;
 }
 
 /* Builds f's tensor table and metadata from the parsed header root. */
-static int st_parse_header(st_file *f, const cJSON *root, const uint8_t *data, size_t data_len,
+static int sft_parse_header(sft_file *f, const cJSON *root, const uint8_t *data, size_t data_len,
                            char *err, size_t errsize)
 {
     size_t n = 0;
@@ -358,64 +346,64 @@ static int st_parse_header(st_file *f, const cJSON *root, const uint8_t *data, s
     cJSON_ArrayForEach(e, root)
         n += strcmp(e->string, "__metadata__") != 0;
     f->tensors = calloc(n ? n : 1, sizeof *f->tensors);
-    struct st_span *spans = calloc(n ? n : 1, sizeof *spans);
+    struct sft_span *spans = calloc(n ? n : 1, sizeof *spans);
     int rc = RT_OK;
     if (!f->tensors || !spans) {
-        rc = st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", f->path);
+        rc = rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", f->path);
         goto out;
     }
     cJSON_ArrayForEach(e, root) {
         if (strcmp(e->string, "__metadata__") == 0) {
             if (seen_meta) {
-                rc = st_fail(err, errsize, RT_ERR_FORMAT, "%s: duplicate __metadata__", f->path);
+                rc = rt_fail(err, errsize, RT_ERR_FORMAT, "%s: duplicate __metadata__", f->path);
                 goto out;
             }
             seen_meta = true;
-            if ((rc = st_parse_metadata(f, e, err, errsize)) != RT_OK)
+            if ((rc = sft_parse_metadata(f, e, err, errsize)) != RT_OK)
                 goto out;
             continue;
         }
-        st_tensor *t = &f->tensors[f->count];
+        sft_tensor *t = &f->tensors[f->count];
         uint64_t begin = 0, end = 0;
-        if ((rc = st_parse_entry(f->path, e, data_len, t, &begin, &end, err, errsize)) != RT_OK)
+        if ((rc = sft_parse_entry(f->path, e, data_len, t, &begin, &end, err, errsize)) != RT_OK)
             goto out;
-        if (!(t->name = st_strdup(e->string))) {
-            rc = st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", f->path);
+        if (!(t->name = sft_strdup(e->string))) {
+            rc = rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", f->path);
             goto out;
         }
         t->data = data + begin;
-        spans[f->count] = (struct st_span){begin, end, t->name};
+        spans[f->count] = (struct sft_span){begin, end, t->name};
         f->count++;
     }
-    if ((rc = st_check_overlap(f->path, spans, f->count, err, errsize)) != RT_OK)
+    if ((rc = sft_check_overlap(f->path, spans, f->count, err, errsize)) != RT_OK)
         goto out;
-    rc = st_sort_names(f, err, errsize);
+    rc = sft_sort_names(f, err, errsize);
 out:
     free(spans);
     return rc;
 }
 
 /* Maps path read-only into f->map / f->map_len. */
-static int st_map(st_file *f, char *err, size_t errsize)
+static int sft_map(sft_file *f, char *err, size_t errsize)
 {
     /* O_NONBLOCK: a FIFO in a model folder must be refused below, not block
      * the open until a writer comes; it changes nothing for regular files. */
     int fd = open(f->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
-        return st_fail(err, errsize, st_errno_code(errno), "%s: cannot open: %s", f->path, strerror(errno));
+        return rt_fail(err, errsize, sft_errno_code(errno), "%s: cannot open: %s", f->path, strerror(errno));
     struct stat sb;
     int rc = RT_OK;
     if (fstat(fd, &sb) != 0) {
-        rc = st_fail(err, errsize, RT_ERR_IO, "%s: cannot stat: %s", f->path, strerror(errno));
+        rc = rt_fail(err, errsize, RT_ERR_IO, "%s: cannot stat: %s", f->path, strerror(errno));
     } else if (!S_ISREG(sb.st_mode)) {
-        rc = st_fail(err, errsize, RT_ERR_FORMAT, "%s: not a regular file", f->path);
+        rc = rt_fail(err, errsize, RT_ERR_FORMAT, "%s: not a regular file", f->path);
     } else if (sb.st_size < 8) {
-        rc = st_fail(err, errsize, RT_ERR_FORMAT, "%s: truncated: %lld bytes, a safetensors file has at least 8",
+        rc = rt_fail(err, errsize, RT_ERR_FORMAT, "%s: truncated: %lld bytes, a safetensors file has at least 8",
                      f->path, (long long)sb.st_size);
     } else {
         void *m = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {
-            rc = st_fail(err, errsize, RT_ERR_IO, "%s: cannot map: %s", f->path, strerror(errno));
+            rc = rt_fail(err, errsize, RT_ERR_IO, "%s: cannot map: %s", f->path, strerror(errno));
         } else {
             f->map = m;
             f->map_len = (size_t)sb.st_size;
@@ -426,27 +414,27 @@ static int st_map(st_file *f, char *err, size_t errsize)
 }
 
 /* Checks the header length and parses the header JSON into *root. */
-static int st_read_header(st_file *f, cJSON **root, uint64_t *hlen, char *err, size_t errsize)
+static int sft_read_header(sft_file *f, cJSON **root, uint64_t *hlen, char *err, size_t errsize)
 {
     uint64_t n;
     memcpy(&n, f->map, 8);
     if (n < 2)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: header length %llu is too small", f->path,
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: header length %llu is too small", f->path,
                        (unsigned long long)n);
     if (n > f->map_len - 8)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: header length %llu exceeds the file (%zu bytes)",
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: header length %llu exceeds the file (%zu bytes)",
                        f->path, (unsigned long long)n, f->map_len);
-    if (n > ST_MAX_HEADER)
-        return st_fail(err, errsize, RT_ERR_TOO_LARGE, "%s: header length %llu exceeds the 100 MiB limit",
+    if (n > SFT_MAX_HEADER)
+        return rt_fail(err, errsize, RT_ERR_TOO_LARGE, "%s: header length %llu exceeds the 100 MiB limit",
                        f->path, (unsigned long long)n);
     /* Parse a NUL-terminated private copy: cJSON then cannot read past the
      * header even if its length checks had a gap. */
     const char *src = (const char *)f->map + 8;
     if (memchr(src, '\0', (size_t)n))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: header contains a NUL byte", f->path);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: header contains a NUL byte", f->path);
     char *text = malloc((size_t)n + 1);
     if (!text)
-        return st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", f->path);
+        return rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", f->path);
     memcpy(text, src, (size_t)n);
     text[n] = '\0';
     const char *end = NULL;
@@ -457,48 +445,48 @@ static int st_read_header(st_file *f, cJSON **root, uint64_t *hlen, char *err, s
         trailing |= text[i] != ' ' && text[i] != '\t' && text[i] != '\n' && text[i] != '\r';
     free(text);
     if (!json)
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: header is not valid JSON (near byte %zu)", f->path, at);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: header is not valid JSON (near byte %zu)", f->path, at);
     if (trailing) {
         cJSON_Delete(json);
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: unexpected bytes after the header JSON", f->path);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: unexpected bytes after the header JSON", f->path);
     }
     if (!cJSON_IsObject(json)) {
         cJSON_Delete(json);
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: header is not a JSON object", f->path);
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: header is not a JSON object", f->path);
     }
     *root = json;
     *hlen = n;
     return RT_OK;
 }
 
-int st_file_open(const char *path, st_file **out, char *err, size_t errsize)
+int sft_file_open(const char *path, sft_file **out, char *err, size_t errsize)
 {
     if (!path || !out)
-        return st_fail(err, errsize, RT_ERR_INVALID, "st_file_open: NULL argument");
-    st_file *f = calloc(1, sizeof *f);
-    if (!f || !(f->path = st_strdup(path))) {
+        return rt_fail(err, errsize, RT_ERR_INVALID, "sft_file_open: NULL argument");
+    sft_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = sft_strdup(path))) {
         free(f);
-        return st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", path);
+        return rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", path);
     }
     cJSON *root = NULL;
     uint64_t hlen = 0;
-    int rc = st_map(f, err, errsize);
+    int rc = sft_map(f, err, errsize);
     if (rc == RT_OK)
-        rc = st_read_header(f, &root, &hlen, err, errsize);
+        rc = sft_read_header(f, &root, &hlen, err, errsize);
     if (rc == RT_OK) {
         const uint8_t *data = (const uint8_t *)f->map + 8 + hlen;
-        rc = st_parse_header(f, root, data, f->map_len - 8 - (size_t)hlen, err, errsize);
+        rc = sft_parse_header(f, root, data, f->map_len - 8 - (size_t)hlen, err, errsize);
     }
     cJSON_Delete(root);
     if (rc != RT_OK) {
-        st_file_close(f);
+        sft_file_close(f);
         return rc;
     }
     *out = f;
     return RT_OK;
 }
 
-void st_file_close(st_file *f)
+void sft_file_close(sft_file *f)
 {
     if (!f)
         return;
@@ -517,25 +505,25 @@ void st_file_close(st_file *f)
     free(f);
 }
 
-size_t st_tensor_count(const st_file *f)
+size_t sft_tensor_count(const sft_file *f)
 {
     return f ? f->count : 0;
 }
 
-const st_tensor *st_tensor_at(const st_file *f, size_t i)
+const sft_tensor *sft_tensor_at(const sft_file *f, size_t i)
 {
     return f && i < f->count ? &f->tensors[i] : NULL;
 }
 
-const st_tensor *st_tensor_find(const st_file *f, const char *name)
+const sft_tensor *sft_tensor_find(const sft_file *f, const char *name)
 {
     if (!f || !name)
         return NULL;
-    st_tensor key = {.name = name};
-    return bsearch(&key, f->tensors, f->count, sizeof *f->tensors, st_tensor_cmp);
+    sft_tensor key = {.name = name};
+    return bsearch(&key, f->tensors, f->count, sizeof *f->tensors, sft_tensor_cmp);
 }
 
-const char *st_file_metadata(const st_file *f, const char *key)
+const char *sft_file_metadata(const sft_file *f, const char *key)
 {
     if (!f || !key)
         return NULL;
@@ -545,34 +533,34 @@ const char *st_file_metadata(const st_file *f, const char *key)
     return NULL;
 }
 
-const char *st_shape_format(const st_tensor *t, char *buf, size_t size)
+const char *sft_shape_format(const sft_tensor *t, char *buf, size_t size)
 {
     if (!buf || !size)
         return buf;
     size_t at = (size_t)snprintf(buf, size, "[");
-    for (int i = 0; t && i < t->rank && i < ST_MAX_RANK && at < size; i++)
+    for (int i = 0; t && i < t->rank && i < SFT_MAX_RANK && at < size; i++)
         at += (size_t)snprintf(buf + at, size - at, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
     if (at < size)
         snprintf(buf + at, size - at, "]");
     return buf;
 }
 
-int st_tensor_read_f32(const st_tensor *t, float *dst, size_t n)
+int sft_tensor_read_f32(const sft_tensor *t, float *dst, size_t n)
 {
     if (!t || (!dst && n) || n != t->numel)
         return RT_ERR_INVALID;
     const uint8_t *src = t->data;
     switch (t->dtype) {
-    case ST_F32:
+    case SFT_F32:
         if (n)
             memcpy(dst, src, n * sizeof *dst);
         return RT_OK;
-    case ST_F16:
-    case ST_BF16:
+    case SFT_F16:
+    case SFT_BF16:
         for (size_t i = 0; i < n; i++) {
             uint16_t h;
             memcpy(&h, src + 2 * i, 2);
-            dst[i] = t->dtype == ST_F16 ? st_f16_to_f32(h) : st_bf16_to_f32(h);
+            dst[i] = t->dtype == SFT_F16 ? sft_f16_to_f32(h) : sft_bf16_to_f32(h);
         }
         return RT_OK;
     default:
@@ -583,14 +571,14 @@ int st_tensor_read_f32(const st_tensor *t, float *dst, size_t n)
 /* ---- sharded model directories ----------------------------------------- */
 
 /* qsort/bsearch comparator: tensor pointers by name. */
-static int st_tensor_ptr_cmp(const void *a, const void *b)
+static int sft_tensor_ptr_cmp(const void *a, const void *b)
 {
-    return strcmp((*(const st_tensor *const *)a)->name, (*(const st_tensor *const *)b)->name);
+    return strcmp((*(const sft_tensor *const *)a)->name, (*(const sft_tensor *const *)b)->name);
 }
 
 /* Returns the open shard called name, opening it (and recording it in m)
  * on first use. Rejects names that could leave dir. */
-static int st_model_shard(st_model *m, const char *dir, const char *name, st_file **out,
+static int sft_model_shard(sft_model *m, const char *dir, const char *name, sft_file **out,
                           char *err, size_t errsize)
 {
     for (size_t i = 0; i < m->nfiles; i++) {
@@ -600,20 +588,20 @@ static int st_model_shard(st_model *m, const char *dir, const char *name, st_fil
         }
     }
     if (!name[0] || strchr(name, '/') || strstr(name, ".."))
-        return st_fail(err, errsize, RT_ERR_FORMAT, "%s: weight_map names an invalid shard file '%.128s'",
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "%s: weight_map names an invalid shard file '%.128s'",
                        dir, name);
-    st_file **files = realloc(m->files, (m->nfiles + 1) * sizeof *files);
+    sft_file **files = realloc(m->files, (m->nfiles + 1) * sizeof *files);
     if (files)
         m->files = files;
     char **names = realloc(m->file_names, (m->nfiles + 1) * sizeof *names);
     if (names)
         m->file_names = names;
-    char *copy = st_strdup(name);
-    char *path = st_path_join(dir, name);
+    char *copy = sft_strdup(name);
+    char *path = sft_path_join(dir, name);
     int rc = RT_OK;
     if (!files || !names || !copy || !path) {
-        rc = st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", dir);
-    } else if ((rc = st_file_open(path, &m->files[m->nfiles], err, errsize)) == RT_OK) {
+        rc = rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", dir);
+    } else if ((rc = sft_file_open(path, &m->files[m->nfiles], err, errsize)) == RT_OK) {
         m->file_names[m->nfiles] = copy;
         *out = m->files[m->nfiles++];
         copy = NULL;
@@ -624,12 +612,12 @@ static int st_model_shard(st_model *m, const char *dir, const char *name, st_fil
 }
 
 /* Fills m from the index file at index_path: every weight_map entry. */
-static int st_model_load_index(st_model *m, const char *dir, const char *index_path,
+static int sft_model_load_index(sft_model *m, const char *dir, const char *index_path,
                                char *err, size_t errsize)
 {
     char *text = NULL;
     size_t len = 0;
-    int rc = st_read_file(index_path, ST_MAX_INDEX_BYTES, &text, &len, err, errsize);
+    int rc = rt_read_file(index_path, SFT_MAX_INDEX_BYTES, &text, &len, err, errsize);
     if (rc != RT_OK)
         return rc;
     cJSON *root = cJSON_ParseWithLength(text, len);
@@ -637,29 +625,29 @@ static int st_model_load_index(st_model *m, const char *dir, const char *index_p
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     const cJSON *e;
     if (!root) {
-        rc = st_fail(err, errsize, RT_ERR_FORMAT, "%s: not valid JSON", index_path);
+        rc = rt_fail(err, errsize, RT_ERR_FORMAT, "%s: not valid JSON", index_path);
         goto out;
     }
     if (!cJSON_IsObject(map)) {
-        rc = st_fail(err, errsize, RT_ERR_FORMAT, "%s: missing weight_map object", index_path);
+        rc = rt_fail(err, errsize, RT_ERR_FORMAT, "%s: missing weight_map object", index_path);
         goto out;
     }
     size_t n = (size_t)cJSON_GetArraySize(map);
     if (!(m->index = calloc(n ? n : 1, sizeof *m->index))) {
-        rc = st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", index_path);
+        rc = rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", index_path);
         goto out;
     }
     cJSON_ArrayForEach(e, map) {
         if (!cJSON_IsString(e)) {
-            rc = st_fail(err, errsize, RT_ERR_FORMAT, "%s: weight_map['%s'] is not a string", index_path, e->string);
+            rc = rt_fail(err, errsize, RT_ERR_FORMAT, "%s: weight_map['%s'] is not a string", index_path, e->string);
             goto out;
         }
-        st_file *shard;
-        if ((rc = st_model_shard(m, dir, e->valuestring, &shard, err, errsize)) != RT_OK)
+        sft_file *shard;
+        if ((rc = sft_model_shard(m, dir, e->valuestring, &shard, err, errsize)) != RT_OK)
             goto out;
-        const st_tensor *t = st_tensor_find(shard, e->string);
+        const sft_tensor *t = sft_tensor_find(shard, e->string);
         if (!t) {
-            rc = st_fail(err, errsize, RT_ERR_FORMAT, "%s: weight_map puts '%s' in %s, which lacks it",
+            rc = rt_fail(err, errsize, RT_ERR_FORMAT, "%s: weight_map puts '%s' in %s, which lacks it",
                          index_path, e->string, e->valuestring);
             goto out;
         }
@@ -671,43 +659,43 @@ out:
 }
 
 /* Fills m from the single file dir/model.safetensors. */
-static int st_model_load_single(st_model *m, const char *dir, char *err, size_t errsize)
+static int sft_model_load_single(sft_model *m, const char *dir, char *err, size_t errsize)
 {
-    st_file *f;
-    int rc = st_model_shard(m, dir, "model.safetensors", &f, err, errsize);
+    sft_file *f;
+    int rc = sft_model_shard(m, dir, "model.safetensors", &f, err, errsize);
     if (rc != RT_OK)
         return rc;
     if (!(m->index = calloc(f->count ? f->count : 1, sizeof *m->index)))
-        return st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", dir);
+        return rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", dir);
     for (size_t i = 0; i < f->count; i++)
         m->index[m->count++] = &f->tensors[i];
     return RT_OK;
 }
 
-int st_model_open(const char *dir, st_model **out, char *err, size_t errsize)
+int sft_model_open(const char *dir, sft_model **out, char *err, size_t errsize)
 {
     if (!dir || !out)
-        return st_fail(err, errsize, RT_ERR_INVALID, "st_model_open: NULL argument");
-    st_model *m = calloc(1, sizeof *m);
-    char *index_path = st_path_join(dir, "model.safetensors.index.json");
+        return rt_fail(err, errsize, RT_ERR_INVALID, "sft_model_open: NULL argument");
+    sft_model *m = calloc(1, sizeof *m);
+    char *index_path = sft_path_join(dir, "model.safetensors.index.json");
     int rc;
     if (!m || !index_path) {
-        rc = st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", dir);
+        rc = rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", dir);
         goto fail;
     }
     if (access(index_path, F_OK) == 0) {
-        rc = st_model_load_index(m, dir, index_path, err, errsize);
+        rc = sft_model_load_index(m, dir, index_path, err, errsize);
     } else {
-        rc = st_model_load_single(m, dir, err, errsize);
+        rc = sft_model_load_single(m, dir, err, errsize);
         if (rc == RT_ERR_NOT_FOUND)
-            st_fail(err, errsize, rc, "%s: no model.safetensors or model.safetensors.index.json", dir);
+            rt_fail(err, errsize, rc, "%s: no model.safetensors or model.safetensors.index.json", dir);
     }
     if (rc != RT_OK)
         goto fail;
-    qsort(m->index, m->count, sizeof *m->index, st_tensor_ptr_cmp);
+    qsort(m->index, m->count, sizeof *m->index, sft_tensor_ptr_cmp);
     for (size_t i = 1; i < m->count; i++) {
         if (strcmp(m->index[i - 1]->name, m->index[i]->name) == 0) {
-            rc = st_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s' listed twice", dir, m->index[i]->name);
+            rc = rt_fail(err, errsize, RT_ERR_FORMAT, "%s: tensor '%s' listed twice", dir, m->index[i]->name);
             goto fail;
         }
     }
@@ -716,23 +704,23 @@ int st_model_open(const char *dir, st_model **out, char *err, size_t errsize)
     return RT_OK;
 fail:
     free(index_path);
-    st_model_close(m);
+    sft_model_close(m);
     return rc;
 }
 
-void st_model_prefetch(const st_model *m)
+void sft_model_prefetch(const sft_model *m)
 {
     for (size_t i = 0; m && i < m->nfiles; i++)
         if (m->files[i]->map)
             (void)madvise(m->files[i]->map, m->files[i]->map_len, MADV_WILLNEED);
 }
 
-void st_model_close(st_model *m)
+void sft_model_close(sft_model *m)
 {
     if (!m)
         return;
     for (size_t i = 0; i < m->nfiles; i++) {
-        st_file_close(m->files[i]);
+        sft_file_close(m->files[i]);
         free(m->file_names[i]);
     }
     free(m->files);
@@ -741,40 +729,40 @@ void st_model_close(st_model *m)
     free(m);
 }
 
-size_t st_model_tensor_count(const st_model *m)
+size_t sft_model_tensor_count(const sft_model *m)
 {
     return m ? m->count : 0;
 }
 
-const st_tensor *st_model_tensor_at(const st_model *m, size_t i)
+const sft_tensor *sft_model_tensor_at(const sft_model *m, size_t i)
 {
     return m && i < m->count ? m->index[i] : NULL;
 }
 
-const st_tensor *st_model_find(const st_model *m, const char *name)
+const sft_tensor *sft_model_find(const sft_model *m, const char *name)
 {
     if (!m || !name)
         return NULL;
-    st_tensor key = {.name = name};
-    const st_tensor *kp = &key;
-    const st_tensor *const *hit = bsearch(&kp, m->index, m->count, sizeof *m->index, st_tensor_ptr_cmp);
+    sft_tensor key = {.name = name};
+    const sft_tensor *kp = &key;
+    const sft_tensor *const *hit = bsearch(&kp, m->index, m->count, sizeof *m->index, sft_tensor_ptr_cmp);
     return hit ? *hit : NULL;
 }
 
 /* ---- writing ------------------------------------------------------------ */
 
-int st_writer_init(st_writer **out)
+int sft_writer_init(sft_writer **out)
 {
     if (!out)
         return RT_ERR_INVALID;
-    st_writer *w = calloc(1, sizeof *w);
+    sft_writer *w = calloc(1, sizeof *w);
     if (!w)
         return RT_ERR_NOMEM;
     *out = w;
     return RT_OK;
 }
 
-void st_writer_free(st_writer *w)
+void sft_writer_free(sft_writer *w)
 {
     if (!w)
         return;
@@ -790,13 +778,13 @@ void st_writer_free(st_writer *w)
     free(w);
 }
 
-int st_writer_add(st_writer *w, const char *name, enum st_dtype dtype,
+int sft_writer_add(sft_writer *w, const char *name, enum sft_dtype dtype,
                   int rank, const int64_t *shape, const float *data)
 {
     if (!w || !name || !name[0] || strcmp(name, "__metadata__") == 0 ||
-        (dtype != ST_F32 && dtype != ST_BF16 && dtype != ST_F16) || rank < 0 || rank > ST_MAX_RANK || (rank && !shape))
+        (dtype != SFT_F32 && dtype != SFT_BF16 && dtype != SFT_F16) || rank < 0 || rank > SFT_MAX_RANK || (rank && !shape))
         return RT_ERR_INVALID;
-    struct st_writer_entry e = {.dtype = dtype, .rank = rank, .numel = 1, .data = data};
+    struct sft_writer_entry e = {.dtype = dtype, .rank = rank, .numel = 1, .data = data};
     for (int i = 0; i < rank; i++) {
         if (shape[i] < 0)
             return RT_ERR_INVALID;
@@ -811,23 +799,23 @@ int st_writer_add(st_writer *w, const char *name, enum st_dtype dtype,
             return RT_ERR_EXISTS;
     if (w->count == w->cap) {
         size_t cap = w->cap ? 2 * w->cap : 16;
-        struct st_writer_entry *p = realloc(w->entries, cap * sizeof *p);
+        struct sft_writer_entry *p = realloc(w->entries, cap * sizeof *p);
         if (!p)
             return RT_ERR_NOMEM;
         w->entries = p;
         w->cap = cap;
     }
-    if (!(e.name = st_strdup(name)))
+    if (!(e.name = sft_strdup(name)))
         return RT_ERR_NOMEM;
     w->entries[w->count++] = e;
     return RT_OK;
 }
 
-int st_writer_set_metadata(st_writer *w, const char *key, const char *value)
+int sft_writer_set_metadata(sft_writer *w, const char *key, const char *value)
 {
     if (!w || !key || !key[0] || !value)
         return RT_ERR_INVALID;
-    char *v = st_strdup(value);
+    char *v = sft_strdup(value);
     if (!v)
         return RT_ERR_NOMEM;
     for (size_t i = 0; i < w->meta_count; i++) {
@@ -851,7 +839,7 @@ int st_writer_set_metadata(st_writer *w, const char *key, const char *value)
         }
         w->meta_cap = cap;
     }
-    char *k = st_strdup(key);
+    char *k = sft_strdup(key);
     if (!k) {
         free(v);
         return RT_ERR_NOMEM;
@@ -862,7 +850,7 @@ int st_writer_set_metadata(st_writer *w, const char *key, const char *value)
 }
 
 /* Formats "[a,b,...]" of n unsigned values into buf (large enough). */
-static void st_format_ints(char *buf, size_t size, const uint64_t *v, int n)
+static void sft_format_ints(char *buf, size_t size, const uint64_t *v, int n)
 {
     size_t at = (size_t)snprintf(buf, size, "[");
     for (int i = 0; i < n && at < size; i++)
@@ -873,7 +861,7 @@ static void st_format_ints(char *buf, size_t size, const uint64_t *v, int n)
 
 /* Builds the header JSON (tensors in added order, offsets laid out back to
  * back) and returns it printed, unpadded; NULL on allocation failure. */
-static char *st_writer_header(const st_writer *w)
+static char *sft_writer_header(const sft_writer *w)
 {
     cJSON *root = cJSON_CreateObject();
     bool ok = root != NULL;
@@ -885,17 +873,17 @@ static char *st_writer_header(const st_writer *w)
     }
     uint64_t offset = 0;
     for (size_t i = 0; ok && i < w->count; i++) {
-        const struct st_writer_entry *e = &w->entries[i];
-        uint64_t dims[ST_MAX_RANK], span[2];
-        char shape[ST_MAX_RANK * 21 + 4], offs[48];
+        const struct sft_writer_entry *e = &w->entries[i];
+        uint64_t dims[SFT_MAX_RANK], span[2];
+        char shape[SFT_MAX_RANK * 21 + 4], offs[48];
         for (int d = 0; d < e->rank; d++)
             dims[d] = (uint64_t)e->shape[d];
         span[0] = offset;
-        span[1] = offset += (uint64_t)e->numel * st_dtypes[e->dtype].size;
-        st_format_ints(shape, sizeof shape, dims, e->rank);
-        st_format_ints(offs, sizeof offs, span, 2);
+        span[1] = offset += (uint64_t)e->numel * sft_dtypes[e->dtype].size;
+        sft_format_ints(shape, sizeof shape, dims, e->rank);
+        sft_format_ints(offs, sizeof offs, span, 2);
         cJSON *t = cJSON_AddObjectToObject(root, e->name);
-        ok = t && cJSON_AddStringToObject(t, "dtype", st_dtypes[e->dtype].name) &&
+        ok = t && cJSON_AddStringToObject(t, "dtype", sft_dtypes[e->dtype].name) &&
              cJSON_AddRawToObject(t, "shape", shape) && cJSON_AddRawToObject(t, "data_offsets", offs);
     }
     char *text = ok ? cJSON_PrintUnformatted(root) : NULL;
@@ -904,207 +892,50 @@ static char *st_writer_header(const st_writer *w)
 }
 
 /* Streams one tensor's bytes, converting to BF16 or F16 in chunks when asked. */
-static int st_writer_put(st_atomic *a, const struct st_writer_entry *e, char *err, size_t errsize)
+static int sft_writer_put(rt_atomic_file *a, const struct sft_writer_entry *e, char *err, size_t errsize)
 {
-    if (e->dtype == ST_F32)
-        return st_atomic_append(a, e->data, e->numel * sizeof(float), err, errsize);
+    if (e->dtype == SFT_F32)
+        return rt_atomic_append(a, e->data, e->numel * sizeof(float), err, errsize);
     enum { CHUNK = 16384 };
     uint16_t buf[CHUNK];
     for (size_t i = 0; i < e->numel; i += CHUNK) {
         size_t n = e->numel - i < CHUNK ? e->numel - i : CHUNK;
         for (size_t j = 0; j < n; j++)
-            buf[j] = e->dtype == ST_F16 ? st_f32_to_f16(e->data[i + j]) : st_f32_to_bf16(e->data[i + j]);
-        int rc = st_atomic_append(a, buf, n * sizeof *buf, err, errsize);
+            buf[j] = e->dtype == SFT_F16 ? sft_f32_to_f16(e->data[i + j]) : sft_f32_to_bf16(e->data[i + j]);
+        int rc = rt_atomic_append(a, buf, n * sizeof *buf, err, errsize);
         if (rc != RT_OK)
             return rc;
     }
     return RT_OK;
 }
 
-int st_writer_write(const st_writer *w, const char *path, char *err, size_t errsize)
+int sft_writer_write(const sft_writer *w, const char *path, char *err, size_t errsize)
 {
     if (!w || !path)
-        return st_fail(err, errsize, RT_ERR_INVALID, "st_writer_write: NULL argument");
-    char *header = st_writer_header(w);
+        return rt_fail(err, errsize, RT_ERR_INVALID, "sft_writer_write: NULL argument");
+    char *header = sft_writer_header(w);
     if (!header)
-        return st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory building the header", path);
+        return rt_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory building the header", path);
     size_t len = strlen(header);
     uint64_t padded = (len + 7) & ~(uint64_t)7;
     static const char spaces[8] = "        ";
-    st_atomic a;
-    int rc = st_atomic_begin(&a, path, err, errsize);
+    rt_atomic_file a;
+    int rc = rt_atomic_begin(&a, path, err, errsize);
     if (rc != RT_OK)
         goto out;
-    rc = st_atomic_append(&a, &padded, 8, err, errsize);
+    rc = rt_atomic_append(&a, &padded, 8, err, errsize);
     if (rc == RT_OK)
-        rc = st_atomic_append(&a, header, len, err, errsize);
+        rc = rt_atomic_append(&a, header, len, err, errsize);
     if (rc == RT_OK)
-        rc = st_atomic_append(&a, spaces, padded - len, err, errsize);
+        rc = rt_atomic_append(&a, spaces, padded - len, err, errsize);
     for (size_t i = 0; rc == RT_OK && i < w->count; i++)
-        rc = st_writer_put(&a, &w->entries[i], err, errsize);
+        rc = sft_writer_put(&a, &w->entries[i], err, errsize);
     if (rc == RT_OK)
-        rc = st_atomic_commit(&a, err, errsize);
+        rc = rt_atomic_commit(&a, err, errsize);
     else
-        st_atomic_abort(&a);
+        rt_atomic_abort(&a);
 out:
     free(header);
     return rc;
 }
 
-/* ---- atomic output and whole-file input -------------------------------- */
-
-int st_atomic_begin(st_atomic *a, const char *path, char *err, size_t errsize)
-{
-    a->fd = -1;
-    a->path = st_strdup(path);
-    size_t n = strlen(path);
-    a->tmp_path = malloc(n + sizeof ".tmp.XXXXXX");
-    if (!a->path || !a->tmp_path) {
-        free(a->path);
-        free(a->tmp_path);
-        a->path = a->tmp_path = NULL;  /* nothing was created */
-        return st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", path);
-    }
-    memcpy(a->tmp_path, path, n);
-    memcpy(a->tmp_path + n, ".tmp.XXXXXX", sizeof ".tmp.XXXXXX");
-    a->fd = mkostemp(a->tmp_path, O_CLOEXEC);
-    if (a->fd < 0) {
-        int e = errno;
-        free(a->tmp_path);
-        a->tmp_path = NULL;  /* nothing to unlink */
-        st_atomic_abort(a);
-        return st_fail(err, errsize, RT_ERR_IO, "%s: cannot create a temporary file: %s", path, strerror(e));
-    }
-    if (fchmod(a->fd, 0644) != 0) {
-        int e = errno;
-        st_atomic_abort(a);
-        return st_fail(err, errsize, RT_ERR_IO, "%s: chmod: %s", path, strerror(e));
-    }
-    return RT_OK;
-}
-
-int st_atomic_append(st_atomic *a, const void *data, size_t len, char *err, size_t errsize)
-{
-    const char *p = data;
-    while (len > 0) {
-        ssize_t k = write(a->fd, p, len);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return st_fail(err, errsize, RT_ERR_IO, "%s: write failed: %s", a->path,
-                           k < 0 ? strerror(errno) : "no progress");
-        p += k;
-        len -= (size_t)k;
-    }
-    return RT_OK;
-}
-
-/* fsyncs the directory that holds path. */
-static int st_fsync_dir(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : st_strdup(".");
-    if (!dir)
-        return -1;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    free(dir);
-    if (fd < 0)
-        return -1;
-    int r = fsync(fd);
-    close(fd);
-    return r;
-}
-
-int st_atomic_commit(st_atomic *a, char *err, size_t errsize)
-{
-    int rc = RT_OK;
-    if (fsync(a->fd) != 0) {
-        rc = st_fail(err, errsize, RT_ERR_IO, "%s: fsync: %s", a->path, strerror(errno));
-    } else {
-        int r = close(a->fd);
-        a->fd = -1;
-        if (r != 0)
-            rc = st_fail(err, errsize, RT_ERR_IO, "%s: close: %s", a->path, strerror(errno));
-        else if (rename(a->tmp_path, a->path) != 0)
-            rc = st_fail(err, errsize, RT_ERR_IO, "%s: rename: %s", a->path, strerror(errno));
-    }
-    if (rc != RT_OK) {
-        st_atomic_abort(a);
-        return rc;
-    }
-    free(a->tmp_path);
-    a->tmp_path = NULL;  /* renamed: nothing to unlink */
-    if (st_fsync_dir(a->path) != 0)
-        rc = st_fail(err, errsize, RT_ERR_IO, "%s: fsync of its directory: %s", a->path, strerror(errno));
-    st_atomic_abort(a);
-    return rc;
-}
-
-void st_atomic_abort(st_atomic *a)
-{
-    if (a->fd >= 0)
-        close(a->fd);
-    a->fd = -1;
-    if (a->tmp_path)
-        unlink(a->tmp_path);
-    free(a->tmp_path);
-    free(a->path);
-    a->tmp_path = a->path = NULL;
-}
-
-int st_write_file_atomic(const char *path, const void *data, size_t len, char *err, size_t errsize)
-{
-    st_atomic a;
-    int rc = st_atomic_begin(&a, path, err, errsize);
-    if (rc != RT_OK)
-        return rc;
-    if ((rc = st_atomic_append(&a, data, len, err, errsize)) != RT_OK) {
-        st_atomic_abort(&a);
-        return rc;
-    }
-    return st_atomic_commit(&a, err, errsize);
-}
-
-int st_read_file(const char *path, size_t max_bytes, char **out, size_t *len, char *err, size_t errsize)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);  /* a FIFO is refused, not waited on (st_map) */
-    if (fd < 0)
-        return st_fail(err, errsize, st_errno_code(errno), "%s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    char *buf = NULL;
-    int rc = RT_OK;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        rc = st_fail(err, errsize, RT_ERR_IO, "%s: not a readable regular file", path);
-        goto out;
-    }
-    if ((uint64_t)sb.st_size > max_bytes) {
-        rc = st_fail(err, errsize, RT_ERR_TOO_LARGE, "%s: %lld bytes exceeds the %zu-byte limit",
-                     path, (long long)sb.st_size, max_bytes);
-        goto out;
-    }
-    size_t size = (size_t)sb.st_size, got = 0;
-    if (!(buf = malloc(size + 1))) {
-        rc = st_fail(err, errsize, RT_ERR_NOMEM, "%s: out of memory", path);
-        goto out;
-    }
-    while (got < size) {
-        ssize_t k = read(fd, buf + got, size - got);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0) {
-            rc = st_fail(err, errsize, RT_ERR_IO, "%s: read: %s", path, strerror(errno));
-            goto out;
-        }
-        if (k == 0)
-            break;  /* shrank while reading: take what is there */
-        got += (size_t)k;
-    }
-    buf[got] = '\0';
-    *out = buf;
-    *len = got;
-    buf = NULL;
-out:
-    free(buf);
-    close(fd);
-    return rc;
-}

@@ -23,17 +23,6 @@
 #define TK_MAX_ID (1 << 22) /* ids above this are surely a broken file */
 #define TK_MAX_FILE_BYTES ((size_t)256 << 20) /* Llama 3's tokenizer.json is 9 MB */
 
-/* Formats a message into err when the caller gave room for one. */
-void tk_set_err(char *err, size_t errsize, const char *fmt, ...)
-{
-    if (!err || !errsize)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errsize, fmt, ap);
-    va_end(ap);
-}
-
 /* strdup that reports failure through the return code. */
 static int dup_str(const char *s, char **out)
 {
@@ -93,15 +82,13 @@ static int alloc_ids(tokenizer *tok, const cJSON *vocab, const cJSON *added,
     const cJSON *it;
     cJSON_ArrayForEach(it, vocab) {
         if (read_id(it, &id) != RT_OK) {
-            tk_set_err(err, errsize, "vocab entry \"%s\" has a bad id", it->string);
-            return RT_ERR_FORMAT;
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "vocab entry \"%s\" has a bad id", it->string);
         }
         max = id > max ? id : max;
     }
     cJSON_ArrayForEach(it, added) {
         if (read_id(cJSON_GetObjectItemCaseSensitive(it, "id"), &id) != RT_OK) {
-            tk_set_err(err, errsize, "an added token has a bad id");
-            return RT_ERR_FORMAT;
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "an added token has a bad id");
         }
         max = id > max ? id : max;
     }
@@ -198,15 +185,15 @@ static int load_merges(tokenizer *tok, const cJSON *merges, char *err, size_t er
         size_t alen, blen;
         rc = merge_parts(m, &tmp, &alen, &blen);
         if (rc != RT_OK) {
-            tk_set_err(err, errsize, "merge %d is neither \"a b\" nor [a, b]", rank);
+            rt_fail(err, errsize, rc, "merge %d is neither \"a b\" nor [a, b]", rank);
             goto done;
         }
         int32_t a = tk_strmap_get(&tok->vocab, tmp.p, alen);
         int32_t b = tk_strmap_get(&tok->vocab, tmp.p + alen, blen);
         int32_t ab = tk_strmap_get(&tok->vocab, tmp.p, alen + blen);
         if (a < 0 || b < 0 || ab < 0) {
-            tk_set_err(err, errsize, "merge %d (%s) uses a token not in the vocab", rank, tmp.p);
-            rc = RT_ERR_FORMAT;
+            rc = rt_fail(err, errsize, RT_ERR_FORMAT, "merge %d (%s) uses a token not in the vocab",
+                         rank, tmp.p);
             goto done;
         }
         rc = tk_pairmap_put(&tok->merges, a, b, rank++, ab);
@@ -227,24 +214,20 @@ static int load_model(tokenizer *tok, const cJSON *model, char *err, size_t errs
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
     if (type && strcmp(type, "BPE") != 0) {
-        tk_set_err(err, errsize, "model type %s is not supported (BPE only)", type);
-        return RT_ERR_UNSUPPORTED;
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "model type %s is not supported (BPE only)", type);
     }
     if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges)) {
-        tk_set_err(err, errsize, "model needs a vocab object and a merges array");
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "model needs a vocab object and a merges array");
     }
     const char *prefix = get_str(model, "continuing_subword_prefix");
     const char *suffix = get_str(model, "end_of_word_suffix");
     if ((prefix && *prefix) || (suffix && *suffix)) {
-        tk_set_err(err, errsize, "BPE subword prefixes/suffixes are not supported");
-        return RT_ERR_UNSUPPORTED;
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "BPE subword prefixes/suffixes are not supported");
     }
     const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(model, "dropout");
     if (cJSON_IsNumber(dropout) && dropout->valuedouble > 0) {
         /* Hugging Face then drops merges at random on every encode */
-        tk_set_err(err, errsize, "BPE dropout is not supported");
-        return RT_ERR_UNSUPPORTED;
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "BPE dropout is not supported");
     }
     int rc = load_vocab(tok, vocab);
     if (rc != RT_OK)
@@ -275,8 +258,7 @@ static int load_added(tokenizer *tok, const cJSON *added, char *err, size_t errs
     cJSON_ArrayForEach(it, added) {
         const char *content = get_str(it, "content");
         if (!content) {
-            tk_set_err(err, errsize, "an added token has no content");
-            return RT_ERR_FORMAT;
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "an added token has no content");
         }
         if (!*content)
             continue;
@@ -387,8 +369,7 @@ static int load_pattern(const cJSON *pat, tk_pattern *out, char *err, size_t err
 {
     const char *s = get_str(pat, "String"), *r = get_str(pat, "Regex");
     if (!s && !r) {
-        tk_set_err(err, errsize, "a pattern is neither String nor Regex");
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "a pattern is neither String nor Regex");
     }
     return tk_pattern_init(out, s ? s : r, s != NULL, err, errsize);
 }
@@ -417,8 +398,7 @@ static int load_norm_step(tk_norm *s, const char *type, const cJSON *n, char *er
         s->kind = TK_NORM_REPLACE;
         const char *content = get_str(n, "content");
         if (!content) {
-            tk_set_err(err, errsize, "a Replace normalizer has no content string");
-            return RT_ERR_FORMAT;
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "a Replace normalizer has no content string");
         }
         if (dup_str(content, &s->str) != RT_OK)
             return RT_ERR_NOMEM;
@@ -434,14 +414,12 @@ static int load_norm_step(tk_norm *s, const char *type, const cJSON *n, char *er
         s->kind = TK_NORM_PRECOMPILED;
         const char *map = get_str(n, "precompiled_charsmap");
         if (!map) {
-            tk_set_err(err, errsize, "a Precompiled normalizer has no precompiled_charsmap string");
-            return RT_ERR_FORMAT;
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "a Precompiled normalizer has no precompiled_charsmap string");
         }
         return tk_charsmap_load(map, &s->map, err, errsize);
     }
-    tk_set_err(err, errsize, "normalizer %.64s is not supported (NFC, NFD, NFKC, NFKD, Lowercase, "
+    return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "normalizer %.64s is not supported (NFC, NFD, NFKC, NFKD, Lowercase, "
                "Precompiled, Prepend, Replace, Strip, Sequence)", type);
-    return RT_ERR_UNSUPPORTED;
 }
 
 /* Reads one normalizer (recursing into Sequence). */
@@ -460,8 +438,7 @@ static int load_normalizer(tokenizer *tok, const cJSON *n, char *err, size_t err
         return RT_OK;
     }
     if (!type) {
-        tk_set_err(err, errsize, "a normalizer has no type");
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "a normalizer has no type");
     }
     tk_norm *s;
     if (push_step((void **)&tok->norms, &tok->n_norms, sizeof *s, (void **)&s) != RT_OK)
@@ -505,8 +482,7 @@ static int load_pre_step(tk_pre *s, const char *type, const cJSON *p, char *err,
         s->kind = TK_PRE_SPLIT;
         s->invert = get_bool(p, "invert", false);
         if (split_behavior(get_str(p, "behavior"), &s->behavior) != RT_OK) {
-            tk_set_err(err, errsize, "Split has an unknown behavior");
-            return RT_ERR_FORMAT;
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "Split has an unknown behavior");
         }
         return load_pattern(cJSON_GetObjectItemCaseSensitive(p, "pattern"), &s->pat, err, errsize);
     }
@@ -523,8 +499,7 @@ static int load_pre_step(tk_pre *s, const char *type, const cJSON *p, char *err,
         s->split = get_bool(p, "split", true);
         const char *r = get_str(p, "replacement") ? get_str(p, "replacement") : "\xE2\x96\x81";
         if (!*r) {
-            tk_set_err(err, errsize, "Metaspace has an empty replacement");
-            return RT_ERR_FORMAT;
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "Metaspace has an empty replacement");
         }
         if (dup_str(r, &s->replacement) != RT_OK)
             return RT_ERR_NOMEM;
@@ -536,8 +511,7 @@ static int load_pre_step(tk_pre *s, const char *type, const cJSON *p, char *err,
         bool one = get_bool(p, "individual_digits", false);
         return tk_pattern_init(&s->pat, one ? "\\p{N}" : "\\p{N}+", false, err, errsize);
     }
-    tk_set_err(err, errsize, "pre-tokenizer %s is not supported", type);
-    return RT_ERR_UNSUPPORTED;
+    return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "pre-tokenizer %s is not supported", type);
 }
 
 /* Reads one pre-tokenizer (recursing into Sequence). */
@@ -547,8 +521,7 @@ static int load_pre(tokenizer *tok, const cJSON *p, char *err, size_t errsize)
         return RT_OK;
     const char *type = get_str(p, "type");
     if (!type) {
-        tk_set_err(err, errsize, "a pre-tokenizer has no type");
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "a pre-tokenizer has no type");
     }
     if (strcmp(type, "Sequence") == 0) {
         const cJSON *it;
@@ -573,8 +546,7 @@ static int post_id(const tokenizer *tok, const cJSON *v, const char *name, int32
                    size_t errsize)
 {
     if (read_id(v, id) != RT_OK || (size_t)*id >= tok->n_ids) {
-        tk_set_err(err, errsize, "post-processor token %.64s has no id in [0, %zu)", name, tok->n_ids);
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "post-processor token %.64s has no id in [0, %zu)", name, tok->n_ids);
     }
     return RT_OK;
 }
@@ -586,8 +558,7 @@ static int template_ids(const tokenizer *tok, const cJSON *specials, const char 
     const cJSON *sp = cJSON_GetObjectItemCaseSensitive(specials, name);
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(sp, "ids"), *it;
     if (!cJSON_IsArray(ids)) {
-        tk_set_err(err, errsize, "post-processor token %.64s has no ids list in special_tokens", name);
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "post-processor token %.64s has no ids list in special_tokens", name);
     }
     cJSON_ArrayForEach(it, ids) {
         int32_t id;
@@ -614,8 +585,7 @@ static int load_template(tokenizer *tok, const cJSON *p, char *err, size_t errsi
         }
         const char *name = get_str(sp, "id");
         if (!name) {
-            tk_set_err(err, errsize, "a post-processor SpecialToken has no id string");
-            return RT_ERR_FORMAT;
+            return rt_fail(err, errsize, RT_ERR_FORMAT, "a post-processor SpecialToken has no id string");
         }
         int rc = template_ids(tok, specials, name, after ? &tok->suffix : &tok->prefix, err, errsize);
         if (rc != RT_OK)
@@ -660,9 +630,8 @@ static int load_post(tokenizer *tok, const cJSON *p, char *err, size_t errsize)
         return load_template(tok, p, err, errsize);
     if (type && (!strcmp(type, "RobertaProcessing") || !strcmp(type, "BertProcessing")))
         return load_cls_sep(tok, p, err, errsize);
-    tk_set_err(err, errsize, "post-processor %.64s is not supported (TemplateProcessing, ByteLevel, "
+    return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "post-processor %.64s is not supported (TemplateProcessing, ByteLevel, "
                "RobertaProcessing, BertProcessing, Sequence)", type ? type : "without a type");
-    return RT_ERR_UNSUPPORTED;
 }
 
 /* --------------------------------------------------------------- decoder */
@@ -681,8 +650,7 @@ static int load_dec_step(tk_dec *s, const char *type, const cJSON *d, char *err,
         const char *pat = get_str(cJSON_GetObjectItemCaseSensitive(d, "pattern"), "String");
         const char *content = get_str(d, "content");
         if (!pat || !*pat || !content) {
-            tk_set_err(err, errsize, "Replace decoder needs a String pattern and content");
-            return RT_ERR_UNSUPPORTED;
+            return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "Replace decoder needs a String pattern and content");
         }
         if (dup_str(pat, &s->pattern) != RT_OK || dup_str(content, &s->content) != RT_OK)
             return RT_ERR_NOMEM;
@@ -699,8 +667,7 @@ static int load_dec_step(tk_dec *s, const char *type, const cJSON *d, char *err,
         return dup_str(get_str(d, "replacement") ? get_str(d, "replacement") : "\xE2\x96\x81",
                        &s->replacement);
     } else {
-        tk_set_err(err, errsize, "decoder %s is not supported", type);
-        return RT_ERR_UNSUPPORTED;
+        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "decoder %s is not supported", type);
     }
     return RT_OK;
 }
@@ -713,8 +680,7 @@ static int load_decoder(tokenizer *tok, const cJSON *d, char *err, size_t errsiz
     tok->has_decoder = true;
     const char *type = get_str(d, "type");
     if (!type) {
-        tk_set_err(err, errsize, "a decoder has no type");
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "a decoder has no type");
     }
     if (strcmp(type, "Sequence") == 0) {
         const cJSON *it;
@@ -753,12 +719,10 @@ static int load_parts(tokenizer *tok, const cJSON *root, char *err, size_t errsi
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
     const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
     if (!cJSON_IsObject(model) || !cJSON_IsObject(vocab)) {
-        tk_set_err(err, errsize, "no model.vocab object");
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "no model.vocab object");
     }
     if (added && !cJSON_IsArray(added)) {
-        tk_set_err(err, errsize, "added_tokens is not an array");
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "added_tokens is not an array");
     }
     int rc = alloc_ids(tok, vocab, added, err, errsize);
     if (rc == RT_OK)
@@ -780,7 +744,7 @@ static int load_parts(tokenizer *tok, const cJSON *root, char *err, size_t errsi
     if (rc == RT_OK)
         compute_max_token_bytes(tok);
     if (rc == RT_ERR_NOMEM)
-        tk_set_err(err, errsize, "out of memory");
+        rt_fail(err, errsize, rc, "out of memory");
     return rc;
 }
 
@@ -792,8 +756,7 @@ int tokenizer_load_json(const char *json, size_t len, tokenizer **out,
         return RT_ERR_INVALID;
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root) {
-        tk_set_err(err, errsize, "tokenizer.json is not valid JSON");
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "tokenizer.json is not valid JSON");
     }
     tokenizer *tok = calloc(1, sizeof *tok);
     int rc = tok ? load_parts(tok, root, err, errsize) : RT_ERR_NOMEM;
@@ -815,7 +778,7 @@ int tokenizer_load(const char *path, tokenizer **out, char *err, size_t errsize)
     size_t len = 0;
     /* st_read_file, not a read loop: a FIFO, /dev/zero or a huge file in a
      * model folder is refused instead of blocking or eating memory. */
-    int rc = st_read_file(path, TK_MAX_FILE_BYTES, &data, &len, err, errsize);
+    int rc = rt_read_file(path, TK_MAX_FILE_BYTES, &data, &len, err, errsize);
     if (rc != RT_OK)
         return rc;
     rc = tokenizer_load_json(data, len, out, err, errsize);

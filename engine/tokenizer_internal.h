@@ -301,8 +301,4 @@ static inline bool tk_id_has_token(const tokenizer *tok, int32_t id)
 int tk_decode_tokens(const tokenizer *tok, const int32_t *ids, size_t n,
                      bool skip_special, bool stream_first, bool raw, tk_buf *out);
 
-/* tokenizer.c: formats a message into err (when err is not NULL). */
-void tk_set_err(char *err, size_t errsize, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
 #endif

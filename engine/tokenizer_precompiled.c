@@ -159,8 +159,8 @@ static int charsmap_validate(const tk_charsmap *m, char *err, size_t errsize)
             size_t child = q ^ unit_offset(m->units[q]);
             if (unit_has_leaf(m->units[q]) &&
                 (child >= m->n_units || !value_ok(m, unit_value(m->units[child])))) {
-                tk_set_err(err, errsize, "Precompiled charsmap: trie unit %zu points outside the charsmap", q);
-                rc = RT_ERR_FORMAT;
+                rc = rt_fail(err, errsize, RT_ERR_FORMAT,
+                             "Precompiled charsmap: trie unit %zu points outside the charsmap", q);
             } else if (nd.depth + 1 < KEY_MAX) {
                 stack[top++] = (struct node){ child, nd.depth + 1 };
             }
@@ -175,14 +175,12 @@ static int charsmap_validate(const tk_charsmap *m, char *err, size_t errsize)
 static int charsmap_parse(tk_charsmap *m, const unsigned char *b, size_t n, char *err, size_t errsize)
 {
     if (n < 4) {
-        tk_set_err(err, errsize, "Precompiled charsmap: truncated (%zu bytes, no trie size)", n);
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "Precompiled charsmap: truncated (%zu bytes, no trie size)", n);
     }
     uint32_t trie_bytes = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
     size_t units = trie_bytes / 4; /* as HF: a remainder belongs to the strings */
     if (units == 0 || units > (n - 4) / 4) {
-        tk_set_err(err, errsize, "Precompiled charsmap: trie of %u bytes in a blob of %zu", trie_bytes, n);
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "Precompiled charsmap: trie of %u bytes in a blob of %zu", trie_bytes, n);
     }
     m->n_units = units;
     m->strings_len = n - 4 - 4 * units;
@@ -197,8 +195,7 @@ static int charsmap_parse(tk_charsmap *m, const unsigned char *b, size_t n, char
     memcpy(m->strings, b + 4 + 4 * units, m->strings_len);
     m->strings[m->strings_len] = '\0';
     if (!tk_utf8_valid(m->strings, m->strings_len)) {
-        tk_set_err(err, errsize, "Precompiled charsmap: replacement strings are not UTF-8");
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "Precompiled charsmap: replacement strings are not UTF-8");
     }
     return charsmap_validate(m, err, errsize);
 }
@@ -210,7 +207,7 @@ int tk_charsmap_load(const char *b64, tk_charsmap **out, char *err, size_t errsi
     size_t n = 0;
     int rc = b64_decode(b64, strlen(b64), &blob, &n);
     if (rc == RT_ERR_FORMAT)
-        tk_set_err(err, errsize, "Precompiled charsmap is not valid base64");
+        rt_fail(err, errsize, rc, "Precompiled charsmap is not valid base64");
     if (rc != RT_OK)
         return rc;
     tk_charsmap *m = calloc(1, sizeof *m);

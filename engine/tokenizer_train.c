@@ -529,29 +529,20 @@ static cJSON *tokenizer_json(const trainer *t)
     return root;
 }
 
-/* Writes text to path through path.tmp, fsync and rename. */
+/* Writes text and a final newline to path atomically (common/rt.h). */
 static int write_atomic(const char *path, const char *text, char *err, size_t errsize)
 {
-    size_t n = strlen(path);
-    char *tmp = malloc(n + 5);
-    if (!tmp)
-        return RT_ERR_NOMEM;
-    memcpy(tmp, path, n);
-    memcpy(tmp + n, ".tmp", 5);
-    int rc = RT_OK;
-    FILE *f = fopen(tmp, "wb");
-    if (!f || fputs(text, f) == EOF || fputc('\n', f) == EOF || fflush(f) != 0 || fsync(fileno(f)) != 0)
-        rc = RT_ERR_IO;
-    if (f && fclose(f) != 0)
-        rc = RT_ERR_IO;
-    if (rc == RT_OK && rename(tmp, path) != 0)
-        rc = RT_ERR_IO;
+    rt_atomic_file a;
+    int rc = rt_atomic_begin(&a, path, err, errsize);
+    if (rc == RT_OK)
+        rc = rt_atomic_append(&a, text, strlen(text), err, errsize);
+    if (rc == RT_OK)
+        rc = rt_atomic_append(&a, "\n", 1, err, errsize);
     if (rc != RT_OK) {
-        tk_set_err(err, errsize, "cannot write %s", path);
-        remove(tmp);
+        rt_atomic_abort(&a);
+        return rc;
     }
-    free(tmp);
-    return rc;
+    return rt_atomic_commit(&a, err, errsize);
 }
 
 /* Frees everything a trainer holds. */
@@ -583,8 +574,7 @@ int tokenizer_train_bytelevel(const char *corpus, size_t size, size_t vocab_size
 {
     if ((!corpus && size) || !out_path || (n_special && !special_tokens) ||
         vocab_size < 256 + n_special || vocab_size > (1u << 24)) {
-        tk_set_err(err, errsize, "bad arguments (vocab_size must be >= 256 + specials)");
-        return RT_ERR_INVALID;
+        return rt_fail(err, errsize, RT_ERR_INVALID, "bad arguments (vocab_size must be >= 256 + specials)");
     }
     trainer t = { .n_special = n_special, .specials = special_tokens };
     tk_buf clean = { 0 };
@@ -612,7 +602,7 @@ int tokenizer_train_bytelevel(const char *corpus, size_t size, size_t vocab_size
     if (rc == RT_OK)
         rc = write_atomic(out_path, json, err, errsize);
     if (rc == RT_ERR_NOMEM)
-        tk_set_err(err, errsize, "out of memory");
+        rt_fail(err, errsize, rc, "out of memory");
     free(json);
     cJSON_Delete(doc);
     tk_buf_free(&clean);

@@ -510,8 +510,7 @@ int tk_regex_compile(const char *pattern, bool literal, pcre2_code **out,
     if (!re) {
         PCRE2_UCHAR msg[160];
         pcre2_get_error_message(code, msg, sizeof msg);
-        tk_set_err(err, errsize, "regex /%s/ at %zu: %s", pattern, (size_t)at, (char *)msg);
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "regex /%s/ at %zu: %s", pattern, (size_t)at, (char *)msg);
     }
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* optional speed-up */
     *out = re;
@@ -575,8 +574,7 @@ int tk_pattern_init(tk_pattern *p, const char *text, bool literal, char *err, si
         return tk_regex_compile(text, false, &p->re, err, errsize);
     p->lit_len = strlen(text);
     if (!p->lit_len) {
-        tk_set_err(err, errsize, "empty literal pattern");
-        return RT_ERR_FORMAT;
+        return rt_fail(err, errsize, RT_ERR_FORMAT, "empty literal pattern");
     }
     p->lit = malloc(p->lit_len + 1);
     if (!p->lit)

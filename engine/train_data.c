@@ -140,7 +140,7 @@ int train_set_load(const char *path, const tokenizer *tok, const chat_template *
 {
     char *text = NULL;
     size_t size = 0, cap = 0;
-    int rc = st_read_file(path, MAX_DATASET_BYTES, &text, &size, err, errsize);
+    int rc = rt_read_file(path, MAX_DATASET_BYTES, &text, &size, err, errsize);
     if (rc != RT_OK)
         return rc;
     train_set *s = calloc(1, sizeof *s);
@@ -165,7 +165,7 @@ int train_set_load(const char *path, const tokenizer *tok, const chat_template *
         } else if (rc == RT_ERR_NOT_FOUND) {
             rc = RT_OK; /* blank line */
         } else {
-            st_fail(err, errsize, RT_ERR_FORMAT, "%s line %ld: %s", path, line_no, reason);
+            rt_fail(err, errsize, RT_ERR_FORMAT, "%s line %ld: %s", path, line_no, reason);
             rc = RT_ERR_FORMAT;
         }
         if (rc != RT_OK) {

@@ -26,7 +26,7 @@
 
 static int bad(char *err, size_t errsize, const char *field, const char *what)
 {
-    return st_fail(err, errsize, RT_ERR_INVALID, "%s %s", field, what);
+    return rt_fail(err, errsize, RT_ERR_INVALID, "%s %s", field, what);
 }
 
 static int check_config(const engine_train_config *c, char *err, size_t errsize)
@@ -78,7 +78,7 @@ static int load_data(trainer *t, char *err, size_t errsize)
         rc = train_set_load(c->retention_path, t->tok, t->tmpl, c->max_seq_len, &t->retention, err,
                             errsize);
     if (rc == RT_OK && t->train->n == 0)
-        rc = st_fail(err, errsize, RT_ERR_INVALID, "%s has no examples", c->train_path);
+        rc = rt_fail(err, errsize, RT_ERR_INVALID, "%s has no examples", c->train_path);
     return rc;
 }
 
@@ -196,7 +196,7 @@ static int plan_memory(trainer *t, int T, char *err, size_t errsize)
            p->grad_checkpoint ? ", activation checkpointing on" : "", p->available / gib);
     if (p->available <= 0 || p->total <= 0.9 * p->available)
         return RT_OK;
-    return st_fail(err, errsize, RT_ERR_NOMEM,
+    return rt_fail(err, errsize, RT_ERR_NOMEM,
                    "needs %.2f GiB (weights %.2f, trainable + AdamW %.2f, activations %.2f for batch "
                    "%d x %d tokens%s), %.2f GiB available: try a smaller --batch-size or "
                    "--max-seq-len%s%s", p->total / gib, p->weights / gib, p->trainable / gib,
@@ -251,7 +251,7 @@ int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_
         t->cfg.target_modules = (1u << PEFT_Q_PROJ) | (1u << PEFT_V_PROJ);
     rc = kernels_backend_get(cfg->device ? cfg->device : engine_default_device(), &t->be);
     if (rc != RT_OK)
-        st_fail(err, errsize, rc, "device %s is not available (%s)", cfg->device ? cfg->device : "default", rt_strerror(rc));
+        rt_fail(err, errsize, rc, "device %s is not available (%s)", cfg->device ? cfg->device : "default", rt_strerror(rc));
     if (rc == RT_OK && cfg->method == ENGINE_FULL) /* trainable: fp32 masters */
         rc = model_load(cfg->model_dir, t->be, &t->model, err, errsize);
     else if (rc == RT_OK) /* a frozen LoRA base: 16-bit when asked or stored so */
@@ -312,11 +312,11 @@ int engine_copy_tokenizer_files(const char *from_dir, const char *to_dir, char *
         size_t len = 0;
         snprintf(src, sizeof src, "%s/%s", from_dir, names[i]);
         snprintf(dst, sizeof dst, "%s/%s", to_dir, names[i]);
-        int rc = st_read_file(src, (size_t)1 << 30, &data, &len, err, errsize);
+        int rc = rt_read_file(src, (size_t)1 << 30, &data, &len, err, errsize);
         if (rc == RT_ERR_NOT_FOUND)
             continue;
         if (rc == RT_OK)
-            rc = st_write_file_atomic(dst, data, len, err, errsize);
+            rc = rt_write_file_atomic(dst, data, len, err, errsize);
         free(data);
         if (rc != RT_OK)
             return rc;
@@ -328,7 +328,7 @@ int engine_copy_tokenizer_files(const char *from_dir, const char *to_dir, char *
 static int save_weights(trainer *t, const char *dir, char *err, size_t errsize)
 {
     if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return st_fail(err, errsize, RT_ERR_IO, "cannot create %s: %s", dir, strerror(errno));
+        return rt_fail(err, errsize, RT_ERR_IO, "cannot create %s: %s", dir, strerror(errno));
     if (t->method == ENGINE_LORA)
         return lora_save(t->ad, &t->model->cfg, dir, err, errsize);
     int rc = model_save(t->model, dir, err, errsize);
@@ -345,18 +345,18 @@ static int save_optimizer(trainer *t, const char *dir, char *err, size_t errsize
 {
     size_t n = (size_t)t->n_trainable;
     float *host = malloc(2 * n * sizeof(float));
-    st_writer *w = NULL;
+    sft_writer *w = NULL;
     char path[4096];
     int64_t shape[1] = {(int64_t)n};
     int rc = host ? RT_OK : RT_ERR_NOMEM;
     if (rc == RT_OK) rc = t->be->copy_to_host(host, t->adam_m, n * sizeof(float), NULL);
     if (rc == RT_OK) rc = t->be->copy_to_host(host + n, t->adam_v, n * sizeof(float), NULL);
-    if (rc == RT_OK) rc = st_writer_init(&w);
-    if (rc == RT_OK) rc = st_writer_add(w, "adam_m", ST_F32, 1, shape, host);
-    if (rc == RT_OK) rc = st_writer_add(w, "adam_v", ST_F32, 1, shape, host + n);
+    if (rc == RT_OK) rc = sft_writer_init(&w);
+    if (rc == RT_OK) rc = sft_writer_add(w, "adam_m", SFT_F32, 1, shape, host);
+    if (rc == RT_OK) rc = sft_writer_add(w, "adam_v", SFT_F32, 1, shape, host + n);
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    if (rc == RT_OK) rc = st_writer_write(w, path, err, errsize);
-    st_writer_free(w);
+    if (rc == RT_OK) rc = sft_writer_write(w, path, err, errsize);
+    sft_writer_free(w);
     free(host);
     return rc;
 }
@@ -382,7 +382,7 @@ static int save_state(trainer *t, const char *dir, char *err, size_t errsize)
     cJSON_Delete(j);
     char path[4096];
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
-    int rc = text ? st_write_file_atomic(path, text, strlen(text), err, errsize) : RT_ERR_NOMEM;
+    int rc = text ? rt_write_file_atomic(path, text, strlen(text), err, errsize) : RT_ERR_NOMEM;
     free(text);
     return rc;
 }
@@ -427,7 +427,7 @@ static int resume_weights(trainer *t, const char *dir, char *err, size_t errsize
         lora *l = NULL;
         int rc = lora_load(dir, &t->model->cfg, t->be, &l, err, errsize);
         if (rc == RT_OK && l->n_params != t->ad->n_params)
-            rc = st_fail(err, errsize, RT_ERR_FORMAT, "checkpoint %s has another LoRA layout", dir);
+            rc = rt_fail(err, errsize, RT_ERR_FORMAT, "checkpoint %s has another LoRA layout", dir);
         if (rc == RT_OK)
             rc = t->be->copy_device(t->params, l->params, bytes, NULL);
         lora_free(l);
@@ -446,21 +446,21 @@ static int resume_optimizer(trainer *t, const char *dir, char *err, size_t errsi
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/optimizer.safetensors", dir);
-    st_file *f = NULL;
+    sft_file *f = NULL;
     size_t n = (size_t)t->n_trainable;
     float *host = malloc(n * sizeof(float));
-    int rc = host ? st_file_open(path, &f, err, errsize) : RT_ERR_NOMEM;
+    int rc = host ? sft_file_open(path, &f, err, errsize) : RT_ERR_NOMEM;
     const char *names[2] = {"adam_m", "adam_v"};
     float *dst[2] = {t->adam_m, t->adam_v};
     for (int i = 0; rc == RT_OK && i < 2; i++) {
-        const st_tensor *ts = st_tensor_find(f, names[i]);
-        rc = ts ? st_tensor_read_f32(ts, host, n) : RT_ERR_FORMAT;
+        const sft_tensor *ts = sft_tensor_find(f, names[i]);
+        rc = ts ? sft_tensor_read_f32(ts, host, n) : RT_ERR_FORMAT;
         if (rc == RT_OK)
             rc = t->be->copy_to_device(dst[i], host, n * sizeof(float), NULL);
         else
-            st_fail(err, errsize, RT_ERR_FORMAT, "%s: %s missing or of the wrong size", path, names[i]);
+            rt_fail(err, errsize, RT_ERR_FORMAT, "%s: %s missing or of the wrong size", path, names[i]);
     }
-    st_file_close(f);
+    sft_file_close(f);
     free(host);
     return rc;
 }
@@ -470,7 +470,7 @@ int trainer_resume(trainer *t, const char *dir, char *err, size_t errsize)
     char path[4096], *text = NULL;
     size_t len = 0;
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
-    int rc = st_read_file(path, 1 << 20, &text, &len, err, errsize);
+    int rc = rt_read_file(path, 1 << 20, &text, &len, err, errsize);
     if (rc != RT_OK)
         return rc;
     cJSON *j = cJSON_ParseWithLength(text, len);
@@ -478,7 +478,7 @@ int trainer_resume(trainer *t, const char *dir, char *err, size_t errsize)
     double step = state_number(j, "step"), epoch = state_number(j, "epoch");
     double pos = state_number(j, "batch_in_epoch"), n = state_number(j, "trainable_params");
     if (!j || isnan(step) || isnan(epoch) || isnan(pos) || n != (double)t->n_trainable)
-        rc = st_fail(err, errsize, RT_ERR_FORMAT, "%s does not match this run", path);
+        rc = rt_fail(err, errsize, RT_ERR_FORMAT, "%s does not match this run", path);
     if (rc == RT_OK) {
         t->step = (int)step;
         t->epoch = (int)epoch;

@@ -80,10 +80,10 @@ static bool same_float(float a, float b)
 }
 
 /* Reads a whole tensor to a malloc'd float array (NULL on error). */
-static float *read_all(const st_tensor *t)
+static float *read_all(const sft_tensor *t)
 {
     float *v = malloc((t->numel ? t->numel : 1) * sizeof *v);
-    if (st_tensor_read_f32(t, v, t->numel) != RT_OK) {
+    if (sft_tensor_read_f32(t, v, t->numel) != RT_OK) {
         free(v);
         return NULL;
     }
@@ -140,19 +140,19 @@ static void test_bf16_rounding(void)
         {0x3eaaaaabu, 0x3eab}, /* 1/3 */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        uint16_t got = st_f32_to_bf16(bits_f32(cases[i].in));
+        uint16_t got = sft_f32_to_bf16(bits_f32(cases[i].in));
         CHECK_MSG(got == cases[i].out, "bf16(0x%08x) = 0x%04x, want 0x%04x", cases[i].in, got, cases[i].out);
     }
     for (uint32_t b = 0; b < 0x10000u; b++) {  /* bf16 -> f32 -> bf16 is the identity */
-        uint16_t back = st_f32_to_bf16(st_bf16_to_f32((uint16_t)b));
+        uint16_t back = sft_f32_to_bf16(sft_bf16_to_f32((uint16_t)b));
         bool nan = (b & 0x7fffu) > 0x7f80u;
         if (nan ? (back & 0x7fffu) <= 0x7f80u : back != b) {
             CHECK_MSG(false, "bf16 0x%04x round trip gave 0x%04x", b, back);
             break;
         }
     }
-    CHECK(f32_bits(st_bf16_to_f32(0x3f80)) == 0x3f800000u);
-    CHECK(f32_bits(st_bf16_to_f32(0xc049)) == 0xc0490000u);
+    CHECK(f32_bits(sft_bf16_to_f32(0x3f80)) == 0x3f800000u);
+    CHECK(f32_bits(sft_bf16_to_f32(0xc049)) == 0xc0490000u);
 }
 
 static void test_f16_table(void)
@@ -165,16 +165,16 @@ static void test_f16_table(void)
         {0x3800, 0.5f}, {0x5640, 100.0f},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        float got = st_f16_to_f32(cases[i].h);
+        float got = sft_f16_to_f32(cases[i].h);
         CHECK_MSG(f32_bits(got) == f32_bits(cases[i].f), "f16 0x%04x -> %.9g, want %.9g", cases[i].h,
                   (double)got, (double)cases[i].f);
     }
-    CHECK(f32_bits(st_f16_to_f32(0x8000)) == 0x80000000u);  /* -0 keeps its sign */
-    CHECK(isinf(st_f16_to_f32(0x7c00)) && st_f16_to_f32(0x7c00) > 0);
-    CHECK(isinf(st_f16_to_f32(0xfc00)) && st_f16_to_f32(0xfc00) < 0);
-    CHECK(isnan(st_f16_to_f32(0x7e00)));
-    CHECK(isnan(st_f16_to_f32(0x7c01)));  /* smallest-payload NaN is not inf */
-    CHECK(isnan(st_f16_to_f32(0xfe00)) && signbit(st_f16_to_f32(0xfe00)));
+    CHECK(f32_bits(sft_f16_to_f32(0x8000)) == 0x80000000u);  /* -0 keeps its sign */
+    CHECK(isinf(sft_f16_to_f32(0x7c00)) && sft_f16_to_f32(0x7c00) > 0);
+    CHECK(isinf(sft_f16_to_f32(0xfc00)) && sft_f16_to_f32(0xfc00) < 0);
+    CHECK(isnan(sft_f16_to_f32(0x7e00)));
+    CHECK(isnan(sft_f16_to_f32(0x7c01)));  /* smallest-payload NaN is not inf */
+    CHECK(isnan(sft_f16_to_f32(0xfe00)) && signbit(sft_f16_to_f32(0xfe00)));
 #ifdef __FLT16_MAX__
     /* every bit pattern against the compiler's own half conversion */
     int bad = 0;
@@ -182,23 +182,23 @@ static void test_f16_table(void)
         uint16_t h = (uint16_t)b;
         _Float16 x;
         memcpy(&x, &h, 2);
-        if (!same_float(st_f16_to_f32(h), (float)x) && bad++ < 5)
-            fprintf(stderr, "f16 0x%04x: %.9g vs %.9g\n", b, (double)st_f16_to_f32(h), (double)(float)x);
+        if (!same_float(sft_f16_to_f32(h), (float)x) && bad++ < 5)
+            fprintf(stderr, "f16 0x%04x: %.9g vs %.9g\n", b, (double)sft_f16_to_f32(h), (double)(float)x);
     }
     CHECK_EQ_INT(bad, 0);
     /* F32 -> F16 rounding against the compiler's on every half, each
      * midpoint between neighbours (ties to even) and a sweep of floats */
     bad = 0;
     for (uint32_t b = 0; b < 0x7c00u; b++) {
-        float lo = st_f16_to_f32((uint16_t)b), hi = st_f16_to_f32((uint16_t)(b + 1));
+        float lo = sft_f16_to_f32((uint16_t)b), hi = sft_f16_to_f32((uint16_t)(b + 1));
         float probes[3] = {lo, (lo + hi) / 2, -lo};
         for (int k = 0; k < 3; k++) {
             _Float16 x = (_Float16)probes[k];
             uint16_t want;
             memcpy(&want, &x, 2);
-            if (st_f32_to_f16(probes[k]) != want && bad++ < 5)
+            if (sft_f32_to_f16(probes[k]) != want && bad++ < 5)
                 fprintf(stderr, "f32 %.9g -> f16 0x%04x, want 0x%04x\n", (double)probes[k],
-                        st_f32_to_f16(probes[k]), want);
+                        sft_f32_to_f16(probes[k]), want);
         }
     }
     for (uint32_t u = 0; u < 0xffffffffu - 0x10001u; u += 0x10001u) {
@@ -207,14 +207,14 @@ static void test_f16_table(void)
         _Float16 x = (_Float16)f;
         uint16_t want;
         memcpy(&want, &x, 2);
-        bad += isnan(f) ? !isnan(st_f16_to_f32(st_f32_to_f16(f))) : st_f32_to_f16(f) != want;
+        bad += isnan(f) ? !isnan(sft_f16_to_f32(sft_f32_to_f16(f))) : sft_f32_to_f16(f) != want;
     }
     CHECK_EQ_INT(bad, 0);
 #endif
-    CHECK_EQ_INT(st_f32_to_f16(65520.0f), 0x7c00);  /* rounds past the largest half */
-    CHECK_EQ_INT(st_f32_to_f16(65519.0f), 0x7bff);
-    CHECK_EQ_INT(st_f32_to_f16(-0.0f), 0x8000);
-    CHECK_EQ_INT(st_f32_to_f16(1e-9f), 0x0000);
+    CHECK_EQ_INT(sft_f32_to_f16(65520.0f), 0x7c00);  /* rounds past the largest half */
+    CHECK_EQ_INT(sft_f32_to_f16(65519.0f), 0x7bff);
+    CHECK_EQ_INT(sft_f32_to_f16(-0.0f), 0x8000);
+    CHECK_EQ_INT(sft_f32_to_f16(1e-9f), 0x0000);
 }
 
 /* ---- reading torch-made files ---------------------------------------------- */
@@ -222,26 +222,26 @@ static void test_f16_table(void)
 static void test_torch_dtypes(void)
 {
     char path[512], err[256] = "";
-    st_file *f = NULL;
-    int rc = st_file_open(join(path, sizeof path, g_fix, "dtypes.safetensors"), &f, err, sizeof err);
+    sft_file *f = NULL;
+    int rc = sft_file_open(join(path, sizeof path, g_fix, "dtypes.safetensors"), &f, err, sizeof err);
     CHECK_MSG(rc == RT_OK, "%s", err);
     if (rc != RT_OK)
         return;
-    CHECK_EQ_INT(st_tensor_count(f), 9);
-    CHECK_EQ_STR(st_file_metadata(f, "format"), "pt");
-    CHECK(st_file_metadata(f, "nope") == NULL);
-    for (size_t i = 1; i < st_tensor_count(f); i++)
-        CHECK(strcmp(st_tensor_at(f, i - 1)->name, st_tensor_at(f, i)->name) < 0);
-    CHECK(st_tensor_at(f, 9) == NULL);
-    CHECK(st_tensor_find(f, "missing") == NULL);
+    CHECK_EQ_INT(sft_tensor_count(f), 9);
+    CHECK_EQ_STR(sft_file_metadata(f, "format"), "pt");
+    CHECK(sft_file_metadata(f, "nope") == NULL);
+    for (size_t i = 1; i < sft_tensor_count(f); i++)
+        CHECK(strcmp(sft_tensor_at(f, i - 1)->name, sft_tensor_at(f, i)->name) < 0);
+    CHECK(sft_tensor_at(f, 9) == NULL);
+    CHECK(sft_tensor_find(f, "missing") == NULL);
 
-    const st_tensor *src = st_tensor_find(f, "src"), *bf = st_tensor_find(f, "bf16"),
-                    *bf_ref = st_tensor_find(f, "bf16_as_f32"), *h = st_tensor_find(f, "f16"),
-                    *h_ref = st_tensor_find(f, "f16_as_f32");
+    const sft_tensor *src = sft_tensor_find(f, "src"), *bf = sft_tensor_find(f, "bf16"),
+                    *bf_ref = sft_tensor_find(f, "bf16_as_f32"), *h = sft_tensor_find(f, "f16"),
+                    *h_ref = sft_tensor_find(f, "f16_as_f32");
     CHECK(src && bf && bf_ref && h && h_ref);
     if (!(src && bf && bf_ref && h && h_ref))
         goto out;
-    CHECK(bf->dtype == ST_BF16 && h->dtype == ST_F16 && src->dtype == ST_F32);
+    CHECK(bf->dtype == SFT_BF16 && h->dtype == SFT_F16 && src->dtype == SFT_F32);
     CHECK_EQ_INT(src->numel, 402);
     CHECK_EQ_INT(bf->nbytes, 804);
     float *vs = read_all(src), *vb = read_all(bf), *vbr = read_all(bf_ref), *vh = read_all(h), *vhr = read_all(h_ref);
@@ -252,11 +252,11 @@ static void test_torch_dtypes(void)
         bad_h += !same_float(vh[i], vhr[i]);   /* our F16 -> F32 vs torch's */
         uint16_t torch_bits;
         memcpy(&torch_bits, (const uint8_t *)bf->data + 2 * i, 2);
-        uint16_t ours = st_f32_to_bf16(vs[i]);  /* our F32 -> BF16 rounding vs torch's */
-        bad_round += isnan(vs[i]) ? !isnan(st_bf16_to_f32(ours)) : ours != torch_bits;
+        uint16_t ours = sft_f32_to_bf16(vs[i]);  /* our F32 -> BF16 rounding vs torch's */
+        bad_round += isnan(vs[i]) ? !isnan(sft_bf16_to_f32(ours)) : ours != torch_bits;
         memcpy(&torch_bits, (const uint8_t *)h->data + 2 * i, 2);
-        ours = st_f32_to_f16(vs[i]);            /* our F32 -> F16 rounding vs torch's */
-        bad_round_h += isnan(vs[i]) ? !isnan(st_f16_to_f32(ours)) : ours != torch_bits;
+        ours = sft_f32_to_f16(vs[i]);            /* our F32 -> F16 rounding vs torch's */
+        bad_round_h += isnan(vs[i]) ? !isnan(sft_f16_to_f32(ours)) : ours != torch_bits;
     }
     CHECK_EQ_INT(bad_round_h, 0);
     CHECK_EQ_INT(bad_bf, 0);
@@ -264,24 +264,24 @@ static void test_torch_dtypes(void)
     CHECK_EQ_INT(bad_round, 0);
     free(vs); free(vb); free(vbr); free(vh); free(vhr);
 
-    const st_tensor *w3 = st_tensor_find(f, "w3");
+    const sft_tensor *w3 = sft_tensor_find(f, "w3");
     CHECK(w3 && w3->rank == 3 && w3->shape[0] == 2 && w3->shape[1] == 3 && w3->shape[2] == 4 && w3->shape[3] == 0);
     float *v3 = w3 ? read_all(w3) : NULL;
     for (int i = 0; v3 && i < 24; i++)
         CHECK_NEAR(v3[i], i * 0.5 - 6.0, 0.0);
     free(v3);
-    const st_tensor *sc = st_tensor_find(f, "scalar");
+    const sft_tensor *sc = sft_tensor_find(f, "scalar");
     float one = 0;
-    CHECK(sc && sc->rank == 0 && sc->numel == 1 && st_tensor_read_f32(sc, &one, 1) == RT_OK && one == 2.5f);
-    const st_tensor *em = st_tensor_find(f, "empty");
-    CHECK(em && em->rank == 2 && em->numel == 0 && em->shape[1] == 3 && st_tensor_read_f32(em, NULL, 0) == RT_OK);
-    const st_tensor *ids = st_tensor_find(f, "ids");
+    CHECK(sc && sc->rank == 0 && sc->numel == 1 && sft_tensor_read_f32(sc, &one, 1) == RT_OK && one == 2.5f);
+    const sft_tensor *em = sft_tensor_find(f, "empty");
+    CHECK(em && em->rank == 2 && em->numel == 0 && em->shape[1] == 3 && sft_tensor_read_f32(em, NULL, 0) == RT_OK);
+    const sft_tensor *ids = sft_tensor_find(f, "ids");
     float tmp[5];
-    CHECK(ids && ids->dtype == ST_I64 && st_tensor_read_f32(ids, tmp, 5) == RT_ERR_UNSUPPORTED);
-    CHECK_EQ_STR(st_dtype_name(ids ? ids->dtype : ST_F32), "I64");
-    CHECK(st_tensor_read_f32(sc, tmp, 2) == RT_ERR_INVALID);
+    CHECK(ids && ids->dtype == SFT_I64 && sft_tensor_read_f32(ids, tmp, 5) == RT_ERR_UNSUPPORTED);
+    CHECK_EQ_STR(sft_dtype_name(ids ? ids->dtype : SFT_F32), "I64");
+    CHECK(sft_tensor_read_f32(sc, tmp, 2) == RT_ERR_INVALID);
 out:
-    st_file_close(f);
+    sft_file_close(f);
 }
 
 /* ---- writing ------------------------------------------------------------- */
@@ -289,12 +289,12 @@ out:
 static void test_writer_roundtrip(void)
 {
     char path[512], fix[512], err[256] = "";
-    st_file *ref = NULL;
-    CHECK(st_file_open(join(fix, sizeof fix, g_fix, "dtypes.safetensors"), &ref, err, sizeof err) == RT_OK);
-    const st_tensor *src = ref ? st_tensor_find(ref, "src") : NULL;
-    const st_tensor *torch_bf = ref ? st_tensor_find(ref, "bf16") : NULL;
+    sft_file *ref = NULL;
+    CHECK(sft_file_open(join(fix, sizeof fix, g_fix, "dtypes.safetensors"), &ref, err, sizeof err) == RT_OK);
+    const sft_tensor *src = ref ? sft_tensor_find(ref, "src") : NULL;
+    const sft_tensor *torch_bf = ref ? sft_tensor_find(ref, "bf16") : NULL;
     if (!src || !torch_bf) {
-        st_file_close(ref);
+        sft_file_close(ref);
         CHECK(false);
         return;
     }
@@ -302,27 +302,27 @@ static void test_writer_roundtrip(void)
     float a[6] = {1.5f, -2.25f, 3.0e-42f, INFINITY, -0.0f, 1e30f};
     float s = 7.0f;
     int64_t sa[2] = {2, 3}, sb[1] = {(int64_t)src->numel}, sz[2] = {0, 5};
-    st_writer *w = NULL;
-    CHECK(st_writer_init(&w) == RT_OK);
-    CHECK(st_writer_add(w, "a", ST_F32, 2, sa, a) == RT_OK);
-    CHECK(st_writer_add(w, "b.weight", ST_BF16, 1, sb, vs) == RT_OK);
-    CHECK(st_writer_add(w, "s", ST_F32, 0, NULL, &s) == RT_OK);
-    CHECK(st_writer_add(w, "z", ST_BF16, 2, sz, NULL) == RT_OK);
-    CHECK(st_writer_add(w, "a", ST_F32, 2, sa, a) == RT_ERR_EXISTS);
-    CHECK(st_writer_add(w, "h", ST_F16, 2, sa, a) == RT_OK);
-    CHECK(st_writer_add(w, "i", ST_I64, 2, sa, a) == RT_ERR_INVALID);
-    CHECK(st_writer_add(w, "__metadata__", ST_F32, 2, sa, a) == RT_ERR_INVALID);
-    CHECK(st_writer_add(w, "", ST_F32, 2, sa, a) == RT_ERR_INVALID);
+    sft_writer *w = NULL;
+    CHECK(sft_writer_init(&w) == RT_OK);
+    CHECK(sft_writer_add(w, "a", SFT_F32, 2, sa, a) == RT_OK);
+    CHECK(sft_writer_add(w, "b.weight", SFT_BF16, 1, sb, vs) == RT_OK);
+    CHECK(sft_writer_add(w, "s", SFT_F32, 0, NULL, &s) == RT_OK);
+    CHECK(sft_writer_add(w, "z", SFT_BF16, 2, sz, NULL) == RT_OK);
+    CHECK(sft_writer_add(w, "a", SFT_F32, 2, sa, a) == RT_ERR_EXISTS);
+    CHECK(sft_writer_add(w, "h", SFT_F16, 2, sa, a) == RT_OK);
+    CHECK(sft_writer_add(w, "i", SFT_I64, 2, sa, a) == RT_ERR_INVALID);
+    CHECK(sft_writer_add(w, "__metadata__", SFT_F32, 2, sa, a) == RT_ERR_INVALID);
+    CHECK(sft_writer_add(w, "", SFT_F32, 2, sa, a) == RT_ERR_INVALID);
     int64_t neg[2] = {2, -1}, huge[3] = {INT64_MAX, INT64_MAX, 4};
-    CHECK(st_writer_add(w, "n", ST_F32, 2, neg, a) == RT_ERR_INVALID);
-    CHECK(st_writer_add(w, "g", ST_F32, 3, huge, a) == RT_ERR_TOO_LARGE);
-    CHECK(st_writer_add(w, "r", ST_F32, 9, sa, a) == RT_ERR_INVALID);
-    CHECK(st_writer_set_metadata(w, "format", "np") == RT_OK);
-    CHECK(st_writer_set_metadata(w, "format", "pt") == RT_OK);  /* replaces */
-    CHECK(st_writer_set_metadata(w, "note", "quote \" and\nnewline") == RT_OK);
-    CHECK(st_writer_set_metadata(w, "", "x") == RT_ERR_INVALID);
+    CHECK(sft_writer_add(w, "n", SFT_F32, 2, neg, a) == RT_ERR_INVALID);
+    CHECK(sft_writer_add(w, "g", SFT_F32, 3, huge, a) == RT_ERR_TOO_LARGE);
+    CHECK(sft_writer_add(w, "r", SFT_F32, 9, sa, a) == RT_ERR_INVALID);
+    CHECK(sft_writer_set_metadata(w, "format", "np") == RT_OK);
+    CHECK(sft_writer_set_metadata(w, "format", "pt") == RT_OK);  /* replaces */
+    CHECK(sft_writer_set_metadata(w, "note", "quote \" and\nnewline") == RT_OK);
+    CHECK(sft_writer_set_metadata(w, "", "x") == RT_ERR_INVALID);
     join(path, sizeof path, g_tmp, "w.safetensors");
-    CHECK_MSG(st_writer_write(w, path, err, sizeof err) == RT_OK, "%s", err);
+    CHECK_MSG(sft_writer_write(w, path, err, sizeof err) == RT_OK, "%s", err);
     CHECK_EQ_INT(count_tmp_files(g_tmp), 0);
 
     /* the layout: header length a multiple of 8, padding is spaces */
@@ -340,54 +340,54 @@ static void test_writer_roundtrip(void)
     CHECK(jl > 0 && header[jl - 1] == '}' && hlen - jl < 8);
     CHECK(contains(header, "\"__metadata__\":{\"format\":\"pt\""));
 
-    st_file *f = NULL;
-    CHECK_MSG(st_file_open(path, &f, err, sizeof err) == RT_OK, "%s", err);
+    sft_file *f = NULL;
+    CHECK_MSG(sft_file_open(path, &f, err, sizeof err) == RT_OK, "%s", err);
     if (f) {
-        CHECK_EQ_INT(st_tensor_count(f), 5);
-        const st_tensor *th = st_tensor_find(f, "h");
+        CHECK_EQ_INT(sft_tensor_count(f), 5);
+        const sft_tensor *th = sft_tensor_find(f, "h");
         static const uint16_t want_h[6] = {0x3e00, 0xc080, 0x0000, 0x7c00, 0x8000, 0x7c00};
-        CHECK(th && th->dtype == ST_F16 && th->nbytes == sizeof want_h &&
+        CHECK(th && th->dtype == SFT_F16 && th->nbytes == sizeof want_h &&
               memcmp(th->data, want_h, sizeof want_h) == 0);
-        CHECK_EQ_STR(st_file_metadata(f, "note"), "quote \" and\nnewline");
-        const st_tensor *ta = st_tensor_find(f, "a"), *tb = st_tensor_find(f, "b.weight"),
-                        *ts = st_tensor_find(f, "s"), *tz = st_tensor_find(f, "z");
-        CHECK(ta && ta->dtype == ST_F32 && ta->rank == 2 && ta->shape[0] == 2 && ta->shape[1] == 3);
+        CHECK_EQ_STR(sft_file_metadata(f, "note"), "quote \" and\nnewline");
+        const sft_tensor *ta = sft_tensor_find(f, "a"), *tb = sft_tensor_find(f, "b.weight"),
+                        *ts = sft_tensor_find(f, "s"), *tz = sft_tensor_find(f, "z");
+        CHECK(ta && ta->dtype == SFT_F32 && ta->rank == 2 && ta->shape[0] == 2 && ta->shape[1] == 3);
         CHECK(ta && memcmp(ta->data, a, sizeof a) == 0);  /* F32 is bit exact */
         /* BF16 bytes equal torch's, except NaN: torch's vectorised path
          * writes 0xffff, we write the canonical quiet NaN 0x7fc0 */
-        CHECK(tb && tb->dtype == ST_BF16 && tb->nbytes == torch_bf->nbytes);
+        CHECK(tb && tb->dtype == SFT_BF16 && tb->nbytes == torch_bf->nbytes);
         int differ = 0;
         for (size_t i = 0; tb && tb->nbytes == torch_bf->nbytes && i < tb->numel; i++) {
             uint16_t ours, theirs;
             memcpy(&ours, (const uint8_t *)tb->data + 2 * i, 2);
             memcpy(&theirs, (const uint8_t *)torch_bf->data + 2 * i, 2);
-            differ += isnan(vs[i]) ? !(isnan(st_bf16_to_f32(ours)) && isnan(st_bf16_to_f32(theirs)))
+            differ += isnan(vs[i]) ? !(isnan(sft_bf16_to_f32(ours)) && isnan(sft_bf16_to_f32(theirs)))
                                    : ours != theirs;
         }
         CHECK_EQ_INT(differ, 0);
         CHECK(ts && ts->rank == 0 && ts->numel == 1 && memcmp(ts->data, &s, 4) == 0);
         CHECK(tz && tz->numel == 0 && tz->shape[0] == 0 && tz->shape[1] == 5);
     }
-    st_file_close(f);
+    sft_file_close(f);
 
     /* writing into a missing directory fails and leaves nothing behind */
     char bad[600];
     snprintf(bad, sizeof bad, "%s/no/such/dir/x.safetensors", g_tmp);
     err[0] = '\0';
-    CHECK(st_writer_write(w, bad, err, sizeof err) == RT_ERR_IO && err[0]);
+    CHECK(sft_writer_write(w, bad, err, sizeof err) == RT_ERR_IO && err[0]);
     /* overwriting an existing file replaces it atomically */
-    st_writer *w2 = NULL;
-    CHECK(st_writer_init(&w2) == RT_OK);
-    CHECK(st_writer_write(w2, path, err, sizeof err) == RT_OK);
+    sft_writer *w2 = NULL;
+    CHECK(sft_writer_init(&w2) == RT_OK);
+    CHECK(sft_writer_write(w2, path, err, sizeof err) == RT_OK);
     f = NULL;
-    CHECK(st_file_open(path, &f, err, sizeof err) == RT_OK && st_tensor_count(f) == 0);
-    st_file_close(f);
+    CHECK(sft_file_open(path, &f, err, sizeof err) == RT_OK && sft_tensor_count(f) == 0);
+    sft_file_close(f);
     CHECK_EQ_INT(count_tmp_files(g_tmp), 0);
-    st_writer_free(w2);
-    st_writer_free(w);
-    st_writer_free(NULL);
+    sft_writer_free(w2);
+    sft_writer_free(w);
+    sft_writer_free(NULL);
     free(vs);
-    st_file_close(ref);
+    sft_file_close(ref);
 }
 
 /* ---- sharded models -------------------------------------------------------- */
@@ -400,24 +400,24 @@ static float sharded_value(int i, int j)
 
 static void test_sharded(void)
 {
-    static const struct { const char *name; int numel, rank; enum st_dtype dtype; } want[] = {
-        {"model.embed_tokens.weight", 32, 2, ST_BF16},
-        {"model.layers.0.input_layernorm.weight", 4, 1, ST_F32},
-        {"model.layers.0.self_attn.q_proj.weight", 16, 2, ST_F16},
-        {"model.norm.weight", 4, 1, ST_F32},
-        {"lm_head.weight", 32, 2, ST_BF16},
+    static const struct { const char *name; int numel, rank; enum sft_dtype dtype; } want[] = {
+        {"model.embed_tokens.weight", 32, 2, SFT_BF16},
+        {"model.layers.0.input_layernorm.weight", 4, 1, SFT_F32},
+        {"model.layers.0.self_attn.q_proj.weight", 16, 2, SFT_F16},
+        {"model.norm.weight", 4, 1, SFT_F32},
+        {"lm_head.weight", 32, 2, SFT_BF16},
     };
     char dir[512], err[256] = "";
-    st_model *m = NULL;
-    int rc = st_model_open(join(dir, sizeof dir, g_fix, "sharded"), &m, err, sizeof err);
+    sft_model *m = NULL;
+    int rc = sft_model_open(join(dir, sizeof dir, g_fix, "sharded"), &m, err, sizeof err);
     CHECK_MSG(rc == RT_OK, "%s", err);
     if (rc != RT_OK)
         return;
-    CHECK_EQ_INT(st_model_tensor_count(m), 5);
-    CHECK(st_model_find(m, "unlisted.weight") == NULL);  /* in a shard, not in weight_map */
-    CHECK(st_model_find(m, "nope") == NULL);
+    CHECK_EQ_INT(sft_model_tensor_count(m), 5);
+    CHECK(sft_model_find(m, "unlisted.weight") == NULL);  /* in a shard, not in weight_map */
+    CHECK(sft_model_find(m, "nope") == NULL);
     for (int i = 0; i < 5; i++) {
-        const st_tensor *t = st_model_find(m, want[i].name);
+        const sft_tensor *t = sft_model_find(m, want[i].name);
         CHECK_MSG(t && (int)t->numel == want[i].numel && t->rank == want[i].rank && t->dtype == want[i].dtype,
                   "%s", want[i].name);
         float *v = t ? read_all(t) : NULL;
@@ -427,10 +427,10 @@ static void test_sharded(void)
         CHECK_MSG(v && bad == 0, "%s: %d wrong values", want[i].name, bad);
         free(v);
     }
-    for (size_t i = 1; i < st_model_tensor_count(m); i++)
-        CHECK(strcmp(st_model_tensor_at(m, i - 1)->name, st_model_tensor_at(m, i)->name) < 0);
-    st_model_close(m);
-    st_model_close(NULL);
+    for (size_t i = 1; i < sft_model_tensor_count(m); i++)
+        CHECK(strcmp(sft_model_tensor_at(m, i - 1)->name, sft_model_tensor_at(m, i)->name) < 0);
+    sft_model_close(m);
+    sft_model_close(NULL);
 }
 
 /* Makes g_tmp/<name>/ holding one small shard "s.safetensors" and an index
@@ -442,11 +442,11 @@ static void make_index_dir(char *dir, size_t size, const char *name, const char 
     mkdir(dir, 0755);
     float v[2] = {1, 2};
     int64_t shape[1] = {2};
-    st_writer *w = NULL;
-    st_writer_init(&w);
-    st_writer_add(w, "t", ST_F32, 1, shape, v);
-    CHECK(st_writer_write(w, join(path, sizeof path, dir, "s.safetensors"), NULL, 0) == RT_OK);
-    st_writer_free(w);
+    sft_writer *w = NULL;
+    sft_writer_init(&w);
+    sft_writer_add(w, "t", SFT_F32, 1, shape, v);
+    CHECK(sft_writer_write(w, join(path, sizeof path, dir, "s.safetensors"), NULL, 0) == RT_OK);
+    sft_writer_free(w);
     char text[1024];
     snprintf(text, sizeof text, "{\"metadata\":{},\"weight_map\":%s}", weight_map);
     write_bytes(join(path, sizeof path, dir, "model.safetensors.index.json"), text, strlen(text));
@@ -469,14 +469,14 @@ static void test_model_dirs(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char dir[512], err[256] = "";
         make_index_dir(dir, sizeof dir, cases[i].name, cases[i].map);
-        st_model *m = (st_model *)&cases[i];  /* sentinel: must stay untouched on failure */
-        int rc = st_model_open(dir, &m, err, sizeof err);
+        sft_model *m = (sft_model *)&cases[i];  /* sentinel: must stay untouched on failure */
+        int rc = sft_model_open(dir, &m, err, sizeof err);
         CHECK_MSG(rc == cases[i].rc, "%s: rc %d (%s), want %d", cases[i].name, rc, err, cases[i].rc);
         if (rc == RT_OK) {
-            CHECK(st_model_tensor_count(m) == 1 && st_model_find(m, "t"));
-            st_model_close(m);
+            CHECK(sft_model_tensor_count(m) == 1 && sft_model_find(m, "t"));
+            sft_model_close(m);
         } else {
-            CHECK_MSG(m == (st_model *)&cases[i], "%s: out param changed", cases[i].name);
+            CHECK_MSG(m == (sft_model *)&cases[i], "%s: out param changed", cases[i].name);
             CHECK_MSG(contains(err, cases[i].msg), "%s: message \"%s\" lacks \"%s\"", cases[i].name, err,
                       cases[i].msg);
         }
@@ -484,27 +484,27 @@ static void test_model_dirs(void)
     /* bad JSON in the index */
     char dir[512], path[700], err[256] = "";
     make_index_dir(dir, sizeof dir, "badjson", "{");
-    st_model *m = NULL;
-    CHECK(st_model_open(dir, &m, err, sizeof err) == RT_ERR_FORMAT && m == NULL);
+    sft_model *m = NULL;
+    CHECK(sft_model_open(dir, &m, err, sizeof err) == RT_ERR_FORMAT && m == NULL);
     /* a single-file model directory */
     join(dir, sizeof dir, g_tmp, "single");
     mkdir(dir, 0755);
     float v[3] = {1, 2, 3};
     int64_t shape[1] = {3};
-    st_writer *w = NULL;
-    st_writer_init(&w);
-    st_writer_add(w, "x", ST_BF16, 1, shape, v);
-    CHECK(st_writer_write(w, join(path, sizeof path, dir, "model.safetensors"), NULL, 0) == RT_OK);
-    st_writer_free(w);
-    CHECK(st_model_open(dir, &m, err, sizeof err) == RT_OK && st_model_tensor_count(m) == 1);
+    sft_writer *w = NULL;
+    sft_writer_init(&w);
+    sft_writer_add(w, "x", SFT_BF16, 1, shape, v);
+    CHECK(sft_writer_write(w, join(path, sizeof path, dir, "model.safetensors"), NULL, 0) == RT_OK);
+    sft_writer_free(w);
+    CHECK(sft_model_open(dir, &m, err, sizeof err) == RT_OK && sft_model_tensor_count(m) == 1);
     float got[3] = {0};
-    CHECK(m && st_tensor_read_f32(st_model_find(m, "x"), got, 3) == RT_OK && got[2] == 3.0f);
-    st_model_close(m);
+    CHECK(m && sft_tensor_read_f32(sft_model_find(m, "x"), got, 3) == RT_OK && got[2] == 3.0f);
+    sft_model_close(m);
     /* neither file */
     m = NULL;
     join(dir, sizeof dir, g_tmp, "emptydir");
     mkdir(dir, 0755);
-    CHECK(st_model_open(dir, &m, err, sizeof err) == RT_ERR_NOT_FOUND && m == NULL);
+    CHECK(sft_model_open(dir, &m, err, sizeof err) == RT_ERR_NOT_FOUND && m == NULL);
     CHECK(contains(err, "model.safetensors"));
 }
 
@@ -576,23 +576,23 @@ static void test_hostile_headers(void)
         uint64_t hlen = cases[i].hlen ? cases[i].hlen : hb;
         write_st(path, hlen, cases[i].header, hb, zeros, cases[i].data_len);
         char err[256] = "";
-        st_file *f = (st_file *)&cases[i];
-        int rc = st_file_open(path, &f, err, sizeof err);
+        sft_file *f = (sft_file *)&cases[i];
+        int rc = sft_file_open(path, &f, err, sizeof err);
         CHECK_MSG(rc == cases[i].rc, "%s: rc %d (%s), want %d", cases[i].what, rc, err, cases[i].rc);
         if (rc == RT_OK)
-            st_file_close(f);
+            sft_file_close(f);
         else
-            CHECK_MSG(f == (st_file *)&cases[i] && err[0], "%s: out param changed or no message", cases[i].what);
+            CHECK_MSG(f == (sft_file *)&cases[i] && err[0], "%s: out param changed or no message", cases[i].what);
     }
     /* NUL inside the header */
     write_st(path, 4, "{}\0 ", 4, NULL, 0);
-    st_file *f = NULL;
+    sft_file *f = NULL;
     char err[256] = "";
-    CHECK(st_file_open(path, &f, err, sizeof err) == RT_ERR_FORMAT && f == NULL);
+    CHECK(sft_file_open(path, &f, err, sizeof err) == RT_ERR_FORMAT && f == NULL);
     /* truncated files: 0..7 bytes */
     for (size_t n = 0; n < 8; n++) {
         write_bytes(path, "\x02\0\0\0\0\0\0\0", n);
-        CHECK(st_file_open(path, &f, err, sizeof err) == RT_ERR_FORMAT && f == NULL);
+        CHECK(sft_file_open(path, &f, err, sizeof err) == RT_ERR_FORMAT && f == NULL);
     }
     CHECK(contains(err, "truncated"));
     /* a real file cut short anywhere fails cleanly */
@@ -607,14 +607,14 @@ static void test_hostile_headers(void)
     for (size_t cut = 0; cut < total; cut += 13) {
         write_bytes(path, whole, cut);
         f = NULL;
-        ok_cuts += st_file_open(path, &f, NULL, 0) == RT_OK;
-        st_file_close(f);
+        ok_cuts += sft_file_open(path, &f, NULL, 0) == RT_OK;
+        sft_file_close(f);
     }
     CHECK_EQ_INT(ok_cuts, 0);
     /* not a regular file; no such file */
-    CHECK(st_file_open(g_tmp, &f, err, sizeof err) == RT_ERR_FORMAT);
-    CHECK(st_file_open("/nonexistent/x.safetensors", &f, err, sizeof err) == RT_ERR_NOT_FOUND);
-    CHECK(st_file_open(NULL, &f, err, sizeof err) == RT_ERR_INVALID);
+    CHECK(sft_file_open(g_tmp, &f, err, sizeof err) == RT_ERR_FORMAT);
+    CHECK(sft_file_open("/nonexistent/x.safetensors", &f, err, sizeof err) == RT_ERR_NOT_FOUND);
+    CHECK(sft_file_open(NULL, &f, err, sizeof err) == RT_ERR_INVALID);
 }
 
 /* Random byte mutations of a small valid file: whatever opens must read
@@ -627,13 +627,13 @@ static void test_mutations(void)
     for (int i = 0; i < 12; i++)
         v[i] = (float)i - 5.5f;
     int64_t s1[2] = {3, 2}, s2[1] = {6};
-    st_writer *w = NULL;
-    st_writer_init(&w);
-    st_writer_add(w, "a", ST_F32, 2, s1, v);
-    st_writer_add(w, "b", ST_BF16, 1, s2, v + 6);
-    st_writer_set_metadata(w, "k", "v");
-    CHECK(st_writer_write(w, path, NULL, 0) == RT_OK);
-    st_writer_free(w);
+    sft_writer *w = NULL;
+    sft_writer_init(&w);
+    sft_writer_add(w, "a", SFT_F32, 2, s1, v);
+    sft_writer_add(w, "b", SFT_BF16, 1, s2, v + 6);
+    sft_writer_set_metadata(w, "k", "v");
+    CHECK(sft_writer_write(w, path, NULL, 0) == RT_OK);
+    sft_writer_free(w);
     unsigned char orig[1024], buf[1024];
     FILE *fp = fopen(path, "rb");
     size_t n = fp ? fread(orig, 1, sizeof orig, fp) : 0;
@@ -668,20 +668,20 @@ static void test_mutations(void)
                                        : (unsigned char)(seed >> 8);
         }
         write_bytes(path, buf, n);
-        st_file *f = NULL;
-        if (st_file_open(path, &f, NULL, 0) != RT_OK) {
+        sft_file *f = NULL;
+        if (sft_file_open(path, &f, NULL, 0) != RT_OK) {
             failed++;
             continue;
         }
         opened++;
-        for (size_t i = 0; i < st_tensor_count(f); i++) {
-            const st_tensor *t = st_tensor_at(f, i);
+        for (size_t i = 0; i < sft_tensor_count(f); i++) {
+            const sft_tensor *t = sft_tensor_at(f, i);
             float *dst = malloc((t->numel ? t->numel : 1) * sizeof *dst);
-            int rc = st_tensor_read_f32(t, dst, t->numel);  /* ASan flags any read outside the map */
+            int rc = sft_tensor_read_f32(t, dst, t->numel);  /* ASan flags any read outside the map */
             CHECK(rc == RT_OK || rc == RT_ERR_UNSUPPORTED);
             free(dst);
         }
-        st_file_close(f);
+        sft_file_close(f);
     }
     CHECK(opened + failed == 4000 && failed > 1000 && opened > 20);
     fprintf(stderr, "   mutations: %d opened, %d rejected\n", opened, failed);
@@ -1103,16 +1103,16 @@ static void test_peft_keys(void)
 
     /* every key of the PEFT-made adapter file parses, with PEFT's shapes */
     char path[512];
-    st_file *f = NULL;
-    CHECK(st_file_open(join(path, sizeof path, g_fix, "adapter/adapter_model.safetensors"), &f, err, sizeof err) == RT_OK);
-    CHECK_EQ_INT(st_tensor_count(f), 8);
-    for (size_t i = 0; i < st_tensor_count(f); i++) {
-        const st_tensor *t = st_tensor_at(f, i);
+    sft_file *f = NULL;
+    CHECK(sft_file_open(join(path, sizeof path, g_fix, "adapter/adapter_model.safetensors"), &f, err, sizeof err) == RT_OK);
+    CHECK_EQ_INT(sft_tensor_count(f), 8);
+    for (size_t i = 0; i < sft_tensor_count(f); i++) {
+        const sft_tensor *t = sft_tensor_at(f, i);
         CHECK_MSG(peft_key_parse(t->name, &l, &m, &w, err, sizeof err) == RT_OK, "%s", err);
         CHECK(l < 2 && (m == PEFT_Q_PROJ || m == PEFT_V_PROJ));
         CHECK(t->rank == 2 && t->shape[0] == (w == 'A' ? 2 : 4) && t->shape[1] == (w == 'A' ? 4 : 2));
     }
-    st_file_close(f);
+    sft_file_close(f);
 }
 
 int main(void)

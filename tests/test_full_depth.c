@@ -33,7 +33,7 @@ static bool read_config(const char *name, model_config *c)
     snprintf(path, sizeof path, "tests/fixtures/real_configs/%s.json", name);
     char *text = NULL;
     size_t len = 0;
-    int rc = st_read_file(path, 1 << 20, &text, &len, err, sizeof err);
+    int rc = rt_read_file(path, 1 << 20, &text, &len, err, sizeof err);
     if (rc == RT_OK)
         rc = hf_config_parse(text, len, path, c, err, sizeof err);
     free(text);

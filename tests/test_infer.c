@@ -374,11 +374,11 @@ static void test_kv_decode(const char *adapter_dir)
 
 /* ---- echo logprobs vs the PyTorch reference ----------------------------- */
 
-static void check_echo(engine_server *srv, const char *adapter, const st_tensor *ref,
+static void check_echo(engine_server *srv, const char *adapter, const sft_tensor *ref,
                        const int32_t *ids, int B, int T, int V)
 {
     float *want = malloc(ref->numel * sizeof(float));
-    CHECK(st_tensor_read_f32(ref, want, ref->numel) == RT_OK);
+    CHECK(sft_tensor_read_f32(ref, want, ref->numel) == RT_OK);
     double worst = 0;
     for (int b = 0; b < B; b++) {
         collector c;
@@ -408,9 +408,9 @@ static void check_echo(engine_server *srv, const char *adapter, const st_tensor 
 static void test_echo_reference(void)
 {
     engine_server *srv = open_server(GQA, 2, 8, 4, 0);
-    st_file *f = NULL;
+    sft_file *f = NULL;
     char err[256] = "";
-    CHECK_MSG(st_file_open(GQA "/expected.safetensors", &f, err, sizeof err) == RT_OK, "%s", err);
+    CHECK_MSG(sft_file_open(GQA "/expected.safetensors", &f, err, sizeof err) == RT_OK, "%s", err);
     if (!srv || !f)
         return;
     engine_server_info info;
@@ -421,8 +421,8 @@ static void test_echo_reference(void)
     CHECK_MSG(engine_adapter_add(srv, "gqa", GQA "/adapter", err, sizeof err) == RT_OK, "%s", err);
     /* batch.json of the fixture: B = 2, T = 9 */
     int32_t ids[18] = {60, 22, 49, 7, 26, 17, 32, 21, 17, 32, 59, 16, 56, 41, 24, 47, 52, 8};
-    check_echo(srv, NULL, st_tensor_find(f, "logits"), ids, 2, 9, info.vocab_size);
-    check_echo(srv, "gqa", st_tensor_find(f, "lora_logits"), ids, 2, 9, info.vocab_size);
+    check_echo(srv, NULL, sft_tensor_find(f, "logits"), ids, 2, 9, info.vocab_size);
+    check_echo(srv, "gqa", sft_tensor_find(f, "lora_logits"), ids, 2, 9, info.vocab_size);
     /* text input without a tokenizer is refused */
     collector c;
     collector_init(&c);
@@ -430,7 +430,7 @@ static void test_echo_reference(void)
     engine_handle *h = NULL;
     CHECK_EQ_INT(engine_submit(srv, &r, &h, err, sizeof err), RT_ERR_UNSUPPORTED);
     collector_free(&c);
-    st_file_close(f);
+    sft_file_close(f);
     engine_server_close(srv);
 }
 

@@ -16,7 +16,7 @@
  * lora_load (adapter configs and tensors); tokenizer_load(_json); and
  * seeded mutation loops over a config.json, two checkpoints' safetensors
  * headers, an adapter, and two tokenizer.json texts. tests/test_formats.c
- * holds the st_file_open-level table (hostile headers, mutations of one
+ * holds the sft_file_open-level table (hostile headers, mutations of one
  * file); this file is about whole directories. Meant for the sanitizer
  * build (make SAN=1); runs in a few seconds. RT_FUZZ_VERBOSE=1 prints each
  * refusal's message.
@@ -209,7 +209,7 @@ typedef struct fz_tensor {
     char name[96];
     char dtype[12];
     int rank;
-    int64_t shape[ST_MAX_RANK];
+    int64_t shape[SFT_MAX_RANK];
     char offsets[64];    /* raw data_offsets text; "" = the true span */
 } fz_tensor;
 
@@ -752,7 +752,7 @@ typedef struct tensor_case {
     const char *tensor;   /* the one edited */
     const char *dtype;    /* NULL: F32 */
     int rank;             /* -1: keep */
-    int64_t shape[ST_MAX_RANK];
+    int64_t shape[SFT_MAX_RANK];
     const char *offsets;  /* raw data_offsets, or NULL */
     bool drop;
     const char *needle;
@@ -873,7 +873,7 @@ static void test_weight_files(void)
     join(path, sizeof path, dir, "model.safetensors");
     char *whole = NULL;
     size_t total = 0;
-    if (st_read_file(path, 1 << 20, &whole, &total, NULL, 0) != RT_OK)
+    if (rt_read_file(path, 1 << 20, &whole, &total, NULL, 0) != RT_OK)
         die(path);
     uint64_t hlen;
     memcpy(&hlen, whole, 8);
@@ -1408,7 +1408,7 @@ static void test_mutate_weights(void)
                      b ? (l.t[i].rank == 2 ? "BF16" : "F32") : i % 3 == 1 ? "BF16" : i % 3 == 2 ? "F16" : "F32");
         model_dir(dir[b], sizeof dir[b], b ? "mutst_bf16" : "mutst", FZ_BASE, &l);
         join(path[b], sizeof path[b], dir[b], "model.safetensors");
-        if (st_read_file(path[b], 1 << 20, &orig[b], &total[b], NULL, 0) != RT_OK)
+        if (rt_read_file(path[b], 1 << 20, &orig[b], &total[b], NULL, 0) != RT_OK)
             die(path[b]);
         memcpy(&hlen[b], orig[b], 8);
     }
@@ -1458,7 +1458,7 @@ static void test_mutate_adapter(void)
     join(spath, sizeof spath, dir, "adapter_model.safetensors");
     char *st = NULL;
     size_t total = 0;
-    if (st_read_file(spath, 1 << 20, &st, &total, NULL, 0) != RT_OK)
+    if (rt_read_file(spath, 1 << 20, &st, &total, NULL, 0) != RT_OK)
         die(spath);
     uint64_t hlen;
     memcpy(&hlen, st, 8);

@@ -39,7 +39,7 @@
 typedef struct fixture {
     const char *dir;
     model *m;
-    st_file *expected;
+    sft_file *expected;
     cJSON *scalars;
     int32_t *ids, *targets;
     int B, T;
@@ -51,7 +51,7 @@ static cJSON *read_json(const char *dir, const char *name)
     snprintf(path, sizeof path, "%s/%s", dir, name);
     char *text = NULL;
     size_t len = 0;
-    cJSON *j = st_read_file(path, 1 << 20, &text, &len, NULL, 0) == RT_OK ? cJSON_ParseWithLength(text, len) : NULL;
+    cJSON *j = rt_read_file(path, 1 << 20, &text, &len, NULL, 0) == RT_OK ? cJSON_ParseWithLength(text, len) : NULL;
     free(text);
     return j;
 }
@@ -77,7 +77,7 @@ static bool fixture_open(fixture *fx, const char *dir, enum model_dtype dtype)
                                       : model_load_as(dir, kernels_cpu_backend(), dtype, &fx->m, err, sizeof err);
     CHECK_MSG(rc == RT_OK, "model_load %s: %s", dir, err);
     snprintf(path, sizeof path, "%s/expected.safetensors", dir);
-    CHECK(st_file_open(path, &fx->expected, err, sizeof err) == RT_OK);
+    CHECK(sft_file_open(path, &fx->expected, err, sizeof err) == RT_OK);
     fx->scalars = read_json(dir, "expected.json");
     cJSON *batch = read_json(dir, "batch.json");
     CHECK(fx->scalars && batch);
@@ -96,7 +96,7 @@ static bool fixture_open(fixture *fx, const char *dir, enum model_dtype dtype)
 static void fixture_close(fixture *fx)
 {
     model_free(fx->m);
-    st_file_close(fx->expected);
+    sft_file_close(fx->expected);
     cJSON_Delete(fx->scalars);
     free(fx->ids);
     free(fx->targets);
@@ -113,12 +113,12 @@ static double scalar(const fixture *fx, const char *key)
 static double compare(const fixture *fx, const char *name, const float *dev, size_t n, double atol,
                       double rtol)
 {
-    const st_tensor *t = st_tensor_find(fx->expected, name);
+    const sft_tensor *t = sft_tensor_find(fx->expected, name);
     CHECK_MSG(t != NULL && t->numel == n, "expected tensor %s (n=%zu)", name, n);
     if (!t || t->numel != n)
         return INFINITY;
     float *want = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float));
-    st_tensor_read_f32(t, want, n);
+    sft_tensor_read_f32(t, want, n);
     kernels_cpu_backend()->copy_to_host(got, dev, n * sizeof(float), NULL);
     double scale = 0, worst = 0;
     for (size_t i = 0; i < n; i++)

@@ -31,37 +31,37 @@ static char g_tmp[256];
 
 /* Writes dir's model as a copy in tmp whose matrices are dtype (norms and
  * biases stay F32, as in some released checkpoints). */
-static bool write_copy16(const char *dir, enum st_dtype dtype)
+static bool write_copy16(const char *dir, enum sft_dtype dtype)
 {
     char src[600], dst[600], err[256] = "";
     snprintf(src, sizeof src, "%s/config.json", dir);
     snprintf(dst, sizeof dst, "%s/config.json", g_tmp);
     char *text = NULL;
     size_t len = 0;
-    bool ok = st_read_file(src, 1 << 20, &text, &len, err, sizeof err) == RT_OK &&
-              st_write_file_atomic(dst, text, len, err, sizeof err) == RT_OK;
+    bool ok = rt_read_file(src, 1 << 20, &text, &len, err, sizeof err) == RT_OK &&
+              rt_write_file_atomic(dst, text, len, err, sizeof err) == RT_OK;
     free(text);
     snprintf(src, sizeof src, "%s/model.safetensors", dir);
-    st_file *f = NULL;
-    ok = ok && st_file_open(src, &f, err, sizeof err) == RT_OK;
-    st_writer *w = NULL;
-    ok = ok && st_writer_init(&w) == RT_OK;
-    size_t n = ok ? st_tensor_count(f) : 0;
+    sft_file *f = NULL;
+    ok = ok && sft_file_open(src, &f, err, sizeof err) == RT_OK;
+    sft_writer *w = NULL;
+    ok = ok && sft_writer_init(&w) == RT_OK;
+    size_t n = ok ? sft_tensor_count(f) : 0;
     float **vals = calloc(n + 1, sizeof *vals);
     for (size_t i = 0; ok && i < n; i++) {
-        const st_tensor *t = st_tensor_at(f, i);
+        const sft_tensor *t = sft_tensor_at(f, i);
         vals[i] = malloc(t->numel * sizeof(float));
-        ok = st_tensor_read_f32(t, vals[i], t->numel) == RT_OK &&
-             st_writer_add(w, t->name, t->rank == 2 ? dtype : ST_F32, t->rank, t->shape, vals[i]) == RT_OK;
+        ok = sft_tensor_read_f32(t, vals[i], t->numel) == RT_OK &&
+             sft_writer_add(w, t->name, t->rank == 2 ? dtype : SFT_F32, t->rank, t->shape, vals[i]) == RT_OK;
     }
     snprintf(dst, sizeof dst, "%s/model.safetensors", g_tmp);
-    ok = ok && st_writer_write(w, dst, err, sizeof err) == RT_OK;
+    ok = ok && sft_writer_write(w, dst, err, sizeof err) == RT_OK;
     CHECK_MSG(ok, "copy of %s: %s", dir, err);
     for (size_t i = 0; i < n; i++)
         free(vals[i]);
     free(vals);
-    st_writer_free(w);
-    st_file_close(f);
+    sft_writer_free(w);
+    sft_file_close(f);
     return ok;
 }
 
@@ -145,9 +145,9 @@ static void check_pair(const char *what, const char *fx, const float *a, const f
 }
 
 /* One fixture and one 16-bit type. */
-static void check_fixture(const char *dir, enum st_dtype st_dt)
+static void check_fixture(const char *dir, enum sft_dtype st_dt)
 {
-    kernels_dtype dt = st_dt == ST_BF16 ? KERNELS_BF16 : KERNELS_F16;
+    kernels_dtype dt = st_dt == SFT_BF16 ? KERNELS_BF16 : KERNELS_F16;
     const kernels_backend *be = kernels_cpu_backend();
     char err[256] = "", path[600];
     if (!write_copy16(dir, st_dt))
@@ -155,7 +155,7 @@ static void check_fixture(const char *dir, enum st_dtype st_dt)
     model *m16 = NULL, *m32 = NULL, *mconv = NULL;
     CHECK_MSG(model_load_as(g_tmp, be, MODEL_DTYPE_AUTO, &m16, err, sizeof err) == RT_OK, "%s", err);
     CHECK_MSG(model_load(g_tmp, be, &m32, err, sizeof err) == RT_OK, "%s", err);
-    CHECK_MSG(model_load_as(dir, be, st_dt == ST_BF16 ? MODEL_DTYPE_BF16 : MODEL_DTYPE_F16, &mconv,
+    CHECK_MSG(model_load_as(dir, be, st_dt == SFT_BF16 ? MODEL_DTYPE_BF16 : MODEL_DTYPE_F16, &mconv,
                             err, sizeof err) == RT_OK, "%s", err);
     snprintf(path, sizeof path, "%s/adapter", dir);
     lora *ad = NULL;
@@ -208,7 +208,7 @@ static void check_refusals(const char *dir)
 {
     char err[256] = "";
     model *m = NULL;
-    if (!write_copy16(dir, ST_BF16))
+    if (!write_copy16(dir, SFT_BF16))
         return;
     CHECK(model_load_as(g_tmp, kernels_cpu_backend(), MODEL_DTYPE_AUTO, &m, err, sizeof err) == RT_OK);
     if (!m)
@@ -240,8 +240,8 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
         fprintf(stderr, "-- %s\n", dirs[i]);
-        check_fixture(dirs[i], ST_BF16);
-        check_fixture(dirs[i], ST_F16);
+        check_fixture(dirs[i], SFT_BF16);
+        check_fixture(dirs[i], SFT_F16);
     }
     check_refusals(dirs[0]);
     char cmd[300];

@@ -32,8 +32,8 @@ static uint16_t *rand16(size_t n, kernels_dtype dt, float *exact)
     uint16_t *w = malloc(n * sizeof *w);
     for (size_t i = 0; i < n; i++) {
         float f = urand(-1.0f, 1.0f);
-        w[i] = dt == KERNELS_BF16 ? st_f32_to_bf16(f) : st_f32_to_f16(f);
-        exact[i] = dt == KERNELS_BF16 ? st_bf16_to_f32(w[i]) : st_f16_to_f32(w[i]);
+        w[i] = dt == KERNELS_BF16 ? sft_f32_to_bf16(f) : sft_f32_to_f16(f);
+        exact[i] = dt == KERNELS_BF16 ? sft_bf16_to_f32(w[i]) : sft_f16_to_f32(w[i]);
     }
     return w;
 }

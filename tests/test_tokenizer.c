@@ -40,7 +40,7 @@ static char *slurp(const char *path, size_t *len)
 {
     char *p = NULL;
     size_t n = 0;
-    if (st_read_file(path, (size_t)1 << 30, &p, &n, NULL, 0) != RT_OK)
+    if (rt_read_file(path, (size_t)1 << 30, &p, &n, NULL, 0) != RT_OK)
         return NULL;
     if (len)
         *len = n;
