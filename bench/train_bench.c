@@ -47,7 +47,6 @@
 #include "engine/model.h"
 #include "engine/optim.h"
 #include "engine/rng.h"
-#include "engine/safetensors.h"
 
 #define MAX_STEPS 1000
 #define SGEMM_N 1024

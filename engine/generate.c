@@ -11,7 +11,6 @@
 #include "engine/chat_template.h"
 #include "engine/engine.h"
 #include "engine/model.h"
-#include "engine/safetensors.h"
 #include "engine/sample.h"
 #include "engine/tokenizer.h"
 

@@ -10,7 +10,6 @@
 #include "engine/hf_config.h"
 
 #include "common/rt.h"
-#include "engine/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <float.h>

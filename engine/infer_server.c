@@ -21,7 +21,6 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
-#include "engine/safetensors.h"
 
 #define DEFAULT_MAX_BATCH 8
 #define DEFAULT_MAX_CONTEXT 2048

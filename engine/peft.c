@@ -11,7 +11,6 @@
 
 #include "common/rt.h"
 #include "engine/hf_config.h"
-#include "engine/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <float.h>

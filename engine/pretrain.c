@@ -18,7 +18,6 @@
 #include "engine/engine.h"
 #include "engine/hf_config.h"
 #include "engine/model.h"
-#include "engine/safetensors.h"
 #include "engine/tokenizer.h"
 #include "engine/trainer.h"
 

@@ -18,7 +18,6 @@
 #include <string.h>
 
 #include "common/rt.h"
-#include "engine/safetensors.h"
 
 #define TK_MAX_ID (1 << 22) /* ids above this are surely a broken file */
 #define TK_MAX_FILE_BYTES ((size_t)256 << 20) /* Llama 3's tokenizer.json is 9 MB */

@@ -12,7 +12,6 @@
 
 #include "engine/chat_template.h"
 #include "engine/engine.h"
-#include "engine/safetensors.h"
 #include "engine/tokenizer.h"
 #include "engine/train_data.h"
 

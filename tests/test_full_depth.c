@@ -16,7 +16,6 @@
 
 #include "engine/hf_config.h"
 #include "engine/model.h"
-#include "engine/safetensors.h"
 #include "tests/test.h"
 
 /* Parameters: run configs up to ~0.5B; under AddressSanitizer (make

@@ -24,7 +24,6 @@
 
 #include "common/rt.h"
 #include "engine/chat_template.h"
-#include "engine/safetensors.h"
 #include "engine/tokenizer.h"
 #include "tests/test.h"
 
