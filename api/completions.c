@@ -1256,40 +1256,29 @@ static gen_state *gen_new(const gen_params *p, const api_target *t)
     return g;
 }
 
-/* The request field an engine message names ("top_p must ...", "max_tokens: ..."). */
-static const char *field_of(const char *err)
+/* Answers an engine_submit refusal, naming the field the engine blamed. */
+static int submit_error(api_request *req, int rc, const engine_error *why)
 {
-    static const char *const fields[] = {"temperature", "top_p", "top_k", "repetition_penalty",
-                                         "presence_penalty", "frequency_penalty", "logit_bias",
-                                         "top_logprobs", "max_tokens", "stop", "messages", "tools",
-                                         "response_format", NULL};
-    for (const char *const *f = fields; *f; f++)
-        if (!strncmp(err, *f, strlen(*f)) && (err[strlen(*f)] == ' ' || err[strlen(*f)] == ':'))
-            return *f;
-    return strstr(err, "prompt") ? "prompt" : NULL;
-}
-
-/* Answers an engine_submit refusal. */
-static int submit_error(api_request *req, int rc, const char *err)
-{
+    const char *field = why->field[0] ? why->field : NULL;
+    const char *msg = why->message[0] ? why->message : rt_strerror(rc);
     if (rc == RT_ERR_BUSY)
         return api_respond_error_retry(req, 429, 1, "rate_limit_exceeded",
                                        "The server is busy: too many requests are waiting. Retry shortly.");
     if (rc == RT_ERR_TOO_LARGE)
-        return api_respond_error(req, 400, BAD, field_of(err), "context_length_exceeded", "%s", err);
+        return api_respond_error(req, 400, BAD, field, "context_length_exceeded", "%s", msg);
     if (rc == RT_ERR_INVALID || rc == RT_ERR_UNSUPPORTED)
-        return api_respond_error(req, 400, BAD, field_of(err), "invalid_value", "%s", err);
+        return api_respond_error(req, 400, BAD, field, "invalid_value", "%s", msg);
     if (rc == RT_ERR_NOT_FOUND)
-        return api_respond_error(req, 404, BAD, "model", "model_not_found", "%s", err);
+        return api_respond_error(req, 404, BAD, "model", "model_not_found", "%s", msg);
     if (rc == RT_ERR_STATE)
-        return api_respond_error(req, 503, "server_error", NULL, NULL, "%s", err);
-    return api_respond_error(req, 500, "server_error", NULL, NULL, "%s", err[0] ? err : rt_strerror(rc));
+        return api_respond_error(req, 503, "server_error", NULL, NULL, "%s", msg);
+    return api_respond_error(req, 500, "server_error", NULL, NULL, "%s", msg);
 }
 
 /* Submits the engine requests, n per prompt (seeds seed, seed+1, ...). */
 static int submit_all(api_request *req, gen_params *p, const api_target *t, gen_state *g)
 {
-    char err[512] = "";
+    engine_error why = {0};
     for (int i = 0; i < p->n_choices; i++) {
         engine_request er = p->er;
         if (!p->chat) { /* choice i answers prompt i / per_prompt */
@@ -1313,7 +1302,7 @@ static int submit_all(api_request *req, gen_params *p, const api_target *t, gen_
         pthread_mutex_lock(&g->lock);
         g->refs++;
         pthread_mutex_unlock(&g->lock);
-        int rc = engine_submit(t->engine, &er, &g->handles[i], err, sizeof err);
+        int rc = engine_submit(t->engine, &er, &g->handles[i], &why);
         if (rc != RT_OK) {
             gen_release(g); /* the reference on_done would have dropped */
             for (int k = 0; k < i; k++)
@@ -1321,7 +1310,7 @@ static int submit_all(api_request *req, gen_params *p, const api_target *t, gen_
             pthread_mutex_lock(&g->lock);
             g->n = i; /* wait only for those accepted */
             pthread_mutex_unlock(&g->lock);
-            return submit_error(req, rc, err);
+            return submit_error(req, rc, &why);
         }
     }
     return RT_OK;

@@ -15,6 +15,17 @@
 
 #include "common/rt.h"
 
+/* Why an engine call failed, in parts a caller maps without parsing text:
+ * the code, the input at fault (a request field as the OpenAI API names it
+ * — "max_tokens", "messages", "prompt", "model", ... — or a training data
+ * set — "train_path", "valid_path", "retention_path"; "" when none) and a
+ * one-line message naming the file and line where there is one. */
+typedef struct engine_error {
+    int code;
+    char field[64];
+    char message[1024];
+} engine_error;
+
 /* ---- Training data (JSONL) ------------------------------------------------ */
 
 /* Which of the two accepted example shapes a JSONL line has. */
@@ -138,10 +149,12 @@ typedef struct engine_train_result {
 /*
  * Trains per cfg, calling back as it goes. Returns RT_OK with *result
  * filled (also when stopped early: result->stopped), RT_ERR_CANCELLED is
- * never returned. On failure err names the argument, file or line.
+ * never returned. On failure *why (may be NULL) says why, its message
+ * naming the file and line, and its field the data set at fault when one
+ * is ("train_path", "valid_path", "retention_path"; "" otherwise).
  */
 int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
-                 engine_train_result *result, char *err, size_t errsize);
+                 engine_train_result *result, engine_error *why);
 
 /* Parses "q_proj,v_proj" or "all-linear" into module bits for
  * engine_train_config.target_modules. RT_ERR_INVALID names nothing; the

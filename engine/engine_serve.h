@@ -279,16 +279,18 @@ size_t engine_tool_content_prefix(engine_server *srv, const char *text, size_t l
  * engine_handle_release) and on_done will be called exactly once. The
  * prompt is tokenized, the adapter's weights loaded (on first use) and,
  * for the first request with a grammar, the vocabulary indexed for it
- * (once per server) in the calling thread. Errors: RT_ERR_INVALID (err names the field: bad
- * sampling values, no/two inputs, empty prompt, a token id out of range,
- * prompt + max_tokens over the context), RT_ERR_TOO_LARGE (the prompt
- * alone fills the context: err names messages or prompt), RT_ERR_NOT_FOUND (unknown
- * adapter), RT_ERR_BUSY (max_waiting requests queued: retry later / 429),
- * RT_ERR_UNSUPPORTED (text input or a grammar without a tokenizer), RT_ERR_STATE
- * (closing), RT_ERR_NOMEM, or an adapter load error.
+ * (once per server) in the calling thread. On failure *why (may be NULL)
+ * names the request field at fault and says why. Errors: RT_ERR_INVALID
+ * (bad sampling values, no/two inputs, empty prompt, a token id out of
+ * range, prompt + max_tokens over the context, a conversation the chat
+ * template refuses), RT_ERR_TOO_LARGE (the prompt alone fills the
+ * context: field messages or prompt), RT_ERR_NOT_FOUND (unknown adapter:
+ * field model), RT_ERR_BUSY (max_waiting requests queued: retry later /
+ * 429), RT_ERR_UNSUPPORTED (text input or a grammar without a tokenizer),
+ * RT_ERR_STATE (closing), RT_ERR_NOMEM, or an adapter load error.
  */
 int engine_submit(engine_server *srv, const engine_request *req, engine_handle **out,
-                  char *err, size_t errsize);
+                  engine_error *why);
 
 /* Asks the engine to stop the request (e.g. the client went away): its
  * slot is freed at the next step and on_done gets "cancelled" unless it

@@ -28,7 +28,7 @@
 #include <stdint.h>
 
 #include "engine/chat_template.h"
-#include "engine/engine_serve.h"
+#include "engine/engine.h"
 #include "engine/json_grammar.h"
 #include "engine/model.h"
 #include "engine/rng.h"

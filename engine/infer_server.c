@@ -14,6 +14,7 @@
 #include "engine/infer.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -403,87 +404,107 @@ bool engine_adapter_exists(engine_server *srv, const char *name)
 
 /* ---- requests -------------------------------------------------------------- */
 
+/* Refuses a request: code, the request field at fault (NULL: none) and a
+ * message (printf-style) into e (which may be NULL). */
+static int refuse(engine_error *e, int code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int refuse(engine_error *e, int code, const char *field, const char *fmt, ...)
+{
+    if (!e)
+        return code;
+    e->code = code;
+    snprintf(e->field, sizeof e->field, "%s", field ? field : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* Pins the request's adapter (loading it on first use): an unknown one is
+ * the model field's fault. */
+static int acquire_adapter(engine_server *srv, const char *name, engine_handle *h, engine_error *e)
+{
+    char why[sizeof e->message];
+    why[0] = '\0';
+    int rc = adapter_registry_acquire(srv->reg, name, &h->adapter, why, sizeof why);
+    return rc == RT_OK ? rc : refuse(e, rc, "model", "%s", why[0] ? why : rt_strerror(rc));
+}
+
 /* A grammar needs the tokenizer's bytes of every token: the first request
  * with one builds the vocabulary trie (once per server). */
-static int check_grammar(engine_server *srv, const engine_request *r, char *err, size_t errsize)
+static int check_grammar(engine_server *srv, const engine_request *r, engine_error *e)
 {
     if (!r->grammar)
         return RT_OK;
     if (!srv->tok)
-        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED,
-                       "response_format needs a tokenizer; the model has none");
+        return refuse(e, RT_ERR_UNSUPPORTED, "response_format", "response_format needs a tokenizer; the model has none");
     int rc = infer_grammar_vocab(srv);
     if (rc != RT_OK)
-        return rt_fail(err, errsize, rc, "response_format: cannot index the vocabulary (%s)",
+        return refuse(e, rc, "response_format", "response_format: cannot index the vocabulary (%s)",
                        rt_strerror(rc));
     return RT_OK;
 }
 
 /* Checks the sampling and output fields; err names the first bad one. */
-static int check_options(engine_server *srv, const engine_request *r, char *err,
-                         size_t errsize)
+static int check_options(engine_server *srv, const engine_request *r, engine_error *e)
 {
     if (!(r->temperature >= 0) || !isfinite(r->temperature))
-        return rt_fail(err, errsize, RT_ERR_INVALID, "temperature must be a number >= 0");
+        return refuse(e, RT_ERR_INVALID, "temperature", "temperature must be a number >= 0");
     if (!(r->top_p >= 0 && r->top_p <= 1))
-        return rt_fail(err, errsize, RT_ERR_INVALID, "top_p must be in (0, 1]");
+        return refuse(e, RT_ERR_INVALID, "top_p", "top_p must be in (0, 1]");
     if (r->top_k < 0)
-        return rt_fail(err, errsize, RT_ERR_INVALID, "top_k must be >= 0");
+        return refuse(e, RT_ERR_INVALID, "top_k", "top_k must be >= 0");
     if (!(r->repetition_penalty >= 0) || !isfinite(r->repetition_penalty))
-        return rt_fail(err, errsize, RT_ERR_INVALID, "repetition_penalty must be a number > 0");
+        return refuse(e, RT_ERR_INVALID, "repetition_penalty", "repetition_penalty must be a number > 0");
     if (!(r->presence_penalty >= -2 && r->presence_penalty <= 2))
-        return rt_fail(err, errsize, RT_ERR_INVALID, "presence_penalty must be between -2 and 2");
+        return refuse(e, RT_ERR_INVALID, "presence_penalty", "presence_penalty must be between -2 and 2");
     if (!(r->frequency_penalty >= -2 && r->frequency_penalty <= 2))
-        return rt_fail(err, errsize, RT_ERR_INVALID, "frequency_penalty must be between -2 and 2");
+        return refuse(e, RT_ERR_INVALID, "frequency_penalty", "frequency_penalty must be between -2 and 2");
     if (r->n_logit_bias < 0 || r->n_logit_bias > ENGINE_MAX_LOGIT_BIAS ||
         (r->n_logit_bias && !r->logit_bias))
-        return rt_fail(err, errsize, RT_ERR_INVALID, "logit_bias takes at most %d tokens",
+        return refuse(e, RT_ERR_INVALID, "logit_bias", "logit_bias takes at most %d tokens",
                        ENGINE_MAX_LOGIT_BIAS);
     for (int i = 0; i < r->n_logit_bias; i++) {
         if (r->logit_bias[i].id < 0 || r->logit_bias[i].id >= srv->n_sample)
-            return rt_fail(err, errsize, RT_ERR_INVALID,
-                           "logit_bias: token id %d is outside the vocabulary [0, %d)",
+            return refuse(e, RT_ERR_INVALID, "logit_bias", "logit_bias: token id %d is outside the vocabulary [0, %d)",
                            r->logit_bias[i].id, srv->n_sample);
         if (!(r->logit_bias[i].bias >= -100 && r->logit_bias[i].bias <= 100))
-            return rt_fail(err, errsize, RT_ERR_INVALID,
-                           "logit_bias: the bias of token %d must be between -100 and 100",
+            return refuse(e, RT_ERR_INVALID, "logit_bias", "logit_bias: the bias of token %d must be between -100 and 100",
                            r->logit_bias[i].id);
     }
     if (r->top_logprobs < 0 || r->top_logprobs > ENGINE_MAX_TOP_LOGPROBS)
-        return rt_fail(err, errsize, RT_ERR_INVALID, "top_logprobs must be between 0 and %d",
+        return refuse(e, RT_ERR_INVALID, "top_logprobs", "top_logprobs must be between 0 and %d",
                        ENGINE_MAX_TOP_LOGPROBS);
     if (r->max_tokens < ENGINE_MAX_TOKENS_FIT || (r->max_tokens == 0 && !r->echo))
-        return rt_fail(err, errsize, RT_ERR_INVALID, "max_tokens must be >= 1");
+        return refuse(e, RT_ERR_INVALID, "max_tokens", "max_tokens must be >= 1");
     if (r->n_stop < 0 || r->n_stop > ENGINE_MAX_STOP)
-        return rt_fail(err, errsize, RT_ERR_INVALID, "stop takes at most %d strings",
+        return refuse(e, RT_ERR_INVALID, "stop", "stop takes at most %d strings",
                        ENGINE_MAX_STOP);
     for (int i = 0; i < r->n_stop; i++) {
         size_t n = r->stop[i] ? strlen(r->stop[i]) : 0;
         if (!r->stop[i] || n > ENGINE_MAX_STOP_BYTES || !engine_utf8_valid(r->stop[i], n))
-            return rt_fail(err, errsize, RT_ERR_INVALID,
-                           "stop[%d] must be UTF-8 of at most %d bytes", i, ENGINE_MAX_STOP_BYTES);
+            return refuse(e, RT_ERR_INVALID, "stop", "stop[%d] must be UTF-8 of at most %d bytes", i, ENGINE_MAX_STOP_BYTES);
         if (n && !srv->tok)
-            return rt_fail(err, errsize, RT_ERR_UNSUPPORTED,
-                           "stop strings need a tokenizer; the model has none");
+            return refuse(e, RT_ERR_UNSUPPORTED, "stop", "stop strings need a tokenizer; the model has none");
     }
-    return check_grammar(srv, r, err, errsize);
+    return check_grammar(srv, r, e);
 }
 
 /* The prompt's token ids (malloc'd into *ids, *n) from whichever input the
  * request has. */
 static int prompt_tokens(const engine_server *srv, const engine_request *r, int32_t **ids,
-                         size_t *n, char *err, size_t errsize)
+                         size_t *n, engine_error *e)
 {
     int inputs = (r->messages && r->n_messages > 0) + (r->prompt != NULL) + (r->prompt_ids != NULL);
     if (inputs != 1)
-        return rt_fail(err, errsize, RT_ERR_INVALID,
-                       inputs ? "give only one of messages, prompt and prompt_ids"
+        return refuse(e, RT_ERR_INVALID, "messages", inputs ? "give only one of messages, prompt and prompt_ids"
                               : "one of messages, prompt or prompt_ids is required");
     if (r->prompt_ids) {
         for (size_t i = 0; i < r->n_prompt_ids; i++)
             if (r->prompt_ids[i] < 0 || r->prompt_ids[i] >= srv->m->cfg.vocab_size)
-                return rt_fail(err, errsize, RT_ERR_INVALID,
-                               "prompt_ids[%zu] = %d is outside the vocabulary [0, %d)", i,
+                return refuse(e, RT_ERR_INVALID, "prompt", "prompt_ids[%zu] = %d is outside the vocabulary [0, %d)", i,
                                r->prompt_ids[i], srv->m->cfg.vocab_size);
         if (!(*ids = malloc((r->n_prompt_ids + 1) * sizeof **ids)))
             return RT_ERR_NOMEM;
@@ -492,18 +513,17 @@ static int prompt_tokens(const engine_server *srv, const engine_request *r, int3
         return RT_OK;
     }
     if (!srv->tok)
-        return rt_fail(err, errsize, RT_ERR_UNSUPPORTED,
-                       "the model has no tokenizer.json: only prompt_ids can be served");
+        return refuse(e, RT_ERR_UNSUPPORTED, "prompt", "the model has no tokenizer.json: only prompt_ids can be served");
     bool trusted = srv->cfg.special_tokens_in_text;
     if (r->prompt) {
         int rc = tokenizer_encode_ex(srv->tok, r->prompt, strlen(r->prompt),
                                      TOKENIZER_ADD_SPECIAL | (trusted ? 0 : TOKENIZER_PLAIN_TEXT), ids, n);
         return rc == RT_OK || rc == RT_ERR_NOMEM
-                   ? rc : rt_fail(err, errsize, RT_ERR_INVALID, "prompt: the text could not be "
+                   ? rc : refuse(e, RT_ERR_INVALID, "prompt", "prompt: the text could not be "
                                   "tokenized (%s)", rt_strerror(rc));
     }
     if (r->tools && chat_template_tool_format(srv->tmpl) == TOOL_FORMAT_NONE)
-        return rt_fail(err, errsize, RT_ERR_INVALID, "tools: this model's chat template does not "
+        return refuse(e, RT_ERR_INVALID, "tools", "tools: this model's chat template does not "
                        "take tools (it writes no tool-call markers)");
     chat_message *msgs = calloc(r->n_messages, sizeof *msgs);
     if (!msgs)
@@ -519,34 +539,32 @@ static int prompt_tokens(const engine_server *srv, const engine_request *r, int3
     free(msgs);
     if (rc == RT_ERR_INVALID || rc == RT_ERR_FORMAT || rc == RT_ERR_UNSUPPORTED ||
         rc == RT_ERR_TOO_LARGE)
-        return rt_fail(err, errsize, RT_ERR_INVALID, "messages: %s", why[0] ? why : rt_strerror(rc));
+        return refuse(e, RT_ERR_INVALID, "messages", "messages: %s", why[0] ? why : rt_strerror(rc));
     return rc;
 }
 
 /* Builds the request's copy: tokens with room for the completion, options,
  * stop strings. */
-static int handle_build(engine_server *srv, const engine_request *r, engine_handle *h, char *err,
-                        size_t errsize)
+static int handle_build(engine_server *srv, const engine_request *r, engine_handle *h,
+                        engine_error *e)
 {
     int32_t *ids = NULL;
     size_t n = 0;
-    int rc = prompt_tokens(srv, r, &ids, &n, err, errsize);
+    int rc = prompt_tokens(srv, r, &ids, &n, e);
     if (rc != RT_OK)
         return rc;
     int ctx = srv->cfg.max_context;
     if (n == 0)
-        rc = rt_fail(err, errsize, RT_ERR_INVALID, "the prompt is empty");
+        rc = refuse(e, RT_ERR_INVALID, r->messages ? "messages" : "prompt", "the prompt is empty");
     else if (n > (size_t)ctx || (n == (size_t)ctx && !r->echo))
-        rc = rt_fail(err, errsize, RT_ERR_TOO_LARGE, "%s: the prompt has %zu tokens; this model's "
+        rc = refuse(e, RT_ERR_TOO_LARGE, r->messages ? "messages" : "prompt", "%s: the prompt has %zu tokens; this model's "
                      "context is %d tokens, and the reply needs room in it",
                      r->messages ? "messages" : "prompt", n, ctx);
     else if (r->max_tokens > 0 && (size_t)r->max_tokens > (size_t)ctx - n)
-        rc = rt_fail(err, errsize, RT_ERR_INVALID,
-                     "max_tokens: the prompt (%zu tokens) plus max_tokens (%d) exceed the "
+        rc = refuse(e, RT_ERR_INVALID, "max_tokens", "max_tokens: the prompt (%zu tokens) plus max_tokens (%d) exceed the "
                      "context of %d tokens", n, r->max_tokens, ctx);
     else if (r->max_tokens == ENGINE_MAX_TOKENS_FIT && n == (size_t)ctx && !r->echo)
-        rc = rt_fail(err, errsize, RT_ERR_INVALID,
-                     "max_tokens: the prompt fills the whole context of %d tokens", ctx);
+        rc = refuse(e, RT_ERR_INVALID, "max_tokens", "max_tokens: the prompt fills the whole context of %d tokens", ctx);
     if (rc != RT_OK) {
         free(ids);
         return rc;
@@ -599,14 +617,14 @@ static void handle_options(engine_server *srv, const engine_request *r, engine_h
 static bool queue_full(const engine_server *srv) { return srv->n_waiting >= srv->cfg.max_waiting; }
 
 /* Appends h to the queue unless full or closing. */
-static int enqueue(engine_server *srv, engine_handle *h, char *err, size_t errsize)
+static int enqueue(engine_server *srv, engine_handle *h, engine_error *e)
 {
     int rc = RT_OK;
     pthread_mutex_lock(&srv->mu);
     if (srv->closing)
-        rc = rt_fail(err, errsize, RT_ERR_STATE, "the server is shutting down");
+        rc = refuse(e, RT_ERR_STATE, NULL, "the server is shutting down");
     else if (queue_full(srv))
-        rc = rt_fail(err, errsize, RT_ERR_BUSY, "too many requests are waiting (%d)",
+        rc = refuse(e, RT_ERR_BUSY, NULL, "too many requests are waiting (%d)",
                      srv->cfg.max_waiting);
     if (rc == RT_OK) {
         if (srv->wait_tail)
@@ -622,29 +640,29 @@ static int enqueue(engine_server *srv, engine_handle *h, char *err, size_t errsi
 }
 
 /* Validate, tokenize, pin the adapter, enqueue; see engine_serve.h. */
-int engine_submit(engine_server *srv, const engine_request *req, engine_handle **out, char *err,
-                  size_t errsize)
+int engine_submit(engine_server *srv, const engine_request *req, engine_handle **out,
+                  engine_error *e)
 {
     if (!srv || !req || !out)
         return RT_ERR_INVALID;
-    int rc = check_options(srv, req, err, errsize);
+    int rc = check_options(srv, req, e);
     if (rc != RT_OK)
         return rc;
     pthread_mutex_lock(&srv->mu); /* refuse early, before tokenizing or loading */
     bool full = queue_full(srv);
     pthread_mutex_unlock(&srv->mu);
     if (full)
-        return rt_fail(err, errsize, RT_ERR_BUSY, "too many requests are waiting (%d)",
+        return refuse(e, RT_ERR_BUSY, NULL, "too many requests are waiting (%d)",
                        srv->cfg.max_waiting);
     engine_handle *h = calloc(1, sizeof *h);
     if (!h)
         return RT_ERR_NOMEM;
     handle_options(srv, req, h);
-    rc = handle_build(srv, req, h, err, errsize);
+    rc = handle_build(srv, req, h, e);
     if (rc == RT_OK && req->adapter && *req->adapter)
-        rc = adapter_registry_acquire(srv->reg, req->adapter, &h->adapter, err, errsize);
+        rc = acquire_adapter(srv, req->adapter, h, e);
     if (rc == RT_OK)
-        rc = enqueue(srv, h, err, errsize);
+        rc = enqueue(srv, h, e);
     if (rc != RT_OK) {
         adapter_registry_release(srv->reg, h->adapter);
         atomic_store(&h->refs, 1);

@@ -146,8 +146,9 @@ int engine_pretrain(const engine_pretrain_config *cfg, const engine_callbacks *c
     tc.warmup_ratio = 0.05;
     tc.weight_decay = 0.1;
     tc.seed = cfg->seed;
-    if (rc == RT_OK)
-        rc = engine_train(&tc, cb, result, err, errsize);
+    engine_error why = {0};
+    if (rc == RT_OK && (rc = engine_train(&tc, cb, result, &why)) != RT_OK)
+        rt_fail(err, errsize, rc, "%s", why.message);
     snprintf(retention, sizeof retention, "%s/retention.jsonl", trained);
     if (rc == RT_OK)
         rc = corpus_write_retention(cfg->seed, 96, retention);

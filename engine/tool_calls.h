@@ -22,7 +22,7 @@
 
 #include <stddef.h>
 
-#include "engine/engine_serve.h"
+#include "engine/engine.h"
 
 enum tool_format { TOOL_FORMAT_NONE, TOOL_FORMAT_HERMES, TOOL_FORMAT_MISTRAL, TOOL_FORMAT_LLAMA3 };
 

@@ -239,12 +239,21 @@ static int retention_loss(trainer *t, const char *resume_dir, double *loss, doub
 }
 
 int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
-                 engine_train_result *result, char *err, size_t errsize)
+                 engine_train_result *result, engine_error *why)
 {
+    engine_error ignored;
+    engine_error *e = why ? why : &ignored;
+    memset(e, 0, sizeof *e);
+    char *err = e->message;
+    size_t errsize = sizeof e->message;
     trainer *t = NULL;
-    int rc = trainer_open(cfg, &t, err, errsize);
-    if (rc != RT_OK)
+    const char *input = NULL;
+    int rc = trainer_open(cfg, &t, err, errsize, &input);
+    if (rc != RT_OK) {
+        e->code = rc;
+        snprintf(e->field, sizeof e->field, "%s", input ? input : "");
         return rc;
+    }
     if (cb && cb->on_event)
         cb->on_event(cb->ctx, t->memory_text);
     if (cfg->resume_dir)
@@ -283,8 +292,10 @@ int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
         r.retention_loss_after = retention_after;
         r.memory = t->memory;
         *result = r;
-    } else if (err && errsize && !err[0]) {
-        snprintf(err, errsize, "training failed: %s", rt_strerror(rc));
+    } else {
+        e->code = rc;
+        if (!err[0])
+            snprintf(err, errsize, "training failed: %s", rt_strerror(rc));
     }
     trainer_close(t);
     return rc;

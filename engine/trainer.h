@@ -46,8 +46,10 @@ typedef struct trainer {
     engine_progress progress;
 } trainer;
 
-/* Checks cfg, loads model, tokenizer and data, allocates everything. */
-int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_t errsize);
+/* Checks cfg, loads model, tokenizer and data, allocates everything. On
+ * failure *input names the data set at fault (engine_error's field), or NULL. */
+int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_t errsize,
+                 const char **input);
 void trainer_close(trainer *t);
 
 /* Writes checkpoint_dir/ckpt-step-N (servable weights, optimizer state,

@@ -58,8 +58,9 @@ static int check_config(const engine_train_config *c, char *err, size_t errsize)
 
 /* ---- set-up ------------------------------------------------------------------------ */
 
-/* Loads the tokenizer, chat template and both data sets. */
-static int load_data(trainer *t, char *err, size_t errsize)
+/* Loads the tokenizer, chat template and the data sets; *input names the
+ * set at fault when one cannot be read ("train_path", ...), else NULL. */
+static int load_data(trainer *t, char *err, size_t errsize, const char **input)
 {
     const engine_train_config *c = &t->cfg;
     char path[4096];
@@ -70,15 +71,23 @@ static int load_data(trainer *t, char *err, size_t errsize)
         rc = chat_template_load(path, &t->tmpl, err, errsize);
     if (rc == RT_ERR_NOT_FOUND) /* no tokenizer_config.json: ChatML, with a warning */
         rc = chat_template_from_source(NULL, NULL, NULL, &t->tmpl);
-    if (rc == RT_OK)
-        rc = train_set_load(c->train_path, t->tok, t->tmpl, c->max_seq_len, &t->train, err, errsize);
-    if (rc == RT_OK && c->valid_path)
-        rc = train_set_load(c->valid_path, t->tok, t->tmpl, c->max_seq_len, &t->valid, err, errsize);
-    if (rc == RT_OK && c->retention_path)
-        rc = train_set_load(c->retention_path, t->tok, t->tmpl, c->max_seq_len, &t->retention, err,
-                            errsize);
+    if (rc != RT_OK)
+        return rc;
+    *input = "train_path";
+    rc = train_set_load(c->train_path, t->tok, t->tmpl, c->max_seq_len, &t->train, err, errsize);
     if (rc == RT_OK && t->train->n == 0)
         rc = rt_fail(err, errsize, RT_ERR_INVALID, "%s has no examples", c->train_path);
+    if (rc == RT_OK && c->valid_path) {
+        *input = "valid_path";
+        rc = train_set_load(c->valid_path, t->tok, t->tmpl, c->max_seq_len, &t->valid, err, errsize);
+    }
+    if (rc == RT_OK && c->retention_path) {
+        *input = "retention_path";
+        rc = train_set_load(c->retention_path, t->tok, t->tmpl, c->max_seq_len, &t->retention, err,
+                            errsize);
+    }
+    if (rc == RT_OK)
+        *input = NULL;
     return rc;
 }
 
@@ -234,8 +243,10 @@ static int setup_buffers(trainer *t)
     return RT_OK;
 }
 
-int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_t errsize)
+int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_t errsize,
+                 const char **input)
 {
+    *input = NULL;
     if (err && errsize)
         err[0] = '\0';
     int rc = check_config(cfg, err, errsize);
@@ -257,7 +268,7 @@ int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_
     else if (rc == RT_OK) /* a frozen LoRA base: 16-bit when asked or stored so */
         rc = model_load_named(cfg->model_dir, t->be, cfg->dtype, &t->model, err, errsize);
     if (rc == RT_OK)
-        rc = load_data(t, err, errsize);
+        rc = load_data(t, err, errsize, input);
     if (rc == RT_OK) {
         const train_set *sets[] = {t->train, t->valid, t->retention};
         rc = plan_memory(t, longest(sets, 3), err, errsize);

@@ -354,15 +354,20 @@ static const char *resume_point(job_run *r)
 }
 
 /* Maps an engine failure to the job's error. */
-static void training_failed(job_run *r, int rc, char *err, const char *train, const char *valid)
+/* The engine names the data set at fault (engine_error.field); the job
+ * says it as the API names it, with the file id in place of its path. */
+static void training_failed(job_run *r, int rc, engine_error *why, const char *train,
+                            const char *valid, const char *retention)
 {
-    bool data = rc == RT_ERR_FORMAT || rc == RT_ERR_INVALID;
-    bool in_valid = valid[0] && strncmp(err, valid, strlen(valid)) == 0;
-    name_file(err, 1024, train, r->job->training_file);
-    name_file(err, 1024, valid, r->job->validation_file);
-    if (data && in_valid)
+    char *err = why->message;
+    name_file(err, sizeof why->message, train, r->job->training_file);
+    name_file(err, sizeof why->message, valid, r->job->validation_file);
+    name_file(err, sizeof why->message, retention, r->job->retention_file);
+    if (!strcmp(why->field, "valid_path"))
         fail(r, "invalid_validation_file", "validation_file", err);
-    else if (data)
+    else if (!strcmp(why->field, "retention_path"))
+        fail(r, "invalid_retention_file", "retention_file", err);
+    else if (!strcmp(why->field, "train_path"))
         fail(r, "invalid_training_file", "training_file", err);
     else
         fail(r, "server_error", NULL, err[0] ? err : rt_strerror(rc));
@@ -371,7 +376,7 @@ static void training_failed(job_run *r, int rc, char *err, const char *train, co
 void worker_run_job(const worker_config *cfg, storage_job *job, const volatile int *stopping)
 {
     job_run r = {.cfg = cfg, .job = job, .stopping = stopping};
-    char train[1024], valid[1024] = "", out_dir[2200], ck_dir[2200], err[1024] = "";
+    char train[1024], valid[1024] = "", out_dir[2200], ck_dir[2200];
     snprintf(r.dir, sizeof r.dir, "%s/jobs", storage_data_dir(cfg->st));
     mkdir(r.dir, 0755);
     snprintf(r.dir + strlen(r.dir), sizeof r.dir - strlen(r.dir), "/%s", job->id);
@@ -417,9 +422,10 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
     save(&r);
     engine_callbacks cb = {&r, on_step, on_engine_event, on_checkpoint, should_stop, yield_to_serving};
     engine_train_result res;
-    int rc = engine_train(&tc, &cb, &res, err, sizeof err);
+    engine_error why = {0};
+    int rc = engine_train(&tc, &cb, &res, &why);
     if (rc != RT_OK)
-        training_failed(&r, rc, err, train, valid);
+        training_failed(&r, rc, &why, train, valid, retention);
     else if (res.stopped)
         stopped(&r);
     else {

@@ -213,10 +213,10 @@ int server_train_main(int argc, char **argv)
         return rc < 0 ? 0 : rc;
     engine_callbacks cb = {.on_step = on_step};
     engine_train_result result;
-    char err[1024] = "";
-    rc = engine_train(&cfg, &cb, &result, err, sizeof err);
+    engine_error why = {0};
+    rc = engine_train(&cfg, &cb, &result, &why);
     if (rc != RT_OK) {
-        fprintf(stderr, "retune train: %s\n", err[0] ? err : rt_strerror(rc));
+        fprintf(stderr, "retune train: %s\n", why.message[0] ? why.message : rt_strerror(rc));
         return rc == RT_ERR_INVALID ? 2 : 1;
     }
     print_summary(&result);

@@ -28,6 +28,21 @@
 #define TINY "tests/fixtures/tiny_chat"
 #define GQA "tests/fixtures/model/llama_gqa"
 
+/* engine_submit with its structured refusal flattened into err (what most
+ * checks read); last_field keeps the field it named. */
+static char last_field[64];
+static int submit_err(engine_server *srv, const engine_request *r, engine_handle **h, char *err,
+                      size_t errsize)
+{
+    engine_error why = {0};
+    int rc = engine_submit(srv, r, h, &why);
+    size_t n = strnlen(why.message, errsize - 1); /* as much of the message as fits */
+    memcpy(err, why.message, n);
+    err[n] = '\0';
+    snprintf(last_field, sizeof last_field, "%s", why.field);
+    return rc;
+}
+
 static char tmp_root[64];
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -192,7 +207,7 @@ static int run_one(engine_server *srv, const engine_request *r)
 {
     char err[256] = "";
     engine_handle *h = NULL;
-    int rc = engine_submit(srv, r, &h, err, sizeof err);
+    int rc = submit_err(srv, r, &h, err, sizeof err);
     CHECK_MSG(rc == RT_OK, "engine_submit: %s (%s)", rt_strerror(rc), err);
     if (rc == RT_OK) {
         collector_wait(r->ctx, 0);
@@ -428,7 +443,7 @@ static void test_echo_reference(void)
     collector_init(&c);
     engine_request r = request_of(&c, NULL, "hello", 4);
     engine_handle *h = NULL;
-    CHECK_EQ_INT(engine_submit(srv, &r, &h, err, sizeof err), RT_ERR_UNSUPPORTED);
+    CHECK_EQ_INT(submit_err(srv, &r, &h, err, sizeof err), RT_ERR_UNSUPPORTED);
     collector_free(&c);
     sft_file_close(f);
     engine_server_close(srv);
@@ -617,12 +632,12 @@ static void test_mixed_batch(engine_server *srv)
     gate.block = 1;
     gate.cancel_after = 1;
     engine_request g = request_of(&gate, NULL, prompts[0], 4);
-    CHECK(engine_submit(srv, &g, &gate_h, err, sizeof err) == RT_OK);
+    CHECK(submit_err(srv, &g, &gate_h, err, sizeof err) == RT_OK);
     collector_wait(&gate, 1);
     for (int i = 0; i < N; i++) {
         collector_init(&together[i]);
         engine_request r = request_of(&together[i], adapters[i % 4], prompts[(i / 4) * 3], 12);
-        CHECK_MSG(engine_submit(srv, &r, &h[i], err, sizeof err) == RT_OK, "%s", err);
+        CHECK_MSG(submit_err(srv, &r, &h[i], err, sizeof err) == RT_OK, "%s", err);
     }
     gate.block = 0;
     for (int i = 0; i < N; i++) {
@@ -746,7 +761,7 @@ static void test_cancel(engine_server *srv)
     r = request_of(&c, "a2", prompts[0], 200);
     engine_handle *h = NULL;
     char err[256];
-    CHECK(engine_submit(srv, &r, &h, err, sizeof err) == RT_OK);
+    CHECK(submit_err(srv, &r, &h, err, sizeof err) == RT_OK);
     collector_wait(&c, 2);
     engine_cancel(h);
     collector_wait(&c, 0);
@@ -775,7 +790,7 @@ static void test_remove_in_flight(engine_server *srv, const char *dir)
     r = request_of(&c, "tmp", prompts[3], 20);
     c.block = 1; /* hold the engine inside the first token's callback */
     engine_handle *h = NULL;
-    CHECK(engine_submit(srv, &r, &h, err, sizeof err) == RT_OK);
+    CHECK(submit_err(srv, &r, &h, err, sizeof err) == RT_OK);
     collector_wait(&c, 1);
     CHECK_EQ_INT(engine_adapter_remove(srv, "tmp"), RT_OK);
     CHECK(!engine_adapter_exists(srv, "tmp"));
@@ -789,7 +804,7 @@ static void test_remove_in_flight(engine_server *srv, const char *dir)
     collector d;
     collector_init(&d);
     r = request_of(&d, "tmp", prompts[3], 20);
-    CHECK_EQ_INT(engine_submit(srv, &r, &h, err, sizeof err), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(submit_err(srv, &r, &h, err, sizeof err), RT_ERR_NOT_FOUND);
     /* the name is free again at once */
     CHECK(engine_adapter_add(srv, "tmp", dir, err, sizeof err) == RT_OK);
     CHECK(engine_adapter_remove(srv, "tmp") == RT_OK);
@@ -806,21 +821,24 @@ static void test_bad_requests(engine_server *srv)
     engine_handle *h = NULL;
     char err[256] = "";
     engine_request r = request_of(&c, NULL, prompts[0], 600);
-    CHECK_EQ_INT(engine_submit(srv, &r, &h, err, sizeof err), RT_ERR_INVALID);
+    CHECK_EQ_INT(submit_err(srv, &r, &h, err, sizeof err), RT_ERR_INVALID);
     CHECK_MSG(strstr(err, "max_tokens") != NULL, "%s", err);
+    CHECK_EQ_STR(last_field, "max_tokens"); /* the field, structured: nobody parses the text */
     r = request_of(&c, "nope", prompts[0], 4);
-    CHECK_EQ_INT(engine_submit(srv, &r, &h, err, sizeof err), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(submit_err(srv, &r, &h, err, sizeof err), RT_ERR_NOT_FOUND);
+    CHECK_EQ_STR(last_field, "model");
     r = request_of(&c, NULL, prompts[0], 4);
     r.temperature = -1;
-    CHECK_EQ_INT(engine_submit(srv, &r, &h, err, sizeof err), RT_ERR_INVALID);
+    CHECK_EQ_INT(submit_err(srv, &r, &h, err, sizeof err), RT_ERR_INVALID);
     CHECK_MSG(strstr(err, "temperature") != NULL, "%s", err);
+    CHECK_EQ_STR(last_field, "temperature");
     r = request_of(&c, NULL, prompts[0], 0);
-    CHECK_EQ_INT(engine_submit(srv, &r, &h, err, sizeof err), RT_ERR_INVALID);
+    CHECK_EQ_INT(submit_err(srv, &r, &h, err, sizeof err), RT_ERR_INVALID);
     r = request_of(&c, NULL, NULL, 4);
-    CHECK_EQ_INT(engine_submit(srv, &r, &h, err, sizeof err), RT_ERR_INVALID);
+    CHECK_EQ_INT(submit_err(srv, &r, &h, err, sizeof err), RT_ERR_INVALID);
     r = request_of(&c, NULL, prompts[0], 4);
     r.top_logprobs = 21;
-    CHECK_EQ_INT(engine_submit(srv, &r, &h, err, sizeof err), RT_ERR_INVALID);
+    CHECK_EQ_INT(submit_err(srv, &r, &h, err, sizeof err), RT_ERR_INVALID);
     CHECK(!c.done);
     collector_free(&c);
 }
@@ -989,7 +1007,7 @@ static void test_grammar_needs_tokenizer(void)
     engine_handle *h = NULL;
     char err[256] = "";
     if (srv && !srv->tok) {
-        CHECK_EQ_INT(engine_submit(srv, &r, &h, err, sizeof err), RT_ERR_UNSUPPORTED);
+        CHECK_EQ_INT(submit_err(srv, &r, &h, err, sizeof err), RT_ERR_UNSUPPORTED);
         CHECK_MSG(strstr(err, "response_format") != NULL, "%s", err);
     }
     collector_free(&c);
@@ -1010,18 +1028,18 @@ static void test_queue_full(void)
         collector_init(&c[i]);
     c[0].block = 1;
     engine_request r = request_of(&c[0], NULL, prompts[0], 50);
-    CHECK(engine_submit(srv, &r, &h[0], err, sizeof err) == RT_OK);
+    CHECK(submit_err(srv, &r, &h[0], err, sizeof err) == RT_OK);
     collector_wait(&c[0], 1); /* running, the engine held in its callback */
     for (int i = 1; i < 3; i++) {
         r = request_of(&c[i], NULL, prompts[i], 4);
-        CHECK(engine_submit(srv, &r, &h[i], err, sizeof err) == RT_OK);
+        CHECK(submit_err(srv, &r, &h[i], err, sizeof err) == RT_OK);
     }
     int waiting = 0, active = 0;
     engine_server_load(srv, &waiting, &active);
     CHECK_EQ_INT(waiting, 2);
     CHECK_EQ_INT(active, 1);
     r = request_of(&c[3], NULL, prompts[3], 4);
-    CHECK_EQ_INT(engine_submit(srv, &r, &h[3], err, sizeof err), RT_ERR_BUSY);
+    CHECK_EQ_INT(submit_err(srv, &r, &h[3], err, sizeof err), RT_ERR_BUSY);
     engine_cancel(h[1]); /* cancelled while queued: never runs */
     engine_cancel(h[0]);
     c[0].block = 0;
@@ -1034,7 +1052,7 @@ static void test_queue_full(void)
     /* closing with requests in flight cancels them */
     c[3].block = 1;
     r = request_of(&c[3], NULL, prompts[3], 100);
-    CHECK(engine_submit(srv, &r, &h[3], err, sizeof err) == RT_OK);
+    CHECK(submit_err(srv, &r, &h[3], err, sizeof err) == RT_OK);
     collector_wait(&c[3], 1);
     c[3].block = 0;
     engine_server_close(srv);

@@ -78,9 +78,9 @@ static void base_config(engine_train_config *c, const char *out)
 static int train(const engine_train_config *c, losses *l, engine_train_result *r)
 {
     engine_callbacks cb = {l, on_step, NULL, on_checkpoint, should_stop, NULL};
-    char err[512] = "";
-    int rc = engine_train(c, &cb, r, err, sizeof err);
-    CHECK_MSG(rc == RT_OK, "engine_train: %s", err);
+    engine_error why = {0};
+    int rc = engine_train(c, &cb, r, &why);
+    CHECK_MSG(rc == RT_OK, "engine_train: %s", why.message);
     return rc;
 }
 
