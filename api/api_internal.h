@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -85,6 +86,7 @@ struct api_server {
     int in_flight;                 /* requests between first call and completion */
     api_full_engine *fulls;        /* engines of full fine-tuned models (api/engines.c) */
     pthread_mutex_t lock;          /* guards in_flight and fulls */
+    atomic_bool keys_stored;       /* `retune keys` stored one: auth is on for good */
 };
 
 struct api_request {
@@ -95,7 +97,8 @@ struct api_request {
     char path[1024];               /* raw path, for the log */
     char params[API_MAX_PARAMS][API_PARAM_MAX];
     int n_params;
-    const char *tenant;            /* the caller's organisation */
+    const char *tenant;            /* the caller's project: use api_project(req) */
+    char key_project[STORAGE_PROJECT_MAX]; /* a stored key's project, tenant points here */
     double started;                /* rt_now_seconds() at arrival */
     int64_t body_seen;             /* body bytes received so far */
     int64_t body_limit;
@@ -148,6 +151,26 @@ cJSON *api_body_json(api_request *req);
 /* Parses query "limit" in [lo, hi] (default def); answers 400 on bad input. */
 bool api_query_limit(api_request *req, int def, int lo, int hi, int *out);
 
+/* ---- projects (api/request.c) ---- */
+
+/*
+ * The caller's project (never NULL): the API key's, else "retune". Every
+ * handler that resolves an id passes it to storage, which treats another
+ * project's record as unknown, so a caller learns nothing of other
+ * projects: the answer is the 404 of an unknown id, word for word.
+ */
+const char *api_project(const api_request *req);
+
+/* Longest engine key: "/" project "/" model name. */
+#define API_ENGINE_KEY_MAX (2 + STORAGE_PROJECT_MAX + 640)
+
+/* The name under which the engine knows the caller's model `model`
+ * (adapter registry, full-model engines): "/<project>/<model>". Two
+ * projects' models of one name never share an engine entry, and no such key
+ * is a name a request can reach the engine with (--lora names never start
+ * with '/', and only those are looked up as given). */
+void api_engine_key(const api_request *req, const char *model, char *buf, size_t size);
+
 /* ---- multipart bodies (api/multipart.c) ---- */
 
 typedef struct api_multipart {
@@ -190,20 +213,23 @@ int api_job_check_hyperparameters(const cJSON *hp, char *param, size_t psize, ch
  * and the reference to release for a full fine-tuned model's engine. */
 typedef struct api_target {
     engine_server *engine;
-    char adapter[640];
+    char adapter[API_ENGINE_KEY_MAX];
     api_full_engine *full;
 } api_target;
 
-/* Resolves `model` (registering adapters on first use, opening full models'
- * engines); answers 404/500/503 itself and returns false when it cannot. */
+/* Resolves `model` among the base, the caller's project's models and
+ * checkpoints, and the --lora adapters (registering adapters on first use,
+ * opening full models' engines); answers 404/500/503 itself and returns
+ * false when it cannot. Another project's model is a 404 model_not_found. */
 bool api_model_resolve(api_request *req, const char *model, api_target *out);
 void api_model_release(api_request *req, api_target *t);
 
 int api_engines_acquire(api_server *srv, const char *name, const char *dir, engine_server **eng,
                         api_full_engine **handle, char *err, size_t errsize);
 void api_engines_release(api_server *srv, api_full_engine *e);
-/* Unregisters a deleted model (adapter or full); in-flight requests finish. */
-void api_engines_forget(api_server *srv, const char *name);
+/* Unregisters a deleted model (adapter or full) by its engine key
+ * (api_engine_key); in-flight requests finish. */
+void api_engines_forget(api_server *srv, const char *key);
 void api_engines_close_all(api_server *srv);
 
 /* ---- handlers ---- */

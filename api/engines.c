@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 
 struct api_full_engine {
-    char name[640];
+    char name[API_ENGINE_KEY_MAX]; /* its engine key (api_engine_key) */
     engine_server *eng;
     int refs;
     bool forgotten;          /* deleted: close when the last user is done */

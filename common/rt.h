@@ -2,7 +2,7 @@
  * common/rt.h — the project-wide error type and the tiny utilities every
  * module may use (logging, monotonic time). This is the one leaf module all
  * others may include; it depends on nothing but libc. (common/fs.c holds
- * its two file-system helpers.)
+ * its two file-system helpers, common/sha256.c the hash of API keys.)
  *
  * Fallible functions return an int: RT_OK (0) or one of the negative codes
  * below. Results come back through out-parameters that stay untouched on
@@ -55,5 +55,11 @@ void rt_remove_tree(const char *path);
 
 /* fsyncs the folder that holds path, so a rename into it is durable. */
 int rt_sync_dir_of(const char *path);
+
+/* SHA-256 (FIPS 180-4, common/sha256.c) of len bytes: the 32-byte digest,
+ * or its 64 lowercase hex digits and a NUL. Cannot fail. */
+#define RT_SHA256_HEX_SIZE 65
+void rt_sha256(const void *data, size_t len, uint8_t out[32]);
+void rt_sha256_hex(const void *data, size_t len, char out[RT_SHA256_HEX_SIZE]);
 
 #endif

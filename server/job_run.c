@@ -206,7 +206,7 @@ static int should_stop(void *ctx)
     if (*r->stopping)
         return r->stop_reason = ENGINE_STOP_PAUSE;
     storage_job now;
-    if (storage_job_get(r->cfg->st, r->job->id, &now) != RT_OK)
+    if (storage_job_get(r->cfg->st, r->job->tenant, r->job->id, &now) != RT_OK)
         return ENGINE_CONTINUE;
     if (!strcmp(now.control, "cancel"))
         return r->stop_reason = ENGINE_STOP_CANCEL;
@@ -260,6 +260,7 @@ static int store_results(job_run *r)
     storage_file meta = {0}, stored;
     snprintf(meta.filename, sizeof meta.filename, "step_metrics.csv");
     snprintf(meta.purpose, sizeof meta.purpose, "fine-tune-results");
+    snprintf(meta.project, sizeof meta.project, "%.*s", STORAGE_PROJECT_MAX - 1, r->job->tenant);
     snprintf(meta.status, sizeof meta.status, "processed");
     rc = storage_blob_commit(blob, &meta, &stored);
     if (rc == RT_OK)
@@ -328,10 +329,12 @@ static void stopped(job_run *r)
 
 /* ---- the run ----------------------------------------------------------------------- */
 
-/* Path of a stored file (the blob) into buf; false when it is gone. */
+/* Path of a stored file of the job's project (the blob) into buf; false
+ * when it is gone. */
 static bool file_path(job_run *r, const char *id, char *buf, size_t size)
 {
-    return id[0] && storage_file_path(r->cfg->st, id, buf, size) == RT_OK && access(buf, R_OK) == 0;
+    return id[0] && storage_file_path(r->cfg->st, r->job->tenant, id, buf, size) == RT_OK &&
+           access(buf, R_OK) == 0;
 }
 
 /* The checkpoint to resume from, if the job has one on disk. */
@@ -381,7 +384,7 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
     api_job_model_name(job, r.model_name, sizeof r.model_name);
     storage_file tf;
     if (!file_path(&r, job->training_file, train, sizeof train) ||
-        storage_file_get(cfg->st, job->training_file, &tf) != RT_OK) {
+        storage_file_get(cfg->st, job->tenant, job->training_file, &tf) != RT_OK) {
         fail(&r, "invalid_training_file", "training_file", "The training file no longer exists.");
         return;
     }
