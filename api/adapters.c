@@ -5,6 +5,10 @@
  * <data-dir>/adapters/; the adapter is checked against the base model
  * (modules, shapes) by the engine and, if it fits, published under its name
  * and served at once. A 400 says what does not fit.
+ *
+ * The adapter belongs to the caller's project: its name need only be free
+ * there (another project's model of that name is neither seen nor hinted
+ * at), and the engine knows it by its engine key (api_engine_key).
  */
 #include "api/api_internal.h"
 
@@ -172,8 +176,9 @@ static bool check_form(api_request *req, import *im)
                                  "'name' must be 1 to 200 of letters, digits, '.', '_', ':', '-'."), false;
     storage_model m;
     const char *base = req->srv->cfg.model_id;
-    if ((base && !strcmp(base, im->name)) || storage_model_get(req->srv->st, im->name, &m) == RT_OK ||
-        (req->srv->engine && engine_adapter_exists(req->srv->engine, im->name)))
+    if ((base && !strcmp(base, im->name)) ||
+        storage_model_get(req->srv->st, api_project(req), im->name, &m) == RT_OK ||
+        (req->srv->engine && engine_adapter_exists(req->srv->engine, im->name))) /* a --lora one */
         return api_respond_error(req, 400, BAD, "name", "model_exists",
                                  "A model named '%s' already exists.", im->name), false;
     return true;
@@ -191,18 +196,19 @@ int api_adapters_import(api_request *req)
         return RT_OK;
     if (!finish_parts(im))
         return RT_ERR_IO;
-    char id[STORAGE_ID_MAX], err[512] = "";
+    char id[STORAGE_ID_MAX], err[512] = "", key[API_ENGINE_KEY_MAX];
+    api_engine_key(req, im->name, key, sizeof key);
     /* Checked against the base where it lies, then published, then served from there. */
-    int rc = engine_adapter_add(req->srv->engine, im->name, im->dir, err, sizeof err);
+    int rc = engine_adapter_add(req->srv->engine, key, im->dir, err, sizeof err);
     if (rc != RT_OK)
         return api_respond_error(req, 400, BAD, rc == RT_ERR_EXISTS ? "name" : "adapter_model.safetensors",
                                  "adapter_mismatch", "The adapter does not fit the base model: %s", err);
-    engine_adapter_remove(req->srv->engine, im->name);
+    engine_adapter_remove(req->srv->engine, key);
     storage_model m = {0};
     snprintf(m.id, sizeof m.id, "%s", im->name);
     snprintf(m.kind, sizeof m.kind, "adapter");
     snprintf(m.parent, sizeof m.parent, "%s", req->srv->cfg.model_id ? req->srv->cfg.model_id : "");
-    snprintf(m.owned_by, sizeof m.owned_by, "%s", req->tenant ? req->tenant : "retune");
+    snprintf(m.owned_by, sizeof m.owned_by, "%s", api_project(req));
     storage_new_id("adapter", id, sizeof id);
     rc = storage_model_publish(req->srv->st, im->dir, id, false, &m);
     if (rc == RT_ERR_EXISTS)
@@ -211,9 +217,9 @@ int api_adapters_import(api_request *req)
     if (rc != RT_OK)
         return rc;
     im->dir[0] = '\0'; /* published: no longer the request's to clean up */
-    rc = engine_adapter_add(req->srv->engine, im->name, m.path, err, sizeof err);
+    rc = engine_adapter_add(req->srv->engine, key, m.path, err, sizeof err);
     if (rc != RT_OK) { /* it fitted a moment ago: only a vanished directory gets here */
-        storage_model_delete(req->srv->st, m.id);
+        storage_model_delete(req->srv->st, m.owned_by, m.id);
         rt_remove_tree(m.path);
         return rc;
     }

@@ -75,10 +75,12 @@ void api_job_retention_json(double before, double after, double trainable_percen
 /* "ft:<base>:<org>:<suffix>:<id>", the model name a job produces. */
 void api_job_model_name(const storage_job *job, char *buf, size_t size);
 
-/* A job published a servable model (called on the worker thread): an
- * adapter is registered on the base engine at once, so that its first
+/* A job of project published a servable model (called on the worker
+ * thread): an adapter is registered on the base engine at once, under the
+ * project's key for it, so that its first
  * request finds it; a full fine-tune's engine still opens on first use.
  * kind is "adapter" or "model". */
-void api_model_published(api_server *srv, const char *name, const char *kind, const char *dir);
+void api_model_published(api_server *srv, const char *project, const char *name, const char *kind,
+                         const char *dir);
 
 #endif

@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -84,6 +85,7 @@ struct api_server {
     int in_flight;                 /* requests between first call and completion */
     engine_pool *fulls;            /* engines of full fine-tuned models */
     pthread_mutex_t lock;          /* guards in_flight */
+    atomic_bool keys_stored;       /* `retune keys` stored one: auth is on for good */
 };
 
 struct api_request {
@@ -94,7 +96,8 @@ struct api_request {
     char path[1024];               /* raw path, for the log */
     char params[API_MAX_PARAMS][API_PARAM_MAX];
     int n_params;
-    const char *tenant;            /* the caller's organisation */
+    const char *tenant;            /* the caller's project: use api_project(req) */
+    char key_project[STORAGE_PROJECT_MAX]; /* a stored key's project, tenant points here */
     double started;                /* rt_now_seconds() at arrival */
     int64_t body_seen;             /* body bytes received so far */
     int64_t body_limit;
@@ -147,6 +150,28 @@ cJSON *api_body_json(api_request *req);
 /* Parses query "limit" in [lo, hi] (default def); answers 400 on bad input. */
 bool api_query_limit(api_request *req, int def, int lo, int hi, int *out);
 
+/* ---- projects (api/request.c) ---- */
+
+/*
+ * The caller's project (never NULL): the API key's, else "retune". Every
+ * handler that resolves an id passes it to storage, which treats another
+ * project's record as unknown, so a caller learns nothing of other
+ * projects: the answer is the 404 of an unknown id, word for word.
+ */
+const char *api_project(const api_request *req);
+
+/* Longest engine key: "/" project "/" model name. */
+#define API_ENGINE_KEY_MAX (2 + STORAGE_PROJECT_MAX + 640)
+
+/* The name under which the engine knows the caller's model `model`
+ * (adapter registry, full-model engines): "/<project>/<model>". Two
+ * projects' models of one name never share an engine entry, and no such key
+ * is a name a request can reach the engine with (--lora names never start
+ * with '/', and only those are looked up as given). */
+void api_engine_key(const api_request *req, const char *model, char *buf, size_t size);
+/* The same key for a project named outright (the worker's published models). */
+void api_engine_key_of(const char *project, const char *model, char *buf, size_t size);
+
 /* ---- multipart bodies (api/multipart.c) ---- */
 
 typedef struct api_multipart {
@@ -189,12 +214,14 @@ int api_job_check_hyperparameters(const cJSON *hp, char *param, size_t psize, ch
  * and the reference to release for a full fine-tuned model's engine. */
 typedef struct api_target {
     engine_server *engine;
-    char adapter[640];
+    char adapter[API_ENGINE_KEY_MAX];
     engine_pool_entry *full;
 } api_target;
 
-/* Resolves `model` (registering adapters on first use, opening full models'
- * engines); answers 404/500/503 itself and returns false when it cannot. */
+/* Resolves `model` among the base, the caller's project's models and
+ * checkpoints, and the --lora adapters (registering adapters on first use,
+ * opening full models' engines); answers 404/500/503 itself and returns
+ * false when it cannot. Another project's model is a 404 model_not_found. */
 bool api_model_resolve(api_request *req, const char *model, api_target *out);
 void api_model_release(api_request *req, api_target *t);
 

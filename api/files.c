@@ -7,6 +7,10 @@
  * checked one line at a time (only the current line is buffered). A file
  * whose data is bad is still stored, with status "error" and the first bad
  * line named in status_details, as OpenAI does.
+ *
+ * A file belongs to the caller's project (api_project): storage answers
+ * every other project's id as unknown, so get, content and delete of it
+ * are the same 404 as for an id that never existed, and lists leave it out.
  */
 #include "api/api_internal.h"
 #include "engine/engine.h"
@@ -316,6 +320,7 @@ int api_files_upload(api_request *req)
     storage_file meta = {0}, stored;
     snprintf(meta.filename, sizeof meta.filename, "%s", up->filename);
     snprintf(meta.purpose, sizeof meta.purpose, "%s", up->purpose);
+    snprintf(meta.project, sizeof meta.project, "%s", api_project(req));
     meta.expires_at = expiry_seconds(up); /* a lifetime; storage makes it a time */
     set_status(up, &meta);
     storage_blob *blob = up->blob;
@@ -331,7 +336,7 @@ int api_files_upload(api_request *req)
 int api_files_get(api_request *req)
 {
     storage_file f;
-    int rc = storage_file_get(req->srv->st, req->params[0], &f);
+    int rc = storage_file_get(req->srv->st, api_project(req), req->params[0], &f);
     if (rc == RT_ERR_NOT_FOUND)
         return api_respond_not_found(req, "file", req->params[0]);
     if (rc != RT_OK)
@@ -368,7 +373,7 @@ int api_files_list(api_request *req)
     storage_file *files = NULL;
     size_t n = 0;
     bool more = false;
-    int rc = storage_file_list(req->srv->st, has_purpose ? purpose : NULL,
+    int rc = storage_file_list(req->srv->st, api_project(req), has_purpose ? purpose : NULL,
                                has_after ? after : NULL, limit, descending, &files, &n, &more);
     if (rc == RT_ERR_NOT_FOUND)
         return api_respond_error(req, 400, "invalid_request_error", "after", "invalid_value",
@@ -395,7 +400,7 @@ int api_files_list(api_request *req)
 int api_files_content(api_request *req)
 {
     char path[4096];
-    int rc = storage_file_path(req->srv->st, req->params[0], path, sizeof path);
+    int rc = storage_file_path(req->srv->st, api_project(req), req->params[0], path, sizeof path);
     if (rc == RT_ERR_NOT_FOUND)
         return api_respond_not_found(req, "file", req->params[0]);
     if (rc != RT_OK)
@@ -412,7 +417,7 @@ int api_files_content(api_request *req)
 
 int api_files_delete(api_request *req)
 {
-    int rc = storage_file_delete(req->srv->st, req->params[0]);
+    int rc = storage_file_delete(req->srv->st, api_project(req), req->params[0]);
     if (rc == RT_ERR_NOT_FOUND)
         return api_respond_not_found(req, "file", req->params[0]);
     if (rc != RT_OK)

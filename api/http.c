@@ -38,12 +38,50 @@ static bool same_secret(const char *given, const char *key)
     return diff == 0;
 }
 
-/* Checks the bearer token against the configured keys; sets req->tenant. */
+/* Whether callers must show a key: keys were configured (flags, keys file,
+ * environment) or `retune keys` has ever stored one. The second is looked
+ * up until it is true, then remembered: keys are never deleted, and
+ * revoking the last one must not turn auth off. A storage error counts as
+ * "yes" (refusing is the safe side). */
+static bool keys_required(api_server *srv)
+{
+    if (srv->cfg.n_keys > 0 || atomic_load(&srv->keys_stored))
+        return true;
+    bool any = false;
+    if (storage_key_any(srv->st, &any) != RT_OK)
+        return true;
+    if (any)
+        atomic_store(&srv->keys_stored, true);
+    return any;
+}
+
+/* Finds token among the stored keys by its SHA-256 (the secret itself is
+ * never stored); a revoked key is not found from the moment it is revoked.
+ * Copies the key's project into the request. */
+static bool stored_key_project(api_request *req, const char *token)
+{
+    char hash[RT_SHA256_HEX_SIZE];
+    storage_key key;
+    rt_sha256_hex(token, strlen(token), hash);
+    int rc = storage_key_find(req->srv->st, hash, &key);
+    if (rc != RT_OK) {
+        if (rc != RT_ERR_NOT_FOUND)
+            rt_log(RT_LOG_WARN, "key lookup failed: %s", rt_strerror(rc));
+        return false;
+    }
+    snprintf(req->key_project, sizeof req->key_project, "%s", key.project);
+    req->tenant = req->key_project;
+    return true;
+}
+
+/* Checks the bearer token against the configured keys, then the stored
+ * ones; sets req->tenant to the key's project ("retune" when there is no
+ * auth or the key names none). */
 static bool authorized(api_request *req)
 {
     const api_config *cfg = &req->srv->cfg;
-    req->tenant = "retune";
-    if (cfg->n_keys == 0)
+    req->tenant = STORAGE_DEFAULT_PROJECT;
+    if (!keys_required(req->srv))
         return true;
     const char *auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                                    MHD_HTTP_HEADER_AUTHORIZATION);
@@ -57,7 +95,7 @@ static bool authorized(api_request *req)
             if (cfg->keys[i].tenant)
                 req->tenant = cfg->keys[i].tenant;
         }
-    return found;
+    return found || (token[0] && stored_key_project(req, token));
 }
 
 /* True when the request's Content-Type has the given media type. */

@@ -3,6 +3,10 @@
  * problems fail the job rather than the request), list, get, cancel, pause,
  * resume, events and checkpoints. The training itself happens on the job
  * worker (server/worker.c), which claims queued jobs from storage.
+ *
+ * Jobs and the files they read are the caller's project's (api_project):
+ * another project's job is the 404 of an unknown id (load_job, the one way
+ * a path's job id is resolved), and its files are unknown training files.
  */
 #include "api/api_internal.h"
 
@@ -146,12 +150,12 @@ static bool opt_string(const cJSON *body, const char *key, size_t max, const cha
     return true;
 }
 
-/* A file the job reads: exists, is for fine-tuning. */
+/* A file the job reads: exists in the caller's project, is for fine-tuning. */
 static bool check_file(api_request *req, const char *param, const char *id, storage_file *f,
                        create_error *e)
 {
     char msg[256];
-    int rc = storage_file_get(req->srv->st, id, f);
+    int rc = storage_file_get(req->srv->st, api_project(req), id, f);
     if (rc == RT_ERR_NOT_FOUND || rc == RT_ERR_INVALID) {
         snprintf(msg, sizeof msg, "File '%s' does not exist.", id);
         return fail(e, param, "invalid_file", msg);
@@ -272,7 +276,7 @@ static bool parse_create(api_request *req, const cJSON *body, storage_job *job,
     snprintf(job->validation_file, sizeof job->validation_file, "%s", vfile ? vfile : "");
     snprintf(job->retention_file, sizeof job->retention_file, "%s", rfile ? rfile : "");
     snprintf(job->suffix, sizeof job->suffix, "%s", suffix ? suffix : "");
-    snprintf(job->tenant, sizeof job->tenant, "%s", req->tenant ? req->tenant : "retune");
+    snprintf(job->tenant, sizeof job->tenant, "%s", api_project(req));
     snprintf(job->status, sizeof job->status, "validating_files");
     job->created_at = rt_unix_time();
     job->retention_loss_before = job->retention_loss_after = -1;
@@ -328,7 +332,7 @@ static void validate_files(api_request *req, storage_job *job, const storage_fil
         snprintf(msg, sizeof msg, "The training file has %lld examples; at least %d are required.",
                  (long long)train->n_examples, req->srv->cfg.min_examples);
     } else if (job->validation_file[0] &&
-               storage_file_get(req->srv->st, job->validation_file, &vf) == RT_OK &&
+               storage_file_get(req->srv->st, job->tenant, job->validation_file, &vf) == RT_OK &&
                strcmp(vf.status, "processed") != 0) {
         code = "invalid_validation_file";
         snprintf(msg, sizeof msg, "The validation file %s is invalid: %s", job->validation_file,
@@ -375,13 +379,14 @@ int api_jobs_create(api_request *req)
 
 /* ---- read ------------------------------------------------------------------------ */
 
-/* Loads the job named by the path, answering 404 itself. */
+/* Loads the caller's job named by the path, answering 404 itself (for
+ * another project's job too: the same answer as for an unknown id). */
 static storage_job *load_job(api_request *req)
 {
     storage_job *job = malloc(sizeof *job);
     if (!job)
         return NULL;
-    int rc = storage_job_get(req->srv->st, req->params[0], job);
+    int rc = storage_job_get(req->srv->st, api_project(req), req->params[0], job);
     if (rc == RT_OK)
         return job;
     if (rc == RT_ERR_NOT_FOUND || rc == RT_ERR_INVALID)
@@ -462,7 +467,7 @@ int api_jobs_list(api_request *req)
     char after[STORAGE_ID_MAX];
     if (!api_query_limit(req, 20, 1, 100, &limit))
         return RT_OK;
-    storage_job_filter f = {0};
+    storage_job_filter f = {.project = api_project(req)};
     meta_query *q = calloc(1, sizeof *q);
     if (!q)
         return RT_ERR_NOMEM;
@@ -509,10 +514,11 @@ static cJSON *event_json(const storage_event *e)
 }
 
 /* A page of a job's events or checkpoints, newest first: the shape both
- * list endpoints share. fetch lists up to limit items after `after` into
- * a malloc'd array of item_size-byte records; to_json builds one item. */
-typedef int (*page_fetch)(storage *st, const char *job_id, const char *after, int limit,
-                          void **out, size_t *count, bool *has_more);
+ * list endpoints share. fetch lists up to limit items of the caller's job
+ * (project, job_id) after `after` into a malloc'd array of item_size-byte
+ * records; to_json builds one item. */
+typedef int (*page_fetch)(storage *st, const char *project, const char *job_id, const char *after,
+                          int limit, void **out, size_t *count, bool *has_more);
 typedef cJSON *(*page_item)(const void *item);
 
 static int job_page(api_request *req, int def_limit, page_fetch fetch, page_item to_json,
@@ -529,8 +535,8 @@ static int job_page(api_request *req, int def_limit, page_fetch fetch, page_item
     char *items = NULL;
     size_t n = 0;
     bool more = false;
-    int rc = fetch(req->srv->st, req->params[0], query_after(req, after, sizeof after), limit,
-                   (void **)&items, &n, &more);
+    int rc = fetch(req->srv->st, api_project(req), req->params[0],
+                   query_after(req, after, sizeof after), limit, (void **)&items, &n, &more);
     if (rc != RT_OK)
         return list_error(req, rc);
     cJSON *root = list_json();
@@ -545,9 +551,11 @@ static int job_page(api_request *req, int def_limit, page_fetch fetch, page_item
     return api_respond_json(req, 200, root);
 }
 
-static int fetch_events(storage *st, const char *job_id, const char *after, int limit, void **out,
-                        size_t *count, bool *has_more)
+/* Events go by job id alone: job_page has found the job in the project. */
+static int fetch_events(storage *st, const char *project, const char *job_id, const char *after,
+                        int limit, void **out, size_t *count, bool *has_more)
 {
+    (void)project;
     return storage_event_list(st, job_id, after, limit, (storage_event **)out, count, has_more);
 }
 
@@ -571,11 +579,12 @@ static cJSON *checkpoint_json(const storage_checkpoint *c)
     return o;
 }
 
-static int fetch_checkpoints(storage *st, const char *job_id, const char *after, int limit,
-                             void **out, size_t *count, bool *has_more)
+static int fetch_checkpoints(storage *st, const char *project, const char *job_id,
+                             const char *after, int limit, void **out, size_t *count,
+                             bool *has_more)
 {
-    return storage_checkpoint_list(st, job_id, after, limit, (storage_checkpoint **)out, count,
-                                   has_more);
+    return storage_checkpoint_list(st, project, job_id, after, limit, (storage_checkpoint **)out,
+                                   count, has_more);
 }
 
 static cJSON *checkpoint_item(const void *item) { return checkpoint_json(item); }
@@ -607,7 +616,7 @@ static int control(api_request *req, const char *action)
     if (cancel)
         rc = storage_job_transition(req->srv->st, job->id, cancellable, "cancelled", job);
     if (rc == RT_ERR_STATE && (rc = storage_job_request(req->srv->st, job->id, action)) == RT_OK)
-        rc = storage_job_get(req->srv->st, job->id, job);
+        rc = storage_job_get(req->srv->st, api_project(req), job->id, job);
     if (rc == RT_OK && cancel && !strcmp(job->status, "cancelled"))
         job_event(req, job->id, "info", "Fine-tuning job cancelled");
     if (rc == RT_OK && !strcmp(job->status, "running"))

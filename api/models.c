@@ -4,6 +4,12 @@
  * GET/DELETE /v1/models, POST /v1/adapters (import a PEFT adapter), and the
  * resolution of a request's `model` to what the engine serves: an adapter
  * registered on the shared base (on first use), or a full model's own engine.
+ *
+ * The base model and --lora adapters are shared; fine-tuned and imported
+ * models and checkpoints are their project's (api_project): storage finds
+ * only the caller's, so another project's model is the same 404
+ * model_not_found as a name nobody has. In the engine a project's model is
+ * registered under its engine key (api_engine_key), never its bare name.
  */
 #include "api/api_internal.h"
 
@@ -40,16 +46,17 @@ static const char *checkpoint_kind(const char *path)
     return access(f, R_OK) == 0 ? "adapter" : "full";
 }
 
-/* Adds every job checkpoint to data (all of them, newest first). */
+/* Adds every checkpoint of the caller's jobs to data (newest first). */
 static int add_checkpoints(api_request *req, cJSON *data)
 {
     storage_checkpoint *ck = NULL;
     size_t n = 0;
     bool more = false;
-    int rc = storage_checkpoint_list(req->srv->st, NULL, NULL, 10000, &ck, &n, &more);
+    int rc = storage_checkpoint_list(req->srv->st, api_project(req), NULL, NULL, 10000, &ck, &n,
+                                     &more);
     for (size_t i = 0; rc == RT_OK && i < n; i++) {
         storage_job job;
-        if (storage_job_get(req->srv->st, ck[i].job_id, &job) != RT_OK)
+        if (storage_job_get(req->srv->st, api_project(req), ck[i].job_id, &job) != RT_OK)
             continue;
         cJSON_AddItemToArray(data, model_json(ck[i].fine_tuned_model_checkpoint, ck[i].created_at,
                                               job.tenant, job.model, "checkpoint"));
@@ -69,7 +76,7 @@ int api_models_list(api_request *req)
     storage_model *models = NULL;
     size_t n = 0;
     bool more = false;
-    int rc = storage_model_list(req->srv->st, NULL, 10000, &models, &n, &more);
+    int rc = storage_model_list(req->srv->st, api_project(req), NULL, 10000, &models, &n, &more);
     for (size_t i = 0; rc == RT_OK && i < n; i++)
         cJSON_AddItemToArray(data, model_json(models[i].id, models[i].created_at, models[i].owned_by,
                                               models[i].parent, models[i].kind));
@@ -98,10 +105,10 @@ int api_models_get(api_request *req)
     storage_job job;
     if (cfg->model_id && strcmp(id, cfg->model_id) == 0)
         return api_respond_json(req, 200, model_json(id, 0, "retune", NULL, "base"));
-    if (storage_model_get(req->srv->st, id, &m) == RT_OK)
+    if (storage_model_get(req->srv->st, api_project(req), id, &m) == RT_OK)
         return api_respond_json(req, 200, model_json(m.id, m.created_at, m.owned_by, m.parent, m.kind));
-    if (storage_checkpoint_find_model(req->srv->st, id, &ck) == RT_OK &&
-        storage_job_get(req->srv->st, ck.job_id, &job) == RT_OK)
+    if (storage_checkpoint_find_model(req->srv->st, api_project(req), id, &ck) == RT_OK &&
+        storage_job_get(req->srv->st, api_project(req), ck.job_id, &job) == RT_OK)
         return api_respond_json(req, 200, model_json(id, ck.created_at, job.tenant, job.model, "checkpoint"));
     return model_not_found(req, id);
 }
@@ -123,15 +130,17 @@ int api_models_delete(api_request *req)
         return api_respond_error(req, 400, BAD, "model", "invalid_value",
                                  "The base model '%s' cannot be deleted.", id);
     storage_model m;
-    int rc = storage_model_get(req->srv->st, id, &m);
+    char key[API_ENGINE_KEY_MAX];
+    int rc = storage_model_get(req->srv->st, api_project(req), id, &m);
     if (rc == RT_OK)
-        rc = storage_model_delete(req->srv->st, id);
+        rc = storage_model_delete(req->srv->st, api_project(req), id);
     if (rc == RT_ERR_NOT_FOUND || rc == RT_ERR_INVALID)
         return model_not_found(req, id);
     if (rc != RT_OK)
         return api_respond_internal(req, rc);
     /* Requests in flight keep their reference and finish first. */
-    forget_model(req->srv, id);
+    api_engine_key(req, id, key, sizeof key);
+    forget_model(req->srv, key);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", id);
     cJSON_AddStringToObject(o, "object", "model");
@@ -139,17 +148,18 @@ int api_models_delete(api_request *req)
     return api_respond_json(req, 200, o);
 }
 
-/* Where a model name's files are and what kind they are; false if unknown. */
+/* Where the caller's model of that name has its files and what kind they
+ * are; false if the caller's project has none. */
 static bool locate(api_request *req, const char *model, char *path, size_t size, const char **kind)
 {
     storage_model m;
     storage_checkpoint ck;
-    if (storage_model_get(req->srv->st, model, &m) == RT_OK) {
+    if (storage_model_get(req->srv->st, api_project(req), model, &m) == RT_OK) {
         snprintf(path, size, "%s", m.path);
         *kind = strcmp(m.kind, "full") == 0 ? "full" : "adapter";
         return true;
     }
-    if (storage_checkpoint_find_model(req->srv->st, model, &ck) == RT_OK) {
+    if (storage_checkpoint_find_model(req->srv->st, api_project(req), model, &ck) == RT_OK) {
         snprintf(path, size, "%s", ck.path);
         *kind = checkpoint_kind(ck.path);
         return true;
@@ -157,10 +167,43 @@ static bool locate(api_request *req, const char *model, char *path, size_t size,
     return false;
 }
 
+/* An adapter given with --lora: shared by every project and known to the
+ * engine under its own name. Engine keys of projects' models start with
+ * '/', which no --lora name does, so a request cannot name one here. */
+static bool shared_adapter(api_request *req, const char *model)
+{
+    return model[0] != '/' && engine_adapter_exists(req->srv->engine, model);
+}
+
+/* Serves the caller's model found at path: an adapter registered on the
+ * base under the model's engine key, or a full model's engine. */
+static bool serve_located(api_request *req, const char *model, const char *path,
+                          const char *kind, api_target *out)
+{
+    char key[API_ENGINE_KEY_MAX], err[512] = "";
+    api_engine_key(req, model, key, sizeof key);
+    int rc;
+    if (strcmp(kind, "adapter") == 0) {
+        rc = engine_adapter_add(req->srv->engine, key, path, err, sizeof err);
+        if (rc == RT_OK || rc == RT_ERR_EXISTS) {
+            out->engine = req->srv->engine;
+            snprintf(out->adapter, sizeof out->adapter, "%s", key);
+            return true;
+        }
+    } else {
+        rc = engine_pool_acquire(req->srv->fulls, key, path, &out->engine, &out->full, err, sizeof err);
+        if (rc == RT_OK)
+            return true;
+    }
+    rt_log(RT_LOG_ERROR, "cannot load model %s from %s: %s", model, path, err);
+    return api_respond_error(req, 500, "server_error", "model", "model_load_failed",
+                             "The model '%s' could not be loaded: %s", model, err), false;
+}
+
 bool api_model_resolve(api_request *req, const char *model, api_target *out)
 {
     const api_config *cfg = &req->srv->cfg;
-    char path[1024], err[512] = "";
+    char path[1024];
     const char *kind = NULL;
     if (!req->srv->engine)
         return api_respond_error(req, 503, "server_error", "model", "no_model",
@@ -170,29 +213,14 @@ bool api_model_resolve(api_request *req, const char *model, api_target *out)
         out->engine = req->srv->engine;
         return true;
     }
-    if (engine_adapter_exists(req->srv->engine, model)) {
+    if (locate(req, model, path, sizeof path, &kind))
+        return serve_located(req, model, path, kind, out);
+    if (shared_adapter(req, model)) {
         out->engine = req->srv->engine;
         snprintf(out->adapter, sizeof out->adapter, "%s", model);
         return true;
     }
-    if (!locate(req, model, path, sizeof path, &kind))
-        return model_not_found(req, model), false;
-    int rc;
-    if (strcmp(kind, "adapter") == 0) {
-        rc = engine_adapter_add(req->srv->engine, model, path, err, sizeof err);
-        if (rc == RT_OK || rc == RT_ERR_EXISTS) {
-            out->engine = req->srv->engine;
-            snprintf(out->adapter, sizeof out->adapter, "%s", model);
-            return true;
-        }
-    } else {
-        rc = engine_pool_acquire(req->srv->fulls, model, path, &out->engine, &out->full, err, sizeof err);
-        if (rc == RT_OK)
-            return true;
-    }
-    rt_log(RT_LOG_ERROR, "cannot load model %s from %s: %s", model, path, err);
-    return api_respond_error(req, 500, "server_error", "model", "model_load_failed",
-                             "The model '%s' could not be loaded: %s", model, err), false;
+    return model_not_found(req, model), false;
 }
 
 void api_model_release(api_request *req, api_target *t)
@@ -202,12 +230,14 @@ void api_model_release(api_request *req, api_target *t)
     t->full = NULL;
 }
 
-void api_model_published(api_server *srv, const char *name, const char *kind, const char *dir)
+void api_model_published(api_server *srv, const char *project, const char *name, const char *kind,
+                         const char *dir)
 {
-    char err[512] = "";
+    char err[512] = "", key[API_ENGINE_KEY_MAX];
     if (!srv || !srv->engine || strcmp(kind, "adapter"))
         return;
-    int rc = engine_adapter_add(srv->engine, name, dir, err, sizeof err);
+    api_engine_key_of(project, name, key, sizeof key);
+    int rc = engine_adapter_add(srv->engine, key, dir, err, sizeof err);
     if (rc == RT_OK)
         rt_log(RT_LOG_INFO, "model %s registered for serving", name);
     else if (rc != RT_ERR_EXISTS) /* the first request will try again, and say why */

@@ -1,11 +1,13 @@
 /*
  * api/request.c — reading what a request carries: query arguments (decoded
- * here, since the daemon is told not to unescape anything) and JSON bodies.
+ * here, since the daemon is told not to unescape anything), JSON bodies,
+ * and the caller's project (set by auth in api/http.c).
  */
 #include "api/api_internal.h"
 #include "engine/engine.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,4 +59,19 @@ cJSON *api_body_json(api_request *req)
         return NULL;
     }
     return json;
+}
+
+const char *api_project(const api_request *req)
+{
+    return req->tenant && req->tenant[0] ? req->tenant : STORAGE_DEFAULT_PROJECT;
+}
+
+void api_engine_key(const api_request *req, const char *model, char *buf, size_t size)
+{
+    api_engine_key_of(api_project(req), model, buf, size);
+}
+
+void api_engine_key_of(const char *project, const char *model, char *buf, size_t size)
+{
+    snprintf(buf, size, "/%s/%s", project, model);
 }

@@ -3,7 +3,8 @@
  * module may use (logging, monotonic time, one way to report an error into
  * err/errsize). This is the one leaf module all others may include; it
  * depends on nothing but libc. (common/fs.c holds its file-system helpers:
- * trees, durable renames, atomic files, whole-file reads.)
+ * trees, durable renames, atomic files, whole-file reads; common/sha256.c
+ * the hash of API keys.)
  *
  * Fallible functions return an int: RT_OK (0) or one of the negative codes
  * below. Results come back through out-parameters that stay untouched on
@@ -99,5 +100,11 @@ void rt_fail_message(char *err, size_t errsize, const char *fmt, ...)
  * macro, so that the compiler sees the code a failing path returns. */
 #define rt_fail(err, errsize, code, ...) \
     __extension__({ rt_fail_message((err), (errsize), __VA_ARGS__); (code); })
+
+/* SHA-256 (FIPS 180-4, common/sha256.c) of len bytes: the 32-byte digest,
+ * or its 64 lowercase hex digits and a NUL. Cannot fail. */
+#define RT_SHA256_HEX_SIZE 65
+void rt_sha256(const void *data, size_t len, uint8_t out[32]);
+void rt_sha256_hex(const void *data, size_t len, char out[RT_SHA256_HEX_SIZE]);
 
 #endif

@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 
 struct engine_pool_entry {
-    char name[640];
+    char name[1024];            /* the caller's key for the model */
     engine_server *eng;
     int refs;
     bool forgotten;          /* deleted: close when the last user is done */

@@ -175,7 +175,7 @@ static void on_checkpoint(void *ctx, const char *dir, const engine_progress *p)
     r->last_save = rt_now_seconds();
     event(r, "info", "message", NULL, "Checkpoint created at step %d", p->step);
     if (r->cfg->on_model)
-        r->cfg->on_model(r->cfg->ctx, ck.fine_tuned_model_checkpoint,
+        r->cfg->on_model(r->cfg->ctx, r->job->tenant, ck.fine_tuned_model_checkpoint,
                          strstr(r->job->hyperparameters, "\"full\"") ? "model" : "adapter", dir);
 }
 
@@ -206,7 +206,7 @@ static int should_stop(void *ctx)
     if (*r->stopping)
         return r->stop_reason = ENGINE_STOP_PAUSE;
     storage_job now;
-    if (storage_job_get(r->cfg->st, r->job->id, &now) != RT_OK)
+    if (storage_job_get(r->cfg->st, r->job->tenant, r->job->id, &now) != RT_OK)
         return ENGINE_CONTINUE;
     if (!strcmp(now.control, "cancel"))
         return r->stop_reason = ENGINE_STOP_CANCEL;
@@ -260,6 +260,7 @@ static int store_results(job_run *r)
     storage_file meta = {0}, stored;
     snprintf(meta.filename, sizeof meta.filename, "step_metrics.csv");
     snprintf(meta.purpose, sizeof meta.purpose, "fine-tune-results");
+    snprintf(meta.project, sizeof meta.project, "%.*s", STORAGE_PROJECT_MAX - 1, r->job->tenant);
     snprintf(meta.status, sizeof meta.status, "processed");
     rc = storage_blob_commit(blob, &meta, &stored);
     if (rc == RT_OK)
@@ -302,7 +303,7 @@ static void succeed(job_run *r, const char *out_dir, bool full)
     save(r);
     /* announced before the job says succeeded: its first request finds it registered */
     if (r->cfg->on_model)
-        r->cfg->on_model(r->cfg->ctx, r->model_name, full ? "model" : "adapter", target);
+        r->cfg->on_model(r->cfg->ctx, r->job->tenant, r->model_name, full ? "model" : "adapter", target);
     finish_as(r, "succeeded");
     event(r, "info", "message", NULL, "New fine-tuned model created: %s", r->model_name);
     event(r, "info", "message", NULL, "The job has successfully completed");
@@ -329,10 +330,12 @@ static void stopped(job_run *r)
 
 /* ---- the run ----------------------------------------------------------------------- */
 
-/* Path of a stored file (the blob) into buf; false when it is gone. */
+/* Path of a stored file of the job's project (the blob) into buf; false
+ * when it is gone. */
 static bool file_path(job_run *r, const char *id, char *buf, size_t size)
 {
-    return id[0] && storage_file_path(r->cfg->st, id, buf, size) == RT_OK && access(buf, R_OK) == 0;
+    return id[0] && storage_file_path(r->cfg->st, r->job->tenant, id, buf, size) == RT_OK &&
+           access(buf, R_OK) == 0;
 }
 
 /* The checkpoint to resume from, if the job has one on disk. */
@@ -387,7 +390,7 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
     api_job_model_name(job, r.model_name, sizeof r.model_name);
     storage_file tf;
     if (!file_path(&r, job->training_file, train, sizeof train) ||
-        storage_file_get(cfg->st, job->training_file, &tf) != RT_OK) {
+        storage_file_get(cfg->st, job->tenant, job->training_file, &tf) != RT_OK) {
         fail(&r, "invalid_training_file", "training_file", "The training file no longer exists.");
         return;
     }

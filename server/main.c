@@ -17,6 +17,7 @@ static void usage(FILE *out)
             "  generate  generate text from a model, optionally with a LoRA adapter\n"
             "  merge     merge a LoRA adapter into a full model directory\n"
             "  pretrain  build a small model from scratch on retune's synthetic corpus\n"
+            "  keys      add, list and revoke API keys (each belongs to a project)\n"
             "\n"
             "Run 'retune <command> --help' for the options of a command.\n");
 }
@@ -33,7 +34,8 @@ int main(int argc, char **argv)
         int (*run)(int, char **);
     } commands[] = {{"serve", server_serve_main}, {"train", server_train_main},
                     {"generate", server_generate_main}, {"merge", server_merge_main},
-                    {"pretrain", server_pretrain_main}};
+                    {"pretrain", server_pretrain_main},
+                    {"keys", server_keys_main}};
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (strcmp(cmd, commands[i].name) == 0)
             return commands[i].run(argc - 1, argv + 1);

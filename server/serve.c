@@ -55,15 +55,16 @@ static void serve_usage(FILE *out)
             "  --model DIR            base model directory (RETUNE_MODEL); default: the built-in\n"
             "                         model in DATA-DIR/base/retune-tiny, pre-trained on first start\n"
             "  --api-key KEY          require this bearer key on /v1 (repeatable; RETUNE_API_KEY,\n"
-            "                         comma-separated)\n"
-            "  --api-keys-file FILE   one 'KEY [TENANT]' per line (RETUNE_API_KEYS_FILE)\n"
+            "                         comma-separated); its project is 'retune'\n"
+            "  --api-keys-file FILE   one 'KEY [PROJECT]' per line (RETUNE_API_KEYS_FILE)\n"
             "  --max-upload-bytes N   largest accepted upload (RETUNE_MAX_UPLOAD_BYTES, default 512 MiB)\n"
             "  --min-examples N       fewest training examples a job accepts (RETUNE_MIN_EXAMPLES, default 10)\n"
             "  --device cpu|cuda[:N]  compute device for training and serving (RETUNE_DEVICE; default:\n"
             "                         the GPU when this build has CUDA and one is present, else cpu)\n"
             "  --dtype auto|f32|bf16|f16  base weights in memory for serving and LoRA training\n"
             "                         (RETUNE_DTYPE; auto, the default: as the checkpoint stores them)\n"
-            "  --lora NAME=DIR        also serve the PEFT adapter in DIR as model NAME (repeatable)\n"
+            "  --lora NAME=DIR        also serve the PEFT adapter in DIR as model NAME to every\n"
+            "                         project (repeatable; NAME may not start with '/')\n"
             "  --max-batch N          sequences decoded together (RETUNE_MAX_BATCH, default 8)\n"
             "  --max-context N        tokens per sequence (RETUNE_MAX_CONTEXT, default model's, <= 2048)\n"
             "  --max-waiting N        queued completion requests before 429 (default 64)\n"
@@ -71,10 +72,17 @@ static void serve_usage(FILE *out)
             "  --insecure-no-auth     allow listening beyond loopback without keys\n"
             "  --special-tokens-in-text  trusted clients: special-token text in messages and\n"
             "                         prompts is control tokens (RETUNE_SPECIAL_TOKENS_IN_TEXT);\n"
-            "                         by default it is text, as OpenAI has it\n");
+            "                         by default it is text, as OpenAI has it\n"
+            "\n"
+            "Keys made with 'retune keys add --project NAME' (stored hashed in DATA-DIR) are\n"
+            "accepted too; once one exists every /v1 request needs a key, and 'retune keys\n"
+            "revoke ID' takes effect at once, without a restart. Each key's project sees only\n"
+            "its own files, jobs and models (others' are 404, as unknown ids); the base model\n"
+            "and --lora adapters are shared. Without a project a key's project is 'retune'.\n");
 }
 
-/* Adds one key; the strings are borrowed (argv, environment or key_storage). */
+/* Adds one key; the strings are borrowed (argv, environment or key_storage).
+ * tenant is the key's project (NULL: the default one). */
 static int add_key(serve_options *o, const char *key, const char *tenant)
 {
     if (o->n_keys == MAX_KEYS) {
@@ -85,13 +93,18 @@ static int add_key(serve_options *o, const char *key, const char *tenant)
         fprintf(stderr, "retune serve: an API key may not be empty\n");
         return 2;
     }
+    if (tenant && !storage_project_valid(tenant)) {
+        fprintf(stderr, "retune serve: project '%s' of an API key must be 1 to 63 of letters, "
+                        "digits, '.', '_' and '-' (not first)\n", tenant);
+        return 2;
+    }
     o->keys[o->n_keys].key = key;
     o->keys[o->n_keys].tenant = tenant;
     o->n_keys++;
     return 0;
 }
 
-/* Reads "KEY [TENANT]" lines ('#' starts a comment). */
+/* Reads "KEY [PROJECT]" lines ('#' starts a comment). */
 static int read_keys_file(serve_options *o, const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -228,8 +241,10 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         case 'D': o->device = optarg; break;
         case 'y': o->dtype = optarg; break;
         case 'L':
-            if (!strchr(optarg, '=') || optarg[0] == '=' || o->n_loras == MAX_KEYS) {
-                fprintf(stderr, "retune serve: --lora takes NAME=DIR (got '%s')\n", optarg);
+            if (!strchr(optarg, '=') || optarg[0] == '=' || optarg[0] == '/' ||
+                o->n_loras == MAX_KEYS) {
+                fprintf(stderr, "retune serve: --lora takes NAME=DIR, NAME not starting with '/' "
+                                "(got '%s')\n", optarg);
                 rc = 2;
             } else {
                 o->loras[o->n_loras++] = optarg;
@@ -297,9 +312,10 @@ static void model_base_id(const char *dir, char *out, size_t size)
 }
 
 /* The worker's hook: a job published a model; the API registers it. */
-static void announce_model(void *ctx, const char *name, const char *kind, const char *dir)
+static void announce_model(void *ctx, const char *project, const char *name, const char *kind,
+                           const char *dir)
 {
-    api_model_published(ctx, name, kind, dir);
+    api_model_published(ctx, project, name, kind, dir);
 }
 
 /* Opens the serving engine on the base model and registers --lora adapters. */
@@ -346,12 +362,6 @@ int server_serve_main(int argc, char **argv)
         free_options(&o);
         return rc < 0 ? 0 : rc;
     }
-    if (o.n_keys == 0 && !is_loopback(o.host) && !o.insecure_no_auth) {
-        fprintf(stderr, "retune serve: refusing to listen on %s without API keys; give --api-key "
-                        "or --api-keys-file, or --insecure-no-auth to accept the risk\n", o.host);
-        free_options(&o);
-        return 2;
-    }
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
@@ -365,9 +375,17 @@ int server_serve_main(int argc, char **argv)
     engine_server *eng = NULL;
     char model_id[256] = "";
     int status = 1;
-    if (storage_open(o.data_dir, &st) != RT_OK) {
+    bool stored_keys = false;
+    if (storage_open(o.data_dir, &st) != RT_OK || storage_key_any(st, &stored_keys) != RT_OK) {
         fprintf(stderr, "retune serve: cannot open data directory %s\n", o.data_dir);
-        goto out_free;
+        goto out_storage;
+    }
+    if (o.n_keys == 0 && !stored_keys && !is_loopback(o.host) && !o.insecure_no_auth) {
+        fprintf(stderr, "retune serve: refusing to listen on %s without API keys; give --api-key "
+                        "or --api-keys-file, make one with 'retune keys add', or give "
+                        "--insecure-no-auth to accept the risk\n", o.host);
+        status = 2;
+        goto out_storage;
     }
     char default_dir[4096];
     if (!o.model_dir) { /* the built-in model: pre-trained on first start, cached afterwards */
@@ -396,7 +414,8 @@ int server_serve_main(int argc, char **argv)
         goto out_storage;
     }
     rt_log(RT_LOG_INFO, "retune listening on http://%s:%d (data dir %s, %s)", o.host,
-           api_server_port(srv), o.data_dir, o.n_keys ? "API keys required" : "no auth");
+           api_server_port(srv), o.data_dir,
+           o.n_keys || stored_keys ? "API keys required" : "no auth until a key is added");
     fflush(stderr);
     int sig = wait_for_stop_signal(&set);
     rt_log(RT_LOG_INFO, "signal %d: stopping (finishing requests in flight)", sig);
@@ -406,7 +425,6 @@ int server_serve_main(int argc, char **argv)
 out_storage:
     engine_server_close(eng);
     storage_close(st);
-out_free:
     free_options(&o);
     if (status == 0)
         rt_log(RT_LOG_INFO, "stopped cleanly");

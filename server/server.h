@@ -13,6 +13,7 @@ int server_train_main(int argc, char **argv);
 int server_generate_main(int argc, char **argv);
 int server_merge_main(int argc, char **argv);
 int server_pretrain_main(int argc, char **argv);
+int server_keys_main(int argc, char **argv);
 
 /* Builds a pre-trained model in out_dir (0 ok, 1 failure). */
 int server_pretrain(const char *out_dir, const char *preset, int steps, uint64_t seed,

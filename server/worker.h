@@ -17,9 +17,10 @@ typedef struct worker_config {
     const char *device;        /* "cpu", "cuda" */
     const char *dtype;         /* the LoRA base in memory: "auto" (NULL), "f32", "bf16", "f16" */
     engine_server *engine;     /* the serving engine, or NULL: training yields to it */
-    /* Called (on the worker thread) when a job produced a servable model:
-     * kind is "adapter" or "model", dir its directory. May be NULL. */
-    void (*on_model)(void *ctx, const char *name, const char *kind, const char *dir);
+    /* Called (on the worker thread) when a job produced a servable model of
+     * project: kind is "adapter" or "model", dir its directory. May be NULL. */
+    void (*on_model)(void *ctx, const char *project, const char *name, const char *kind,
+                     const char *dir);
     void *ctx;
 } worker_config;
 

@@ -1,7 +1,8 @@
 /*
  * storage/file.c — file records (the files table): validation, insert, get,
- * list with seq-based pagination, path and delete. The blob bytes themselves
- * are written by blob.c; this file only unlinks them on delete.
+ * list with seq-based pagination, path and delete, each within the caller's
+ * project (storage.h: another project's file is not found). The blob bytes
+ * themselves are written by blob.c; this file only unlinks them on delete.
  */
 #include "storage/storage_internal.h"
 
@@ -12,7 +13,10 @@
 #include <unistd.h>
 
 #define FILE_COLS "id, filename, purpose, status, status_details, bytes, " \
-                  "created_at, n_examples, n_tokens, expires_at"
+                  "created_at, n_examples, n_tokens, expires_at, project"
+/* The project condition of every query: its parameter bound to NULL
+ * matches any project. */
+#define IN_PROJECT(n) "(?" #n " IS NULL OR project = ?" #n ")"
 
 /* RT_OK when id is a usable lookup key: present and shorter than
  * STORAGE_ID_MAX. Anything else is RT_ERR_INVALID. */
@@ -41,6 +45,8 @@ int storage_file_meta_check(const storage_file *meta)
               storage_field_ok(meta->purpose, sizeof meta->purpose, true) &&
               storage_field_ok(meta->status, sizeof meta->status, true) &&
               storage_field_ok(meta->status_details, sizeof meta->status_details, false) &&
+              storage_field_ok(meta->project, sizeof meta->project, true) &&
+              storage_project_valid(meta->project) &&
               meta->n_examples >= 0 && meta->n_tokens >= 0 && meta->expires_at >= 0;
     if (!ok) {
         rt_log(RT_LOG_WARN, "storage: rejected file record with missing or overlong fields");
@@ -80,6 +86,8 @@ int storage_file_row_read(sqlite3_stmt *stmt, storage_file *out)
         err = storage_col_text(stmt, 3, rec.status, sizeof rec.status);
     if (!err)
         err = storage_col_text(stmt, 4, rec.status_details, sizeof rec.status_details);
+    if (!err)
+        err = storage_col_text(stmt, 10, rec.project, sizeof rec.project);
     if (err)
         return err;
     rec.bytes = sqlite3_column_int64(stmt, 5);
@@ -96,7 +104,7 @@ int storage_file_row_read(sqlite3_stmt *stmt, storage_file *out)
 int storage_file_insert(sqlite3 *db, const storage_file *rec)
 {
     static const char sql[] = "INSERT INTO files (" FILE_COLS ") "
-                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+                              "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
     sqlite3_stmt *stmt = NULL;
     int err = storage_db_prepare(db, sql, &stmt);
     if (err)
@@ -111,6 +119,7 @@ int storage_file_insert(sqlite3 *db, const storage_file *rec)
     sqlite3_bind_int64(stmt, 8, rec->n_examples);
     sqlite3_bind_int64(stmt, 9, rec->n_tokens);
     sqlite3_bind_int64(stmt, 10, rec->expires_at);
+    sqlite3_bind_text(stmt, 11, rec->project, -1, SQLITE_STATIC);
     int rc = sqlite3_step(stmt);
     if (rc != SQLITE_DONE)
         err = storage_db_error(db, rc, "insert file");
@@ -118,7 +127,6 @@ int storage_file_insert(sqlite3 *db, const storage_file *rec)
     return err;
 }
 
-/* See storage.h. RT_ERR_INVALID for a NULL or overlong id. */
 /* Deletes every file whose expires_at has passed: the row, then its blob
  * (as storage_file_delete). Each is logged. */
 static int expire_due(storage *st, sqlite3 *db)
@@ -150,7 +158,17 @@ int storage_file_expire(storage *st)
     return err ? err : expire_due(st, db);
 }
 
-int storage_file_get(storage *st, const char *id, storage_file *out)
+/* Binds a project argument: NULL (any project) stays SQL NULL. */
+static void bind_project(sqlite3_stmt *stmt, int i, const char *project)
+{
+    if (project)
+        sqlite3_bind_text(stmt, i, project, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(stmt, i);
+}
+
+/* See storage.h. RT_ERR_INVALID for a NULL or overlong id. */
+int storage_file_get(storage *st, const char *project, const char *id, storage_file *out)
 {
     if (!st || !out || storage_id_check(id))
         return RT_ERR_INVALID;
@@ -160,10 +178,12 @@ int storage_file_get(storage *st, const char *id, storage_file *out)
     if (!err)
         err = expire_due(st, db);
     if (!err)
-        err = storage_db_prepare(db, "SELECT " FILE_COLS " FROM files WHERE id = ?1", &stmt);
+        err = storage_db_prepare(db, "SELECT " FILE_COLS " FROM files WHERE id = ?1 AND "
+                                 IN_PROJECT(2), &stmt);
     if (err)
         return err;
     sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+    bind_project(stmt, 2, project);
     int rc = sqlite3_step(stmt);
     if (rc == SQLITE_ROW)
         err = storage_file_row_read(stmt, out);
@@ -175,14 +195,17 @@ int storage_file_get(storage *st, const char *id, storage_file *out)
     return err;
 }
 
-/* Looks up the seq (list position) of record id. RT_ERR_NOT_FOUND if none. */
-static int storage_file_seq(sqlite3 *db, const char *id, int64_t *out)
+/* Looks up the seq (list position) of record id in project (NULL: any).
+ * RT_ERR_NOT_FOUND if none. */
+static int storage_file_seq(sqlite3 *db, const char *project, const char *id, int64_t *out)
 {
     sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, "SELECT seq FROM files WHERE id = ?1", &stmt);
+    int err = storage_db_prepare(db, "SELECT seq FROM files WHERE id = ?1 AND " IN_PROJECT(2),
+                                 &stmt);
     if (err)
         return err;
     sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+    bind_project(stmt, 2, project);
     int rc = sqlite3_step(stmt);
     if (rc == SQLITE_ROW)
         *out = sqlite3_column_int64(stmt, 0);
@@ -237,27 +260,29 @@ static int storage_file_rows_collect(sqlite3 *db, sqlite3_stmt *stmt, int limit,
     return err;
 }
 
-/* Selects up to limit records strictly beyond seq `cursor` in the given
- * order, optionally of one purpose, into rows. */
-static int storage_file_query(sqlite3 *db, const char *purpose, int64_t cursor, int limit,
-                              bool descending, struct storage_file_rows *rows, bool *more)
+/* Selects up to limit records of project (NULL: any) strictly beyond seq
+ * `cursor` in the given order, optionally of one purpose, into rows. */
+static int storage_file_query(sqlite3 *db, const char *project, const char *purpose,
+                              int64_t cursor, int limit, bool descending,
+                              struct storage_file_rows *rows, bool *more)
 {
-    static const char *const sql[2][2] = {
-        {"SELECT " FILE_COLS " FROM files WHERE seq > ?1 ORDER BY seq ASC LIMIT ?3",
-         "SELECT " FILE_COLS " FROM files WHERE seq > ?1 AND purpose = ?2 "
-         "ORDER BY seq ASC LIMIT ?3"},
-        {"SELECT " FILE_COLS " FROM files WHERE seq < ?1 ORDER BY seq DESC LIMIT ?3",
-         "SELECT " FILE_COLS " FROM files WHERE seq < ?1 AND purpose = ?2 "
-         "ORDER BY seq DESC LIMIT ?3"},
+    static const char *const sql[2] = {
+        "SELECT " FILE_COLS " FROM files WHERE seq > ?1 AND (?2 IS NULL OR purpose = ?2) AND "
+        IN_PROJECT(4) " ORDER BY seq ASC LIMIT ?3",
+        "SELECT " FILE_COLS " FROM files WHERE seq < ?1 AND (?2 IS NULL OR purpose = ?2) AND "
+        IN_PROJECT(4) " ORDER BY seq DESC LIMIT ?3",
     };
     sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, sql[descending][purpose != NULL], &stmt);
+    int err = storage_db_prepare(db, sql[descending], &stmt);
     if (err)
         return err;
     sqlite3_bind_int64(stmt, 1, cursor);
     if (purpose)
         sqlite3_bind_text(stmt, 2, purpose, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(stmt, 2);
     sqlite3_bind_int64(stmt, 3, (int64_t)limit + 1);
+    bind_project(stmt, 4, project);
     err = storage_file_rows_collect(db, stmt, limit, rows, more);
     sqlite3_finalize(stmt);
     return err;
@@ -265,8 +290,8 @@ static int storage_file_query(sqlite3 *db, const char *purpose, int64_t cursor, 
 
 /* The cursor lookup and the query, in one read transaction so both see the
  * same snapshot. */
-static int storage_file_list_txn(sqlite3 *db, const char *purpose, const char *after,
-                                 int limit, bool descending,
+static int storage_file_list_txn(sqlite3 *db, const char *project, const char *purpose,
+                                 const char *after, int limit, bool descending,
                                  struct storage_file_rows *rows, bool *more)
 {
     int64_t cursor = descending ? INT64_MAX : 0;
@@ -274,9 +299,9 @@ static int storage_file_list_txn(sqlite3 *db, const char *purpose, const char *a
     if (err)
         return err;
     if (after)
-        err = storage_file_seq(db, after, &cursor);
+        err = storage_file_seq(db, project, after, &cursor);
     if (!err)
-        err = storage_file_query(db, purpose, cursor, limit, descending, rows, more);
+        err = storage_file_query(db, project, purpose, cursor, limit, descending, rows, more);
     if (!err)
         err = storage_db_exec(db, "COMMIT");
     if (err && !sqlite3_get_autocommit(db))
@@ -287,7 +312,7 @@ static int storage_file_list_txn(sqlite3 *db, const char *purpose, const char *a
 /* See storage.h. limit must be 1..STORAGE_LIST_LIMIT_MAX (10000), purpose
  * shorter than STORAGE_PURPOSE_MAX, after a valid id, else RT_ERR_INVALID.
  * On success *out is a malloc'd array (never NULL, even for 0 records). */
-int storage_file_list(storage *st, const char *purpose, const char *after,
+int storage_file_list(storage *st, const char *project, const char *purpose, const char *after,
                       int limit, bool descending,
                       storage_file **out, size_t *count, bool *has_more)
 {
@@ -304,7 +329,7 @@ int storage_file_list(storage *st, const char *purpose, const char *after,
         return err;
     struct storage_file_rows rows = {NULL, 0, 0};
     bool more = false;
-    err = storage_file_list_txn(db, purpose, after, limit, descending, &rows, &more);
+    err = storage_file_list_txn(db, project, purpose, after, limit, descending, &rows, &more);
     if (!err)
         err = storage_file_rows_grow(&rows); /* so the array is never NULL */
     if (err) {
@@ -317,15 +342,15 @@ int storage_file_list(storage *st, const char *purpose, const char *after,
     return RT_OK;
 }
 
-/* Whether a row exists for id. */
-static int storage_file_exists(sqlite3 *db, const char *id)
+/* Whether project (NULL: any) has a row for id. */
+static int storage_file_exists(sqlite3 *db, const char *project, const char *id)
 {
     int64_t seq = 0;
-    return storage_file_seq(db, id, &seq);
+    return storage_file_seq(db, project, id, &seq);
 }
 
 /* See storage.h. RT_ERR_INVALID for a bad id or a buffer too small. */
-int storage_file_path(storage *st, const char *id, char *buf, size_t size)
+int storage_file_path(storage *st, const char *project, const char *id, char *buf, size_t size)
 {
     if (!st || !buf || size == 0 || storage_id_check(id))
         return RT_ERR_INVALID;
@@ -334,7 +359,7 @@ int storage_file_path(storage *st, const char *id, char *buf, size_t size)
     if (!err)
         err = expire_due(st, db);
     if (!err)
-        err = storage_file_exists(db, id);
+        err = storage_file_exists(db, project, id);
     if (err)
         return err;
     int n = snprintf(NULL, 0, "%s/%s", st->files_dir, id);
@@ -347,7 +372,7 @@ int storage_file_path(storage *st, const char *id, char *buf, size_t size)
 /* See storage.h. The row goes first (one statement, its own transaction);
  * a failed unlink only leaves an orphan blob, which the next open removes,
  * so it is logged and the delete still succeeds. */
-int storage_file_delete(storage *st, const char *id)
+int storage_file_delete(storage *st, const char *project, const char *id)
 {
     if (!st || storage_id_check(id))
         return RT_ERR_INVALID;
@@ -355,10 +380,11 @@ int storage_file_delete(storage *st, const char *id)
     sqlite3_stmt *stmt = NULL;
     int err = storage_db_get(st, &db);
     if (!err)
-        err = storage_db_prepare(db, "DELETE FROM files WHERE id = ?1", &stmt);
+        err = storage_db_prepare(db, "DELETE FROM files WHERE id = ?1 AND " IN_PROJECT(2), &stmt);
     if (err)
         return err;
     sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+    bind_project(stmt, 2, project);
     int rc = sqlite3_step(stmt);
     if (rc != SQLITE_DONE)
         err = storage_db_error(db, rc, "delete file");

@@ -1,7 +1,8 @@
 /*
  * storage/id.c — record ids: "<prefix>-" + 24 lowercase hex digits from
  * getrandom(2) (96 random bits, so collisions are not a concern). Ids name
- * files on disk, so a prefix may only use [a-z0-9_-].
+ * files on disk, so a prefix may only use [a-z0-9_-]. Also the check of
+ * project names.
  */
 #include "storage/storage_internal.h"
 
@@ -94,6 +95,23 @@ bool storage_id_is_generated(const char *name)
         return false;
     for (size_t i = plen + 1; i < len; i++) {
         if (!storage_id_hex_char(name[i]))
+            return false;
+    }
+    return true;
+}
+
+/* See storage.h. Project names appear inside model names
+ * ("ft:base:PROJECT:suffix:id") and in logs, so the alphabet is small. */
+bool storage_project_valid(const char *name)
+{
+    size_t len = name ? strnlen(name, STORAGE_PROJECT_MAX) : 0;
+    if (len == 0 || len >= STORAGE_PROJECT_MAX || name[0] == '.' || name[0] == '-')
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = name[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        if (!ok)
             return false;
     }
     return true;

@@ -4,6 +4,9 @@
  * Status changes that race with the worker (cancel of a queued job vs the
  * worker claiming it) are single conditional UPDATEs inside BEGIN IMMEDIATE
  * transactions, so exactly one side wins.
+ *
+ * A job's project is its tenant column; a checkpoint's is its job's. Reads
+ * by id or model name and lists take the caller's project (storage.h).
  */
 #include "storage/row.h"
 
@@ -65,31 +68,36 @@ int storage_job_insert(storage *st, const storage_job *job)
     return err ? err : row_insert(db, &job_table, job);
 }
 
-int storage_job_get(storage *st, const char *id, storage_job *out)
+/* Reads the job id of project (NULL: any) with db. */
+static int job_get_in(sqlite3 *db, const char *project, const char *id, storage_job *out)
+{
+    const char *args[2] = {id, project};
+    return row_get_where(db, &job_table, project ? "id = ?1 AND tenant = ?2" : "id = ?1", args,
+                         project ? 2 : 1, out);
+}
+
+int storage_job_get(storage *st, const char *project, const char *id, storage_job *out)
 {
     sqlite3 *db;
     int err = conn(st, id, &db);
-    return err ? err : row_get(db, &job_table, "id", id, out);
+    return err ? err : job_get_in(db, project, id, out);
 }
 
-int storage_job_find_model(storage *st, const char *model, storage_job *out)
-{
-    sqlite3 *db;
-    int err = conn(st, NULL, &db);
-    return err ? err : row_get(db, &job_table, "fine_tuned_model", model, out);
-}
-
-/* The WHERE condition and arguments of a job filter: status = ?, then one
- * json_extract(metadata, path) = value per metadata key (paths quoted, so
- * any key is one member name). paths holds the built paths. */
+/* The WHERE condition and arguments of a job filter: tenant = ?, status =
+ * ?, then one json_extract(metadata, path) = value per metadata key (paths
+ * quoted, so any key is one member name). paths holds the built paths. */
 static int job_where(const storage_job_filter *f, char *where, size_t size, const char **args,
                      char paths[][160], int *n_args)
 {
     size_t used = 0;
     int n = 0;
     where[0] = '\0';
+    if (f->project) {
+        used += (size_t)snprintf(where, size, "tenant = ?%d", 3 + n);
+        args[n++] = f->project;
+    }
     if (f->status) {
-        used += (size_t)snprintf(where, size, "status = ?%d", 3 + n);
+        used += (size_t)snprintf(where + used, size - used, "%sstatus = ?%d", n ? " AND " : "", 3 + n);
         args[n++] = f->status;
     }
     for (int i = 0; i < f->n_meta; i++) {
@@ -113,7 +121,7 @@ int storage_job_list(storage *st, const storage_job_filter *f, const char *after
 {
     static const storage_job_filter none = {0};
     char where[4096], paths[STORAGE_MAX_META_FILTERS][160];
-    const char *args[1 + 2 * STORAGE_MAX_META_FILTERS];
+    const char *args[2 + 2 * STORAGE_MAX_META_FILTERS];
     int n_args = 0;
     f = f ? f : &none;
     if (f->n_meta < 0 || f->n_meta > STORAGE_MAX_META_FILTERS)
@@ -122,7 +130,12 @@ int storage_job_list(storage *st, const storage_job_filter *f, const char *after
     sqlite3 *db;
     if (!err)
         err = conn(st, after, &db);
-    return err ? err : row_list_where(db, &job_table, n_args ? where : NULL, args, n_args, after,
+    int64_t below = INT64_MAX;
+    const char *cursor[2] = {after, f->project}; /* another project's job is no cursor */
+    if (!err && after)
+        err = row_seq_where(db, &job_table, f->project ? "id = ?1 AND tenant = ?2" : "id = ?1",
+                            cursor, f->project ? 2 : 1, &below);
+    return err ? err : row_list_below(db, &job_table, n_args ? where : NULL, args, n_args, below,
                                       limit, (void **)out, count, has_more);
 }
 
@@ -296,11 +309,15 @@ int storage_event_list(storage *st, const char *job_id, const char *after, int l
                        storage_event **out, size_t *count, bool *has_more)
 {
     sqlite3 *db;
+    int64_t below = INT64_MAX;
+    const char *args[2] = {after, job_id};
     int err = conn(st, job_id, &db);
     if (!err && after && storage_id_check(after))
         err = RT_ERR_INVALID;
-    return err ? err : row_list(db, &event_table, "job_id", job_id, after, limit, (void **)out,
-                                count, has_more);
+    if (!err && after) /* another job's event is no cursor: it could be another project's */
+        err = row_seq_where(db, &event_table, "id = ?1 AND job_id = ?2", args, 2, &below);
+    return err ? err : row_list_below(db, &event_table, "job_id = ?3", args + 1, 1, below, limit,
+                                      (void **)out, count, has_more);
 }
 
 int storage_checkpoint_add(storage *st, const storage_checkpoint *ck)
@@ -354,22 +371,36 @@ int storage_checkpoint_commit(storage *st, const storage_checkpoint *ck, const s
     return err;
 }
 
-int storage_checkpoint_list(storage *st, const char *job_id, const char *after, int limit,
-                            storage_checkpoint **out, size_t *count, bool *has_more)
+/* Which checkpoints a list or lookup sees: of job ?n (NULL: any job) and
+ * of a job of project ?n+1 (NULL: any project). Arguments bound as NULL
+ * (sqlite3_bind_text of a NULL pointer) match everything. */
+#define CKPT_SCOPE(a, b) "(?" #a " IS NULL OR job_id = ?" #a ") AND (?" #b " IS NULL OR " \
+                         "job_id IN (SELECT id FROM jobs WHERE tenant = ?" #b "))"
+
+int storage_checkpoint_list(storage *st, const char *project, const char *job_id,
+                            const char *after, int limit, storage_checkpoint **out,
+                            size_t *count, bool *has_more)
 {
     sqlite3 *db;
+    int64_t below = INT64_MAX;
+    const char *args[3] = {after, job_id, project};
     int err = conn(st, job_id, &db);
     if (!err && after && storage_id_check(after))
         err = RT_ERR_INVALID;
-    return err ? err : row_list(db, &ckpt_table, job_id ? "job_id" : NULL, job_id, after, limit,
-                                (void **)out, count, has_more);
+    if (!err && after) /* a cursor outside the scope is unknown: it may be another project's */
+        err = row_seq_where(db, &ckpt_table, "id = ?1 AND " CKPT_SCOPE(2, 3), args, 3, &below);
+    return err ? err : row_list_below(db, &ckpt_table, CKPT_SCOPE(3, 4), args + 1, 2, below, limit,
+                                      (void **)out, count, has_more);
 }
 
-int storage_checkpoint_find_model(storage *st, const char *model, storage_checkpoint *out)
+int storage_checkpoint_find_model(storage *st, const char *project, const char *model,
+                                  storage_checkpoint *out)
 {
     sqlite3 *db;
     int err = conn(st, NULL, &db);
-    return err ? err : row_get(db, &ckpt_table, "fine_tuned_model_checkpoint", model, out);
+    const char *args[3] = {model, NULL, project};
+    return err ? err : row_get_where(db, &ckpt_table, "fine_tuned_model_checkpoint = ?1 AND "
+                                     CKPT_SCOPE(2, 3), args, 3, out);
 }
 
 const char *storage_data_dir(const storage *st) { return st->dir; }

@@ -1,5 +1,7 @@
 /*
- * storage/model.c — the servable models table (migration 0003).
+ * storage/model.c — the servable models table (migrations 0003, 0007). A
+ * model belongs to its owned_by project; names are unique within a project,
+ * and every lookup by name is within the caller's project.
  */
 #include "storage/row.h"
 
@@ -26,10 +28,17 @@ static int name_ok(const char *id)
     return id && strnlen(id, sizeof((storage_model *)0)->id) < sizeof((storage_model *)0)->id;
 }
 
+/* Reads project's model id with db. */
+static int model_get_in(sqlite3 *db, const char *project, const char *id, storage_model *out)
+{
+    const char *args[2] = {id, project};
+    return row_get_where(db, &model_table, "id = ?1 AND owned_by = ?2", args, 2, out);
+}
+
 int storage_model_add(storage *st, const storage_model *m)
 {
     sqlite3 *db;
-    if (!st || !name_ok(m->id))
+    if (!st || !name_ok(m->id) || !storage_project_valid(m->owned_by))
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
     if (err)
@@ -37,40 +46,53 @@ int storage_model_add(storage *st, const storage_model *m)
     storage_model rec = *m;
     if (!rec.created_at)
         rec.created_at = rt_unix_time();
+    storage_model taken;
+    err = model_get_in(db, rec.owned_by, rec.id, &taken);
+    if (err != RT_ERR_NOT_FOUND)
+        return err ? err : RT_ERR_EXISTS;
     return row_insert(db, &model_table, &rec);
 }
 
-int storage_model_get(storage *st, const char *id, storage_model *out)
+int storage_model_get(storage *st, const char *project, const char *id, storage_model *out)
 {
     sqlite3 *db;
-    if (!st || !name_ok(id))
+    if (!st || !project || !name_ok(id))
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
-    return err ? err : row_get(db, &model_table, "id", id, out);
+    return err ? err : model_get_in(db, project, id, out);
 }
 
-int storage_model_list(storage *st, const char *after, int limit, storage_model **out,
-                       size_t *count, bool *has_more)
+/* Lists models; a cursor (`after`) is a name in project, looked up by
+ * (project, name): another project may use the same name. */
+int storage_model_list(storage *st, const char *project, const char *after, int limit,
+                       storage_model **out, size_t *count, bool *has_more)
 {
     sqlite3 *db;
-    if (!st || (after && !name_ok(after)))
+    if (!st || (after && (!name_ok(after) || !project)))
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
-    return err ? err : row_list(db, &model_table, NULL, NULL, after, limit, (void **)out, count, has_more);
+    int64_t below = INT64_MAX;
+    const char *cursor[2] = {after, project};
+    if (!err && after)
+        err = row_seq_where(db, &model_table, "id = ?1 AND owned_by = ?2", cursor, 2, &below);
+    const char *mine[1] = {project};
+    return err ? err : row_list_below(db, &model_table, project ? "owned_by = ?3" : NULL, mine,
+                                      project ? 1 : 0, below, limit, (void **)out, count, has_more);
 }
 
-int storage_model_delete(storage *st, const char *id)
+int storage_model_delete(storage *st, const char *project, const char *id)
 {
     sqlite3 *db;
     sqlite3_stmt *stmt = NULL;
-    if (!st || !name_ok(id))
+    if (!st || !project || !name_ok(id))
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
     if (!err)
-        err = storage_db_prepare(db, "DELETE FROM models WHERE id = ?1", &stmt);
+        err = storage_db_prepare(db, "DELETE FROM models WHERE id = ?1 AND owned_by = ?2", &stmt);
     if (err)
         return err;
     sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(stmt, 2, project, -1, SQLITE_STATIC);
     int rc = sqlite3_step(stmt);
     err = rc == SQLITE_DONE ? (sqlite3_changes(db) ? RT_OK : RT_ERR_NOT_FOUND) : storage_db_error(db, rc, "delete model");
     sqlite3_finalize(stmt);
@@ -123,7 +145,9 @@ int storage_model_publish(storage *st, const char *tmp_dir, const char *dir_name
     storage_model existing;
     if (!st || !tmp_dir || !m || !dir_name_ok(dir_name) || !name_ok(m->id))
         return RT_ERR_INVALID;
-    if (!replace && storage_model_get(st, m->id, &existing) == RT_OK)
+    if (!storage_project_valid(m->owned_by))
+        return RT_ERR_INVALID;
+    if (!replace && storage_model_get(st, m->owned_by, m->id, &existing) == RT_OK)
         return RT_ERR_EXISTS;
     char parent[800], final[1024];
     if (snprintf(parent, sizeof parent, "%s/%s", storage_data_dir(st), model_folder(m->kind)) >=
@@ -141,7 +165,7 @@ int storage_model_publish(storage *st, const char *tmp_dir, const char *dir_name
     err = rt_sync_dir_of(final);
     snprintf(m->path, sizeof m->path, "%s", final);
     if (!err && replace)
-        storage_model_delete(st, m->id); /* a re-run publishes again */
+        storage_model_delete(st, m->owned_by, m->id); /* a re-run publishes again */
     if (!err)
         err = storage_model_add(st, m);
     if (err)

@@ -129,16 +129,28 @@ int row_update(sqlite3 *db, const row_table *t, const void *rec, const char *con
 
 int row_get(sqlite3 *db, const row_table *t, const char *key, const char *value, void *rec)
 {
+    char where[256];
+    if (snprintf(where, sizeof where, "%s = ?1", key) >= (int)sizeof where)
+        return RT_ERR_INVALID;
+    const char *args[1] = {value};
+    return row_get_where(db, t, where, args, 1, rec);
+}
+
+int row_get_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                  int n_args, void *rec)
+{
     char sql[SQL_MAX], cols[COLS_MAX] = "";
     int n = 0;
     append_cols(cols, sizeof cols, t, NULL, false, &n);
-    snprintf(sql, sizeof sql, "SELECT %s FROM %s WHERE %s = ?1 ORDER BY seq DESC LIMIT 1", cols,
-             t->name, key);
+    if (snprintf(sql, sizeof sql, "SELECT %s FROM %s WHERE %s ORDER BY seq DESC LIMIT 1", cols,
+                 t->name, where) >= (int)sizeof sql)
+        return RT_ERR_INVALID;
     sqlite3_stmt *stmt = NULL;
     int err = storage_db_prepare(db, sql, &stmt);
     if (err)
         return err;
-    sqlite3_bind_text(stmt, 1, value, -1, SQLITE_STATIC);
+    for (int i = 0; i < n_args; i++)
+        sqlite3_bind_text(stmt, 1 + i, args[i], -1, SQLITE_STATIC);
     int rc = sqlite3_step(stmt);
     if (rc == SQLITE_ROW)
         err = read_cols(stmt, t, rec);
@@ -148,16 +160,19 @@ int row_get(sqlite3 *db, const row_table *t, const char *key, const char *value,
     return err;
 }
 
-/* The seq of the row with id `after`; RT_ERR_NOT_FOUND when unknown. */
-static int seq_of(sqlite3 *db, const row_table *t, const char *after, int64_t *seq)
+int row_seq_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                  int n_args, int64_t *seq)
 {
-    char sql[256];
-    snprintf(sql, sizeof sql, "SELECT seq FROM %s WHERE %s = ?1", t->name, t->cols[0].name);
+    char sql[SQL_MAX];
+    if (snprintf(sql, sizeof sql, "SELECT seq FROM %s WHERE %s ORDER BY seq DESC LIMIT 1", t->name,
+                 where) >= (int)sizeof sql)
+        return RT_ERR_INVALID;
     sqlite3_stmt *stmt = NULL;
     int err = storage_db_prepare(db, sql, &stmt);
     if (err)
         return err;
-    sqlite3_bind_text(stmt, 1, after, -1, SQLITE_STATIC);
+    for (int i = 0; i < n_args; i++)
+        sqlite3_bind_text(stmt, 1 + i, args[i], -1, SQLITE_STATIC);
     int rc = sqlite3_step(stmt);
     if (rc == SQLITE_ROW)
         *seq = sqlite3_column_int64(stmt, 0);
@@ -167,27 +182,12 @@ static int seq_of(sqlite3 *db, const row_table *t, const char *after, int64_t *s
     return err;
 }
 
-int row_list(sqlite3 *db, const row_table *t, const char *key, const char *value,
-             const char *after, int limit, void **out, size_t *count, bool *has_more)
-{
-    char where[256] = "";
-    if (key && snprintf(where, sizeof where, "%s = ?3", key) >= (int)sizeof where)
-        return RT_ERR_INVALID;
-    const char *args[1] = {value};
-    return row_list_where(db, t, key ? where : NULL, args, key ? 1 : 0, after, limit, out, count,
-                          has_more);
-}
-
-int row_list_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
-                   int n_args, const char *after, int limit, void **out, size_t *count,
+int row_list_below(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                   int n_args, int64_t below, int limit, void **out, size_t *count,
                    bool *has_more)
 {
     if (limit < 1 || limit > STORAGE_LIST_LIMIT_MAX || n_args < 0 || (n_args && !where))
         return RT_ERR_INVALID;
-    int64_t below = INT64_MAX;
-    int err = after ? seq_of(db, t, after, &below) : RT_OK;
-    if (err)
-        return err;
     char sql[SQL_MAX], cols[COLS_MAX] = "";
     int n = 0;
     append_cols(cols, sizeof cols, t, NULL, false, &n);
@@ -195,7 +195,7 @@ int row_list_where(sqlite3 *db, const row_table *t, const char *where, const cha
                  cols, t->name, where ? " AND " : "", where ? where : "") >= (int)sizeof sql)
         return RT_ERR_INVALID;
     sqlite3_stmt *stmt = NULL;
-    err = storage_db_prepare(db, sql, &stmt);
+    int err = storage_db_prepare(db, sql, &stmt);
     if (err)
         return err;
     sqlite3_bind_int64(stmt, 1, below);

@@ -42,15 +42,26 @@ int row_update(sqlite3 *db, const row_table *t, const void *rec, const char *con
 /* Reads the row where `key` = value into rec. RT_ERR_NOT_FOUND if none. */
 int row_get(sqlite3 *db, const row_table *t, const char *key, const char *value, void *rec);
 
-/* Lists rows newest first (seq descending) where `key` = value (key NULL: all
- * rows), after the row with id `after` (NULL: from the newest). */
-int row_list(sqlite3 *db, const row_table *t, const char *key, const char *value,
-             const char *after, int limit, void **out, size_t *count, bool *has_more);
+/* Reads the newest row meeting the SQL condition where, which refers to its
+ * n_args text arguments as ?1, ?2, ... (bound, never pasted into the SQL; a
+ * NULL argument is SQL NULL). */
+int row_get_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                  int n_args, void *rec);
 
-/* As row_list with an SQL condition: where (NULL: none) refers to its
- * n_args text arguments as ?3, ?4, ... (bound, never pasted into the SQL). */
-int row_list_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
-                   int n_args, const char *after, int limit, void **out, size_t *count,
+/* Lists rows newest first (seq descending) whose seq is below `below` (a
+ * cursor's seq from row_seq_where; INT64_MAX: from the newest) and that
+ * meet the SQL condition where (NULL: all rows), which refers to its n_args
+ * text arguments as ?3, ?4, ... (bound, never pasted into the SQL; a NULL
+ * argument is SQL NULL). At most limit rows come back in a malloc'd array
+ * (*out, caller frees); *has_more says whether more follow. */
+int row_list_below(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                   int n_args, int64_t below, int limit, void **out, size_t *count,
                    bool *has_more);
+
+/* The seq (list position) of the newest row meeting where (arguments ?1,
+ * ?2, ...), e.g. a cursor looked up within one project. RT_ERR_NOT_FOUND
+ * if none. */
+int row_seq_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                  int n_args, int64_t *seq);
 
 #endif

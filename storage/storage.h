@@ -11,6 +11,13 @@
  *
  * All functions return RT_OK or a negative rt_error code (common/rt.h);
  * out-parameters are untouched on failure. storage never sees HTTP or the engine.
+ *
+ * Projects: files, jobs (with their events and checkpoints) and models
+ * belong to a project. Every lookup, list and delete by id takes the
+ * caller's project: a record of another project is RT_ERR_NOT_FOUND, exactly
+ * as an unknown id, so no caller can tell the two apart. NULL as the project
+ * means "any project" and is for the process's own work (the job worker,
+ * the command line), never for a request's caller.
  */
 #ifndef RT_STORAGE_H
 #define RT_STORAGE_H
@@ -29,6 +36,12 @@ typedef struct storage_blob storage_blob;
 #define STORAGE_PURPOSE_MAX 32
 #define STORAGE_STATUS_MAX 16
 #define STORAGE_DETAILS_MAX 512
+#define STORAGE_PROJECT_MAX 64
+#define STORAGE_DEFAULT_PROJECT "retune"  /* no auth, keys without a project, old data */
+
+/* Whether name can be a project: 1 to 63 of [A-Za-z0-9._-], not starting
+ * with '.' or '-' (it appears in model names such as ft:base:PROJECT:...). */
+bool storage_project_valid(const char *name);
 
 /* A file record, in the shape of OpenAI's file object. */
 typedef struct storage_file {
@@ -42,6 +55,7 @@ typedef struct storage_file {
     int64_t n_examples;                       /* JSONL examples counted, 0 if n/a */
     int64_t n_tokens;                         /* tokens counted, 0 until known */
     int64_t expires_at;                       /* Unix seconds it is deleted at; 0: never */
+    char project[STORAGE_PROJECT_MAX];        /* who uploaded it (or whose job wrote it) */
 } storage_file;
 
 /*
@@ -69,7 +83,8 @@ void storage_new_id(const char *prefix, char *buf, size_t size);
  * appends; commit fsyncs, renames it to files/<new id>, fsyncs the folder and
  * only then inserts the row from *meta (id, bytes and created_at are filled
  * in by storage; meta's expires_at, when > 0, is the file's lifetime in
- * seconds, stored as created_at + it) and copies the stored record into *out. abort removes the
+ * seconds, stored as created_at + it; meta's project must be valid) and
+ * copies the stored record into *out. abort removes the
  * temporary file. commit and abort both free the blob, whatever they return.
  */
 int storage_blob_begin(storage *st, storage_blob **out);
@@ -83,25 +98,29 @@ void storage_blob_abort(storage_blob *blob);
  * never seen again; a server calls it now and then as well. */
 int storage_file_expire(storage *st);
 
-/* Reads one file record. RT_ERR_NOT_FOUND when there is no such id. */
-int storage_file_get(storage *st, const char *id, storage_file *out);
+/* Reads one file record of project (NULL: any). RT_ERR_NOT_FOUND when
+ * there is no such id in it. */
+int storage_file_get(storage *st, const char *project, const char *id, storage_file *out);
 
 /*
- * Lists file records, newest first when descending (else oldest first),
- * optionally only one purpose (NULL for all) and only those after the record
- * `after` in that order (NULL for the start; RT_ERR_NOT_FOUND if unknown).
- * At most `limit` records come back in a malloc'd array the caller frees;
+ * Lists the file records of project (NULL: every project's), newest first
+ * when descending (else oldest first), optionally only one purpose (NULL
+ * for all) and only those after the record `after` in that order (NULL for
+ * the start; RT_ERR_NOT_FOUND if unknown or of another project). At most
+ * `limit` records come back in a malloc'd array the caller frees;
  * *has_more says whether more follow.
  */
-int storage_file_list(storage *st, const char *purpose, const char *after,
+int storage_file_list(storage *st, const char *project, const char *purpose, const char *after,
                       int limit, bool descending,
                       storage_file **out, size_t *count, bool *has_more);
 
-/* Writes the path of a file's stored bytes into buf. RT_ERR_NOT_FOUND if no row. */
-int storage_file_path(storage *st, const char *id, char *buf, size_t size);
+/* Writes the path of a file's stored bytes into buf. RT_ERR_NOT_FOUND if
+ * project (NULL: any) has no such row. */
+int storage_file_path(storage *st, const char *project, const char *id, char *buf, size_t size);
 
-/* Deletes the row, then the bytes. RT_ERR_NOT_FOUND when there is no such id. */
-int storage_file_delete(storage *st, const char *id);
+/* Deletes the row, then the bytes. RT_ERR_NOT_FOUND when project (NULL:
+ * any) has no such id. */
+int storage_file_delete(storage *st, const char *project, const char *id);
 
 /* ---- fine-tuning jobs ------------------------------------------------------ */
 
@@ -114,7 +133,7 @@ typedef struct storage_job {
     char retention_file[STORAGE_ID_MAX];     /* "" when none */
     char status[24];                         /* validating_files, queued, running, paused,
                                                 succeeded, failed, cancelled */
-    char tenant[128];                        /* organisation of the caller */
+    char tenant[128];                        /* the caller's project (owns the job) */
     char suffix[64];
     char fine_tuned_model[512];              /* "" until succeeded */
     char error_code[64], error_message[1024], error_param[64];
@@ -131,14 +150,18 @@ typedef struct storage_job {
 /* Inserts a new job (every field from *job; id chosen by the caller). */
 int storage_job_insert(storage *st, const storage_job *job);
 
-/* Reads a job. RT_ERR_NOT_FOUND when there is no such id. */
-int storage_job_get(storage *st, const char *id, storage_job *out);
+/* Reads a job of project (NULL: any). RT_ERR_NOT_FOUND when there is no
+ * such id in it. Events, checkpoints and control calls go by job id: look
+ * the job up here first. */
+int storage_job_get(storage *st, const char *project, const char *id, storage_job *out);
 
 #define STORAGE_MAX_META_FILTERS 16
 
-/* Which jobs a list returns: one status (NULL: all), and those whose
- * metadata has every key = value given (strings; borrowed). */
+/* Which jobs a list returns: one project's (NULL: every project's), one
+ * status (NULL: all), and those whose metadata has every key = value given
+ * (strings; borrowed). */
 typedef struct storage_job_filter {
+    const char *project;
     const char *status;
     const char *meta_keys[STORAGE_MAX_META_FILTERS];
     const char *meta_values[STORAGE_MAX_META_FILTERS];
@@ -146,13 +169,12 @@ typedef struct storage_job_filter {
 } storage_job_filter;
 
 /* Lists jobs newest first, those f selects (NULL: all), after the job
- * `after` (NULL: from the newest; RT_ERR_NOT_FOUND if unknown). *out is
+ * `after` (NULL: from the newest; RT_ERR_NOT_FOUND if unknown or of another
+ * project than f's). *out is
  * malloc'd (caller frees); *has_more says whether more follow. */
 int storage_job_list(storage *st, const storage_job_filter *f, const char *after, int limit,
                      storage_job **out, size_t *count, bool *has_more);
 
-/* Finds the succeeded job whose fine_tuned_model is `model`. */
-int storage_job_find_model(storage *st, const char *model, storage_job *out);
 
 /* Writes the fields the worker owns (all but id, created_at and control)
  * of a job. RT_ERR_NOT_FOUND when the row is gone. */
@@ -190,8 +212,9 @@ typedef struct storage_event {
 /* Appends an event (id and created_at filled in when empty/zero). */
 int storage_event_add(storage *st, const storage_event *ev);
 
-/* Lists a job's events newest first, after the event `after` (NULL: from
- * the newest). *out is malloc'd (caller frees). */
+/* Lists a job's events newest first, after the event `after` of that job
+ * (NULL: from the newest; RT_ERR_NOT_FOUND when it is not one of the job's).
+ * *out is malloc'd (caller frees). */
 int storage_event_list(storage *st, const char *job_id, const char *after, int limit,
                        storage_event **out, size_t *count, bool *has_more);
 
@@ -214,13 +237,16 @@ int storage_checkpoint_add(storage *st, const storage_checkpoint *ck);
  * RT_ERR_EXISTS, and nothing changes. */
 int storage_checkpoint_commit(storage *st, const storage_checkpoint *ck, const storage_job *job);
 
-/* Lists a job's checkpoints (job_id NULL: every job's) newest first (after:
- * as storage_event_list). */
-int storage_checkpoint_list(storage *st, const char *job_id, const char *after, int limit,
-                            storage_checkpoint **out, size_t *count, bool *has_more);
+/* Lists a job's checkpoints (job_id NULL: those of every job of project,
+ * NULL: of every project) newest first (after: as storage_event_list). */
+int storage_checkpoint_list(storage *st, const char *project, const char *job_id,
+                            const char *after, int limit, storage_checkpoint **out,
+                            size_t *count, bool *has_more);
 
-/* Finds the checkpoint whose fine_tuned_model_checkpoint is `model`. */
-int storage_checkpoint_find_model(storage *st, const char *model, storage_checkpoint *out);
+/* Finds the checkpoint whose fine_tuned_model_checkpoint is `model` among
+ * the jobs of project (NULL: any). RT_ERR_NOT_FOUND otherwise. */
+int storage_checkpoint_find_model(storage *st, const char *project, const char *model,
+                                  storage_checkpoint *out);
 
 /* ---- servable models ---------------------------------------------------- */
 
@@ -228,13 +254,14 @@ typedef struct storage_model {
     char id[640];            /* the name requests use, e.g. "ft:base:org:sfx:abc" */
     char kind[16];           /* "adapter" or "full" */
     char parent[256];        /* the base model id */
-    char owned_by[128];
+    char owned_by[128];      /* the project; names are unique within one */
     char path[1024];         /* the directory holding its files */
     char job_id[STORAGE_ID_MAX]; /* the job that made it, "" if imported */
     int64_t created_at;
 } storage_model;
 
-/* Publishes a model (created_at filled in when 0). RT_ERR_EXISTS if taken. */
+/* Publishes a model (created_at filled in when 0). RT_ERR_EXISTS if its
+ * project (owned_by, which must be valid) already has that name. */
 int storage_model_add(storage *st, const storage_model *m);
 
 /*
@@ -243,25 +270,62 @@ int storage_model_add(storage *st, const storage_model *m);
  * directory: fsyncs its files and itself, renames it to
  * <data-dir>/adapters/<dir_name> (m->kind "adapter") or models/<dir_name>
  * ("full"), fsyncs that folder, and only then inserts m's row (replacing a
- * row of the same id when replace, e.g. a job re-run after a crash). A
+ * row of the same project and id when replace, e.g. a job re-run after a crash). A
  * crash at any point leaves no row without its directory; a directory
  * without a row is removed at the next open. m->path is set to the final
  * directory. Errors: RT_ERR_EXISTS (m->id taken, nothing moved),
  * RT_ERR_INVALID, RT_ERR_IO, RT_ERR_DB (then the directory is removed).
+ * Taken names are looked up in m->owned_by only.
  */
 int storage_model_publish(storage *st, const char *tmp_dir, const char *dir_name, bool replace,
                           storage_model *m);
 
 
-/* Reads a model by name. RT_ERR_NOT_FOUND when unknown. */
-int storage_model_get(storage *st, const char *id, storage_model *out);
+/* Reads project's model by name. RT_ERR_NOT_FOUND when it has none of that
+ * name. (Names are unique per project only, so project is never NULL.) */
+int storage_model_get(storage *st, const char *project, const char *id, storage_model *out);
 
-/* Lists models newest first (as storage_job_list). */
-int storage_model_list(storage *st, const char *after, int limit, storage_model **out,
-                       size_t *count, bool *has_more);
+/* Lists project's (NULL: every project's) models newest first (as
+ * storage_job_list; `after` is a name in project). */
+int storage_model_list(storage *st, const char *project, const char *after, int limit,
+                       storage_model **out, size_t *count, bool *has_more);
 
-/* Unpublishes a model. RT_ERR_NOT_FOUND when unknown. */
-int storage_model_delete(storage *st, const char *id);
+/* Unpublishes project's model. RT_ERR_NOT_FOUND when it has none of that name. */
+int storage_model_delete(storage *st, const char *project, const char *id);
+
+/* ---- API keys (managed by `retune keys`) ---------------------------------- */
+
+#define STORAGE_KEY_PREFIX_MAX 16
+
+/* A stored key: never the secret, only its SHA-256. */
+typedef struct storage_key {
+    char id[STORAGE_ID_MAX];                 /* "key-<24 hex>", what revoke takes */
+    char project[STORAGE_PROJECT_MAX];
+    char hash[RT_SHA256_HEX_SIZE];           /* hex SHA-256 of the secret */
+    char prefix[STORAGE_KEY_PREFIX_MAX];     /* the secret's first few characters */
+    int64_t created_at, revoked_at;          /* revoked_at 0: live */
+} storage_key;
+
+/* Inserts a key (id and created_at filled in when empty/zero; the record
+ * stored is copied to *out, which may be NULL). RT_ERR_INVALID for a bad
+ * project, hash or prefix; RT_ERR_EXISTS for a hash already stored. */
+int storage_key_add(storage *st, const storage_key *key, storage_key *out);
+
+/* Finds the live (not revoked) key whose hash is `hash`. RT_ERR_NOT_FOUND
+ * when there is none. */
+int storage_key_find(storage *st, const char *hash, storage_key *out);
+
+/* Whether any key was ever stored, revoked ones included (*out). Once one
+ * is, a server asks every caller for a key: revoking the last one must not
+ * open the door. */
+int storage_key_any(storage *st, bool *out);
+
+/* Every key, oldest first, in a malloc'd array the caller frees. */
+int storage_key_list(storage *st, storage_key **out, size_t *count);
+
+/* Revokes the key `id` (from then on storage_key_find does not see it).
+ * RT_ERR_NOT_FOUND when unknown, RT_ERR_STATE when already revoked. */
+int storage_key_revoke(storage *st, const char *id);
 
 /* The data directory (borrowed from the handle). */
 const char *storage_data_dir(const storage *st);

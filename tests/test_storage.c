@@ -1,7 +1,9 @@
 /*
  * tests/test_storage.c — unit tests for storage/: migrations (fresh, re-open,
  * newer-version refusal), blob upload round trip, list pagination, delete,
- * crash leftovers, concurrent use from several threads, abort, bad input.
+ * crash leftovers, concurrent use from several threads, abort, bad input;
+ * projects (files and models of one are unknown to another), API keys and
+ * the migration of old data to the default project.
  * Every test works in its own mkdtemp folder under /tmp, removed at the end.
  */
 #include "storage/storage.h"
@@ -85,6 +87,7 @@ static storage_file meta_make(const char *filename, const char *purpose)
     snprintf(m.filename, sizeof m.filename, "%s", filename);
     snprintf(m.purpose, sizeof m.purpose, "%s", purpose);
     snprintf(m.status, sizeof m.status, "processed");
+    snprintf(m.project, sizeof m.project, "retune");
     m.n_examples = 3;
     return m;
 }
@@ -159,7 +162,7 @@ static void test_reopen_keeps_data(void)
     CHECK_EQ_INT(storage_schema_version(st, &v), RT_OK);
     CHECK_EQ_INT(v, newest_version());
     storage_file g;
-    CHECK_EQ_INT(storage_file_get(st, f.id, &g), RT_OK);
+    CHECK_EQ_INT(storage_file_get(st, NULL, f.id, &g), RT_OK);
     CHECK_EQ_STR(g.id, f.id);
     CHECK_EQ_INT(g.bytes, 6);
     CHECK(path_exists(dir, "files", f.id));
@@ -214,7 +217,7 @@ static void test_blob_roundtrip(void)
     CHECK_EQ_INT(f.n_tokens, 42);
 
     storage_file g;
-    CHECK_EQ_INT(storage_file_get(st, f.id, &g), RT_OK);
+    CHECK_EQ_INT(storage_file_get(st, NULL, f.id, &g), RT_OK);
     CHECK_EQ_STR(g.id, f.id);
     CHECK_EQ_STR(g.filename, f.filename);
     CHECK_EQ_STR(g.purpose, "fine-tune");
@@ -226,7 +229,7 @@ static void test_blob_roundtrip(void)
     CHECK_EQ_INT(g.n_tokens, 42);
 
     char path[PATH_MAX];
-    CHECK_EQ_INT(storage_file_path(st, f.id, path, sizeof path), RT_OK);
+    CHECK_EQ_INT(storage_file_path(st, NULL, f.id, path, sizeof path), RT_OK);
     FILE *fp = fopen(path, "rb");
     CHECK(fp != NULL);
     static unsigned char back[sizeof data + 1];
@@ -236,7 +239,7 @@ static void test_blob_roundtrip(void)
     CHECK_EQ_INT(n, sizeof data);
     CHECK(memcmp(back, data, sizeof data) == 0);
     char small[8];
-    CHECK_EQ_INT(storage_file_path(st, f.id, small, sizeof small), RT_ERR_INVALID);
+    CHECK_EQ_INT(storage_file_path(st, NULL, f.id, small, sizeof small), RT_ERR_INVALID);
 
     /* an empty upload is a valid, empty file */
     storage_file e;
@@ -261,47 +264,47 @@ static void test_list_pagination(void)
     storage_file *rows = NULL;
     size_t count = 0;
     bool more = false;
-    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, 2, false, &rows, &count, &more), RT_OK);
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, NULL, 2, false, &rows, &count, &more), RT_OK);
     CHECK_EQ_INT(count, 2);
     CHECK(more);
     CHECK_EQ_STR(rows[0].id, f[0].id);
     CHECK_EQ_STR(rows[1].id, f[1].id);
     free(rows);
 
-    CHECK_EQ_INT(storage_file_list(st, NULL, f[1].id, 2, false, &rows, &count, &more), RT_OK);
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, f[1].id, 2, false, &rows, &count, &more), RT_OK);
     CHECK_EQ_INT(count, 2);
     CHECK(more);
     CHECK_EQ_STR(rows[0].id, f[2].id);
     CHECK_EQ_STR(rows[1].id, f[3].id);
     free(rows);
 
-    CHECK_EQ_INT(storage_file_list(st, NULL, f[3].id, 2, false, &rows, &count, &more), RT_OK);
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, f[3].id, 2, false, &rows, &count, &more), RT_OK);
     CHECK_EQ_INT(count, 1);
     CHECK(!more);
     CHECK_EQ_STR(rows[0].id, f[4].id);
     free(rows);
 
     /* exactly limit rows left: has_more false */
-    CHECK_EQ_INT(storage_file_list(st, NULL, f[2].id, 2, false, &rows, &count, &more), RT_OK);
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, f[2].id, 2, false, &rows, &count, &more), RT_OK);
     CHECK_EQ_INT(count, 2);
     CHECK(!more);
     free(rows);
 
-    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, 3, true, &rows, &count, &more), RT_OK);
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, NULL, 3, true, &rows, &count, &more), RT_OK);
     CHECK_EQ_INT(count, 3);
     CHECK(more);
     CHECK_EQ_STR(rows[0].id, f[4].id);
     CHECK_EQ_STR(rows[2].id, f[2].id);
     free(rows);
 
-    CHECK_EQ_INT(storage_file_list(st, NULL, f[2].id, 10, true, &rows, &count, &more), RT_OK);
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, f[2].id, 10, true, &rows, &count, &more), RT_OK);
     CHECK_EQ_INT(count, 2);
     CHECK(!more);
     CHECK_EQ_STR(rows[0].id, f[1].id);
     CHECK_EQ_STR(rows[1].id, f[0].id);
     free(rows);
 
-    CHECK_EQ_INT(storage_file_list(st, "fine-tune", NULL, 10, false, &rows, &count, &more),
+    CHECK_EQ_INT(storage_file_list(st, NULL, "fine-tune", NULL, 10, false, &rows, &count, &more),
                  RT_OK);
     CHECK_EQ_INT(count, 3);
     CHECK(!more);
@@ -310,32 +313,32 @@ static void test_list_pagination(void)
     CHECK_EQ_STR(rows[2].id, f[4].id);
     free(rows);
 
-    CHECK_EQ_INT(storage_file_list(st, "fine-tune-results", f[3].id, 10, true, &rows, &count,
+    CHECK_EQ_INT(storage_file_list(st, NULL, "fine-tune-results", f[3].id, 10, true, &rows, &count,
                                    &more), RT_OK);
     CHECK_EQ_INT(count, 1);
     CHECK_EQ_STR(rows[0].id, f[1].id);
     free(rows);
 
-    CHECK_EQ_INT(storage_file_list(st, "nothing", NULL, 10, true, &rows, &count, &more), RT_OK);
+    CHECK_EQ_INT(storage_file_list(st, NULL, "nothing", NULL, 10, true, &rows, &count, &more), RT_OK);
     CHECK_EQ_INT(count, 0);
     CHECK(rows != NULL);
     CHECK(!more);
     free(rows);
 
     rows = NULL;
-    CHECK_EQ_INT(storage_file_list(st, NULL, "file-000000000000000000000000", 10, false, &rows,
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, "file-000000000000000000000000", 10, false, &rows,
                                    &count, &more), RT_ERR_NOT_FOUND);
     CHECK(rows == NULL);
-    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, 0, false, &rows, &count, &more),
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, NULL, 0, false, &rows, &count, &more),
                  RT_ERR_INVALID);
-    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, -1, false, &rows, &count, &more),
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, NULL, -1, false, &rows, &count, &more),
                  RT_ERR_INVALID);
 
     /* a deleted newest row's position is not reused */
-    CHECK_EQ_INT(storage_file_delete(st, f[4].id), RT_OK);
+    CHECK_EQ_INT(storage_file_delete(st, NULL, f[4].id), RT_OK);
     storage_file g;
     CHECK_EQ_INT(upload(st, "y", 1, "fine-tune", &g), RT_OK);
-    CHECK_EQ_INT(storage_file_list(st, NULL, f[3].id, 10, false, &rows, &count, &more), RT_OK);
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, f[3].id, 10, false, &rows, &count, &more), RT_OK);
     CHECK_EQ_INT(count, 1);
     CHECK_EQ_STR(rows[0].id, g.id);
     free(rows);
@@ -352,21 +355,21 @@ static void test_delete(void)
     CHECK_EQ_INT(upload(st, "abc", 3, "fine-tune", &f), RT_OK);
     CHECK_EQ_INT(upload(st, "def", 3, "fine-tune", &g), RT_OK);
     CHECK(path_exists(dir, "files", f.id));
-    CHECK_EQ_INT(storage_file_delete(st, f.id), RT_OK);
+    CHECK_EQ_INT(storage_file_delete(st, NULL, f.id), RT_OK);
     CHECK(!path_exists(dir, "files", f.id));
     storage_file tmp;
-    CHECK_EQ_INT(storage_file_get(st, f.id, &tmp), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_get(st, NULL, f.id, &tmp), RT_ERR_NOT_FOUND);
     char path[PATH_MAX];
-    CHECK_EQ_INT(storage_file_path(st, f.id, path, sizeof path), RT_ERR_NOT_FOUND);
-    CHECK_EQ_INT(storage_file_delete(st, f.id), RT_ERR_NOT_FOUND);
-    CHECK_EQ_INT(storage_file_get(st, g.id, &tmp), RT_OK);
+    CHECK_EQ_INT(storage_file_path(st, NULL, f.id, path, sizeof path), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_delete(st, NULL, f.id), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_get(st, NULL, g.id, &tmp), RT_OK);
     CHECK(path_exists(dir, "files", g.id));
 
     /* a row whose blob is already gone still deletes */
     char gp[PATH_MAX];
-    CHECK_EQ_INT(storage_file_path(st, g.id, gp, sizeof gp), RT_OK);
+    CHECK_EQ_INT(storage_file_path(st, NULL, g.id, gp, sizeof gp), RT_OK);
     CHECK_EQ_INT(unlink(gp), 0);
-    CHECK_EQ_INT(storage_file_delete(st, g.id), RT_OK);
+    CHECK_EQ_INT(storage_file_delete(st, NULL, g.id), RT_OK);
     CHECK_EQ_INT(files_in(dir), 0);
     storage_close(st);
     tmpdir_remove(dir);
@@ -389,19 +392,19 @@ static void test_expiry(void)
     CHECK_EQ_INT(f.expires_at, f.created_at + 1);
     CHECK_EQ_INT(upload(st, "abc", 3, "fine-tune", &keep), RT_OK);
     CHECK_EQ_INT(keep.expires_at, 0);
-    CHECK_EQ_INT(storage_file_get(st, f.id, &tmp), RT_OK);
+    CHECK_EQ_INT(storage_file_get(st, NULL, f.id, &tmp), RT_OK);
     CHECK_EQ_INT(tmp.expires_at, f.expires_at);
     sleep(2);
-    CHECK_EQ_INT(storage_file_get(st, f.id, &tmp), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_get(st, NULL, f.id, &tmp), RT_ERR_NOT_FOUND);
     CHECK(!path_exists(dir, "files", f.id));
     storage_file *list = NULL;
     size_t n = 0;
     bool more = false;
-    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, 10, true, &list, &n, &more), RT_OK);
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, NULL, 10, true, &list, &n, &more), RT_OK);
     CHECK(n == 1 && !strcmp(list[0].id, keep.id));
     free(list);
     CHECK_EQ_INT(storage_file_expire(st), RT_OK);
-    CHECK_EQ_INT(storage_file_get(st, keep.id, &tmp), RT_OK);
+    CHECK_EQ_INT(storage_file_get(st, NULL, keep.id, &tmp), RT_OK);
     storage_close(st);
     tmpdir_remove(dir);
 }
@@ -434,11 +437,12 @@ static void test_model_publish(void)
     storage_model m = {0};
     snprintf(m.id, sizeof m.id, "ft:base:org:abc");
     snprintf(m.kind, sizeof m.kind, "adapter");
+    snprintf(m.owned_by, sizeof m.owned_by, "retune");
     CHECK_EQ_INT(storage_model_publish(st, tmp, "adapter-0123456789abcdef01234567", false, &m), RT_OK);
     CHECK(path_exists(dir, "adapters", "adapter-0123456789abcdef01234567/adapter_config.json"));
     CHECK(!path_exists(dir, "", "work-a"));
     storage_model got;
-    CHECK_EQ_INT(storage_model_get(st, m.id, &got), RT_OK);
+    CHECK_EQ_INT(storage_model_get(st, "retune", m.id, &got), RT_OK);
     CHECK_EQ_STR(got.path, m.path);
     /* the name is taken: refused before anything moves */
     snprintf(tmp2, sizeof tmp2, "%s/work-b", dir);
@@ -451,11 +455,12 @@ static void test_model_publish(void)
     storage_model full = {0};
     snprintf(full.id, sizeof full.id, "ft:base:org:full");
     snprintf(full.kind, sizeof full.kind, "full");
+    snprintf(full.owned_by, sizeof full.owned_by, "retune");
     CHECK_EQ_INT(storage_model_publish(st, tmp2, "ftjob-0123456789abcdef01234567", true, &full), RT_OK);
     CHECK(path_exists(dir, "models", "ftjob-0123456789abcdef01234567"));
     CHECK_EQ_INT(storage_model_publish(st, "/nonexistent/x", "ftjob-1123456789abcdef01234567", true, &full),
                  RT_ERR_IO);
-    CHECK_EQ_INT(storage_model_get(st, full.id, &got), RT_OK); /* a failed re-run keeps the old one */
+    CHECK_EQ_INT(storage_model_get(st, "retune", full.id, &got), RT_OK); /* a failed re-run keeps the old one */
     CHECK_EQ_INT(storage_model_publish(st, tmp, "../escape", false, &m), RT_ERR_INVALID);
     storage_close(st);
     /* what a crash leaves: renamed but no row, and an import still being received */
@@ -505,7 +510,7 @@ static void test_orphan_cleanup(void)
     CHECK(path_exists(dir, ".", "outside-file-0123456789abcdef01234567"));
     CHECK_EQ_INT(files_in(dir), 3);
     storage_file g;
-    CHECK_EQ_INT(storage_file_get(st, f.id, &g), RT_OK);
+    CHECK_EQ_INT(storage_file_get(st, NULL, f.id, &g), RT_OK);
 
     /* while a handle is open, a second open must not clean its live upload */
     storage_blob *b = NULL;
@@ -517,7 +522,7 @@ static void test_orphan_cleanup(void)
     CHECK_EQ_INT(files_in(dir), 4);
     storage_file m = meta_make("live.jsonl", "fine-tune"), h;
     CHECK_EQ_INT(storage_blob_commit(b, &m, &h), RT_OK);
-    CHECK_EQ_INT(storage_file_get(st2, h.id, &g), RT_OK);
+    CHECK_EQ_INT(storage_file_get(st2, NULL, h.id, &g), RT_OK);
     storage_close(st2);
     storage_close(st);
     tmpdir_remove(dir);
@@ -543,7 +548,7 @@ static void *thread_upload(void *p)
         int n = snprintf(text, sizeof text, "thread %d file %d\n", a->index, i);
         storage_file f, g;
         if (upload(a->st, text, (size_t)n, "fine-tune", &f) != RT_OK ||
-            storage_file_get(a->st, f.id, &g) != RT_OK || g.bytes != n) {
+            storage_file_get(a->st, NULL, f.id, &g) != RT_OK || g.bytes != n) {
             a->failures++;
             continue;
         }
@@ -551,7 +556,7 @@ static void *thread_upload(void *p)
         storage_file *rows = NULL;
         size_t count = 0;
         bool more = false;
-        if (storage_file_list(a->st, NULL, NULL, 5, true, &rows, &count, &more) != RT_OK)
+        if (storage_file_list(a->st, NULL, NULL, NULL, 5, true, &rows, &count, &more) != RT_OK)
             a->failures++;
         free(rows);
     }
@@ -578,7 +583,7 @@ static void test_threads(void)
     storage_file *rows = NULL;
     size_t count = 0;
     bool more = true;
-    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, 1000, false, &rows, &count, &more), RT_OK);
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, NULL, 1000, false, &rows, &count, &more), RT_OK);
     CHECK_EQ_INT(count, THREADS * PER_THREAD);
     CHECK(!more);
     free(rows);
@@ -586,7 +591,7 @@ static void test_threads(void)
     for (int t = 0; t < THREADS; t++) {
         for (int i = 0; i < PER_THREAD; i++) {
             storage_file g;
-            found += storage_file_get(st, args[t].ids[i], &g) == RT_OK;
+            found += storage_file_get(st, NULL, args[t].ids[i], &g) == RT_OK;
         }
     }
     CHECK_EQ_INT(found, THREADS * PER_THREAD);
@@ -631,7 +636,7 @@ static void test_blob_abort(void)
     storage_file *rows = NULL;
     size_t count = 9;
     bool more = true;
-    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, 10, false, &rows, &count, &more), RT_OK);
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, NULL, 10, false, &rows, &count, &more), RT_OK);
     CHECK_EQ_INT(count, 0);
     free(rows);
     storage_close(st);
@@ -652,26 +657,26 @@ static void test_bad_input(void)
     long_id[sizeof long_id - 1] = '\0';
     storage_file f;
     char path[PATH_MAX];
-    CHECK_EQ_INT(storage_file_get(st, NULL, &f), RT_ERR_INVALID);
-    CHECK_EQ_INT(storage_file_get(st, long_id, &f), RT_ERR_INVALID);
-    CHECK_EQ_INT(storage_file_get(NULL, "file-x", &f), RT_ERR_INVALID);
-    CHECK_EQ_INT(storage_file_get(st, "", &f), RT_ERR_NOT_FOUND);
-    CHECK_EQ_INT(storage_file_get(st, "../../etc/passwd", &f), RT_ERR_NOT_FOUND);
-    CHECK_EQ_INT(storage_file_path(st, NULL, path, sizeof path), RT_ERR_INVALID);
-    CHECK_EQ_INT(storage_file_path(st, "../retune.db", path, sizeof path), RT_ERR_NOT_FOUND);
-    CHECK_EQ_INT(storage_file_delete(st, NULL), RT_ERR_INVALID);
-    CHECK_EQ_INT(storage_file_delete(st, long_id), RT_ERR_INVALID);
-    CHECK_EQ_INT(storage_file_delete(st, "../retune.db"), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_get(st, NULL, NULL, &f), RT_ERR_INVALID);
+    CHECK_EQ_INT(storage_file_get(st, NULL, long_id, &f), RT_ERR_INVALID);
+    CHECK_EQ_INT(storage_file_get(NULL, NULL, "file-x", &f), RT_ERR_INVALID);
+    CHECK_EQ_INT(storage_file_get(st, NULL, "", &f), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_get(st, NULL, "../../etc/passwd", &f), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_path(st, NULL, NULL, path, sizeof path), RT_ERR_INVALID);
+    CHECK_EQ_INT(storage_file_path(st, NULL, "../retune.db", path, sizeof path), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_delete(st, NULL, NULL), RT_ERR_INVALID);
+    CHECK_EQ_INT(storage_file_delete(st, NULL, long_id), RT_ERR_INVALID);
+    CHECK_EQ_INT(storage_file_delete(st, NULL, "../retune.db"), RT_ERR_NOT_FOUND);
     CHECK(path_exists(dir, ".", "retune.db"));
 
     storage_file *rows = NULL;
     size_t count = 0;
     bool more = false;
-    CHECK_EQ_INT(storage_file_list(st, long_id, NULL, 10, false, &rows, &count, &more),
+    CHECK_EQ_INT(storage_file_list(st, NULL, long_id, NULL, 10, false, &rows, &count, &more),
                  RT_ERR_INVALID);
-    CHECK_EQ_INT(storage_file_list(st, NULL, long_id, 10, false, &rows, &count, &more),
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, long_id, 10, false, &rows, &count, &more),
                  RT_ERR_INVALID);
-    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, 10, false, NULL, &count, &more),
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, NULL, 10, false, NULL, &count, &more),
                  RT_ERR_INVALID);
 
     /* unterminated meta strings are refused, not read past */
@@ -717,6 +722,165 @@ static void test_new_id(void)
     storage_new_id("file", NULL, 0);
 }
 
+/* Uploads one file of project p. */
+static int upload_as(storage *st, const char *p, storage_file *out)
+{
+    storage_blob *b = NULL;
+    int err = storage_blob_begin(st, &b);
+    if (!err)
+        err = storage_blob_write(b, "{}\n", 3);
+    if (err) {
+        storage_blob_abort(b);
+        return err;
+    }
+    storage_file m = meta_make("p.jsonl", "fine-tune");
+    snprintf(m.project, sizeof m.project, "%s", p);
+    return storage_blob_commit(b, &m, out);
+}
+
+/* Issue 13 (tenants): another project's file is exactly an unknown one for
+ * get, path, delete, list and list cursors; NULL sees every project. */
+static void test_file_projects(void)
+{
+    char *dir = tmpdir_make();
+    storage *st = NULL;
+    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    storage_file a, b, got, *rows = NULL;
+    size_t n = 0;
+    bool more = false;
+    char path[PATH_MAX];
+    CHECK_EQ_INT(upload_as(st, "A", &a), RT_OK);
+    CHECK_EQ_INT(upload_as(st, "B", &b), RT_OK);
+    CHECK_EQ_STR(a.project, "A");
+    CHECK_EQ_INT(storage_file_get(st, "B", a.id, &got), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_get(st, "A", a.id, &got), RT_OK);
+    CHECK_EQ_INT(storage_file_get(st, NULL, a.id, &got), RT_OK);
+    CHECK_EQ_INT(storage_file_path(st, "B", a.id, path, sizeof path), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_list(st, "B", NULL, NULL, 10, true, &rows, &n, &more), RT_OK);
+    CHECK(n == 1 && !strcmp(rows[0].id, b.id));
+    free(rows);
+    CHECK_EQ_INT(storage_file_list(st, "B", NULL, a.id, 10, true, &rows, &n, &more), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_list(st, NULL, NULL, NULL, 10, true, &rows, &n, &more), RT_OK);
+    CHECK_EQ_INT(n, 2);
+    free(rows);
+    CHECK_EQ_INT(storage_file_delete(st, "B", a.id), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_file_get(st, "A", a.id, &got), RT_OK);
+    CHECK_EQ_INT(storage_file_delete(st, "A", a.id), RT_OK);
+    CHECK_EQ_INT(upload_as(st, "bad:name", &got), RT_ERR_INVALID);
+    CHECK_EQ_INT(upload_as(st, "", &got), RT_ERR_INVALID);
+    storage_close(st);
+    tmpdir_remove(dir);
+}
+
+/* Model names are unique per project: two projects may each have "x", and
+ * neither sees, lists or deletes the other's. */
+static void test_model_projects(void)
+{
+    char *dir = tmpdir_make();
+    storage *st = NULL;
+    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    storage_model m = {0}, got, *rows = NULL;
+    size_t n = 0;
+    bool more = false;
+    snprintf(m.id, sizeof m.id, "x");
+    snprintf(m.kind, sizeof m.kind, "adapter");
+    snprintf(m.owned_by, sizeof m.owned_by, "A");
+    snprintf(m.path, sizeof m.path, "/a");
+    CHECK_EQ_INT(storage_model_add(st, &m), RT_OK);
+    CHECK_EQ_INT(storage_model_add(st, &m), RT_ERR_EXISTS);
+    snprintf(m.owned_by, sizeof m.owned_by, "B");
+    snprintf(m.path, sizeof m.path, "/b");
+    CHECK_EQ_INT(storage_model_add(st, &m), RT_OK);
+    CHECK_EQ_INT(storage_model_get(st, "A", "x", &got), RT_OK);
+    CHECK_EQ_STR(got.path, "/a");
+    CHECK_EQ_INT(storage_model_get(st, "C", "x", &got), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_model_list(st, "A", NULL, 10, &rows, &n, &more), RT_OK);
+    CHECK(n == 1 && !strcmp(rows[0].path, "/a"));
+    free(rows);
+    CHECK_EQ_INT(storage_model_list(st, "C", "x", 10, &rows, &n, &more), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_model_delete(st, "C", "x"), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_model_delete(st, "A", "x"), RT_OK);
+    CHECK_EQ_INT(storage_model_get(st, "B", "x", &got), RT_OK);
+    snprintf(m.owned_by, sizeof m.owned_by, "no/slash");
+    CHECK_EQ_INT(storage_model_add(st, &m), RT_ERR_INVALID);
+    storage_close(st);
+    tmpdir_remove(dir);
+}
+
+/* Keys: only hashes, found while live, revocation at once, and "any" stays
+ * true after the last key is revoked. */
+static void test_keys(void)
+{
+    char *dir = tmpdir_make();
+    storage *st = NULL;
+    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    bool any = true;
+    CHECK_EQ_INT(storage_key_any(st, &any), RT_OK);
+    CHECK(!any);
+    storage_key k = {0}, stored, found, *keys = NULL;
+    snprintf(k.project, sizeof k.project, "A");
+    rt_sha256_hex("sk-rt-secret", 12, k.hash);
+    snprintf(k.prefix, sizeof k.prefix, "sk-rt-se");
+    CHECK_EQ_INT(storage_key_add(st, &k, &stored), RT_OK);
+    CHECK(!strncmp(stored.id, "key-", 4) && stored.created_at > 0 && stored.revoked_at == 0);
+    CHECK_EQ_INT(storage_key_add(st, &k, NULL), RT_ERR_EXISTS);
+    CHECK_EQ_INT(storage_key_find(st, k.hash, &found), RT_OK);
+    CHECK_EQ_STR(found.project, "A");
+    CHECK_EQ_INT(storage_key_any(st, &any), RT_OK);
+    CHECK(any);
+    CHECK_EQ_INT(storage_key_revoke(st, stored.id), RT_OK);
+    CHECK_EQ_INT(storage_key_find(st, k.hash, &found), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_key_revoke(st, stored.id), RT_ERR_STATE);
+    CHECK_EQ_INT(storage_key_revoke(st, "key-000000000000000000000000"), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_key_any(st, &any), RT_OK);
+    CHECK(any); /* revoking the last key does not turn auth off */
+    size_t n = 0;
+    CHECK_EQ_INT(storage_key_list(st, &keys, &n), RT_OK);
+    CHECK(n == 1 && keys[0].revoked_at > 0 && !strcmp(keys[0].prefix, "sk-rt-se"));
+    free(keys);
+    storage_key bad = k;
+    snprintf(bad.hash, sizeof bad.hash, "not-a-hash");
+    CHECK_EQ_INT(storage_key_add(st, &bad, NULL), RT_ERR_INVALID);
+    bad = k;
+    bad.project[0] = '\0';
+    CHECK_EQ_INT(storage_key_add(st, &bad, NULL), RT_ERR_INVALID);
+    storage_close(st);
+    tmpdir_remove(dir);
+}
+
+/* Migration 0007 on a database from before it: existing files move to the
+ * default project "retune"; models keep their owners. */
+static void test_projects_migration(void)
+{
+    char *dir = tmpdir_make();
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/retune.db", dir);
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    char *err = NULL;
+    for (size_t i = 0; i < rt_migration_count && rt_migrations[i].version < 7; i++)
+        CHECK(sqlite3_exec(db, rt_migrations[i].sql, NULL, NULL, &err) == SQLITE_OK);
+    const char *old = "PRAGMA user_version=6;"
+        "INSERT INTO files(id, filename, purpose, status, bytes, created_at)"
+        " VALUES ('file-000000000000000000000001', 'old.jsonl', 'fine-tune', 'processed', 3, 1);"
+        "INSERT INTO models(id, kind, parent, owned_by, path, created_at)"
+        " VALUES ('ft:b:acme:s:1', 'adapter', 'b', 'acme', '/x', 1);";
+    CHECK(sqlite3_exec(db, old, NULL, NULL, &err) == SQLITE_OK);
+    sqlite3_free(err);
+    sqlite3_close(db);
+    write_file(dir, "file-000000000000000000000001", "{}\n");
+    storage *st = NULL;
+    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    storage_file f;
+    storage_model m;
+    CHECK_EQ_INT(storage_file_get(st, "retune", "file-000000000000000000000001", &f), RT_OK);
+    CHECK_EQ_STR(f.project, "retune");
+    CHECK_EQ_INT(storage_model_get(st, "acme", "ft:b:acme:s:1", &m), RT_OK);
+    CHECK_EQ_INT(storage_model_get(st, "retune", "ft:b:acme:s:1", &m), RT_ERR_NOT_FOUND);
+    storage_close(st);
+    tmpdir_remove(dir);
+}
+
 int main(void)
 {
     rt_log_set_level(RT_LOG_ERROR + 1); /* the tests provoke errors on purpose */
@@ -733,5 +897,9 @@ int main(void)
     RUN(test_blob_abort);
     RUN(test_bad_input);
     RUN(test_new_id);
+    RUN(test_file_projects);
+    RUN(test_model_projects);
+    RUN(test_keys);
+    RUN(test_projects_migration);
     return TEST_SUMMARY();
 }

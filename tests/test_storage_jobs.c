@@ -1,7 +1,8 @@
 /*
  * tests/test_storage_jobs.c — jobs, events and checkpoints in storage:
  * FIFO claims, guarded status transitions, control requests, crash
- * recovery, and newest-first pagination of events and checkpoints.
+ * recovery, newest-first pagination of events and checkpoints, and
+ * projects (another project's job and checkpoints are unknown).
  */
 #include <stdlib.h>
 #include <unistd.h>
@@ -39,7 +40,7 @@ static void test_claim_and_transitions(storage *st)
     CHECK(got.started_at > 0);
     CHECK(storage_job_transition(st, "ftjob-a", cancellable, "cancelled", NULL) == RT_ERR_STATE);
     CHECK(storage_job_request(st, "ftjob-a", "cancel") == RT_OK);
-    CHECK(storage_job_get(st, "ftjob-a", &got) == RT_OK);
+    CHECK(storage_job_get(st, NULL, "ftjob-a", &got) == RT_OK);
     CHECK_EQ_STR(got.control, "cancel");
     CHECK(storage_job_request(st, "ftjob-b", "pause") == RT_ERR_STATE); /* not running */
     CHECK(storage_job_transition(st, "ftjob-b", queued, "cancelled", &got) == RT_OK);
@@ -47,11 +48,11 @@ static void test_claim_and_transitions(storage *st)
     CHECK(got.finished_at > 0);
     CHECK(storage_job_claim(st, &got) == RT_ERR_NOT_FOUND); /* b was cancelled, not claimable */
     /* The worker's update keeps the API's control request. */
-    CHECK(storage_job_get(st, "ftjob-a", &got) == RT_OK);
+    CHECK(storage_job_get(st, NULL, "ftjob-a", &got) == RT_OK);
     got.step = 5;
     got.control[0] = '\0';
     CHECK(storage_job_update(st, &got) == RT_OK);
-    CHECK(storage_job_get(st, "ftjob-a", &got) == RT_OK);
+    CHECK(storage_job_get(st, NULL, "ftjob-a", &got) == RT_OK);
     CHECK_EQ_STR(got.control, "cancel");
     CHECK_EQ_INT(got.step, 5);
     char ids[4][STORAGE_ID_MAX];
@@ -59,10 +60,10 @@ static void test_claim_and_transitions(storage *st)
     CHECK(storage_job_recover(st, ids, 4, &n) == RT_OK);
     CHECK_EQ_INT(n, 1);
     CHECK_EQ_STR(ids[0], "ftjob-a");
-    CHECK(storage_job_get(st, "ftjob-a", &got) == RT_OK);
+    CHECK(storage_job_get(st, NULL, "ftjob-a", &got) == RT_OK);
     CHECK_EQ_STR(got.status, "queued");
     CHECK_EQ_STR(got.control, "");
-    CHECK(storage_job_get(st, "ftjob-zzz", &got) == RT_ERR_NOT_FOUND);
+    CHECK(storage_job_get(st, NULL, "ftjob-zzz", &got) == RT_ERR_NOT_FOUND);
 }
 
 static void test_lists(storage *st)
@@ -95,7 +96,7 @@ static void test_lists(storage *st)
     ck.step = 3;
     CHECK(storage_checkpoint_add(st, &ck) == RT_OK);
     storage_checkpoint found;
-    CHECK(storage_checkpoint_find_model(st, "ft:x:ckpt-step-3", &found) == RT_OK);
+    CHECK(storage_checkpoint_find_model(st, NULL, "ft:x:ckpt-step-3", &found) == RT_OK);
     CHECK_EQ_INT(found.step, 3);
     CHECK(strncmp(found.id, "ftckpt-", 7) == 0);
     storage_job *jobs = NULL;
@@ -154,7 +155,7 @@ static void test_checkpoint_commit(storage *st)
     j.step = 5;
     CHECK_EQ_INT(storage_checkpoint_commit(st, &ck, &j), RT_OK);
     storage_job got;
-    CHECK(storage_job_get(st, "ftjob-ck", &got) == RT_OK);
+    CHECK(storage_job_get(st, NULL, "ftjob-ck", &got) == RT_OK);
     CHECK_EQ_STR(got.checkpoint, "/tmp/ck/step-5");
     CHECK_EQ_INT(got.step, 5);
     /* the same step again (a resumed job repeating it): refused, nothing changes */
@@ -162,13 +163,13 @@ static void test_checkpoint_commit(storage *st)
     snprintf(later.checkpoint, sizeof later.checkpoint, "/tmp/ck/other");
     later.step = 9;
     CHECK_EQ_INT(storage_checkpoint_commit(st, &ck, &later), RT_ERR_EXISTS);
-    CHECK(storage_job_get(st, "ftjob-ck", &got) == RT_OK);
+    CHECK(storage_job_get(st, NULL, "ftjob-ck", &got) == RT_OK);
     CHECK_EQ_STR(got.checkpoint, "/tmp/ck/step-5");
     CHECK_EQ_INT(got.step, 5);
     storage_checkpoint *list = NULL;
     size_t n = 0;
     bool more = false;
-    CHECK(storage_checkpoint_list(st, "ftjob-ck", NULL, 10, &list, &n, &more) == RT_OK);
+    CHECK(storage_checkpoint_list(st, NULL, "ftjob-ck", NULL, 10, &list, &n, &more) == RT_OK);
     CHECK_EQ_INT(n, 1);
     free(list);
     CHECK_EQ_INT(storage_checkpoint_commit(st, &ck, NULL), RT_ERR_INVALID);
@@ -189,7 +190,10 @@ static void test_checkpoint_dedupe_migration(void)
     storage_close(st);
     sqlite3 *db = NULL;
     CHECK(sqlite3_open(path, &db) == SQLITE_OK);
-    const char *old = "DROP INDEX job_checkpoints_step; PRAGMA user_version=5;"
+    /* back to version 5: undo 0006 and 0007 (projects) so they run again */
+    const char *old = "DROP INDEX job_checkpoints_step; DROP INDEX files_project_seq;"
+        "DROP INDEX jobs_tenant_seq; ALTER TABLE files DROP COLUMN project; DROP TABLE api_keys;"
+        "PRAGMA user_version=5;"
         "INSERT INTO job_checkpoints(id, job_id, created_at, step, fine_tuned_model_checkpoint, path)"
         " VALUES ('ftckpt-1', 'ftjob-dup', 1, 4, 'ft:d:ckpt-step-4', '/a'),"
         " ('ftckpt-2', 'ftjob-dup', 2, 4, 'ft:d:ckpt-step-4', '/a'),"
@@ -201,7 +205,7 @@ static void test_checkpoint_dedupe_migration(void)
     storage_checkpoint *list = NULL;
     size_t n = 0;
     bool more = false;
-    CHECK(st && storage_checkpoint_list(st, "ftjob-dup", NULL, 10, &list, &n, &more) == RT_OK);
+    CHECK(st && storage_checkpoint_list(st, NULL, "ftjob-dup", NULL, 10, &list, &n, &more) == RT_OK);
     CHECK_EQ_INT(n, 2);
     CHECK(n == 2 && !strcmp(list[1].id, "ftckpt-1") && !strcmp(list[0].id, "ftckpt-3"));
     free(list);
@@ -209,6 +213,51 @@ static void test_checkpoint_dedupe_migration(void)
     char cmd[160];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK(system(cmd) == 0);
+}
+
+/* Issue 13 (tenants): a job, its checkpoints and cursors are unknown to
+ * another project; an event cursor must be of the job listed. */
+static void test_job_projects(storage *st)
+{
+    storage_job a = make_job("ftjob-pa", "succeeded"), b = make_job("ftjob-pb", "succeeded"), got;
+    snprintf(a.tenant, sizeof a.tenant, "A");
+    snprintf(b.tenant, sizeof b.tenant, "B");
+    CHECK(storage_job_insert(st, &a) == RT_OK && storage_job_insert(st, &b) == RT_OK);
+    CHECK_EQ_INT(storage_job_get(st, "B", "ftjob-pa", &got), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_job_get(st, "A", "ftjob-pa", &got), RT_OK);
+    storage_job *jobs = NULL;
+    size_t n = 0;
+    bool more = false;
+    storage_job_filter fb = {.project = "B"};
+    CHECK_EQ_INT(storage_job_list(st, &fb, NULL, 10, &jobs, &n, &more), RT_OK);
+    CHECK(n == 1 && !strcmp(jobs[0].id, "ftjob-pb"));
+    free(jobs);
+    CHECK_EQ_INT(storage_job_list(st, &fb, "ftjob-pa", 10, &jobs, &n, &more), RT_ERR_NOT_FOUND);
+    storage_checkpoint ck = {0}, found, *list = NULL;
+    snprintf(ck.id, sizeof ck.id, "ftckpt-pa");
+    snprintf(ck.job_id, sizeof ck.job_id, "ftjob-pa");
+    snprintf(ck.fine_tuned_model_checkpoint, sizeof ck.fine_tuned_model_checkpoint, "ft:pa:ckpt-step-1");
+    ck.step = 1;
+    CHECK_EQ_INT(storage_checkpoint_add(st, &ck), RT_OK);
+    CHECK_EQ_INT(storage_checkpoint_find_model(st, "B", "ft:pa:ckpt-step-1", &found), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_checkpoint_find_model(st, "A", "ft:pa:ckpt-step-1", &found), RT_OK);
+    CHECK_EQ_INT(storage_checkpoint_list(st, "B", NULL, NULL, 10, &list, &n, &more), RT_OK);
+    CHECK_EQ_INT(n, 0);
+    free(list);
+    CHECK_EQ_INT(storage_checkpoint_list(st, "A", NULL, NULL, 10, &list, &n, &more), RT_OK);
+    CHECK(n == 1 && !strcmp(list[0].id, "ftckpt-pa"));
+    free(list);
+    CHECK_EQ_INT(storage_checkpoint_list(st, "B", "ftjob-pb", "ftckpt-pa", 10, &list, &n, &more),
+                 RT_ERR_NOT_FOUND);
+    storage_event ev = {0}, *evs = NULL;
+    snprintf(ev.id, sizeof ev.id, "ftevent-pa");
+    snprintf(ev.job_id, sizeof ev.job_id, "ftjob-pa");
+    snprintf(ev.level, sizeof ev.level, "info");
+    snprintf(ev.type, sizeof ev.type, "message");
+    CHECK_EQ_INT(storage_event_add(st, &ev), RT_OK);
+    CHECK_EQ_INT(storage_event_list(st, "ftjob-pb", "ftevent-pa", 10, &evs, &n, &more), RT_ERR_NOT_FOUND);
+    CHECK_EQ_INT(storage_event_list(st, "ftjob-pa", "ftevent-pa", 10, &evs, &n, &more), RT_OK);
+    free(evs);
 }
 
 int main(void)
@@ -223,6 +272,7 @@ int main(void)
         RUN_ARG(test_lists, st);
         RUN_ARG(test_metadata_filter, st);
         RUN_ARG(test_checkpoint_commit, st);
+        RUN_ARG(test_job_projects, st);
     }
     storage_close(st);
     RUN(test_checkpoint_dedupe_migration);
