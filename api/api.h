@@ -39,6 +39,13 @@ typedef struct api_config {
     const char *device;        /* for engines of full fine-tuned models */
     bool special_tokens_in_text; /* for those engines too (engine_server_config's) */
     size_t full_model_budget_bytes; /* resident full fine-tuned models */
+    /* Connections; 0 picks the default in brackets. */
+    int http_threads;          /* event-loop threads of the daemon [8] */
+    int max_connections;       /* open connections in all [4096, lowered to fit the fd limit] */
+    int max_connections_per_ip; /* per client address; 0 = no limit */
+    int idle_timeout_s;        /* a connection idle this long is closed [30] */
+    int header_timeout_s;      /* a request's head must arrive within this of the connection
+                                  being ready for it, and its body then at >= 1 KiB/s [40] */
 } api_config;
 
 /*

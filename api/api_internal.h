@@ -27,8 +27,8 @@ typedef struct api_request api_request;
 typedef int (*api_handler)(api_request *req);
 
 /* Streaming body hooks for routes with API_FLAG_STREAM_BODY: chunk is called
- * for each piece of body as it arrives; an error return stops reading and
- * the handler must then answer from the state it left. */
+ * for each piece of body as it arrives; an error return is answered with a
+ * 500 at once and the connection closed (the handler does not run). */
 typedef int (*api_body_chunk)(api_request *req, const char *data, size_t len);
 
 enum api_route_flags {
@@ -75,17 +75,25 @@ enum api_match api_route_match(const char *method, const char *raw_path,
 bool api_percent_decode(const char *src, size_t len, char *dst, size_t size,
                         bool plus_is_space);
 
+typedef struct api_conn api_conn;  /* one per TCP connection (api/conn.c) */
 
 struct api_server {
     struct MHD_Daemon *daemon;
     storage *st;
-    api_config cfg;
+    api_config cfg;                /* with every default filled in */
     engine_server *engine;         /* cfg.engine */
     int port;
     int in_flight;                 /* requests between first call and completion */
     engine_pool *fulls;            /* engines of full fine-tuned models */
     pthread_mutex_t lock;          /* guards in_flight */
     atomic_bool keys_stored;       /* `retune keys` stored one: auth is on for good */
+    /* connections (api/conn.c) */
+    pthread_mutex_t conn_lock;     /* guards everything below and every api_conn */
+    api_conn *conns;               /* every open connection */
+    bool stopping;                 /* no request may park any more */
+    bool watchdog_running;
+    pthread_t watchdog;
+    pthread_cond_t watchdog_wake;
 };
 
 struct api_request {
@@ -108,6 +116,13 @@ struct api_request {
     int status;                    /* status of that response, for logs/metrics */
     void *state;                   /* handler-owned; freed by state_free */
     void (*state_free)(void *state);
+    api_conn *link;                /* its connection's record; NULL when none could be made */
+    api_handler resume;            /* run when a parked request wakes (NULL: none parked) */
+    bool in_body;                  /* inside a body piece: an error cannot be queued, so it is
+                                      written to the socket (api_respond_error) */
+    bool closing;                  /* answered mid-body: the rest is discarded, then closed */
+    double closing_since;
+    bool suspended;                /* the last handler call parked the request */
 };
 
 /* ---- responses (api/respond.c) ---- */
@@ -138,6 +153,70 @@ int api_respond_error_retry(api_request *req, int status, int retry_after, const
 /* Common errors. */
 int api_respond_not_found(api_request *req, const char *what, const char *id);
 int api_respond_internal(api_request *req, int rc);
+
+/* Copies s into out (size bytes, NUL-terminated, cut at a whole character)
+ * as valid UTF-8: each byte that does not begin a valid sequence becomes
+ * "%XX", so echoed paths and names can always be put in JSON. */
+void api_utf8_fix(const char *s, char *out, size_t size);
+
+/* ---- connections (api/conn.c) ----
+ *
+ * libmicrohttpd runs the connections on a few event-loop threads, so no
+ * callback may wait. A request that must wait for the engine parks its
+ * connection (MHD_suspend_connection) and is woken (MHD_resume_connection)
+ * from any thread when there is something to do; a watchdog thread enforces
+ * each connection's time budget and wakes parked requests whose client left. */
+
+/* How long a connection answered mid-body goes on reading (and dropping)
+ * what its client still sends, so that the answer is not lost to a reset. */
+#define API_LINGER_SECONDS 2.0
+
+enum api_conn_phase {
+    API_CONN_HEAD,    /* waiting for a request's line and headers */
+    API_CONN_BODY,    /* its body is streaming in */
+    API_CONN_BUSY,    /* being handled or answered: no budget */
+    API_CONN_CLOSING  /* answered mid-body: closed after a short linger */
+};
+
+/* MHD_OPTION_NOTIFY_CONNECTION: makes a connection's record when it opens
+ * and frees it when it closes (cls is the server). */
+void api_conn_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                     enum MHD_ConnectionNotificationCode code);
+
+/* The record of a connection, or NULL when none could be made. */
+api_conn *api_conn_of(struct MHD_Connection *c);
+
+/* Moves a connection into a phase; its time budget restarts. link may be NULL. */
+void api_conn_phase(api_server *srv, api_conn *link, enum api_conn_phase phase);
+
+/* Counts body bytes received (the body budget grows with them). */
+void api_conn_body_bytes(api_server *srv, api_conn *link, size_t n);
+
+enum api_park {
+    API_PARKED,      /* suspended: return without answering; resume or the reader runs again */
+    API_PARK_AGAIN,  /* a wake came first: look again for something to do */
+    API_PARK_END     /* stopping, or the client left: finish now */
+};
+
+/*
+ * Suspends the request's connection until api_request_wake(). Call only
+ * from a libmicrohttpd callback of that connection (the access handler or
+ * a content reader). A wake that came since the last park makes this return
+ * API_PARK_AGAIN instead, so no wake is lost between looking and parking.
+ */
+enum api_park api_request_park(api_request *req);
+
+/* Resumes a parked request, or makes its next park return API_PARK_AGAIN.
+ * Any thread; req must still be alive (the caller's lock keeps it so). */
+void api_request_wake(api_request *req);
+
+/* Starts and stops the watchdog thread (budgets, client-left checks, ticks). */
+int api_watchdog_start(api_server *srv);
+void api_watchdog_stop(api_server *srv);
+
+/* Refuses parking from now on and wakes every parked request, so that the
+ * daemon can be stopped (it must have no suspended connection). */
+void api_conns_stop(api_server *srv);
 
 /* ---- request helpers (api/request.c) ---- */
 

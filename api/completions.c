@@ -3,10 +3,11 @@
  * OpenAI's shapes, plain or streamed (SSE), on the engine's continuous
  * batcher. Requests are parsed here into an engine_request; tokens come
  * back on the engine thread through callbacks that append to this request's
- * state (text, logprobs, or SSE bytes) under its lock. A plain request's
- * HTTP thread waits for the end; a streamed one returns a response whose
- * reader blocks until bytes are ready. A client that disconnects cancels its
- * sequences at once.
+ * state (text, logprobs, or SSE bytes) under its lock and wake the HTTP
+ * side. Nothing here waits on an HTTP event-loop thread: a plain request
+ * parks its connection until every choice is done, then answers; a streamed
+ * one's reader parks whenever no bytes are ready (api/conn.c). The request's
+ * end (answered, or its client gone) cancels the sequences still running.
  */
 #include "api/api_internal.h"
 
@@ -19,6 +20,7 @@
 #define BAD "invalid_request_error"
 #define MAX_N 128      /* choices per request: n, times the prompts of a legacy list */
 #define MAX_PROMPTS 128
+#define KEEPALIVE_SECONDS 15.0 /* silence before a stream sends ": keep-alive" (api/conn.c wakes it) */
 
 /* ---- request parameters -------------------------------------------------------- */
 
@@ -680,8 +682,10 @@ typedef struct choice_ctx {
 
 struct gen_state {
     pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int refs;                 /* HTTP side + one per accepted engine request */
+    int refs;                 /* the request + one per accepted engine request + a stream response */
+    api_request *req;         /* woken on tokens and the end; NULL once the request is over */
+    api_target target;        /* what serves the model; released when the request is over */
+    double last_out;          /* when stream bytes last went out (for keep-alive comments) */
     bool chat, stream, include_usage, logprobs, sent_role[MAX_N];
     bool tools, one_call;     /* read tool calls from the text; at most one per choice */
     int n, done, per_prompt;  /* engine requests; finished; engine requests per prompt */
@@ -714,7 +718,6 @@ static void gen_release(gen_state *g)
     free(g->out);
     engine_grammar_free(g->grammar); /* every on_done has run: nothing borrows it now */
     pthread_mutex_destroy(&g->lock);
-    pthread_cond_destroy(&g->cond);
     free(g);
 }
 
@@ -1010,6 +1013,15 @@ static cJSON *usage_json(gen_state *g)
 
 /* ---- engine callbacks (engine thread) --------------------------------------------- */
 
+/* Wakes the parked HTTP side (lock held, which keeps g->req alive); true
+ * when the request is already over. */
+static bool wake_http(gen_state *g)
+{
+    if (g->req)
+        api_request_wake(g->req);
+    return g->req == NULL;
+}
+
 static int on_token(void *ctx, const engine_token_event *ev)
 {
     choice_ctx *cc = ctx;
@@ -1034,9 +1046,9 @@ static int on_token(void *ctx, const engine_token_event *ev)
         c->sum_logprob += ev->logprob;
         c->n_logprobs++;
     }
-    pthread_cond_broadcast(&g->cond);
+    bool over = wake_http(g);
     pthread_mutex_unlock(&g->lock);
-    return 0;
+    return over ? 1 : 0; /* nobody waits for it any more: stop generating */
 }
 
 static void on_done(void *ctx, const engine_result *res)
@@ -1065,7 +1077,7 @@ static void on_done(void *ctx, const engine_result *res)
             g->ended = true;
         }
     }
-    pthread_cond_broadcast(&g->cond);
+    wake_http(g);
     pthread_mutex_unlock(&g->lock);
     gen_release(g);
 }
@@ -1164,43 +1176,56 @@ static cJSON *final_json(gen_state *g)
     return o;
 }
 
-/* MHD reads the stream from here; blocks until bytes or the end arrive. */
+/* MHD reads the stream from here. With nothing to send it parks the
+ * connection and returns 0 (which libmicrohttpd allows in its internal
+ * polling modes only for a suspended connection); a token, the end, a tick
+ * (answered with an SSE comment after KEEPALIVE_SECONDS of silence), the
+ * client leaving or the server stopping resume it. */
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     (void)pos;
     gen_state *g = cls;
-    pthread_mutex_lock(&g->lock);
-    while (g->out_sent == g->out_len && !g->ended) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 15;
-        if (pthread_cond_timedwait(&g->cond, &g->lock, &until) != 0 && g->out_sent == g->out_len &&
-            !g->ended) {
+    for (;;) {
+        pthread_mutex_lock(&g->lock);
+        double now = rt_now_seconds();
+        if (g->out_sent == g->out_len && !g->ended && now - g->last_out >= KEEPALIVE_SECONDS)
             grow_append(&g->out, &g->out_len, &g->out_cap, ": keep-alive\n\n", 14);
+        size_t n = g->out_len - g->out_sent;
+        if (n > max)
+            n = max;
+        if (n) { /* g->out is still NULL before the first event */
+            memcpy(buf, g->out + g->out_sent, n);
+            g->out_sent += n;
+            g->last_out = now;
         }
+        bool ended = g->ended;
+        api_request *req = g->req;
+        pthread_mutex_unlock(&g->lock);
+        if (n)
+            return (ssize_t)n;
+        if (ended)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        enum api_park park = req ? api_request_park(req) : API_PARK_END;
+        if (park == API_PARKED)
+            return 0;
+        if (park == API_PARK_END)
+            return MHD_CONTENT_READER_END_WITH_ERROR;
     }
-    size_t n = g->out_len - g->out_sent;
-    if (n > max)
-        n = max;
-    memcpy(buf, g->out + g->out_sent, n);
-    g->out_sent += n;
-    bool end = n == 0 && g->ended;
-    pthread_mutex_unlock(&g->lock);
-    return end ? MHD_CONTENT_READER_END_OF_STREAM : (ssize_t)n;
 }
 
-/* The stream response is gone (finished or the client left): cancel what
- * still runs and drop the HTTP side's reference. */
+/* The stream response is gone: drop its reference (the request's end
+ * cancels what still runs). */
 static void stream_free(void *cls)
 {
-    gen_state *g = cls;
-    for (int i = 0; i < g->n; i++)
-        engine_cancel(g->handles[i]);
-    gen_release(g);
+    gen_release(cls);
 }
 
 static int respond_stream(api_request *req, gen_state *g)
 {
+    pthread_mutex_lock(&g->lock);
+    g->refs++; /* the response's */
+    g->last_out = rt_now_seconds();
+    pthread_mutex_unlock(&g->lock);
     struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read,
                                                                   g, stream_free);
     if (!resp) {
@@ -1212,17 +1237,45 @@ static int respond_stream(api_request *req, gen_state *g)
     return api_respond_response(req, 200, resp);
 }
 
-/* Waits for every choice, then answers in one piece. */
-static int respond_whole(api_request *req, gen_state *g)
+/* Answers in one piece once every choice is done; until then parks the
+ * connection (the engine's callbacks wake it). It is also the request's
+ * resume step, run again on each wake. */
+static int respond_whole(api_request *req)
 {
+    gen_state *g = req->state;
+    for (;;) {
+        pthread_mutex_lock(&g->lock);
+        bool done = g->done == g->n;
+        pthread_mutex_unlock(&g->lock);
+        if (done)
+            break;
+        enum api_park park = api_request_park(req);
+        if (park == API_PARKED)
+            return RT_OK;
+        if (park == API_PARK_END)
+            return api_respond_error(req, 503, "server_error", NULL, NULL,
+                                     "The server is stopping; the completion was not finished.");
+    }
+    return g->error ? api_respond_error(req, 500, "server_error", NULL, NULL, "%s", g->error)
+                    : api_respond_json(req, 200, final_json(g));
+}
+
+/* The HTTP request is over (answered, or its client gone): nothing is woken
+ * any more, engine requests still running are cancelled and what serves the
+ * model is released (the request's state_free). */
+static void request_over(void *state)
+{
+    gen_state *g = state;
     pthread_mutex_lock(&g->lock);
-    while (g->done < g->n)
-        pthread_cond_wait(&g->cond, &g->lock);
+    api_request *req = g->req;
+    g->req = NULL;
+    int n = g->n;
     pthread_mutex_unlock(&g->lock);
-    int rc = g->error ? api_respond_error(req, 500, "server_error", NULL, NULL, "%s", g->error)
-                      : api_respond_json(req, 200, final_json(g));
+    for (int i = 0; i < n; i++)
+        engine_cancel(g->handles[i]);
+    if (req)
+        api_model_release(req, &g->target);
     gen_release(g);
-    return rc;
 }
 
 /* ---- submit ------------------------------------------------------------------------- */
@@ -1233,8 +1286,8 @@ static gen_state *gen_new(const gen_params *p, const api_target *t)
     if (!g)
         return NULL;
     pthread_mutex_init(&g->lock, NULL);
-    pthread_cond_init(&g->cond, NULL);
     g->refs = 1;
+    g->target = *t;
     g->chat = p->chat;
     g->stream = p->stream;
     g->include_usage = p->include_usage;
@@ -1329,22 +1382,20 @@ static int generate(api_request *req, bool chat)
         rc = api_respond_error(req, 400, BAD, b.param, "invalid_value", "%s", b.message);
     else if (api_model_resolve(req, p.model, &t)) {
         gen_state *g = gen_new(&p, &t);
-        if (g) { /* the grammar lives as long as the choices that borrow it */
-            g->grammar = p.grammar;
-            p.grammar = NULL;
-        }
-        if (!g)
+        if (!g) {
+            api_model_release(req, &t);
             rc = RT_ERR_NOMEM;
-        else if (!req->responded && (rc = submit_all(req, &p, &t, g)) == RT_OK && !req->responded)
-            rc = p.stream ? respond_stream(req, g) : respond_whole(req, g);
-        else if (g) { /* refused: wait for the accepted ones to be cancelled */
-            pthread_mutex_lock(&g->lock);
-            while (g->done < g->n)
-                pthread_cond_wait(&g->cond, &g->lock);
-            pthread_mutex_unlock(&g->lock);
-            gen_release(g);
+        } else { /* the request owns g (and t) from here: request_over ends them */
+            g->grammar = p.grammar; /* it lives as long as the choices that borrow it */
+            p.grammar = NULL;
+            g->req = req;
+            req->state = g;
+            req->state_free = request_over;
+            if (!req->responded && (rc = submit_all(req, &p, &t, g)) == RT_OK && !req->responded) {
+                req->resume = p.stream ? NULL : respond_whole;
+                rc = p.stream ? respond_stream(req, g) : respond_whole(req);
+            }
         }
-        api_model_release(req, &t);
     }
     params_free(&p);
     cJSON_Delete(body);

@@ -1,15 +1,55 @@
 /*
  * api/respond.c — every response leaves through here, so each one is queued
  * exactly once, JSON always carries Content-Type: application/json, and
- * errors always have OpenAI's shape {"error": {message, type, param, code}}.
+ * errors always have OpenAI's shape {"error": {message, type, param, code}}
+ * in valid UTF-8 (echoed bytes that are not become "%XX").
+ *
+ * libmicrohttpd 0.9.75 queues a response only before a body is read or
+ * after all of it is; an error found while a body streams in (one over its
+ * limit) is therefore written to the socket here, whole, with
+ * "Connection: close", and the request is marked closing (api/http.c then
+ * discards the rest and closes the connection).
  */
 #include "api/api_internal.h"
+#include "engine/engine.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+
+/* The length of the UTF-8 sequence a lead byte starts (0: not a lead byte). */
+static size_t utf8_lead_length(unsigned char c)
+{
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) return 2;
+    if (c >= 0xe0 && c <= 0xef) return 3;
+    if (c >= 0xf0 && c <= 0xf4) return 4;
+    return 0;
+}
+
+void api_utf8_fix(const char *s, char *out, size_t size)
+{
+    size_t o = 0, len = strlen(s);
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_lead_length((unsigned char)s[i]);
+        bool ok = n > 0 && i + n <= len && engine_utf8_valid(s + i, n);
+        size_t need = ok ? n : 3;
+        if (o + need + 1 > size)
+            break;
+        if (ok)
+            memcpy(out + o, s + i, n);
+        else
+            snprintf(out + o, 4, "%%%02X", (unsigned char)s[i]);
+        o += need;
+        i += ok ? n : 1;
+    }
+    if (size)
+        out[o] = '\0';
+}
 
 /* Queues resp (destroyed here) and records the status. */
 static int queue(api_request *req, int status, struct MHD_Response *resp)
@@ -20,6 +60,14 @@ static int queue(api_request *req, int status, struct MHD_Response *resp)
         MHD_destroy_response(resp);
         rt_log(RT_LOG_ERROR, "second response for %s %s ignored", req->method, req->path);
         return RT_OK;
+    }
+    if (req->in_body) { /* a programming error: only errors can be answered mid-body */
+        MHD_destroy_response(resp);
+        rt_log(RT_LOG_ERROR, "response mid-body for %s %s: closing instead", req->method, req->path);
+        req->responded = req->closing = true;
+        req->status = status;
+        req->closing_since = rt_now_seconds();
+        return RT_ERR_STATE;
     }
     if (req->request_id[0]) /* every response says which request it answers, as OpenAI's do */
         MHD_add_response_header(resp, "x-request-id", req->request_id);
@@ -87,6 +135,57 @@ int api_respond_json(api_request *req, int status, cJSON *json)
     return queue(req, status, resp);
 }
 
+/* Adds s to o under key, made valid UTF-8 first; NULL adds null. */
+static void add_text(cJSON *o, const char *key, const char *s)
+{
+    if (!s) {
+        cJSON_AddNullToObject(o, key);
+        return;
+    }
+    char fixed[3 * 1024 + 1];
+    api_utf8_fix(s, fixed, sizeof fixed);
+    cJSON_AddStringToObject(o, key, fixed);
+}
+
+/* Formats the status line and headers of an error written straight to the
+ * socket; returns their length (0 when they do not fit). */
+static size_t raw_head(const api_request *req, int status, size_t body_len, char *buf, size_t size)
+{
+    char date[64];
+    struct tm tm;
+    time_t now = time(NULL);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", gmtime_r(&now, &tm));
+    const char *reason = MHD_get_reason_phrase_for((unsigned)status);
+    int n = snprintf(buf, size,
+                     "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\nDate: %s\r\nx-request-id: %s\r\n\r\n",
+                     status, reason && reason[0] ? reason : "Error", body_len, date, req->request_id);
+    return n > 0 && (size_t)n < size ? (size_t)n : 0;
+}
+
+/* Writes a whole error response (json text) to the request's socket, shuts
+ * its write side and marks the request closing. The socket's buffer is
+ * empty mid-request, so a short write is not expected; if one happens the
+ * client sees the connection close. */
+static int write_now(api_request *req, int status, const char *json)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    char head[512];
+    size_t body_len = strlen(json), head_len = raw_head(req, status, body_len, head, sizeof head);
+    req->responded = true;
+    req->status = status;
+    req->closing = true;
+    req->closing_since = rt_now_seconds();
+    if (!info || head_len == 0)
+        return RT_ERR_IO;
+    int fd = info->connect_fd;
+    bool ok = send(fd, head, head_len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)head_len &&
+              send(fd, json, body_len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)body_len;
+    shutdown(fd, SHUT_WR);
+    return ok ? RT_OK : RT_ERR_IO;
+}
+
 int api_respond_error(api_request *req, int status, const char *type,
                       const char *param, const char *code, const char *fmt, ...)
 {
@@ -97,17 +196,19 @@ int api_respond_error(api_request *req, int status, const char *type,
     va_end(ap);
     cJSON *root = cJSON_CreateObject();
     cJSON *err = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(err, "message", message);
-    cJSON_AddStringToObject(err, "type", type);
-    if (param)
-        cJSON_AddStringToObject(err, "param", param);
-    else
-        cJSON_AddNullToObject(err, "param");
-    if (code)
-        cJSON_AddStringToObject(err, "code", code);
-    else
-        cJSON_AddNullToObject(err, "code");
-    return api_respond_json(req, status, root);
+    add_text(err, "message", message);
+    add_text(err, "type", type);
+    add_text(err, "param", param);
+    add_text(err, "code", code);
+    if (!req->in_body)
+        return api_respond_json(req, status, root);
+    if (req->responded)
+        return RT_OK;
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    int rc = write_now(req, status, text ? text : ""); /* no memory: an empty body */
+    free(text);
+    return rc;
 }
 
 int api_respond_fd(api_request *req, int status, const char *content_type,

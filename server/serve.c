@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 
 #define MAX_KEYS 64
 
@@ -42,6 +43,8 @@ typedef struct serve_options {
     const char *loras[MAX_KEYS];  /* "NAME=DIR" from --lora */
     size_t n_loras;
     int64_t max_batch, max_context, max_waiting, adapter_budget_mb;
+    int64_t http_threads, max_connections, idle_timeout, header_timeout;
+    int64_t per_ip;               /* -1 until given: then 64, or no limit on loopback */
     char *key_storage[MAX_KEYS]; /* owned copies of keys read from a file */
 } serve_options;
 
@@ -69,6 +72,15 @@ static void serve_usage(FILE *out)
             "  --max-context N        tokens per sequence (RETUNE_MAX_CONTEXT, default model's, <= 2048)\n"
             "  --max-waiting N        queued completion requests before 429 (default 64)\n"
             "  --adapter-budget-mb N  memory for resident adapters, LRU beyond it (default 256)\n"
+            "  --http-threads N       HTTP event-loop threads (RETUNE_HTTP_THREADS, default 8)\n"
+            "  --max-connections N    open connections in all (RETUNE_MAX_CONNECTIONS, default 4096,\n"
+            "                         lowered to fit the descriptor limit)\n"
+            "  --max-connections-per-ip N  per client address, 0 = no limit\n"
+            "                         (RETUNE_MAX_CONNECTIONS_PER_IP; default 64, none on loopback)\n"
+            "  --idle-timeout S       close a connection silent this long (RETUNE_IDLE_TIMEOUT, default 30)\n"
+            "  --header-timeout S     a request's line and headers must arrive within S seconds of\n"
+            "                         the connection being ready, and its body at >= 1 KiB/s after\n"
+            "                         that grace (RETUNE_HEADER_TIMEOUT, default 40)\n"
             "  --insecure-no-auth     allow listening beyond loopback without keys\n"
             "  --special-tokens-in-text  trusted clients: special-token text in messages and\n"
             "                         prompts is control tokens (RETUNE_SPECIAL_TOKENS_IN_TEXT);\n"
@@ -164,9 +176,32 @@ static bool env_true(const char *v)
     return false;
 }
 
+/* Reads an integer environment variable into *out when it is set; 2 on a
+ * bad value. */
+static int env_int64(const char *name, int64_t lo, int64_t hi, int64_t *out)
+{
+    const char *v = getenv(name);
+    return v ? parse_int64(name, v, lo, hi, out) : 0;
+}
+
+/* The connection settings' environment variables. */
+static int read_connection_environment(serve_options *o)
+{
+    o->per_ip = -1;
+    if (env_int64("RETUNE_HTTP_THREADS", 1, 256, &o->http_threads) ||
+        env_int64("RETUNE_MAX_CONNECTIONS", 16, 1 << 20, &o->max_connections) ||
+        env_int64("RETUNE_MAX_CONNECTIONS_PER_IP", 0, 1 << 20, &o->per_ip) ||
+        env_int64("RETUNE_IDLE_TIMEOUT", 1, 86400, &o->idle_timeout) ||
+        env_int64("RETUNE_HEADER_TIMEOUT", 1, 86400, &o->header_timeout))
+        return 2;
+    return 0;
+}
+
 /* Defaults first, then the environment, then flags (flags win). */
 static int read_environment(serve_options *o)
 {
+    if (read_connection_environment(o))
+        return 2;
     o->data_dir = getenv("RETUNE_DATA_DIR") ? getenv("RETUNE_DATA_DIR") : "./data";
     o->host = getenv("RETUNE_HOST") ? getenv("RETUNE_HOST") : "127.0.0.1";
     o->model_dir = getenv("RETUNE_MODEL");
@@ -222,7 +257,11 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         {"lora", required_argument, NULL, 'L'}, {"max-batch", required_argument, NULL, 'B'},
         {"max-context", required_argument, NULL, 'C'}, {"max-waiting", required_argument, NULL, 'W'},
         {"adapter-budget-mb", required_argument, NULL, 'A'}, {"dtype", required_argument, NULL, 'y'},
-        {"special-tokens-in-text", no_argument, NULL, 'S'}, {NULL, 0, NULL, 0}};
+        {"special-tokens-in-text", no_argument, NULL, 'S'},
+        {"http-threads", required_argument, NULL, 'T'}, {"max-connections", required_argument, NULL, 'M'},
+        {"max-connections-per-ip", required_argument, NULL, 'P'},
+        {"idle-timeout", required_argument, NULL, 'i'}, {"header-timeout", required_argument, NULL, 'r'},
+        {NULL, 0, NULL, 0}};
     int c;
     int64_t v;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -254,6 +293,11 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         case 'C': rc = parse_int64("--max-context", optarg, 16, 1 << 20, &o->max_context); break;
         case 'W': rc = parse_int64("--max-waiting", optarg, 1, 1 << 20, &o->max_waiting); break;
         case 'A': rc = parse_int64("--adapter-budget-mb", optarg, 1, 1 << 30, &o->adapter_budget_mb); break;
+        case 'T': rc = parse_int64("--http-threads", optarg, 1, 256, &o->http_threads); break;
+        case 'M': rc = parse_int64("--max-connections", optarg, 16, 1 << 20, &o->max_connections); break;
+        case 'P': rc = parse_int64("--max-connections-per-ip", optarg, 0, 1 << 20, &o->per_ip); break;
+        case 'i': rc = parse_int64("--idle-timeout", optarg, 1, 86400, &o->idle_timeout); break;
+        case 'r': rc = parse_int64("--header-timeout", optarg, 1, 86400, &o->header_timeout); break;
         case 'h': serve_usage(stdout); return -1;
         default: serve_usage(stderr); return 2;
         }
@@ -289,6 +333,18 @@ static bool is_loopback(const char *host)
     }
     freeaddrinfo(res);
     return all;
+}
+
+/* Raises the soft descriptor limit to the hard one: each connection is a
+ * descriptor, and the HTTP layer fits its connection limit under this. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+        return;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        rt_log(RT_LOG_WARN, "cannot raise the descriptor limit to %llu", (unsigned long long)rl.rlim_max);
 }
 
 /* Blocks until SIGINT or SIGTERM arrives (the signals are blocked in every
@@ -404,7 +460,12 @@ int server_serve_main(int argc, char **argv)
                       .model_dir = o.model_dir, .model_id = o.model_dir ? model_id : NULL,
                       .min_examples = (int)o.min_examples, .engine = eng, .device = o.device,
                       .special_tokens_in_text = o.special_tokens_in_text,
-                      .full_model_budget_bytes = (size_t)4 << 30};
+                      .full_model_budget_bytes = (size_t)4 << 30,
+                      .http_threads = (int)o.http_threads, .max_connections = (int)o.max_connections,
+                      .max_connections_per_ip = (int)(o.per_ip >= 0 ? o.per_ip
+                                                      : is_loopback(o.host) ? 0 : 64),
+                      .idle_timeout_s = (int)o.idle_timeout, .header_timeout_s = (int)o.header_timeout};
+    raise_fd_limit();
     if (api_server_start(&cfg, st, &srv) != RT_OK)
         goto out_storage;
     worker_config wc = {.st = st, .model_dir = o.model_dir, .device = o.device, .dtype = o.dtype,

@@ -61,6 +61,25 @@ static void test_percent_decode(void)
     CHECK(!api_percent_decode("0123456789abcdefXYZ", 19, out, sizeof out, false));
 }
 
+/* Echoed bytes become valid UTF-8: good sequences kept, every other byte
+ * "%XX", and the output cut at a whole character when it is full. */
+static void test_utf8_fix(void)
+{
+    char out[32];
+    api_utf8_fix("plain \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", out, sizeof out);
+    CHECK_EQ_STR(out, "plain \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+    api_utf8_fix("a\xff\xfe" "b", out, sizeof out);
+    CHECK_EQ_STR(out, "a%FF%FEb");
+    api_utf8_fix("cut\xe2\x82", out, sizeof out);            /* a sequence missing its end */
+    CHECK_EQ_STR(out, "cut%E2%82");
+    api_utf8_fix("\xc0\xaf\xed\xa0\x80", out, sizeof out); /* overlong, a surrogate */
+    CHECK_EQ_STR(out, "%C0%AF%ED%A0%80");
+    api_utf8_fix("abcdef\xff", out, 9);                       /* no room for a whole %FF */
+    CHECK_EQ_STR(out, "abcdef");
+    api_utf8_fix("ab\xc3\xa9", out, 4);                       /* nor for a whole character */
+    CHECK_EQ_STR(out, "ab");
+}
+
 typedef struct line_case {
     const char *line;
     int want_rc;
@@ -133,6 +152,7 @@ int main(void)
 {
     RUN(test_route_matching);
     RUN(test_percent_decode);
+    RUN(test_utf8_fix);
     RUN(test_dataset_lines);
     RUN(test_utf8);
     return TEST_SUMMARY();
