@@ -297,12 +297,23 @@ typedef struct api_target {
     engine_pool_entry *full;
 } api_target;
 
-/* Resolves `model` among the base, the caller's project's models and
- * checkpoints, and the --lora adapters (registering adapters on first use,
- * opening full models' engines); answers 404/500/503 itself and returns
- * false when it cannot. Another project's model is a 404 model_not_found. */
-bool api_model_resolve(api_request *req, const char *model, api_target *out);
+/* The catalog, the one place a model name becomes what serves it: the
+ * base, the caller's project's fine-tunes and checkpoints, the --lora
+ * adapters (an adapter is registered on first use unless the worker already
+ * announced it; a full fine-tune's engine comes from the engine pool).
+ * Returns RT_OK with *out to release with api_model_release, or the code
+ * with its cause in *why (field "model"): RT_ERR_NOT_FOUND (no such model
+ * for this caller; another project's is no different), RT_ERR_STATE (the
+ * server has no model), RT_ERR_IO (it could not be loaded). The handler
+ * answers with api_respond_refusal. */
+int api_catalog_resolve(api_request *req, const char *model, api_target *out, engine_error *why);
 void api_model_release(api_request *req, api_target *t);
+
+/* The one table from a refusal's code to its HTTP answer: 400
+ * invalid_value (INVALID, UNSUPPORTED, FORMAT), 400 context_length_exceeded
+ * (TOO_LARGE), 404 (NOT_FOUND; model_not_found for the model field), 429
+ * with Retry-After (BUSY), 503 (STATE), else 500; param is why->field. */
+int api_respond_refusal(api_request *req, int rc, const engine_error *why);
 
 
 /* ---- handlers ---- */

@@ -1309,25 +1309,6 @@ static gen_state *gen_new(const gen_params *p, const api_target *t)
     return g;
 }
 
-/* Answers an engine_submit refusal, naming the field the engine blamed. */
-static int submit_error(api_request *req, int rc, const engine_error *why)
-{
-    const char *field = why->field[0] ? why->field : NULL;
-    const char *msg = why->message[0] ? why->message : rt_strerror(rc);
-    if (rc == RT_ERR_BUSY)
-        return api_respond_error_retry(req, 429, 1, "rate_limit_exceeded",
-                                       "The server is busy: too many requests are waiting. Retry shortly.");
-    if (rc == RT_ERR_TOO_LARGE)
-        return api_respond_error(req, 400, BAD, field, "context_length_exceeded", "%s", msg);
-    if (rc == RT_ERR_INVALID || rc == RT_ERR_UNSUPPORTED)
-        return api_respond_error(req, 400, BAD, field, "invalid_value", "%s", msg);
-    if (rc == RT_ERR_NOT_FOUND)
-        return api_respond_error(req, 404, BAD, "model", "model_not_found", "%s", msg);
-    if (rc == RT_ERR_STATE)
-        return api_respond_error(req, 503, "server_error", NULL, NULL, "%s", msg);
-    return api_respond_error(req, 500, "server_error", NULL, NULL, "%s", msg);
-}
-
 /* Submits the engine requests, n per prompt (seeds seed, seed+1, ...). */
 static int submit_all(api_request *req, gen_params *p, const api_target *t, gen_state *g)
 {
@@ -1363,7 +1344,7 @@ static int submit_all(api_request *req, gen_params *p, const api_target *t, gen_
             pthread_mutex_lock(&g->lock);
             g->n = i; /* wait only for those accepted */
             pthread_mutex_unlock(&g->lock);
-            return submit_error(req, rc, &why);
+            return api_respond_refusal(req, rc, &why);
         }
     }
     return RT_OK;
@@ -1377,10 +1358,13 @@ static int generate(api_request *req, bool chat)
     gen_params p = {.chat = chat};
     bad_field b = {0};
     api_target t;
+    engine_error why = {0};
     int rc = RT_OK;
     if (!parse_request(body, &p, &b))
         rc = api_respond_error(req, 400, BAD, b.param, "invalid_value", "%s", b.message);
-    else if (api_model_resolve(req, p.model, &t)) {
+    else if ((rc = api_catalog_resolve(req, p.model, &t, &why)) != RT_OK)
+        rc = api_respond_refusal(req, rc, &why);
+    else {
         gen_state *g = gen_new(&p, &t);
         if (!g) {
             api_model_release(req, &t);

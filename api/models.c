@@ -14,6 +14,7 @@
 #include "api/api_internal.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,10 +176,25 @@ static bool shared_adapter(api_request *req, const char *model)
     return model[0] != '/' && engine_adapter_exists(req->srv->engine, model);
 }
 
+/* Fills why about the request's model field; returns code. */
+static int refusal(engine_error *why, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int refusal(engine_error *why, int code, const char *fmt, ...)
+{
+    why->code = code;
+    snprintf(why->field, sizeof why->field, "model");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why->message, sizeof why->message, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
 /* Serves the caller's model found at path: an adapter registered on the
  * base under the model's engine key, or a full model's engine. */
-static bool serve_located(api_request *req, const char *model, const char *path,
-                          const char *kind, api_target *out)
+static int serve_located(api_request *req, const char *model, const char *path,
+                         const char *kind, api_target *out, engine_error *why)
 {
     char key[API_ENGINE_KEY_MAX], err[512] = "";
     api_engine_key(req, model, key, sizeof key);
@@ -188,39 +204,38 @@ static bool serve_located(api_request *req, const char *model, const char *path,
         if (rc == RT_OK || rc == RT_ERR_EXISTS) {
             out->engine = req->srv->engine;
             snprintf(out->adapter, sizeof out->adapter, "%s", key);
-            return true;
+            return RT_OK;
         }
     } else {
         rc = engine_pool_acquire(req->srv->fulls, key, path, &out->engine, &out->full, err, sizeof err);
         if (rc == RT_OK)
-            return true;
+            return RT_OK;
     }
     rt_log(RT_LOG_ERROR, "cannot load model %s from %s: %s", model, path, err);
-    return api_respond_error(req, 500, "server_error", "model", "model_load_failed",
-                             "The model '%s' could not be loaded: %s", model, err), false;
+    return refusal(why, RT_ERR_IO, "The model '%s' could not be loaded: %s", model, err);
 }
 
-bool api_model_resolve(api_request *req, const char *model, api_target *out)
+/* The catalog: what serves `model` for the caller (see api_internal.h). */
+int api_catalog_resolve(api_request *req, const char *model, api_target *out, engine_error *why)
 {
     const api_config *cfg = &req->srv->cfg;
     char path[1024];
     const char *kind = NULL;
-    if (!req->srv->engine)
-        return api_respond_error(req, 503, "server_error", "model", "no_model",
-                                 "This server was started without a model to serve."), false;
     memset(out, 0, sizeof *out);
+    if (!req->srv->engine)
+        return refusal(why, RT_ERR_STATE, "This server was started without a model to serve.");
     if (cfg->model_id && strcmp(model, cfg->model_id) == 0) {
         out->engine = req->srv->engine;
-        return true;
+        return RT_OK;
     }
     if (locate(req, model, path, sizeof path, &kind))
-        return serve_located(req, model, path, kind, out);
+        return serve_located(req, model, path, kind, out, why);
     if (shared_adapter(req, model)) {
         out->engine = req->srv->engine;
         snprintf(out->adapter, sizeof out->adapter, "%s", model);
-        return true;
+        return RT_OK;
     }
-    return model_not_found(req, model), false;
+    return refusal(why, RT_ERR_NOT_FOUND, "The model '%s' does not exist.", model);
 }
 
 void api_model_release(api_request *req, api_target *t)

@@ -236,3 +236,29 @@ int api_respond_internal(api_request *req, int rc)
                              NULL, "The server had an error while processing your request (%s).",
                              rt_strerror(rc));
 }
+
+int api_respond_refusal(api_request *req, int rc, const engine_error *why)
+{
+    const char *bad = "invalid_request_error";
+    const char *field = why && why->field[0] ? why->field : NULL;
+    const char *msg = why && why->message[0] ? why->message : rt_strerror(rc);
+    switch (rc) {
+    case RT_ERR_BUSY:
+        return api_respond_error_retry(req, 429, 1, "rate_limit_exceeded",
+                                       "The server is busy: too many requests are waiting. Retry shortly.");
+    case RT_ERR_TOO_LARGE:
+        return api_respond_error(req, 400, bad, field, "context_length_exceeded", "%s", msg);
+    case RT_ERR_INVALID:
+    case RT_ERR_UNSUPPORTED:
+    case RT_ERR_FORMAT:
+        return api_respond_error(req, 400, bad, field, "invalid_value", "%s", msg);
+    case RT_ERR_NOT_FOUND:
+        return api_respond_error(req, 404, bad, field ? field : "model",
+                                 !field || !strcmp(field, "model") ? "model_not_found" : "not_found",
+                                 "%s", msg);
+    case RT_ERR_STATE:
+        return api_respond_error(req, 503, "server_error", field, NULL, "%s", msg);
+    default:
+        return api_respond_error(req, 500, "server_error", field, NULL, "%s", msg);
+    }
+}
