@@ -119,14 +119,10 @@ int api_adapters_import_chunk(api_request *req, const char *data, size_t len)
         im->fd[0] = im->fd[1] = -1;
         req->state = im;
         req->state_free = import_free;
-        char root[900], id[STORAGE_ID_MAX];
-        snprintf(root, sizeof root, "%s/adapters", storage_data_dir(req->srv->st));
-        mkdir(root, 0755);
-        storage_new_id("import", id, sizeof id);
-        snprintf(im->dir, sizeof im->dir, "%s/.%s", root, id);
-        if (mkdir(im->dir, 0700) != 0) {
+        int rc = storage_work_dir(req->srv->st, STORAGE_WORK_IMPORT, NULL, im->dir, sizeof im->dir);
+        if (rc != RT_OK) {
             im->dir[0] = '\0';
-            return RT_ERR_IO;
+            return rc;
         }
         im->bad_multipart = !api_multipart_open(&im->mp, req->conn, on_part, im);
     }

@@ -380,10 +380,10 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
 {
     job_run r = {.cfg = cfg, .job = job, .stopping = stopping};
     char train[1024], valid[1024] = "", out_dir[2200], ck_dir[2200];
-    snprintf(r.dir, sizeof r.dir, "%s/jobs", storage_data_dir(cfg->st));
-    mkdir(r.dir, 0755);
-    snprintf(r.dir + strlen(r.dir), sizeof r.dir - strlen(r.dir), "/%s", job->id);
-    mkdir(r.dir, 0755);
+    if (storage_work_dir(cfg->st, STORAGE_WORK_JOB, job->id, r.dir, sizeof r.dir) != RT_OK) {
+        fail(&r, "server_error", NULL, "The job's work folder could not be created.");
+        return;
+    }
     snprintf(r.csv_path, sizeof r.csv_path, "%s/results.csv", r.dir);
     snprintf(out_dir, sizeof out_dir, "%s/result", r.dir);
     snprintf(ck_dir, sizeof ck_dir, "%s/checkpoints", r.dir);

@@ -481,6 +481,32 @@ static void test_model_publish(void)
     tmpdir_remove(dir);
 }
 
+/* Work folders live where storage says: jobs/<id> (kept), a fresh private
+ * import folder beside the adapters (removed by the next open). */
+static void test_work_dirs(void)
+{
+    char *dir = tmpdir_make();
+    storage *st = NULL;
+    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    char job[PATH_MAX], again[PATH_MAX], imp[PATH_MAX], imp2[PATH_MAX];
+    CHECK_EQ_INT(storage_work_dir(st, STORAGE_WORK_JOB, "ftjob-0123456789abcdef01234567", job, sizeof job), RT_OK);
+    CHECK(path_exists(dir, "jobs", "ftjob-0123456789abcdef01234567"));
+    CHECK_EQ_INT(storage_work_dir(st, STORAGE_WORK_JOB, "ftjob-0123456789abcdef01234567", again, sizeof again),
+                 RT_OK); /* a resumed job gets the same one */
+    CHECK_EQ_STR(job, again);
+    CHECK_EQ_INT(storage_work_dir(st, STORAGE_WORK_JOB, "../escape", job, sizeof job), RT_ERR_INVALID);
+    CHECK_EQ_INT(storage_work_dir(st, STORAGE_WORK_IMPORT, NULL, imp, sizeof imp), RT_OK);
+    CHECK_EQ_INT(storage_work_dir(st, STORAGE_WORK_IMPORT, NULL, imp2, sizeof imp2), RT_OK);
+    CHECK(strcmp(imp, imp2) != 0 && strstr(imp, "/adapters/.import-") != NULL);
+    storage_close(st);
+    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    struct stat sb;
+    CHECK(stat(imp, &sb) != 0); /* a crash's leftover import is gone */
+    CHECK(path_exists(dir, "jobs", "ftjob-0123456789abcdef01234567"));
+    storage_close(st);
+    tmpdir_remove(dir);
+}
+
 static void test_orphan_cleanup(void)
 {
     char *dir = tmpdir_make();
@@ -893,6 +919,7 @@ int main(void)
     RUN(test_expiry);
     RUN(test_model_publish);
     RUN(test_orphan_cleanup);
+    RUN(test_work_dirs);
     RUN(test_threads);
     RUN(test_blob_abort);
     RUN(test_bad_input);
