@@ -126,7 +126,7 @@ class Load:
 
     def upload_some(self, srv, stop):
         while not stop.is_set():
-            content = dataset(rng.randint(8, 1500), salt=f" #{rng.randint(0, 1 << 30)}")
+            content = dataset(rng.randint(8, 800), salt=f" #{rng.randint(0, 1 << 30)}")
             try:
                 fid = upload(srv, content)
             except Exception:
@@ -190,7 +190,7 @@ def one_cycle(d, load, cycle):
                    threading.Thread(target=load.import_some, args=(srv, d, stop))]
         for w in workers:
             w.start()
-        time.sleep(rng.uniform(0.05, 1.2))
+        time.sleep(rng.uniform(0.05, 0.8))
         srv.proc.send_signal(signal.SIGKILL)
         stop.set()
         for w in workers:
