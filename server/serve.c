@@ -445,8 +445,8 @@ int server_serve_main(int argc, char **argv)
     }
     char default_dir[4096];
     if (!o.model_dir) { /* the built-in model: pre-trained on first start, cached afterwards */
-        snprintf(default_dir, sizeof default_dir, "%s/base/retune-tiny", o.data_dir);
-        if (server_ensure_default_model(default_dir, o.device) != 0)
+        if (storage_work_dir(st, STORAGE_WORK_BASE, "retune-tiny", default_dir, sizeof default_dir) != RT_OK ||
+            server_ensure_default_model(default_dir, o.device) != 0)
             goto out_storage;
         o.model_dir = default_dir;
     }

@@ -181,17 +181,23 @@ static int ensure_dir(const char *dir, mode_t mode)
 
 int storage_work_dir(storage *st, enum storage_work kind, const char *id, char *out, size_t size)
 {
+    static const char *const parents[] = {"jobs", "adapters", "base"};
     char parent[1024], fresh[STORAGE_ID_MAX];
-    bool job = kind == STORAGE_WORK_JOB;
-    if (!st || !out || (job && (!id || storage_id_check(id) || !id[0] || id[0] == '.' || strchr(id, '/'))))
-        return RT_ERR_INVALID; /* a job id names one folder inside jobs/, never a path */
-    int n = snprintf(parent, sizeof parent, "%s/%s", storage_data_dir(st), job ? "jobs" : "adapters");
-    if (n < 0 || (size_t)n >= sizeof parent || ensure_dir(parent, 0755) != RT_OK)
-        return n < 0 || (size_t)n >= sizeof parent ? RT_ERR_INVALID : RT_ERR_IO;
-    if (!job)
+    bool named = kind != STORAGE_WORK_IMPORT;
+    if (!st || !out || kind < STORAGE_WORK_JOB || kind > STORAGE_WORK_BASE ||
+        (named && (!id || storage_id_check(id) || !id[0] || id[0] == '.' || strchr(id, '/'))))
+        return RT_ERR_INVALID; /* an id names one folder inside its parent, never a path */
+    int n = snprintf(parent, sizeof parent, "%s/%s", storage_data_dir(st), parents[kind]);
+    if (n < 0 || (size_t)n >= sizeof parent)
+        return RT_ERR_INVALID;
+    if (ensure_dir(parent, 0755) != RT_OK)
+        return RT_ERR_IO;
+    if (!named)
         storage_new_id("import", fresh, sizeof fresh); /* ".import-<hex>": what clean.c removes */
-    n = snprintf(out, size, job ? "%s/%s" : "%s/.%s", parent, job ? id : fresh);
+    n = snprintf(out, size, named ? "%s/%s" : "%s/.%s", parent, named ? id : fresh);
     if (n < 0 || (size_t)n >= size)
         return RT_ERR_INVALID;
-    return job ? ensure_dir(out, 0755) : (mkdir(out, 0700) == 0 ? RT_OK : RT_ERR_IO);
+    if (kind == STORAGE_WORK_BASE)
+        return RT_OK;
+    return named ? ensure_dir(out, 0755) : (mkdir(out, 0700) == 0 ? RT_OK : RT_ERR_IO);
 }

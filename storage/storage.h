@@ -277,14 +277,16 @@ int storage_model_add(storage *st, const storage_model *m);
  * RT_ERR_INVALID, RT_ERR_IO, RT_ERR_DB (then the directory is removed).
  * Taken names are looked up in m->owned_by only.
  */
-/* Folders for work in progress, inside the data directory (whose layout is
- * storage's alone): STORAGE_WORK_JOB is "jobs/<id>", a job's checkpoints,
- * results and output, kept across restarts (created when missing);
- * STORAGE_WORK_IMPORT is a new, empty, private folder beside the adapters
- * where an upload is assembled before storage_model_publish (id is
- * ignored; storage_open removes the leftovers of a crash). The path goes to
- * out. RT_ERR_INVALID (a bad id, too long), RT_ERR_IO. */
-enum storage_work { STORAGE_WORK_JOB, STORAGE_WORK_IMPORT };
+/* Folders inside the data directory (whose layout is storage's alone):
+ * STORAGE_WORK_JOB is "jobs/<id>", a job's checkpoints, results and output,
+ * kept across restarts (created when missing); STORAGE_WORK_IMPORT is a
+ * new, empty, private folder beside the adapters where an upload is
+ * assembled before storage_model_publish (id is ignored; storage_open
+ * removes the leftovers of a crash); STORAGE_WORK_BASE is "base/<id>", where
+ * a built-in base model is kept (only its parent is created: whoever makes
+ * the model creates the folder). The path goes to out. RT_ERR_INVALID (a
+ * bad id, too long), RT_ERR_IO. */
+enum storage_work { STORAGE_WORK_JOB, STORAGE_WORK_IMPORT, STORAGE_WORK_BASE };
 int storage_work_dir(storage *st, enum storage_work kind, const char *id, char *out, size_t size);
 
 int storage_model_publish(storage *st, const char *tmp_dir, const char *dir_name, bool replace,
