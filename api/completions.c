@@ -703,6 +703,21 @@ struct gen_state {
     int64_t created;
 };
 
+/* Says in the log when choices were cancelled (their client left), and
+ * how far they had got: the generation stopped then, not at max_tokens. */
+static void log_cancelled(const gen_state *g)
+{
+    int cancelled = 0, tokens = 0;
+    for (int i = 0; i < g->n; i++)
+        if (g->choices[i].finish && !strcmp(g->choices[i].finish, "cancelled")) {
+            cancelled++;
+            tokens += g->choices[i].completion_tokens;
+        }
+    if (cancelled)
+        rt_log(RT_LOG_INFO, "%s: %d of %d choices cancelled (the client left) after %d tokens",
+               g->id, cancelled, g->n, tokens);
+}
+
 static void gen_release(gen_state *g)
 {
     pthread_mutex_lock(&g->lock);
@@ -710,6 +725,7 @@ static void gen_release(gen_state *g)
     pthread_mutex_unlock(&g->lock);
     if (left)
         return;
+    log_cancelled(g);
     for (int i = 0; i < g->n; i++) {
         engine_handle_release(g->handles[i]);
         free(g->choices[i].text);

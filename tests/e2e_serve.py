@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -324,6 +325,23 @@ def test_disconnect(srv):
     s.close()
     time.sleep(0.3)
     t.eq(chat(srv, "tiny_chat")[0], 200, "server serves on after a client left mid-stream")
+    # Issue 13 item 9: a non-streamed request whose client leaves stops generating (it used
+    # to run all its choices to max_tokens): 64 choices x 400 tokens, abandoned at once.
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    body = json.dumps({"model": "tiny_chat", "messages": [{"role": "user", "content": "go on"}],
+                       "max_tokens": 400, "n": 64, "temperature": 1}).encode()
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    time.sleep(0.3)
+    s.close()
+    found = None
+    deadline = time.time() + 60
+    while found is None and time.time() < deadline:
+        m = re.findall(r"(\d+) of 64 choices cancelled \(the client left\) after (\d+) tokens", srv.log_text())
+        found = m[-1] if m else None
+        time.sleep(0.2)
+    t.check(found is not None and int(found[1]) < 64 * 400 // 2,
+            f"an abandoned plain request stops generating ({found} of 25600 tokens)")
     # Issue 13: the abandoned stream counts as 499 in /metrics, not as a 200.
     metrics = srv.request("GET", "/metrics")[2].decode()
     t.check('route="chat_completions",method="POST",status="499"' in metrics or
