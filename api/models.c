@@ -176,20 +176,8 @@ static bool shared_adapter(api_request *req, const char *model)
     return model[0] != '/' && engine_adapter_exists(req->srv->engine, model);
 }
 
-/* Fills why about the request's model field; returns code. */
-static int refusal(engine_error *why, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int refusal(engine_error *why, int code, const char *fmt, ...)
-{
-    why->code = code;
-    snprintf(why->field, sizeof why->field, "model");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(why->message, sizeof why->message, fmt, ap);
-    va_end(ap);
-    return code;
-}
+/* A refusal of the request's model field. */
+#define refusal(why, code, ...) engine_error_set((why), (code), "model", __VA_ARGS__)
 
 /* Serves the caller's model found at path: an adapter registered on the
  * base under the model's engine key, or a full model's engine. */

@@ -26,6 +26,11 @@ typedef struct engine_error {
     char message[1024];
 } engine_error;
 
+/* Fills e (NULL: nothing) with code, field (NULL: none) and a printf-style
+ * message, and returns code: how every refusal is made. */
+int engine_error_set(engine_error *e, int code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* ---- Training data (JSONL) ------------------------------------------------ */
 
 /* Which of the two accepted example shapes a JSONL line has. */

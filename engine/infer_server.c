@@ -405,22 +405,8 @@ bool engine_adapter_exists(engine_server *srv, const char *name)
 /* ---- requests -------------------------------------------------------------- */
 
 /* Refuses a request: code, the request field at fault (NULL: none) and a
- * message (printf-style) into e (which may be NULL). */
-static int refuse(engine_error *e, int code, const char *field, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int refuse(engine_error *e, int code, const char *field, const char *fmt, ...)
-{
-    if (!e)
-        return code;
-    e->code = code;
-    snprintf(e->field, sizeof e->field, "%s", field ? field : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
-    va_end(ap);
-    return code;
-}
+ * message, into e (see engine_error_set). */
+#define refuse engine_error_set
 
 /* Pins the request's adapter (loading it on first use): an unknown one is
  * the model field's fault. */
@@ -682,3 +668,16 @@ void engine_cancel(engine_handle *h)
 
 /* Drops the caller's reference. */
 void engine_handle_release(engine_handle *h) { infer_handle_unref(h); }
+
+int engine_error_set(engine_error *e, int code, const char *field, const char *fmt, ...)
+{
+    if (!e)
+        return code;
+    e->code = code;
+    snprintf(e->field, sizeof e->field, "%s", field ? field : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+    return code;
+}

@@ -26,14 +26,21 @@ struct jinja_template {
 /* Statement results besides RT_OK and errors: loop control. */
 enum { JX_BREAK = 1, JX_CONTINUE = 2 };
 
+void jinja_vfail(char *err, size_t errsize, int line, const char *fmt, va_list ap)
+{
+    if (!err || !errsize)
+        return;
+    int k = snprintf(err, errsize, "line %d: ", line);
+    if (k >= 0 && (size_t)k < errsize)
+        vsnprintf(err + k, errsize - (size_t)k, fmt, ap);
+}
+
 int jr_fail(jrender *r, int code, const char *fmt, ...)
 {
-    if (r->err && r->errsize && !r->err[0]) {
-        int k = snprintf(r->err, r->errsize, "line %d: ", r->line);
+    if (r->err && r->errsize && !r->err[0]) { /* the first error is the one that counts */
         va_list ap;
         va_start(ap, fmt);
-        if (k >= 0 && (size_t)k < r->errsize)
-            vsnprintf(r->err + k, r->errsize - (size_t)k, fmt, ap);
+        jinja_vfail(r->err, r->errsize, r->line, fmt, ap);
         va_end(ap);
     }
     return code;

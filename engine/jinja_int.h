@@ -9,6 +9,7 @@
 #ifndef RT_ENGINE_JINJA_INT_H
 #define RT_ENGINE_JINJA_INT_H
 
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -244,5 +245,9 @@ int jinja_call_builtin(jrender *r, jv fn, const jv *args, size_t nargs,
 /* Finds keyword or positional argument i named name; NULL when absent. */
 const jv *jinja_arg(const jv *args, size_t nargs, const char **kwnames, const jv *kwvals,
                     size_t nkw, size_t i, const char *name);
+
+/* Formats "line N: " and the message into err (NULL or errsize 0: nothing):
+ * the one error report of the lexer, the parser and the evaluator. */
+void jinja_vfail(char *err, size_t errsize, int line, const char *fmt, va_list ap);
 
 #endif

@@ -29,14 +29,10 @@ static int lex_fail(lexer *L, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int lex_fail(lexer *L, int code, const char *fmt, ...)
 {
-    if (L->err && L->errsize) {
-        int k = snprintf(L->err, L->errsize, "line %d: ", L->line);
-        va_list ap;
-        va_start(ap, fmt);
-        if (k >= 0 && (size_t)k < L->errsize)
-            vsnprintf(L->err + k, L->errsize - (size_t)k, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    jinja_vfail(L->err, L->errsize, L->line, fmt, ap);
+    va_end(ap);
     return code;
 }
 

@@ -26,14 +26,10 @@ static int p_fail(parser *P, int line, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static int p_fail(parser *P, int line, int code, const char *fmt, ...)
 {
-    if (P->err && P->errsize) {
-        int k = snprintf(P->err, P->errsize, "line %d: ", line);
-        va_list ap;
-        va_start(ap, fmt);
-        if (k >= 0 && (size_t)k < P->errsize)
-            vsnprintf(P->err + k, P->errsize - (size_t)k, fmt, ap);
-        va_end(ap);
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    jinja_vfail(P->err, P->errsize, line, fmt, ap);
+    va_end(ap);
     return code;
 }
 
