@@ -63,7 +63,7 @@ def ask(srv, model, city, **kw):
 
 
 def train(srv):
-    data = "".join(line(CITIES[i % 2]) for i in range(16)).encode()
+    data = "".join(line(CITIES[i % 2]) for i in range(8)).encode()
     body, hdrs = multipart({"purpose": "fine-tune"}, {"file": ("tools.jsonl", data)})
     status, _, f = srv.json("POST", "/v1/files", body, hdrs)
     t.eq((status, f.get("status")), (200, "processed"), f"a file of tool-call lines uploads ({f})")
@@ -71,7 +71,7 @@ def train(srv):
           "target_modules": "all-linear"}
     job = post(srv, "/v1/fine_tuning/jobs", {"model": "tiny_tools", "training_file": f["id"],
                                              "hyperparameters": hp})[2]
-    deadline = time.time() + 240
+    deadline = time.time() + 480
     while time.time() < deadline and job.get("status") not in ("succeeded", "failed", "cancelled"):
         time.sleep(0.2)
         job = srv.json("GET", f"/v1/fine_tuning/jobs/{job['id']}")[2]
@@ -189,7 +189,7 @@ def main():
     d = temp_dir()
     models = temp_dir()
     model = make_model(models)
-    srv = Server(d, "--model", model)
+    srv = Server(d, "--model", model, "--min-examples", "4")  # a small set, trained many epochs
     try:
         t.run(functools.partial(test_bad_tool_fields, srv))
         t.run(functools.partial(test_trained_calls, srv))

@@ -115,12 +115,13 @@ class Checks:
         return self.check(got == want, f"{what}: got {got!r}, want {want!r}")
 
     def run(self, fn):
-        print(f"-- {getattr(fn, '__name__', None) or fn.func.__name__}", flush=True)
+        name = getattr(fn, "__name__", None) or fn.func.__name__  # functools.partial too
+        print(f"-- {name}", flush=True)
         try:
             fn()
         except Exception:
             self.failed += 1
-            print(f"FAIL {fn.__name__} raised:\n{traceback.format_exc()}", flush=True)
+            print(f"FAIL {name} raised:\n{traceback.format_exc()}", flush=True)
 
     def finish(self):
         print(f"{self.passed} passed, {self.failed} failed", flush=True)
