@@ -279,9 +279,10 @@ static void take_body(api_request *req, const char *data, size_t len)
     req->in_body = true;
     unsigned flags = req->route->flags;
     int rc = RT_OK;
-    if (req->body_limit > 0 && req->body_seen > req->body_limit)
+    if (req->body_limit > 0 && req->body_seen > req->body_limit) {
+        drop_state(req); /* the partial upload's .tmp goes before the client hears 413 */
         reject_too_large(req);
-    else if (flags & API_FLAG_STREAM_BODY)
+    } else if (flags & API_FLAG_STREAM_BODY)
         rc = req->route->chunk(req, data, len);
     else if (flags & API_FLAG_JSON_BODY)
         rc = buffer_body(req, data, len);
