@@ -70,7 +70,7 @@ static int scope_set(jrender *r, jscope *s, const char *name, jv v)
         size_t *lens = ja_alloc(r->a, cap * sizeof(*lens));
         jv *vals = ja_alloc(r->a, cap * sizeof(*vals));
         if (!names || !lens || !vals)
-            return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+            return NOMEM_R(r);
         if (s->n) {
             memcpy(names, s->names, s->n * sizeof(*names));
             memcpy(lens, s->lens, s->n * sizeof(*lens));
@@ -181,7 +181,7 @@ static int eval_slice(jrender *r, const jnode *e, jv *out)
             return rc;
         jlist *o = jl_new(r->a, 0);
         if (!o)
-            return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+            return NOMEM_R(r);
         for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step)
             if ((rc = jl_push(r->a, o, l->items[i])))
                 return jr_fail(r, rc, "render memory limit reached");
@@ -196,7 +196,7 @@ static int eval_slice(jrender *r, const jnode *e, jv *out)
         size_t *offs = ja_alloc(r->a, (cps + 1) * sizeof(size_t));
         char *o = ja_alloc(r->a, n + 1);
         if (!offs || !o)
-            return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+            return NOMEM_R(r);
         size_t i = 0, k = 0;
         while (i < n) {
             offs[k++] = i;
@@ -377,7 +377,7 @@ static int repeat(jrender *r, jv seq, int64_t times, jv *out)
         size_t n = seq.u.str.n * (size_t)times;
         char *o = ja_alloc(r->a, n + 1);
         if (!o)
-            return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+            return NOMEM_R(r);
         for (int64_t k = 0; k < times; k++)
             memcpy(o + (size_t)k * seq.u.str.n, seq.u.str.s, seq.u.str.n);
         *out = jv_str(o, n);
@@ -402,7 +402,7 @@ static int concat_seq(jrender *r, jv a, jv b, jv *out)
     if (a.type == JV_STR) {
         char *o = ja_alloc(r->a, a.u.str.n + b.u.str.n + 1);
         if (!o)
-            return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+            return NOMEM_R(r);
         memcpy(o, a.u.str.s, a.u.str.n);
         memcpy(o + a.u.str.n, b.u.str.s, b.u.str.n);
         *out = jv_str(o, a.u.str.n + b.u.str.n);
@@ -720,13 +720,13 @@ static int eval_collection(jrender *r, const jnode *e, jv *out)
     if (e->kind == JN_DICT) {
         jdict *d = jd_new(r->a, e->n);
         if (!d)
-            return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+            return NOMEM_R(r);
         for (size_t i = 0; i < e->n; i++) {
             jv k, v;
             if ((rc = jinja_eval(r, e->items[i], &k)) || (rc = jinja_eval(r, e->kwvals[i], &v)))
                 return rc;
             if (jd_set(r->a, d, k, v))
-                return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+                return NOMEM_R(r);
         }
         *out = (jv){ .type = JV_DICT, .u.dict = d };
         return RT_OK;
@@ -879,12 +879,12 @@ static int exec_for(jrender *r, const jnode *st)
     if (st->d) { /* the "if" clause filters before loop.length is known */
         jlist *kept = jl_new(r->a, seq->n);
         if (!kept)
-            return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+            return NOMEM_R(r);
         for (size_t i = 0; i < seq->n; i++) {
             jscope *s = scope_new(r, r->scope);
             jv ok;
             if (!s)
-                return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+                return NOMEM_R(r);
             jscope *saved = r->scope;
             r->scope = s;
             rc = assign_targets(r, s, st->names, st->nnames, seq->items[i]);
@@ -911,7 +911,7 @@ static int exec_for(jrender *r, const jnode *st)
             return jr_fail(r, RT_ERR_TOO_LARGE, "more than %ld loop iterations", JINJA_MAX_ITER);
         jscope *s = scope_new(r, saved);
         if (!s)
-            return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+            return NOMEM_R(r);
         L->index0 = i;
         jv lv = { .type = JV_LOOP, .u.loop = L };
         r->scope = s;
@@ -943,7 +943,7 @@ static int exec_set(jrender *r, const jnode *st)
         if (!ns || ns->type != JV_NS)
             return jr_fail(r, RT_ERR_FORMAT, "cannot assign attribute on non-namespace object");
         if (jd_set(r->a, ns->u.dict, jv_str(st->str, st->len), v))
-            return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+            return NOMEM_R(r);
         return RT_OK;
     }
     return assign_targets(r, r->scope, st->names, st->nnames, v);
@@ -1022,7 +1022,7 @@ static int exec_stmt(jrender *r, const jnode *st)
     case JN_MACRO: {
         struct jmacro *m = ja_alloc(r->a, sizeof(*m));
         if (!m)
-            return jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached");
+            return NOMEM_R(r);
         m->node = st;
         m->closure = r->scope;
         jv mv = { .type = JV_MACRO, .u.macro = m };

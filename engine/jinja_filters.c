@@ -18,7 +18,6 @@ int jinja_strip(jrender *r, jv s, const jv *chars, int which, jv *out);
 int jinja_case(jrender *r, jv s, int mode, jv *out);
 int jinja_replace(jrender *r, jv s, jv old, jv new_, int64_t count, jv *out);
 
-#define NOMEM_R(r) jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached")
 
 static const char *const FILTERS[] = {
     "abs", "attr", "batch", "capitalize", "center", "count", "d", "default", "dictsort", "e",
@@ -63,7 +62,7 @@ int jinja_test_id(const char *name, size_t n) { return lookup(TESTS, name, n); }
 
 static jv list_value(jlist *l) { return (jv){ .type = JV_LIST, .u.list = l }; }
 
-static int buf_value(jrender *r, jbuf *b, jv *out)
+int jinja_buf_value(jrender *r, jbuf *b, jv *out)
 {
     int over = b->over;
     char *s = over ? NULL : ja_strdup(r->a, b->p ? b->p : "", b->n);
@@ -286,7 +285,7 @@ static int f_join(jrender *r, jv v, const jv *sep, const jv *attr, jv *out)
             jv_write_str(&b, *sep);
         jv_write_str(&b, x);
     }
-    return buf_value(r, &b, out);
+    return jinja_buf_value(r, &b, out);
 }
 
 static int f_tojson(jrender *r, jv v, const jv *args, size_t nargs, const char **kwn, const jv *kwv, size_t nkw,
@@ -321,7 +320,7 @@ static int f_tojson(jrender *r, jv v, const jv *args, size_t nargs, const char *
         jb_free(&b);
         return jr_fail(r, RT_ERR_FORMAT, "Object of type %s is not JSON serializable", jv_type_name(v));
     }
-    return buf_value(r, &b, out);
+    return jinja_buf_value(r, &b, out);
 }
 
 /* Jinja2's indent: the first line kept unless first, blank lines kept
@@ -376,7 +375,7 @@ static int f_indent(jrender *r, jv v, const jv *width, const jv *first, const jv
             break;
     }
     jb_free(&pad);
-    return buf_value(r, &b, out);
+    return jinja_buf_value(r, &b, out);
 }
 
 static int cmp_for_sort(jrender *r, jv a, jv b, int case_sensitive, int *c)
@@ -626,7 +625,7 @@ static int f_escape(jrender *r, jv v, jv *out)
         else
             jb_putc(&b, c);
     }
-    return buf_value(r, &b, out);
+    return jinja_buf_value(r, &b, out);
 }
 
 /* Jinja2's title: capitalize each word, words split at whitespace and -({[<. */
@@ -645,7 +644,7 @@ static int f_title(jrender *r, jv s, jv *out)
         char tmp[4];
         jb_put(&b, tmp, ju_encode(m, tmp));
     }
-    return buf_value(r, &b, out);
+    return jinja_buf_value(r, &b, out);
 }
 
 static int is_word_char(uint32_t c)
@@ -753,7 +752,7 @@ int jinja_apply_filter(jrender *r, int id, jv v, const jv *args, size_t nargs,
                 return rc;
             for (size_t i = l->n; i-- > 0;)
                 jb_put(&b, l->items[i].u.str.s, l->items[i].u.str.n);
-            return buf_value(r, &b, out);
+            return jinja_buf_value(r, &b, out);
         }
         if ((rc = jinja_iterate(r, v, &l)))
             return rc;
@@ -882,7 +881,7 @@ int jinja_apply_filter(jrender *r, int id, jv v, const jv *args, size_t nargs,
         for (int64_t k = 0; k < left; k++) jb_putc(&b, ' ');
         jb_put(&b, s.u.str.s, s.u.str.n);
         for (int64_t k = 0; k < pad - left; k++) jb_putc(&b, ' ');
-        return buf_value(r, &b, out);
+        return jinja_buf_value(r, &b, out);
     }
     default:
         return jr_fail(r, RT_ERR_UNSUPPORTED, "filter not supported");

@@ -246,6 +246,13 @@ int jinja_call_builtin(jrender *r, jv fn, const jv *args, size_t nargs,
 const jv *jinja_arg(const jv *args, size_t nargs, const char **kwnames, const jv *kwvals,
                     size_t nkw, size_t i, const char *name);
 
+/* The render ran out of its memory budget (values live in an arena). */
+#define NOMEM_R(r) jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached")
+
+/* Moves a buffer's text into the arena as a string value (frees b); a
+ * buffer that went over the output limit is "output too large". */
+int jinja_buf_value(jrender *r, jbuf *b, jv *out);
+
 /* Formats "line N: " and the message into err (NULL or errsize 0: nothing):
  * the one error report of the lexer, the parser and the evaluator. */
 void jinja_vfail(char *err, size_t errsize, int line, const char *fmt, va_list ap);

@@ -26,20 +26,6 @@ const jv *jinja_arg(const jv *args, size_t nargs, const char **kwnames, const jv
     return NULL;
 }
 
-#define NOMEM_R(r) jr_fail(r, RT_ERR_TOO_LARGE, "render memory limit reached")
-
-/* Moves a buffer's text into the arena as a string value. */
-static int buf_value(jrender *r, jbuf *b, jv *out)
-{
-    int over = b->over;
-    char *s = over ? NULL : ja_strdup(r->a, b->p ? b->p : "", b->n);
-    size_t n = b->n;
-    jb_free(b);
-    if (!s)
-        return NOMEM_R(r);
-    *out = jv_str(s, n);
-    return RT_OK;
-}
 
 static jv list_value(jlist *l) { return (jv){ .type = JV_LIST, .u.list = l }; }
 
@@ -140,7 +126,7 @@ int jinja_case(jrender *r, jv s, int mode, jv *out)
         char tmp[4];
         jb_put(&b, tmp, ju_encode(m, tmp));
     }
-    return buf_value(r, &b, out);
+    return jinja_buf_value(r, &b, out);
 }
 
 static size_t cp_index(const char *s, size_t byte)
@@ -297,7 +283,7 @@ int jinja_replace(jrender *r, jv s, jv old, jv new_, int64_t count, jv *out)
         }
         if (i < n)
             jb_put(&b, p + i, n - i);
-        return buf_value(r, &b, out);
+        return jinja_buf_value(r, &b, out);
     }
     while (count != 0) {
         const char *f = find_bytes(p + i, n - i, old.u.str.s, old.u.str.n);
@@ -310,7 +296,7 @@ int jinja_replace(jrender *r, jv s, jv old, jv new_, int64_t count, jv *out)
         count--;
     }
     jb_put(&b, p + i, n - i);
-    return buf_value(r, &b, out);
+    return jinja_buf_value(r, &b, out);
 }
 
 static int str_affix(jrender *r, jv s, const jv *arg, int end, jv *out)
@@ -357,7 +343,7 @@ static int str_join(jrender *r, jv sep, const jv *arg, jv *out)
             jb_put(&b, sep.u.str.s, sep.u.str.n);
         jb_put(&b, items->items[i].u.str.s, items->items[i].u.str.n);
     }
-    return buf_value(r, &b, out);
+    return jinja_buf_value(r, &b, out);
 }
 
 /* str.format with "{}", "{0}" and "{name}" fields (no format specs). */
@@ -406,7 +392,7 @@ static int str_format(jrender *r, jv s, const jv *args, size_t nargs, const char
         jv_write_str(&b, *v);
         i = (size_t)(e - p);
     }
-    return buf_value(r, &b, out);
+    return jinja_buf_value(r, &b, out);
 bad:
     jb_free(&b);
     return jr_fail(r, RT_ERR_UNSUPPORTED, "str.format with this format string is not supported");

@@ -347,29 +347,38 @@ static int parse_postfix(parser *P, const jnode **io)
     }
 }
 
-static int parse_filter(parser *P, const jnode *in, const jnode **out)
+/* The node of a filter or a test (kind) applied to in, named by the next
+ * token and looked up by find; what names it in errors ("filter", "test"). */
+static int named_node(parser *P, int kind, int (*find)(const char *, size_t), const char *what,
+                      const jnode *in, jnode **out)
 {
     const jtoken *t = peek(P);
     if (t->type != JT_NAME)
-        return expect_fail(P, "a filter name");
+        return expect_fail(P, kind == JN_FILTER ? "a filter name" : "a test name");
     next(P);
-    int id = jinja_filter_id(t->s, t->n);
+    int id = find(t->s, t->n);
     if (id < 0)
-        return p_fail(P, t->line, RT_ERR_UNSUPPORTED, "unknown filter '%.*s'", (int)t->n, t->s);
-    jnode *n = node(P, JN_FILTER, t->line);
+        return p_fail(P, t->line, RT_ERR_UNSUPPORTED, "unknown %s '%.*s'", what, (int)t->n, t->s);
+    jnode *n = node(P, kind, t->line);
     if (!n)
         return NOMEM(P);
     n->a = in;
     n->op = id;
     n->str = ja_strdup(P->a, t->s, t->n);
     n->len = t->n;
-    if (is_op(P, "(")) {
-        int rc = parse_args(P, n);
-        if (rc)
-            return rc;
-    }
     *out = n;
     return RT_OK;
+}
+
+static int parse_filter(parser *P, const jnode *in, const jnode **out)
+{
+    jnode *n = NULL;
+    int rc = named_node(P, JN_FILTER, jinja_filter_id, "filter", in, &n);
+    if (rc == RT_OK && is_op(P, "("))
+        rc = parse_args(P, n);
+    if (rc == RT_OK)
+        *out = n;
+    return rc;
 }
 
 /* "x is [not] name [args]": a test. */
@@ -381,21 +390,11 @@ static int parse_test(parser *P, const jnode *in, const jnode **out)
         next(P);
         negated = 1;
     }
-    const jtoken *t = peek(P);
-    if (t->type != JT_NAME)
-        return expect_fail(P, "a test name");
-    next(P);
-    int id = jinja_test_id(t->s, t->n);
-    if (id < 0)
-        return p_fail(P, t->line, RT_ERR_UNSUPPORTED, "unknown test '%.*s'", (int)t->n, t->s);
-    jnode *n = node(P, JN_TEST, t->line);
-    if (!n)
-        return NOMEM(P);
-    n->a = in;
-    n->op = id;
+    jnode *n = NULL;
+    int named = named_node(P, JN_TEST, jinja_test_id, "test", in, &n);
+    if (named)
+        return named;
     n->flag = negated;
-    n->str = ja_strdup(P->a, t->s, t->n);
-    n->len = t->n;
     const jtoken *k = peek(P);
     int rc = RT_OK;
     if (is_op(P, "(")) {
