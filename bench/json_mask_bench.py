@@ -32,13 +32,12 @@ import random
 import re
 import shutil
 import statistics
-import struct
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
-from harness import Server, remove, temp_dir  # noqa: E402
+from harness import Server, remove, temp_dir, write_with_embedding  # noqa: E402
 
 TINY = os.path.join(ROOT, "tests", "fixtures", "tiny_chat")
 N_IDS, N_SPECIAL, N_ROWS = 151643, 22, 151936
@@ -103,24 +102,10 @@ def make_tokenizer(out):
 def make_model(out):
     """tiny_chat's weights with a random 151,936-row tied embedding."""
     cfg = json.load(open(os.path.join(TINY, "config.json")))
-    raw = open(os.path.join(TINY, "model.safetensors"), "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header, body = json.loads(raw[8:8 + n]), raw[8 + n:]
     d, r = cfg["hidden_size"], random.Random(7)
     emb = array.array("f", [r.gauss(0, 0.5) for _ in range(N_ROWS * d)]).tobytes()
-    data, off = [], 0
-    for name, ten in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
-                            key=lambda kv: kv[1]["data_offsets"][0]):
-        chunk = body[ten["data_offsets"][0]:ten["data_offsets"][1]]
-        if name == "model.embed_tokens.weight":
-            chunk, ten["shape"] = emb, [N_ROWS, d]
-        ten["data_offsets"] = [off, off + len(chunk)]
-        data.append(chunk)
-        off += len(chunk)
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    with open(os.path.join(out, "model.safetensors"), "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head + b"".join(data))
+    write_with_embedding(os.path.join(TINY, "model.safetensors"), os.path.join(out, "model.safetensors"),
+                         emb, N_ROWS)
     cfg.update(vocab_size=N_ROWS, eos_token_id=N_IDS + 2)
     json.dump(cfg, open(os.path.join(out, "config.json"), "w"), indent=2)
 

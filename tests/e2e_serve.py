@@ -13,13 +13,13 @@ import os
 import random
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "e2e"))
-from harness import BIN, Checks, Server, multipart, remove, temp_dir  # noqa: E402
+from harness import (BIN, Checks, Server, multipart, remove, safetensors_tensors,  # noqa: E402
+                     temp_dir, write_with_embedding)
 
 t = Checks()
 MODEL = os.path.abspath("tests/fixtures/tiny_chat")
@@ -360,29 +360,17 @@ def padded_model(root):
         shutil.copy(os.path.join(MODEL, name), out)
     cfg = json.load(open(os.path.join(MODEL, "config.json")))
     assert cfg["tie_word_embeddings"] and cfg["torch_dtype"] == "float32"
-    raw = open(os.path.join(MODEL, "model.safetensors"), "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header, body = json.loads(raw[8:8 + n]), raw[8 + n:]
+    header, body = safetensors_tensors(os.path.join(MODEL, "model.safetensors"))
     vocab, d = (cfg["vocab_size"] + 64) // 64 * 64, cfg["hidden_size"]
     rnd, pad = random.Random(5), array.array("f")
     for _ in range((vocab - cfg["vocab_size"]) // 2 + 1):
         v = [rnd.uniform(-1, 1) for _ in range(d)]
         pad.extend(v + [-x for x in v])
     pad = pad[:(vocab - cfg["vocab_size"]) * d].tobytes()
-    data, off = [], 0
-    for name, ten in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
-                            key=lambda kv: kv[1]["data_offsets"][0]):
-        chunk = body[ten["data_offsets"][0]:ten["data_offsets"][1]]
-        if name == "model.embed_tokens.weight":
-            chunk += pad
-            ten["shape"] = [vocab, d]
-        ten["data_offsets"] = [off, off + len(chunk)]
-        data.append(chunk)
-        off += len(chunk)
-    head = json.dumps(header).encode()
-    head += b" " * (-len(head) % 8)
-    with open(os.path.join(out, "model.safetensors"), "wb") as f:
-        f.write(struct.pack("<Q", len(head)) + head + b"".join(data))
+    ten = header["model.embed_tokens.weight"]
+    embedding = body[ten["data_offsets"][0]:ten["data_offsets"][1]] + pad
+    write_with_embedding(os.path.join(MODEL, "model.safetensors"), os.path.join(out, "model.safetensors"),
+                         embedding, vocab)
     cfg["vocab_size"] = vocab
     json.dump(cfg, open(os.path.join(out, "config.json"), "w"), indent=2)
     return out

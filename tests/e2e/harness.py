@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -134,3 +135,30 @@ def temp_dir():
 
 def remove(path):
     shutil.rmtree(path, ignore_errors=True)
+
+
+def safetensors_tensors(path):
+    """The header (name -> dtype, shape, data_offsets) and data of a safetensors file."""
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def write_with_embedding(src, dst, embedding, rows):
+    """Copies the safetensors file src to dst with model.embed_tokens.weight
+    replaced by embedding (float32 bytes of rows x hidden); the other tensors
+    are kept byte for byte, in their order."""
+    header, body = safetensors_tensors(src)
+    data, off = [], 0
+    for name, ten in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                            key=lambda kv: kv[1]["data_offsets"][0]):
+        chunk = body[ten["data_offsets"][0]:ten["data_offsets"][1]]
+        if name == "model.embed_tokens.weight":
+            chunk, ten["shape"] = embedding, [rows, ten["shape"][1]]
+        ten["data_offsets"] = [off, off + len(chunk)]
+        data.append(chunk)
+        off += len(chunk)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(dst, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + b"".join(data))
