@@ -131,18 +131,15 @@ static bool defuse_specials(cJSON *item, const tokenizer *tok)
     return any;
 }
 
-/* The bytes of whole (len) that are text although they spell a special
- * token: where the conversation's own strings (messages, tools) wrote one.
- * Rendered again with those defused, the two texts differ exactly there.
- * *plain is NULL when the conversation spells none. */
-static int injected_marks(const jinja_template *t, const chat_jinja_vars *v, const tokenizer *tok,
-                          const chat_message *msgs, size_t n, bool gen, const char *whole,
-                          size_t len, uint8_t **plain, char *err, size_t errsize)
+/* The bytes of whole (len, rendered from ctx) that are text although they
+ * spell a special token: where the conversation's own strings (messages,
+ * tools) wrote one. Rendered again with those defused (in ctx itself, which
+ * is spent afterwards), the two texts differ exactly there. *plain is NULL
+ * when the conversation spells none. */
+static int injected_marks(const jinja_template *t, cJSON *ctx, const tokenizer *tok,
+                          const char *whole, size_t len, uint8_t **plain, char *err, size_t errsize)
 {
     *plain = NULL;
-    cJSON *ctx = context(v, msgs, n, gen);
-    if (!ctx)
-        return RT_ERR_NOMEM;
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(ctx, "messages");
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(ctx, "tools");
     bool any = defuse_specials(list->child, tok); /* the children: not the siblings (bos_token, ...) */
@@ -150,7 +147,6 @@ static int injected_marks(const jinja_template *t, const chat_jinja_vars *v, con
     char *other = NULL;
     size_t olen = 0;
     int rc = any ? render_ctx(t, ctx, &other, &olen, NULL, err, errsize) : RT_OK;
-    cJSON_Delete(ctx);
     if (rc == RT_OK && any && olen != len) {
         if (err && errsize)
             snprintf(err, errsize, "messages: the conversation spells special tokens in a way the "
@@ -349,12 +345,14 @@ int chat_jinja_render(const jinja_template *t, const chat_jinja_vars *v, const t
     jinja_spans spans = {0};
     out_ids o = {malloc(sizeof(int32_t)), malloc(1), 0, NULL};
     answer *answers = calloc(n ? n : 1, sizeof *answers);
-    int rc = o.ids && o.mask && answers ? RT_OK : RT_ERR_NOMEM;
+    cJSON *ctx = context(v, msgs, n, add_generation_prompt);
+    int rc = o.ids && o.mask && answers && ctx ? RT_OK : RT_ERR_NOMEM;
     if (rc == RT_OK)
-        rc = render_text(t, v, msgs, n, add_generation_prompt, &whole, &len, &spans, err, errsize);
+        rc = render_ctx(t, ctx, &whole, &len, &spans, err, errsize);
     uint8_t *plain = NULL;
-    if (rc == RT_OK && !v->special_text)
-        rc = injected_marks(t, v, tok, msgs, n, add_generation_prompt, whole, len, &plain, err, errsize);
+    if (rc == RT_OK && !v->special_text) /* the last use of ctx: it is defused in place */
+        rc = injected_marks(t, ctx, tok, whole, len, &plain, err, errsize);
+    cJSON_Delete(ctx);
     o.plain = plain;
     if (rc == RT_OK)
         rc = find_answers(t, v, msgs, n, whole, len, &spans, answers, &n_answers, err, errsize);
