@@ -96,7 +96,8 @@ static int from_source(const char *source, const char *tool_source, const char *
         return RT_ERR_NOMEM;
     if (!source)
         rt_log(RT_LOG_WARN, "chat template: none given; using ChatML");
-    int rc = compile(source ? source : chatml_source, NULL, &ct->jt, err, errsize);
+    const char *src = source ? source : chatml_source;
+    int rc = compile(src, NULL, &ct->jt, err, errsize);
     if (rc == RT_OK && tool_source)
         rc = compile(tool_source, "tool_use", &ct->jt_tools, err, errsize);
     if (rc == RT_OK && !(dup_opt(bos, &ct->bos) && dup_opt(eos, &ct->eos)))
@@ -105,7 +106,6 @@ static int from_source(const char *source, const char *tool_source, const char *
         chat_template_free(ct);
         return rc;
     }
-    const char *src = source ? source : chatml_source;
     ct->kind = detect_kind(source);
     ct->end_of_turn = find_end_of_turn(src, ct->eos);
     ct->tools = tool_format_detect(tool_source ? tool_source : source);
