@@ -950,6 +950,13 @@ static cJSON *tool_calls_json(gen_state *g, const engine_tool_call *calls, int n
     return list;
 }
 
+/* A choice that stopped after making calls finishes with "tool_calls", as
+ * OpenAI's do; any other finish (length, ...) stands. */
+static const char *finish_with_calls(const char *finish, int n_calls)
+{
+    return n_calls > 0 && !strcmp(finish, "stop") ? "tool_calls" : finish;
+}
+
 /* The choice's text read as content and tool calls (at most one when
  * parallel calls are off); false when out of memory. */
 static bool read_calls(gen_state *g, const choice *c, char **content, engine_tool_call **calls, int *n)
@@ -1009,7 +1016,7 @@ static const char *stream_tool_end(gen_state *g, int index, const char *finish)
     }
     engine_tool_calls_free(calls, n);
     free(content);
-    return n > 0 && !strcmp(finish, "stop") ? "tool_calls" : finish;
+    return finish_with_calls(finish, n);
 }
 
 static cJSON *usage_json(gen_state *g)
@@ -1119,7 +1126,7 @@ static const char *add_tool_message(gen_state *g, const choice *c, cJSON *m, con
         cJSON_AddItemToObject(m, "tool_calls", tool_calls_json(g, calls, n, false));
     engine_tool_calls_free(calls, n);
     free(content);
-    return n > 0 && !strcmp(finish, "stop") ? "tool_calls" : finish;
+    return finish_with_calls(finish, n);
 }
 
 static double mean_logprob(const choice *c)
