@@ -6,6 +6,7 @@
 #ifndef RT_API_INTERNAL_H
 #define RT_API_INTERNAL_H
 
+#include <stdarg.h>
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
 #include <pthread.h>
@@ -149,6 +150,16 @@ int api_respond_response(api_request *req, int status, struct MHD_Response *resp
 /* An error with a Retry-After header (429). */
 int api_respond_error_retry(api_request *req, int status, int retry_after, const char *code,
                             const char *message);
+
+/* Writes a whole error response ({"error": ...}, Connection: close) straight
+ * to socket fd and shuts its write side: for answers libmicrohttpd cannot
+ * queue (mid-body, or its own parse errors, api/library_errors.c). */
+int api_write_error_to_socket(int fd, int status, const char *request_id, const char *type,
+                              const char *param, const char *code, const char *message);
+
+/* libmicrohttpd's log (MHD_OPTION_EXTERNAL_LOGGER) into rt_log: what concerns
+ * one connection at debug level, the rest as warnings (api/library_errors.c). */
+void api_library_log(void *cls, const char *fmt, va_list ap);
 
 /* Common errors. */
 int api_respond_not_found(api_request *req, const char *what, const char *id);

@@ -464,6 +464,7 @@ static struct MHD_Daemon *daemon_start(api_server *srv, struct sockaddr_storage 
                             MHD_OPTION_NOTIFY_CONNECTION, api_conn_notify, srv,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
                             MHD_OPTION_UNESCAPE_CALLBACK, keep_raw, NULL,
+                            MHD_OPTION_EXTERNAL_LOGGER, api_library_log, NULL,
                             MHD_OPTION_END);
 }
 

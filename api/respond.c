@@ -51,6 +51,45 @@ void api_utf8_fix(const char *s, char *out, size_t size)
         out[o] = '\0';
 }
 
+/* Adds s to o under key, made valid UTF-8 first; NULL adds null. */
+static void add_text(cJSON *o, const char *key, const char *s)
+{
+    if (!s) {
+        cJSON_AddNullToObject(o, key);
+        return;
+    }
+    char fixed[3 * 1024 + 1];
+    api_utf8_fix(s, fixed, sizeof fixed);
+    cJSON_AddStringToObject(o, key, fixed);
+}
+
+/* {"error": {message, type, param, code}} as JSON text (malloc'd; NULL: no memory). */
+static char *error_text(const char *type, const char *param, const char *code, const char *message)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *err = cJSON_AddObjectToObject(root, "error");
+    add_text(err, "message", message);
+    add_text(err, "type", type);
+    add_text(err, "param", param);
+    add_text(err, "code", code);
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return text;
+}
+
+/* A response of JSON text (taken, freed on failure) with its Content-Type; NULL: no memory. */
+static struct MHD_Response *json_response(char *text)
+{
+    struct MHD_Response *resp =
+        text ? MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE) : NULL;
+    if (!resp) {
+        free(text);
+        return NULL;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    return resp;
+}
+
 /* Queues resp (destroyed here) and records the status. */
 static int queue(api_request *req, int status, struct MHD_Response *resp)
 {
@@ -86,23 +125,11 @@ int api_respond_response(api_request *req, int status, struct MHD_Response *resp
 int api_respond_error_retry(api_request *req, int status, int retry_after, const char *code,
                             const char *message)
 {
-    cJSON *root = cJSON_CreateObject();
-    cJSON *err = cJSON_AddObjectToObject(root, "error");
-    cJSON_AddStringToObject(err, "message", message);
-    cJSON_AddStringToObject(err, "type", "rate_limit_error");
-    cJSON_AddNullToObject(err, "param");
-    cJSON_AddStringToObject(err, "code", code);
-    char *text = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    struct MHD_Response *resp =
-        text ? MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE) : NULL;
-    if (!resp) {
-        free(text);
+    struct MHD_Response *resp = json_response(error_text("rate_limit_error", NULL, code, message));
+    if (!resp)
         return RT_ERR_NOMEM;
-    }
     char seconds[16];
     snprintf(seconds, sizeof seconds, "%d", retry_after);
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, seconds);
     return queue(req, status, resp);
 }
@@ -122,34 +149,12 @@ int api_respond_json(api_request *req, int status, cJSON *json)
 {
     char *text = json ? cJSON_PrintUnformatted(json) : NULL;
     cJSON_Delete(json);
-    if (!text)
-        return RT_ERR_NOMEM;
-    size_t len = strlen(text);
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(text);
-        return RT_ERR_NOMEM;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    return queue(req, status, resp);
-}
-
-/* Adds s to o under key, made valid UTF-8 first; NULL adds null. */
-static void add_text(cJSON *o, const char *key, const char *s)
-{
-    if (!s) {
-        cJSON_AddNullToObject(o, key);
-        return;
-    }
-    char fixed[3 * 1024 + 1];
-    api_utf8_fix(s, fixed, sizeof fixed);
-    cJSON_AddStringToObject(o, key, fixed);
+    return queue(req, status, json_response(text));
 }
 
 /* Formats the status line and headers of an error written straight to the
  * socket; returns their length (0 when they do not fit). */
-static size_t raw_head(const api_request *req, int status, size_t body_len, char *buf, size_t size)
+static size_t raw_head(const char *request_id, int status, size_t body_len, char *buf, size_t size)
 {
     char date[64];
     struct tm tm;
@@ -159,31 +164,39 @@ static size_t raw_head(const api_request *req, int status, size_t body_len, char
     int n = snprintf(buf, size,
                      "HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\nDate: %s\r\nx-request-id: %s\r\n\r\n",
-                     status, reason && reason[0] ? reason : "Error", body_len, date, req->request_id);
+                     status, reason && reason[0] ? reason : "Error", body_len, date, request_id);
     return n > 0 && (size_t)n < size ? (size_t)n : 0;
 }
 
-/* Writes a whole error response (json text) to the request's socket, shuts
- * its write side and marks the request closing. The socket's buffer is
- * empty mid-request, so a short write is not expected; if one happens the
- * client sees the connection close. */
-static int write_now(api_request *req, int status, const char *json)
+int api_write_error_to_socket(int fd, int status, const char *request_id, const char *type,
+                              const char *param, const char *code, const char *message)
+{
+    char *json = error_text(type, param, code, message);
+    const char *body = json ? json : ""; /* no memory: an empty body */
+    char head[512];
+    size_t body_len = strlen(body), head_len = raw_head(request_id, status, body_len, head, sizeof head);
+    bool ok = head_len > 0 && send(fd, head, head_len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)head_len &&
+              send(fd, body, body_len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)body_len;
+    shutdown(fd, SHUT_WR);
+    free(json);
+    return ok ? RT_OK : RT_ERR_IO;
+}
+
+/* Writes a whole error response to the request's socket and marks the
+ * request closing. The socket's buffer is empty mid-request, so a short
+ * write is not expected; if one happens the client sees the connection close. */
+static int write_now(api_request *req, int status, const char *type, const char *param,
+                     const char *code, const char *message)
 {
     const union MHD_ConnectionInfo *info =
         MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    char head[512];
-    size_t body_len = strlen(json), head_len = raw_head(req, status, body_len, head, sizeof head);
     req->responded = true;
     req->status = status;
     req->closing = true;
     req->closing_since = rt_now_seconds();
-    if (!info || head_len == 0)
+    if (!info)
         return RT_ERR_IO;
-    int fd = info->connect_fd;
-    bool ok = send(fd, head, head_len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)head_len &&
-              send(fd, json, body_len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)body_len;
-    shutdown(fd, SHUT_WR);
-    return ok ? RT_OK : RT_ERR_IO;
+    return api_write_error_to_socket(info->connect_fd, status, req->request_id, type, param, code, message);
 }
 
 int api_respond_error(api_request *req, int status, const char *type,
@@ -194,21 +207,9 @@ int api_respond_error(api_request *req, int status, const char *type,
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
-    cJSON *root = cJSON_CreateObject();
-    cJSON *err = cJSON_AddObjectToObject(root, "error");
-    add_text(err, "message", message);
-    add_text(err, "type", type);
-    add_text(err, "param", param);
-    add_text(err, "code", code);
-    if (!req->in_body)
-        return api_respond_json(req, status, root);
-    if (req->responded)
-        return RT_OK;
-    char *text = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    int rc = write_now(req, status, text ? text : ""); /* no memory: an empty body */
-    free(text);
-    return rc;
+    if (req->in_body)
+        return req->responded ? RT_OK : write_now(req, status, type, param, code, message);
+    return queue(req, status, json_response(error_text(type, param, code, message)));
 }
 
 int api_respond_fd(api_request *req, int status, const char *content_type,
