@@ -180,6 +180,70 @@ static bool check_form(api_request *req, import *im)
     return true;
 }
 
+/* Checking an imported adapter against the base, publishing and
+ * registering it: slow work (it reads every tensor), done off the event
+ * loop (api/offload.c). The folder is the work's from the start: removed
+ * here unless published. */
+typedef struct adapter_publish {
+    api_server *srv;
+    char dir[1024], key[API_ENGINE_KEY_MAX], err[512];
+    storage_model m;
+    int rc;
+    bool mismatch;     /* rc is the engine's verdict on the adapter itself */
+} adapter_publish;
+
+static void publish_work(void *arg)
+{
+    adapter_publish *w = arg;
+    engine_server *eng = w->srv->engine;
+    /* Checked against the base where it lies, then published, then served from there. */
+    w->rc = engine_adapter_add(eng, w->key, w->dir, w->err, sizeof w->err);
+    w->mismatch = w->rc != RT_OK;
+    if (w->rc != RT_OK)
+        return;
+    engine_adapter_remove(eng, w->key);
+    char id[STORAGE_ID_MAX];
+    storage_new_id("adapter", id, sizeof id);
+    w->rc = storage_model_publish(w->srv->st, w->dir, id, false, &w->m);
+    if (w->rc != RT_OK)
+        return;
+    w->dir[0] = '\0'; /* published: no longer ours to clean up */
+    w->rc = engine_adapter_add(eng, w->key, w->m.path, w->err, sizeof w->err);
+    if (w->rc != RT_OK) { /* it fitted a moment ago: only a vanished directory gets here */
+        storage_model_delete(w->srv->st, w->m.owned_by, w->m.id);
+        rt_remove_tree(w->m.path);
+    }
+}
+
+static void publish_free(void *arg)
+{
+    adapter_publish *w = arg;
+    if (w->dir[0])
+        rt_remove_tree(w->dir);
+    free(w);
+}
+
+static int published(api_request *req, void *arg)
+{
+    adapter_publish *w = arg;
+    if (w->mismatch)
+        return api_respond_error(req, 400, BAD, w->rc == RT_ERR_EXISTS ? "name" : "adapter_model.safetensors",
+                                 "adapter_mismatch", "The adapter does not fit the base model: %s", w->err);
+    if (w->rc == RT_ERR_EXISTS)
+        return api_respond_error(req, 400, BAD, "name", "model_exists",
+                                 "A model named '%s' already exists.", w->m.id);
+    if (w->rc != RT_OK)
+        return w->rc;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", w->m.id);
+    cJSON_AddStringToObject(o, "object", "model");
+    cJSON_AddNumberToObject(o, "created", (double)rt_unix_time());
+    cJSON_AddStringToObject(o, "owned_by", w->m.owned_by);
+    cJSON_AddStringToObject(o, "parent", w->m.parent);
+    cJSON_AddStringToObject(o, "kind", "adapter");
+    return api_respond_json(req, 200, o);
+}
+
 int api_adapters_import(api_request *req)
 {
     import *im = req->state;
@@ -192,39 +256,16 @@ int api_adapters_import(api_request *req)
         return RT_OK;
     if (!finish_parts(im))
         return RT_ERR_IO;
-    char id[STORAGE_ID_MAX], err[512] = "", key[API_ENGINE_KEY_MAX];
-    api_engine_key(req, im->name, key, sizeof key);
-    /* Checked against the base where it lies, then published, then served from there. */
-    int rc = engine_adapter_add(req->srv->engine, key, im->dir, err, sizeof err);
-    if (rc != RT_OK)
-        return api_respond_error(req, 400, BAD, rc == RT_ERR_EXISTS ? "name" : "adapter_model.safetensors",
-                                 "adapter_mismatch", "The adapter does not fit the base model: %s", err);
-    engine_adapter_remove(req->srv->engine, key);
-    storage_model m = {0};
-    snprintf(m.id, sizeof m.id, "%s", im->name);
-    snprintf(m.kind, sizeof m.kind, "adapter");
-    snprintf(m.parent, sizeof m.parent, "%s", req->srv->cfg.model_id ? req->srv->cfg.model_id : "");
-    snprintf(m.owned_by, sizeof m.owned_by, "%s", api_project(req));
-    storage_new_id("adapter", id, sizeof id);
-    rc = storage_model_publish(req->srv->st, im->dir, id, false, &m);
-    if (rc == RT_ERR_EXISTS)
-        return api_respond_error(req, 400, BAD, "name", "model_exists",
-                                 "A model named '%s' already exists.", im->name);
-    if (rc != RT_OK)
-        return rc;
-    im->dir[0] = '\0'; /* published: no longer the request's to clean up */
-    rc = engine_adapter_add(req->srv->engine, key, m.path, err, sizeof err);
-    if (rc != RT_OK) { /* it fitted a moment ago: only a vanished directory gets here */
-        storage_model_delete(req->srv->st, m.owned_by, m.id);
-        rt_remove_tree(m.path);
-        return rc;
-    }
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", m.id);
-    cJSON_AddStringToObject(o, "object", "model");
-    cJSON_AddNumberToObject(o, "created", (double)rt_unix_time());
-    cJSON_AddStringToObject(o, "owned_by", m.owned_by);
-    cJSON_AddStringToObject(o, "parent", m.parent);
-    cJSON_AddStringToObject(o, "kind", "adapter");
-    return api_respond_json(req, 200, o);
+    adapter_publish *w = calloc(1, sizeof *w);
+    if (!w)
+        return RT_ERR_NOMEM;
+    w->srv = req->srv;
+    snprintf(w->dir, sizeof w->dir, "%s", im->dir);
+    im->dir[0] = '\0';
+    api_engine_key(req, im->name, w->key, sizeof w->key);
+    snprintf(w->m.id, sizeof w->m.id, "%s", im->name);
+    snprintf(w->m.kind, sizeof w->m.kind, "adapter");
+    snprintf(w->m.parent, sizeof w->m.parent, "%s", req->srv->cfg.model_id ? req->srv->cfg.model_id : "");
+    snprintf(w->m.owned_by, sizeof w->m.owned_by, "%s", api_project(req));
+    return api_offload_start(req, publish_work, published, w, publish_free);
 }

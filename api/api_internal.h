@@ -86,7 +86,9 @@ struct api_server {
     int port;
     int in_flight;                 /* requests between first call and completion */
     engine_pool *fulls;            /* engines of full fine-tuned models */
-    pthread_mutex_t lock;          /* guards in_flight */
+    pthread_mutex_t lock;          /* guards in_flight and offloads_running */
+    int offloads_running;          /* slow-work threads (api/offload.c) */
+    pthread_cond_t offloads_idle;  /* signalled when offloads_running drops to 0 */
     atomic_bool keys_stored;       /* `retune keys` stored one: auth is on for good */
     /* connections (api/conn.c) */
     pthread_mutex_t conn_lock;     /* guards everything below and every api_conn */
@@ -125,6 +127,22 @@ struct api_request {
     double closing_since;
     bool suspended;                /* the last handler call parked the request */
 };
+
+/* ---- slow work off the event loop (api/offload.c) ---- */
+
+typedef void (*api_offload_work)(void *arg);
+typedef int (*api_offload_then)(api_request *req, void *arg);
+
+/* Runs work(arg) on a thread of its own while the request's connection is
+ * parked; then then(req, arg) answers it on an event-loop thread, with the
+ * request's state as it was. arg is freed with arg_free (may be NULL) once
+ * both are over; if the request ends first (its client left), then never
+ * runs. A handler returns what this returns. */
+int api_offload_start(api_request *req, api_offload_work work, api_offload_then then, void *arg,
+                      void (*arg_free)(void *arg));
+
+/* Waits for every slow-work thread to finish (server stop). */
+void api_offload_drain(api_server *srv);
 
 /* ---- responses (api/respond.c) ---- */
 
@@ -319,6 +337,16 @@ typedef struct api_target {
  * answers with api_respond_refusal. */
 int api_catalog_resolve(api_request *req, const char *model, api_target *out, engine_error *why);
 void api_model_release(api_request *req, api_target *t);
+
+/* The same for any thread (no request): what serves model for project. */
+int api_catalog_load(api_server *srv, const char *project, const char *model, api_target *out,
+                     engine_error *why);
+void api_target_release(api_server *srv, api_target *t);
+
+/* False when serving the caller's model would first load it from disk (an
+ * adapter not yet registered, a full fine-tune's engine not resident):
+ * slow work, for api_offload_start. */
+bool api_catalog_ready(api_request *req, const char *model);
 
 /* The one table from a refusal's code to its HTTP answer: 400
  * invalid_value (INVALID, UNSUPPORTED, FORMAT), 400 context_length_exceeded

@@ -1373,7 +1373,57 @@ static int submit_all(api_request *req, gen_params *p, const api_target *t, gen_
     return RT_OK;
 }
 
-static int generate(api_request *req, bool chat)
+static int generate(api_request *req, bool chat, bool loaded);
+
+/* Loading the model a request names, off the event loop (api/offload.c). */
+typedef struct model_load {
+    api_server *srv;
+    char project[STORAGE_PROJECT_MAX];
+    char model[640];
+    bool chat;
+    api_target target;     /* held until the request is over, so it stays resident */
+    int rc;
+    engine_error why;
+} model_load;
+
+static void model_load_work(void *arg)
+{
+    model_load *l = arg;
+    l->rc = api_catalog_load(l->srv, l->project, l->model, &l->target, &l->why);
+}
+
+static void model_load_free(void *arg)
+{
+    model_load *l = arg;
+    if (l->rc == RT_OK)
+        api_target_release(l->srv, &l->target);
+    free(l);
+}
+
+/* The model is loaded (or could not be): the request runs again from its
+ * body, and now finds it resident. */
+static int model_loaded(api_request *req, void *arg)
+{
+    model_load *l = arg;
+    return l->rc == RT_OK ? generate(req, l->chat, true) : api_respond_refusal(req, l->rc, &l->why);
+}
+
+static int load_model_then_generate(api_request *req, const char *model, bool chat)
+{
+    model_load *l = calloc(1, sizeof *l);
+    if (!l)
+        return RT_ERR_NOMEM;
+    l->srv = req->srv;
+    l->chat = chat;
+    l->rc = RT_ERR_STATE;
+    snprintf(l->project, sizeof l->project, "%s", api_project(req));
+    snprintf(l->model, sizeof l->model, "%s", model);
+    return api_offload_start(req, model_load_work, model_loaded, l, model_load_free);
+}
+
+/* Answers a completion request; loaded: its model was just loaded (do not
+ * offload again, whatever happened since). */
+static int generate(api_request *req, bool chat, bool loaded)
 {
     cJSON *body = api_body_json(req);
     if (!body)
@@ -1385,6 +1435,8 @@ static int generate(api_request *req, bool chat)
     int rc = RT_OK;
     if (!parse_request(body, &p, &b))
         rc = api_respond_error(req, 400, BAD, b.param, "invalid_value", "%s", b.message);
+    else if (!loaded && !api_catalog_ready(req, p.model) && strlen(p.model) < sizeof ((model_load *)0)->model)
+        rc = load_model_then_generate(req, p.model, chat);
     else if ((rc = api_catalog_resolve(req, p.model, &t, &why)) != RT_OK)
         rc = api_respond_refusal(req, rc, &why);
     else {
@@ -1409,5 +1461,5 @@ static int generate(api_request *req, bool chat)
     return rc;
 }
 
-int api_chat_completions(api_request *req) { return generate(req, true); }
-int api_completions(api_request *req) { return generate(req, false); }
+int api_chat_completions(api_request *req) { return generate(req, true, false); }
+int api_completions(api_request *req) { return generate(req, false, false); }

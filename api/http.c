@@ -473,6 +473,7 @@ static void server_free(api_server *srv)
 {
     engine_pool_free(srv->fulls);
     pthread_mutex_destroy(&srv->conn_lock);
+    pthread_cond_destroy(&srv->offloads_idle);
     pthread_mutex_destroy(&srv->lock);
     free(srv);
 }
@@ -499,6 +500,7 @@ int api_server_start(const api_config *cfg, storage *st, api_server **out)
     }
     pthread_mutex_init(&srv->lock, NULL);
     pthread_mutex_init(&srv->conn_lock, NULL);
+    pthread_cond_init(&srv->offloads_idle, NULL);
     srv->daemon = daemon_start(srv, &addr, ipv6);
     if (!srv->daemon) {
         rt_log(RT_LOG_ERROR, "cannot listen on %s:%d (address in use or not permitted)",
@@ -556,5 +558,6 @@ void api_server_stop(api_server *srv)
     wait_idle(srv, 0.5);
     MHD_stop_daemon(srv->daemon);
     api_watchdog_stop(srv);
+    api_offload_drain(srv); /* the work uses the engines, which the caller closes next */
     server_free(srv);
 }

@@ -149,18 +149,19 @@ int api_models_delete(api_request *req)
     return api_respond_json(req, 200, o);
 }
 
-/* Where the caller's model of that name has its files and what kind they
- * are; false if the caller's project has none. */
-static bool locate(api_request *req, const char *model, char *path, size_t size, const char **kind)
+/* Where the project's model of that name has its files and what kind they
+ * are; false if the project has none. */
+static bool locate(api_server *srv, const char *project, const char *model, char *path, size_t size,
+                   const char **kind)
 {
     storage_model m;
     storage_checkpoint ck;
-    if (storage_model_get(req->srv->st, api_project(req), model, &m) == RT_OK) {
+    if (storage_model_get(srv->st, project, model, &m) == RT_OK) {
         snprintf(path, size, "%s", m.path);
         *kind = strcmp(m.kind, "full") == 0 ? "full" : "adapter";
         return true;
     }
-    if (storage_checkpoint_find_model(req->srv->st, api_project(req), model, &ck) == RT_OK) {
+    if (storage_checkpoint_find_model(srv->st, project, model, &ck) == RT_OK) {
         snprintf(path, size, "%s", ck.path);
         *kind = checkpoint_kind(ck.path);
         return true;
@@ -171,31 +172,31 @@ static bool locate(api_request *req, const char *model, char *path, size_t size,
 /* An adapter given with --lora: shared by every project and known to the
  * engine under its own name. Engine keys of projects' models start with
  * '/', which no --lora name does, so a request cannot name one here. */
-static bool shared_adapter(api_request *req, const char *model)
+static bool shared_adapter(api_server *srv, const char *model)
 {
-    return model[0] != '/' && engine_adapter_exists(req->srv->engine, model);
+    return model[0] != '/' && engine_adapter_exists(srv->engine, model);
 }
 
 /* A refusal of the request's model field. */
 #define refusal(why, code, ...) engine_error_set((why), (code), "model", __VA_ARGS__)
 
-/* Serves the caller's model found at path: an adapter registered on the
+/* Serves the project's model found at path: an adapter registered on the
  * base under the model's engine key, or a full model's engine. */
-static int serve_located(api_request *req, const char *model, const char *path,
+static int serve_located(api_server *srv, const char *project, const char *model, const char *path,
                          const char *kind, api_target *out, engine_error *why)
 {
     char key[API_ENGINE_KEY_MAX], err[512] = "";
-    api_engine_key(req, model, key, sizeof key);
+    api_engine_key_of(project, model, key, sizeof key);
     int rc;
     if (strcmp(kind, "adapter") == 0) {
-        rc = engine_adapter_add(req->srv->engine, key, path, err, sizeof err);
+        rc = engine_adapter_add(srv->engine, key, path, err, sizeof err);
         if (rc == RT_OK || rc == RT_ERR_EXISTS) {
-            out->engine = req->srv->engine;
+            out->engine = srv->engine;
             snprintf(out->adapter, sizeof out->adapter, "%s", key);
             return RT_OK;
         }
     } else {
-        rc = engine_pool_acquire(req->srv->fulls, key, path, &out->engine, &out->full, err, sizeof err);
+        rc = engine_pool_acquire(srv->fulls, key, path, &out->engine, &out->full, err, sizeof err);
         if (rc == RT_OK)
             return RT_OK;
     }
@@ -203,34 +204,58 @@ static int serve_located(api_request *req, const char *model, const char *path,
     return refusal(why, RT_ERR_IO, "The model '%s' could not be loaded: %s", model, err);
 }
 
-/* The catalog: what serves `model` for the caller (see api_internal.h). */
-int api_catalog_resolve(api_request *req, const char *model, api_target *out, engine_error *why)
+int api_catalog_load(api_server *srv, const char *project, const char *model, api_target *out,
+                     engine_error *why)
 {
-    const api_config *cfg = &req->srv->cfg;
+    const api_config *cfg = &srv->cfg;
     char path[1024];
     const char *kind = NULL;
     memset(out, 0, sizeof *out);
-    if (!req->srv->engine)
+    if (!srv->engine)
         return refusal(why, RT_ERR_STATE, "This server was started without a model to serve.");
     if (cfg->model_id && strcmp(model, cfg->model_id) == 0) {
-        out->engine = req->srv->engine;
+        out->engine = srv->engine;
         return RT_OK;
     }
-    if (locate(req, model, path, sizeof path, &kind))
-        return serve_located(req, model, path, kind, out, why);
-    if (shared_adapter(req, model)) {
-        out->engine = req->srv->engine;
+    if (locate(srv, project, model, path, sizeof path, &kind))
+        return serve_located(srv, project, model, path, kind, out, why);
+    if (shared_adapter(srv, model)) {
+        out->engine = srv->engine;
         snprintf(out->adapter, sizeof out->adapter, "%s", model);
         return RT_OK;
     }
     return refusal(why, RT_ERR_NOT_FOUND, "The model '%s' does not exist.", model);
 }
 
-void api_model_release(api_request *req, api_target *t)
+/* The catalog: what serves `model` for the caller (see api_internal.h). */
+int api_catalog_resolve(api_request *req, const char *model, api_target *out, engine_error *why)
+{
+    return api_catalog_load(req->srv, api_project(req), model, out, why);
+}
+
+bool api_catalog_ready(api_request *req, const char *model)
+{
+    api_server *srv = req->srv;
+    char path[1024], key[API_ENGINE_KEY_MAX];
+    const char *kind = NULL;
+    if (!srv->engine || (srv->cfg.model_id && strcmp(model, srv->cfg.model_id) == 0) ||
+        !locate(srv, api_project(req), model, path, sizeof path, &kind))
+        return true;
+    api_engine_key(req, model, key, sizeof key);
+    return strcmp(kind, "adapter") == 0 ? engine_adapter_exists(srv->engine, key)
+                                        : engine_pool_resident(srv->fulls, key);
+}
+
+void api_target_release(api_server *srv, api_target *t)
 {
     if (t->full)
-        engine_pool_release(req->srv->fulls, t->full);
+        engine_pool_release(srv->fulls, t->full);
     t->full = NULL;
+}
+
+void api_model_release(api_request *req, api_target *t)
+{
+    api_target_release(req->srv, t);
 }
 
 void api_model_published(api_server *srv, const char *project, const char *name, const char *kind,

@@ -177,6 +177,16 @@ void engine_pool_release(engine_pool *p, engine_pool_entry *e)
     close_all(victims);
 }
 
+bool engine_pool_resident(engine_pool *p, const char *name)
+{
+    bool found = false;
+    pthread_mutex_lock(&p->lock);
+    for (engine_pool_entry *e = p->list; e && !found; e = e->next)
+        found = !e->forgotten && strcmp(e->name, name) == 0;
+    pthread_mutex_unlock(&p->lock);
+    return found;
+}
+
 void engine_pool_forget(engine_pool *p, const char *name)
 {
     engine_pool_entry *victims = NULL;

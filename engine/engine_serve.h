@@ -330,6 +330,9 @@ int engine_pool_acquire(engine_pool *p, const char *name, const char *dir, engin
                         engine_pool_entry **held, char *err, size_t errsize);
 void engine_pool_release(engine_pool *p, engine_pool_entry *held);
 
+/* True when an engine for model name is open (using it loads nothing). */
+bool engine_pool_resident(engine_pool *p, const char *name);
+
 /* The model name is gone (deleted): its engine closes once nobody holds it. */
 void engine_pool_forget(engine_pool *p, const char *name);
 

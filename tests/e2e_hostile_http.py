@@ -15,12 +15,14 @@ import json
 import os
 import resource
 import socket
+import sqlite3
+import struct
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "e2e"))
-from harness import Checks, Server, remove, temp_dir  # noqa: E402
+from harness import Checks, Server, multipart, remove, temp_dir  # noqa: E402
 
 t = Checks()
 MODEL = os.path.abspath("tests/fixtures/tiny_chat")
@@ -393,6 +395,78 @@ def test_budgets():
         remove(d)
 
 
+# ---- 5. slow work off the event loop ----------------------------------------------
+
+def lora_adapter_files(r=4):
+    """A PEFT LoRA adapter (q_proj, v_proj) for tests/fixtures/tiny_chat, B = 0."""
+    cfg = json.load(open(os.path.join(MODEL, "config.json")))
+    hidden, hd = cfg["hidden_size"], cfg["head_dim"]
+    outs = {"q_proj": cfg["num_attention_heads"] * hd, "v_proj": cfg["num_key_value_heads"] * hd}
+    header, data, off = {}, [], 0
+    for layer in range(cfg["num_hidden_layers"]):
+        for mod, out in outs.items():
+            for part, shape in (("lora_A", [r, hidden]), ("lora_B", [out, r])):
+                n = shape[0] * shape[1]
+                chunk = struct.pack(f"<{n}f", *([0.01] * n if part == "lora_A" else [0.0] * n))
+                name = f"base_model.model.model.layers.{layer}.self_attn.{mod}.{part}.weight"
+                header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + len(chunk)]}
+                data.append(chunk)
+                off += len(chunk)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    config = {"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": list(outs),
+              "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}
+    return {"adapter_config.json": ("adapter_config.json", json.dumps(config).encode()),
+            "adapter_model.safetensors": ("adapter_model.safetensors",
+                                          struct.pack("<Q", len(head)) + head + b"".join(data))}
+
+
+def test_slow_work_off_the_loop():
+    """With one event-loop thread, an adapter import held up in its slow part
+    (publishing waits on a SQLite write lock this test holds) must not stop
+    /healthz from being answered; before, the import ran on that thread."""
+    d = temp_dir()
+    srv = Server(d, "--model", MODEL, "--http-threads", "1")
+    db = None
+    try:
+        db = sqlite3.connect(os.path.join(d, "retune.db"), timeout=10, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")  # WAL: readers go on, the publish waits
+        body, hdrs = multipart({"name": "slow-import"}, lora_adapter_files())
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            imported = ex.submit(srv.json, "POST", "/v1/adapters", body, hdrs)
+            time.sleep(1.0)  # the import reaches its publish and waits on the lock
+            start = time.time()
+            try:
+                health = srv.request("GET", "/healthz", timeout=3)[0]
+            except OSError as e:
+                health = f"no answer ({e})"
+            secs = time.time() - start
+            t.check(not imported.done(), "the import is still waiting on the lock")
+            t.eq(health, 200, f"/healthz answered on the one event-loop thread meanwhile ({secs:.2f} s)")
+            db.execute("COMMIT")
+            status, _, m = imported.result(timeout=30)
+        t.eq((status, m.get("id")), (200, "slow-import"), f"the import then finishes ({m})")
+        t.eq(complete(srv, "slow-import"), 200, "the imported adapter serves")
+    finally:
+        if db:
+            db.close()
+        t.eq(srv.stop(), 0, "the one-thread server stops cleanly")
+    # After a restart the adapter is loaded on its first request, off the
+    # event loop too (api_catalog_ready, api_offload_start).
+    srv = Server(d, "--model", MODEL, "--http-threads", "1")
+    try:
+        t.eq(complete(srv, "slow-import"), 200, "after a restart, its first request loads and serves it")
+        t.eq(complete(srv, "no-such-model"), 404, "an unknown model is still refused at once")
+    finally:
+        t.eq(srv.stop(), 0, "the restarted server stops cleanly")
+        remove(d)
+
+
+def complete(srv, model):
+    return srv.json("POST", "/v1/completions", json.dumps({"model": model, "prompt": "a", "max_tokens": 3}).encode(),
+                    {"Content-Type": "application/json"})[0]
+
+
 def main():
     d = temp_dir()
     srv = Server(d, "--model", MODEL, "--max-upload-bytes", "65536", "--max-waiting", "256",
@@ -407,6 +481,7 @@ def main():
         t.check("Fatal error" not in log and "suspended" not in log, "no libmicrohttpd panic in the log")
         remove(d)
     t.run(test_budgets)
+    t.run(test_slow_work_off_the_loop)
 
 
 main()
