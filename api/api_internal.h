@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "api/api.h"
+#include "common/metrics.h"
 
 #define API_MAX_PARAMS 4
 #define API_PARAM_MAX 256
@@ -235,6 +236,11 @@ enum api_park {
  */
 enum api_park api_request_park(api_request *req);
 
+/* The same, and woken after at most tick seconds (rounded up to the
+ * watchdog's second) even when nothing else wakes it: for a request that
+ * polls (a job's event stream). */
+enum api_park api_request_park_for(api_request *req, double tick);
+
 /* Resumes a parked request, or makes its next park return API_PARK_AGAIN.
  * Any thread; req must still be alive (the caller's lock keeps it so). */
 void api_request_wake(api_request *req);
@@ -303,7 +309,7 @@ void api_multipart_close(api_multipart *mp);
 void api_metrics_observe(const char *route, const char *method, int status,
                          double seconds);
 /* Prometheus text exposition; the caller frees the string. */
-char *api_metrics_render(void);
+char *api_metrics_render(api_server *srv);
 
 /* ---- jobs (api/job_codec.c) ---- */
 
@@ -344,7 +350,7 @@ int api_catalog_load(api_server *srv, const char *project, const char *model, ap
 void api_target_release(api_server *srv, api_target *t);
 
 /* False when serving the caller's model would first load it from disk (an
- * adapter not yet registered, a full fine-tune's engine not resident):
+ * adapter's weights not resident, a full fine-tune's engine not open):
  * slow work, for api_offload_start. */
 bool api_catalog_ready(api_request *req, const char *model);
 
@@ -357,6 +363,7 @@ int api_respond_refusal(api_request *req, int rc, const engine_error *why);
 
 /* ---- handlers ---- */
 int api_health(api_request *req);
+int api_dashboard(api_request *req);
 int api_metrics(api_request *req);
 int api_files_upload(api_request *req);
 int api_files_upload_chunk(api_request *req, const char *data, size_t len);

@@ -671,6 +671,7 @@ typedef struct choice {
     size_t streamed;          /* with tools: bytes of text already sent as content */
     double sum_logprob;       /* of the completion's tokens (best_of ranks by its mean) */
     int n_logprobs;
+    double last_token_at;     /* when its last sampled token came (0: none yet) */
 } choice;
 
 typedef struct gen_state gen_state;
@@ -686,6 +687,7 @@ struct gen_state {
     api_request *req;         /* woken on tokens and the end; NULL once the request is over */
     api_target target;        /* what serves the model; released when the request is over */
     double last_out;          /* when stream bytes last went out (for keep-alive comments) */
+    double submitted_at;      /* when the engine requests were submitted (time to first token) */
     bool chat, stream, include_usage, logprobs, sent_role[MAX_N];
     bool tools, one_call;     /* read tool calls from the text; at most one per choice */
     int n, done, per_prompt;  /* engine requests; finished; engine requests per prompt */
@@ -1045,12 +1047,26 @@ static bool wake_http(gen_state *g)
     return g->req == NULL;
 }
 
+/* A sampled token's place in the latency metrics. Lock held. */
+static void observe_token(gen_state *g, choice *c)
+{
+    double now = rt_now_seconds();
+    if (c->last_token_at > 0)
+        rt_metric_observe(RT_METRIC_INTER_TOKEN_LATENCY, now - c->last_token_at);
+    else
+        rt_metric_observe(RT_METRIC_TIME_TO_FIRST_TOKEN, now - g->submitted_at);
+    c->last_token_at = now;
+    rt_metric_add(RT_METRIC_GENERATED_TOKENS, 1);
+}
+
 static int on_token(void *ctx, const engine_token_event *ev)
 {
     choice_ctx *cc = ctx;
     gen_state *g = cc->g;
     choice *c = &g->choices[cc->index];
     pthread_mutex_lock(&g->lock);
+    if (ev->token >= 0 && !ev->prompt)
+        observe_token(g, c);
     grow_append(&c->text, &c->len, &c->cap, ev->text, ev->len);
     if (g->stream && g->tools) {
         stream_content_so_far(g, cc->index, ev);
@@ -1336,6 +1352,7 @@ static gen_state *gen_new(const gen_params *p, const api_target *t)
 static int submit_all(api_request *req, gen_params *p, const api_target *t, gen_state *g)
 {
     engine_error why = {0};
+    g->submitted_at = rt_now_seconds();
     for (int i = 0; i < p->n_choices; i++) {
         engine_request er = p->er;
         if (!p->chat) { /* choice i answers prompt i / per_prompt */
@@ -1390,6 +1407,13 @@ static void model_load_work(void *arg)
 {
     model_load *l = arg;
     l->rc = api_catalog_load(l->srv, l->project, l->model, &l->target, &l->why);
+    char err[512] = "";
+    if (l->rc == RT_OK && l->target.adapter[0] &&
+        engine_adapter_preload(l->target.engine, l->target.adapter, err, sizeof err) != RT_OK) {
+        api_target_release(l->srv, &l->target);
+        l->rc = engine_error_set(&l->why, RT_ERR_IO, "model", "The model '%s' could not be loaded: %s",
+                                 l->model, err);
+    }
 }
 
 static void model_load_free(void *arg)

@@ -43,6 +43,7 @@ struct api_conn {
     bool gone;            /* the client left while the request was parked */
     bool cut;             /* shut by the watchdog */
     double parked_since;
+    double tick;          /* woken at least this often while parked (0: TICK_SECONDS) */
 };
 
 /* Adds a new connection's record to the list. */
@@ -130,7 +131,7 @@ static void unpark(api_conn *k)
     MHD_resume_connection(k->mhd);
 }
 
-enum api_park api_request_park(api_request *req)
+enum api_park api_request_park_for(api_request *req, double tick)
 {
     api_server *srv = req->srv;
     api_conn *k = req->link;
@@ -145,10 +146,16 @@ enum api_park api_request_park(api_request *req)
         MHD_suspend_connection(req->conn);
         k->parked = true;
         k->parked_since = rt_now_seconds();
+        k->tick = tick;
         req->suspended = true;
     }
     pthread_mutex_unlock(&srv->conn_lock);
     return r;
+}
+
+enum api_park api_request_park(api_request *req)
+{
+    return api_request_park_for(req, 0);
 }
 
 void api_request_wake(api_request *req)
@@ -203,7 +210,7 @@ static void watch(api_server *srv, api_conn *k, double now)
     if (k->parked) {
         if (client_left(k->fd))
             k->gone = true;
-        if (k->gone || now - k->parked_since >= TICK_SECONDS)
+        if (k->gone || now - k->parked_since >= (k->tick > 0 ? k->tick : TICK_SECONDS))
             unpark(k);
         return;
     }

@@ -296,7 +296,9 @@ static bool parse_create(api_request *req, const cJSON *body, storage_job *job,
     return fits ? true : fail(e, "hyperparameters", "invalid_value", "hyperparameters or metadata too large.");
 }
 
-/* Appends a message event to a job. */
+/* Appends a message event to a job, and says it in the log: these are the
+ * job's changes of state that the API makes (created, validated, failed
+ * validation, cancelled, paused, resumed). */
 static void job_event(api_request *req, const char *job_id, const char *level, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -312,6 +314,7 @@ static void job_event(api_request *req, const char *job_id, const char *level, c
     va_end(ap);
     if (storage_event_add(req->srv->st, &ev) != RT_OK)
         rt_log(RT_LOG_WARN, "could not record event for %s", job_id);
+    rt_log(RT_LOG_INFO, "job %s: %s", job_id, ev.message);
 }
 
 /* The file checks that fail the job (not the request): the file's own
@@ -561,8 +564,167 @@ static int fetch_events(storage *st, const char *project, const char *job_id, co
 
 static cJSON *event_item(const void *item) { return event_json(item); }
 
+/* ---- a job's events, live (server-sent events) ---------------------------------- */
+
+#define EVENTS_POLL_SECONDS 1.0       /* how often a waiting stream looks for new events */
+#define EVENTS_KEEPALIVE_SECONDS 15.0 /* a comment line after this long without output */
+#define EVENTS_BATCH 100
+
+/* One stream: owned by its response, used only on its connection's
+ * event-loop thread. */
+typedef struct event_stream {
+    api_request *req;                 /* valid while libmicrohttpd reads the response */
+    storage *st;
+    char project[STORAGE_PROJECT_MAX];
+    char job_id[API_PARAM_MAX];
+    char cursor[STORAGE_ID_MAX];      /* the last event sent ("" none yet) */
+    char *out;
+    size_t len, sent, cap;
+    double last_out;
+    bool ended;                       /* [DONE] is in out */
+} event_stream;
+
+static bool out_append(event_stream *s, const char *text, size_t n)
+{
+    if (s->sent == s->len)
+        s->sent = s->len = 0;
+    if (s->len + n > s->cap) {
+        size_t cap = (s->len + n) * 2;
+        char *grown = realloc(s->out, cap);
+        if (!grown)
+            return false;
+        s->out = grown;
+        s->cap = cap;
+    }
+    memcpy(s->out + s->len, text, n);
+    s->len += n;
+    return true;
+}
+
+/* Appends the events stored since the cursor and, once the job is over and
+ * none remain, [DONE]. The job's status is read before its events, so the
+ * events it stored before it ended are all sent first. */
+static int stream_refill(event_stream *s)
+{
+    storage_job job;
+    int rc = storage_job_get(s->st, s->project, s->job_id, &job);
+    if (rc != RT_OK)
+        return rc;
+    storage_event *events = NULL;
+    size_t n = 0;
+    bool more = false;
+    rc = storage_event_list_since(s->st, s->job_id, s->cursor[0] ? s->cursor : NULL, EVENTS_BATCH, &events,
+                                  &n, &more);
+    if (rc != RT_OK)
+        return rc;
+    for (size_t i = 0; i < n && rc == RT_OK; i++) {
+        cJSON *o = event_json(&events[i]);
+        char *text = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        char head[STORAGE_ID_MAX + 16];
+        int hn = snprintf(head, sizeof head, "id: %s\ndata: ", events[i].id);
+        if (!text || !out_append(s, head, (size_t)hn) || !out_append(s, text, strlen(text)) ||
+            !out_append(s, "\n\n", 2))
+            rc = RT_ERR_NOMEM;
+        free(text);
+        snprintf(s->cursor, sizeof s->cursor, "%s", events[i].id);
+    }
+    free(events);
+    if (rc == RT_OK && n == 0 && is_terminal(job.status)) {
+        s->ended = true;
+        rc = out_append(s, "data: [DONE]\n\n", 14) ? RT_OK : RT_ERR_NOMEM;
+    }
+    return rc;
+}
+
+/* libmicrohttpd reads the stream here; with nothing new it parks the
+ * connection for a second and returns 0 (allowed for a suspended one). */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    event_stream *s = cls;
+    for (;;) {
+        double now = rt_now_seconds();
+        if (s->sent < s->len) {
+            size_t n = s->len - s->sent < max ? s->len - s->sent : max;
+            memcpy(buf, s->out + s->sent, n);
+            s->sent += n;
+            s->last_out = now;
+            return (ssize_t)n;
+        }
+        if (s->ended)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        if (stream_refill(s) != RT_OK)
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (s->len > s->sent || s->ended)
+            continue;
+        if (now - s->last_out >= EVENTS_KEEPALIVE_SECONDS) {
+            if (!out_append(s, ": keep-alive\n\n", 14))
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            continue;
+        }
+        enum api_park park = api_request_park_for(s->req, EVENTS_POLL_SECONDS);
+        if (park == API_PARKED)
+            return 0;
+        if (park == API_PARK_END)
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+}
+
+static void stream_free(void *cls)
+{
+    event_stream *s = cls;
+    free(s->out);
+    free(s);
+}
+
+/* GET .../events?stream=true: every event of the job oldest first (or
+ * those after `after` / Last-Event-ID), then each new one as it is stored,
+ * then [DONE] once the job is over. */
+static int respond_events_stream(api_request *req)
+{
+    storage_job *job = load_job(req);
+    if (!job)
+        return RT_OK;
+    free(job);
+    event_stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return RT_ERR_NOMEM;
+    s->req = req;
+    s->st = req->srv->st;
+    s->last_out = rt_now_seconds();
+    snprintf(s->project, sizeof s->project, "%s", api_project(req));
+    snprintf(s->job_id, sizeof s->job_id, "%s", req->params[0]);
+    const char *resume_from = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Last-Event-ID");
+    if (!api_query(req, "after", s->cursor, sizeof s->cursor) && resume_from)
+        snprintf(s->cursor, sizeof s->cursor, "%s", resume_from);
+    int rc = stream_refill(s); /* a bad cursor is answered here, before the stream starts */
+    if (rc == RT_ERR_NOT_FOUND || rc == RT_ERR_INVALID) {
+        int answered = api_respond_error(req, 400, "invalid_request_error", "after", "invalid_value",
+                                         "'%s' is not an event of this job.", s->cursor);
+        stream_free(s);
+        return answered;
+    }
+    if (rc != RT_OK) {
+        stream_free(s);
+        return rc;
+    }
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s,
+                                                                  stream_free);
+    if (!resp) {
+        stream_free(s);
+        return RT_ERR_NOMEM;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    return api_respond_response(req, 200, resp);
+}
+
 int api_jobs_events(api_request *req)
 {
+    char stream[8];
+    if (api_query(req, "stream", stream, sizeof stream) && !strcmp(stream, "true"))
+        return respond_events_stream(req);
     return job_page(req, 20, fetch_events, event_item, sizeof(storage_event), false);
 }
 

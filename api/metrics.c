@@ -1,7 +1,10 @@
 /*
- * api/metrics.c — request counts and latencies by route, method and status,
- * rendered as Prometheus text for GET /metrics. One fixed table under a
- * mutex: a handful of routes times a handful of statuses.
+ * api/metrics.c — GET /metrics in Prometheus' text format: request counts
+ * and latencies by route, method and status (one fixed table under a
+ * mutex: a handful of routes times a handful of statuses), then jobs by
+ * status, training and generated tokens, token latencies, the engine's
+ * queue, KV-cache slots and adapters (common/metrics.h and the engine,
+ * read when rendered).
  */
 #include "api/api_internal.h"
 
@@ -126,7 +129,103 @@ static bool render_histogram(const series *s, char **buf, size_t *len, size_t *c
                   (unsigned long long)s->count);
 }
 
-char *api_metrics_render(void)
+/* "# HELP" and "# TYPE" of one metric. */
+static bool head(char **buf, size_t *len, size_t *cap, const char *name, const char *type, const char *help)
+{
+    return append(buf, len, cap, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static bool render_histogram_metric(enum rt_histogram h, const char *name, const char *help, char **buf,
+                                    size_t *len, size_t *cap)
+{
+    rt_histogram_view v;
+    rt_metric_histogram(h, &v);
+    bool ok = head(buf, len, cap, name, "histogram", help);
+    uint64_t cumulative = 0;
+    for (int b = 0; ok && b < RT_HISTOGRAM_BUCKETS; b++) {
+        cumulative += v.buckets[b];
+        ok = append(buf, len, cap, "%s_bucket{le=\"%g\"} %llu\n", name, v.bounds[b],
+                    (unsigned long long)cumulative);
+    }
+    return ok && append(buf, len, cap, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
+                        (unsigned long long)v.count, name, v.sum, name, (unsigned long long)v.count);
+}
+
+static bool render_counter(enum rt_counter c, const char *name, const char *help, char **buf, size_t *len,
+                           size_t *cap)
+{
+    return head(buf, len, cap, name, "counter", help) &&
+           append(buf, len, cap, "%s %llu\n", name, (unsigned long long)rt_metric_counter(c));
+}
+
+static bool render_gauge(const char *name, const char *help, double value, char **buf, size_t *len,
+                         size_t *cap)
+{
+    return head(buf, len, cap, name, "gauge", help) && append(buf, len, cap, "%s %.17g\n", name, value);
+}
+
+/* Jobs by status, from the database (every project). */
+static bool render_jobs(api_server *srv, char **buf, size_t *len, size_t *cap)
+{
+    static const char *const statuses[] = {"validating_files", "queued", "running", "paused",
+                                           "succeeded", "failed", "cancelled"};
+    enum { N = sizeof statuses / sizeof statuses[0] };
+    int64_t counts[N];
+    if (!srv || storage_job_count_by_status(srv->st, statuses, counts, N) != RT_OK)
+        return true; /* the database is busy: this scrape goes without */
+    bool ok = head(buf, len, cap, "retune_jobs", "gauge", "Fine-tuning jobs by status.");
+    for (int i = 0; ok && i < N; i++)
+        ok = append(buf, len, cap, "retune_jobs{status=\"%s\"} %lld\n", statuses[i], (long long)counts[i]);
+    return ok;
+}
+
+/* The base model's engine: its queue, KV-cache slots and adapters. */
+static bool render_engine(api_server *srv, char **buf, size_t *len, size_t *cap)
+{
+    if (!srv || !srv->engine)
+        return true;
+    int waiting = 0, active = 0, resident = 0;
+    size_t adapter_bytes = 0;
+    engine_server_info info;
+    engine_server_load(srv->engine, &waiting, &active);
+    engine_server_info_get(srv->engine, &info);
+    engine_adapter_usage(srv->engine, &adapter_bytes, &resident);
+    return render_gauge("retune_request_queue_depth", "Completion requests waiting for a decoding slot.",
+                        waiting, buf, len, cap) &&
+           render_gauge("retune_kv_cache_slots_used", "KV-cache slots (sequences) decoding now.", active, buf,
+                        len, cap) &&
+           render_gauge("retune_kv_cache_slots", "KV-cache slots (--max-batch).", info.max_batch, buf, len,
+                        cap) &&
+           render_gauge("retune_adapters_resident", "LoRA adapters whose weights are in memory.", resident,
+                        buf, len, cap) &&
+           render_gauge("retune_adapter_resident_bytes", "Bytes of LoRA adapter weights in memory.",
+                        (double)adapter_bytes, buf, len, cap);
+}
+
+/* Jobs, tokens, latencies and the engine: everything but the HTTP table. */
+static bool render_service(api_server *srv, char **buf, size_t *len, size_t *cap)
+{
+    return render_jobs(srv, buf, len, cap) &&
+           render_counter(RT_METRIC_JOB_TRANSITIONS, "retune_job_transitions_total",
+                          "Job status changes made by the training worker.", buf, len, cap) &&
+           render_counter(RT_METRIC_TRAINING_TOKENS, "retune_training_tokens_total",
+                          "Tokens through training forward passes.", buf, len, cap) &&
+           render_gauge("retune_training_tokens_per_second", "Training throughput of the running job (0: none).",
+                        rt_metric_gauge(RT_METRIC_TRAINING_TOKENS_PER_SECOND), buf, len, cap) &&
+           render_counter(RT_METRIC_GENERATED_TOKENS, "retune_generated_tokens_total",
+                          "Tokens sampled for completions.", buf, len, cap) &&
+           render_histogram_metric(RT_METRIC_TIME_TO_FIRST_TOKEN, "retune_time_to_first_token_seconds",
+                                   "From a completion's submission to its first sampled token.", buf, len,
+                                   cap) &&
+           render_histogram_metric(RT_METRIC_INTER_TOKEN_LATENCY, "retune_inter_token_latency_seconds",
+                                   "Between two sampled tokens of one choice.", buf, len, cap) &&
+           render_counter(RT_METRIC_ADAPTER_LOADS, "retune_adapter_loads_total",
+                          "LoRA adapter weights read into memory (first use, or after eviction).", buf, len,
+                          cap) &&
+           render_engine(srv, buf, len, cap);
+}
+
+char *api_metrics_render(api_server *srv)
 {
     size_t len = 0, cap = 4096;
     char *buf = malloc(cap);
@@ -145,6 +244,7 @@ char *api_metrics_render(void)
     for (size_t i = 0; ok && i < g_n_series; i++)
         ok = render_histogram(&g_series[i], &buf, &len, &cap);
     pthread_mutex_unlock(&g_lock);
+    ok = ok && render_service(srv, &buf, &len, &cap);
     if (!ok) {
         free(buf);
         return NULL;
@@ -154,7 +254,7 @@ char *api_metrics_render(void)
 
 int api_metrics(api_request *req)
 {
-    char *text = api_metrics_render();
+    char *text = api_metrics_render(req->srv);
     if (!text)
         return RT_ERR_NOMEM;
     int rc = api_respond_text(req, 200, "text/plain; version=0.0.4", text, strlen(text));

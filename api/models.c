@@ -238,11 +238,12 @@ bool api_catalog_ready(api_request *req, const char *model)
     api_server *srv = req->srv;
     char path[1024], key[API_ENGINE_KEY_MAX];
     const char *kind = NULL;
-    if (!srv->engine || (srv->cfg.model_id && strcmp(model, srv->cfg.model_id) == 0) ||
-        !locate(srv, api_project(req), model, path, sizeof path, &kind))
+    if (!srv->engine || (srv->cfg.model_id && strcmp(model, srv->cfg.model_id) == 0))
         return true;
+    if (!locate(srv, api_project(req), model, path, sizeof path, &kind)) /* a --lora one, or none */
+        return !shared_adapter(srv, model) || engine_adapter_resident(srv->engine, model);
     api_engine_key(req, model, key, sizeof key);
-    return strcmp(kind, "adapter") == 0 ? engine_adapter_exists(srv->engine, key)
+    return strcmp(kind, "adapter") == 0 ? engine_adapter_resident(srv->engine, key)
                                         : engine_pool_resident(srv->fulls, key);
 }
 

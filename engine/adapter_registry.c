@@ -13,6 +13,7 @@
  * One mutex guards the list; lora_load and lora_free run outside it.
  */
 #include "engine/infer.h"
+#include "common/metrics.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -237,6 +238,18 @@ bool adapter_registry_exists(adapter_registry *r, const char *name)
     return found;
 }
 
+/* Whether a live entry is called name and its weights are in memory. */
+bool adapter_registry_resident(adapter_registry *r, const char *name)
+{
+    if (!name)
+        return false;
+    pthread_mutex_lock(&r->mu);
+    adapter_entry *e = find(r, name);
+    bool resident = e && e->weights;
+    pthread_mutex_unlock(&r->mu);
+    return resident;
+}
+
 /* Evicts least recently used unpinned resident entries while over budget,
  * putting their weights (at most cap) into out for the caller to free
  * outside the lock; returns how many. Caller holds mu. */
@@ -269,6 +282,7 @@ static int load_pinned(adapter_registry *r, adapter_entry *e, char *err, size_t 
         e->weights = w;
         r->resident += e->bytes;
         r->n_resident++;
+        rt_metric_add(RT_METRIC_ADAPTER_LOADS, 1);
     }
     pthread_cond_broadcast(&r->loaded);
     return rc;

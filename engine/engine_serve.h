@@ -116,6 +116,17 @@ int engine_adapter_remove(engine_server *srv, const char *name);
 /* True when an adapter called name is registered. */
 bool engine_adapter_exists(engine_server *srv, const char *name);
 
+/* True when name's weights are in memory (a request for it loads nothing;
+ * a registered adapter is loaded on its first request). */
+bool engine_adapter_resident(engine_server *srv, const char *name);
+
+/* Loads name's weights now unless resident: the slow part of a first
+ * request, for a caller that must not wait on it (api/offload.c). */
+int engine_adapter_preload(engine_server *srv, const char *name, char *err, size_t errsize);
+
+/* Adapter weights in memory now: bytes and adapters. */
+void engine_adapter_usage(engine_server *srv, size_t *bytes, int *resident);
+
 /* ---- requests -------------------------------------------------------------- */
 
 #define ENGINE_MAX_STOP 4

@@ -140,6 +140,9 @@ bool adapter_registry_exists(adapter_registry *r, const char *name);
 int adapter_registry_acquire(adapter_registry *r, const char *name, adapter_entry **out,
                              char *err, size_t errsize);
 
+/* True when name is registered and its weights are resident. */
+bool adapter_registry_resident(adapter_registry *r, const char *name);
+
 /* Unpins an entry from adapter_registry_acquire; frees it when it was
  * removed and this was its last user. */
 void adapter_registry_release(adapter_registry *r, adapter_entry *e);

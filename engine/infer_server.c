@@ -402,6 +402,25 @@ bool engine_adapter_exists(engine_server *srv, const char *name)
     return adapter_registry_exists(srv->reg, name);
 }
 
+bool engine_adapter_resident(engine_server *srv, const char *name)
+{
+    return adapter_registry_resident(srv->reg, name);
+}
+
+int engine_adapter_preload(engine_server *srv, const char *name, char *err, size_t errsize)
+{
+    adapter_entry *e = NULL;
+    int rc = adapter_registry_acquire(srv->reg, name, &e, err, errsize);
+    if (rc == RT_OK)
+        adapter_registry_release(srv->reg, e);
+    return rc;
+}
+
+void engine_adapter_usage(engine_server *srv, size_t *bytes, int *resident)
+{
+    adapter_registry_usage(srv->reg, bytes, resident);
+}
+
 /* ---- requests -------------------------------------------------------------- */
 
 /* Refuses a request: code, the request field at fault (NULL: none) and a

@@ -18,9 +18,11 @@
 #include <unistd.h>
 
 #include "api/api.h"
+#include "common/metrics.h"
 #include "server/worker.h"
 
 #define EVENT_EVERY_SECONDS 1.0
+#define PROGRESS_LOG_SECONDS 10.0  /* at most one progress line in the log this often */
 
 typedef struct job_run {
     const worker_config *cfg;
@@ -31,6 +33,10 @@ typedef struct job_run {
     bool csv_failed;          /* a results-CSV write failed (said once) */
     char model_name[512];
     double last_event, last_save;
+    double last_log;          /* when the last progress line was logged */
+    double step_at;           /* when the previous step ended (tokens/s) */
+    int64_t step_tokens;      /* tokens counted through the previous step */
+    int64_t log_tokens;       /* ... through the step of the last progress line */
     bool had_valid;
     int stop_reason;          /* enum engine_stop asked of the trainer */
 } job_run;
@@ -82,9 +88,15 @@ static void finish_as(job_run *r, const char *status)
         }
         rc = storage_job_transition(r->cfg->st, r->job->id, running, status, r->job);
     }
-    if (rc != RT_OK)
+    if (rc != RT_OK) {
         rt_log(RT_LOG_ERROR, "job %s: could not record status %s: %s", r->job->id, status,
                rt_strerror(rc));
+        return;
+    }
+    rt_metric_add(RT_METRIC_JOB_TRANSITIONS, 1);
+    rt_metric_set(RT_METRIC_TRAINING_TOKENS_PER_SECOND, 0);
+    rt_log(RT_LOG_INFO, "job %s: running -> %s at step %lld/%lld (%lld tokens trained)", r->job->id, status,
+           (long long)r->job->step, (long long)r->job->total_steps, (long long)r->job->trained_tokens);
 }
 
 /* Appends one line to the results CSV (kept on disk so a resumed job keeps
@@ -129,6 +141,42 @@ static void csv_truncate(job_run *r, int64_t step)
 
 /* ---- engine callbacks ------------------------------------------------------ */
 
+/* "1 h 02 min", "4 min 10 s", "12 s" into buf. */
+static void say_duration(double seconds, char *buf, size_t size)
+{
+    long s = seconds > 0 && seconds < 1e9 ? (long)(seconds + 0.5) : 0;
+    if (s >= 3600)
+        snprintf(buf, size, "%ld h %02ld min", s / 3600, s / 60 % 60);
+    else if (s >= 60)
+        snprintf(buf, size, "%ld min %02ld s", s / 60, s % 60);
+    else
+        snprintf(buf, size, "%ld s", s);
+}
+
+/* Training tokens into the metrics, and a progress line in the log at most
+ * every PROGRESS_LOG_SECONDS (and at the last step). */
+static void account_step(job_run *r, const engine_progress *p, double now)
+{
+    int64_t fresh = p->tokens > r->step_tokens ? p->tokens - r->step_tokens : 0;
+    rt_metric_add(RT_METRIC_TRAINING_TOKENS, (uint64_t)fresh);
+    if (now > r->step_at)
+        rt_metric_set(RT_METRIC_TRAINING_TOKENS_PER_SECOND, (double)fresh / (now - r->step_at));
+    r->step_tokens = p->tokens;
+    r->step_at = now;
+    if (now - r->last_log < PROGRESS_LOG_SECONDS && p->step != p->total_steps)
+        return;
+    double rate = now > r->last_log ? (double)(p->tokens - r->log_tokens) / (now - r->last_log) : 0;
+    char eta[32];
+    say_duration(p->step > 0 ? p->seconds / p->step * (p->total_steps - p->step) : 0, eta, sizeof eta);
+    char valid[48] = "";
+    if (p->has_valid)
+        snprintf(valid, sizeof valid, ", validation loss %.4f", p->valid_loss);
+    rt_log(RT_LOG_INFO, "job %s: step %d/%d, loss %.4f%s, %.0f tokens/s, ETA %s", r->job->id, p->step,
+           p->total_steps, p->train_loss, valid, rate, eta);
+    r->last_log = now;
+    r->log_tokens = p->tokens;
+}
+
 static void on_step(void *ctx, const engine_progress *p)
 {
     job_run *r = ctx;
@@ -143,6 +191,7 @@ static void on_step(void *ctx, const engine_progress *p)
                               (int64_t)(p->seconds / p->step * (p->total_steps - p->step));
     csv_append(r, p);
     double now = rt_now_seconds();
+    account_step(r, p, now);
     bool fresh_valid = p->has_valid && !r->had_valid;
     r->had_valid = p->has_valid;
     bool last = p->step == p->total_steps;
@@ -423,6 +472,12 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
     if (!tc.resume_dir)
         event(&r, "info", "message", NULL, "Fine-tuning job started");
     save(&r);
+    r.step_at = r.last_log = rt_now_seconds();
+    r.step_tokens = r.log_tokens = job->trained_tokens; /* a resumed job counts from its checkpoint */
+    rt_log(RT_LOG_INFO, "job %s: training %s on %s, %s%lld examples%s", job->id,
+           tc.method == ENGINE_FULL ? "every weight" : "a LoRA adapter", job->model,
+           tc.resume_dir ? "resuming from its checkpoint, " : "", (long long)tf.n_examples,
+           tc.valid_path ? ", with validation" : "");
     engine_callbacks cb = {&r, on_step, on_engine_event, on_checkpoint, should_stop, yield_to_serving};
     engine_train_result res;
     engine_error why = {0};

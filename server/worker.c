@@ -3,6 +3,7 @@
  * loop that claims the oldest queued job (one SQL transaction) and runs it.
  */
 #include "server/worker.h"
+#include "common/metrics.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -52,7 +53,8 @@ static void *worker_main(void *arg)
             idle(w, 1000);
             continue;
         }
-        rt_log(RT_LOG_INFO, "worker: running %s", job->id);
+        rt_metric_add(RT_METRIC_JOB_TRANSITIONS, 1);
+        rt_log(RT_LOG_INFO, "job %s: queued -> running", job->id);
         worker_run_job(&w->cfg, job, &w->stopping);
     }
     free(job);

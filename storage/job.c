@@ -61,6 +61,29 @@ static int conn(storage *st, const char *id, sqlite3 **db)
     return storage_db_get(st, db);
 }
 
+int storage_job_count_by_status(storage *st, const char *const *statuses, int64_t *counts, int n)
+{
+    sqlite3 *db;
+    sqlite3_stmt *stmt = NULL;
+    int err = conn(st, NULL, &db);
+    if (!err)
+        err = storage_db_prepare(db, "SELECT status, COUNT(*) FROM jobs GROUP BY status", &stmt);
+    if (err)
+        return err;
+    for (int i = 0; i < n; i++)
+        counts[i] = 0;
+    int rc;
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+        const char *status = (const char *)sqlite3_column_text(stmt, 0);
+        for (int i = 0; status && i < n; i++)
+            if (!strcmp(status, statuses[i]))
+                counts[i] = sqlite3_column_int64(stmt, 1);
+    }
+    err = rc == SQLITE_DONE ? RT_OK : storage_db_error(db, rc, "count jobs");
+    sqlite3_finalize(stmt);
+    return err;
+}
+
 int storage_job_insert(storage *st, const storage_job *job)
 {
     sqlite3 *db;
@@ -305,19 +328,35 @@ int storage_event_add(storage *st, const storage_event *ev)
     return row_insert(db, &event_table, &e);
 }
 
+/* A job's events past the event `cursor` of that job (NULL: from the
+ * newest, or the oldest), newest or oldest first. */
+static int event_list(storage *st, const char *job_id, const char *cursor, bool oldest_first, int limit,
+                      storage_event **out, size_t *count, bool *has_more)
+{
+    sqlite3 *db;
+    int64_t bound = oldest_first ? 0 : INT64_MAX;
+    const char *args[2] = {cursor, job_id};
+    int err = conn(st, job_id, &db);
+    if (!err && cursor && storage_id_check(cursor))
+        err = RT_ERR_INVALID;
+    if (!err && cursor) /* another job's event is no cursor: it could be another project's */
+        err = row_seq_where(db, &event_table, "id = ?1 AND job_id = ?2", args, 2, &bound);
+    if (err)
+        return err;
+    return (oldest_first ? row_list_above : row_list_below)(db, &event_table, "job_id = ?3", args + 1, 1,
+                                                            bound, limit, (void **)out, count, has_more);
+}
+
 int storage_event_list(storage *st, const char *job_id, const char *after, int limit,
                        storage_event **out, size_t *count, bool *has_more)
 {
-    sqlite3 *db;
-    int64_t below = INT64_MAX;
-    const char *args[2] = {after, job_id};
-    int err = conn(st, job_id, &db);
-    if (!err && after && storage_id_check(after))
-        err = RT_ERR_INVALID;
-    if (!err && after) /* another job's event is no cursor: it could be another project's */
-        err = row_seq_where(db, &event_table, "id = ?1 AND job_id = ?2", args, 2, &below);
-    return err ? err : row_list_below(db, &event_table, "job_id = ?3", args + 1, 1, below, limit,
-                                      (void **)out, count, has_more);
+    return event_list(st, job_id, after, false, limit, out, count, has_more);
+}
+
+int storage_event_list_since(storage *st, const char *job_id, const char *since, int limit,
+                             storage_event **out, size_t *count, bool *has_more)
+{
+    return event_list(st, job_id, since, true, limit, out, count, has_more);
 }
 
 int storage_checkpoint_add(storage *st, const storage_checkpoint *ck)

@@ -182,23 +182,26 @@ int row_seq_where(sqlite3 *db, const row_table *t, const char *where, const char
     return err;
 }
 
-int row_list_below(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
-                   int n_args, int64_t below, int limit, void **out, size_t *count,
-                   bool *has_more)
+/* Up to limit rows past the bound (seq < bound newest first, or seq > bound
+ * oldest first), filtered by where; see row_list_below. */
+static int row_list(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                    int n_args, int64_t bound, bool oldest_first, int limit, void **out, size_t *count,
+                    bool *has_more)
 {
     if (limit < 1 || limit > STORAGE_LIST_LIMIT_MAX || n_args < 0 || (n_args && !where))
         return RT_ERR_INVALID;
     char sql[SQL_MAX], cols[COLS_MAX] = "";
     int n = 0;
     append_cols(cols, sizeof cols, t, NULL, false, &n);
-    if (snprintf(sql, sizeof sql, "SELECT %s FROM %s WHERE seq < ?1%s%s ORDER BY seq DESC LIMIT ?2",
-                 cols, t->name, where ? " AND " : "", where ? where : "") >= (int)sizeof sql)
+    if (snprintf(sql, sizeof sql, "SELECT %s FROM %s WHERE seq %s ?1%s%s ORDER BY seq %s LIMIT ?2",
+                 cols, t->name, oldest_first ? ">" : "<", where ? " AND " : "", where ? where : "",
+                 oldest_first ? "ASC" : "DESC") >= (int)sizeof sql)
         return RT_ERR_INVALID;
     sqlite3_stmt *stmt = NULL;
     int err = storage_db_prepare(db, sql, &stmt);
     if (err)
         return err;
-    sqlite3_bind_int64(stmt, 1, below);
+    sqlite3_bind_int64(stmt, 1, bound);
     sqlite3_bind_int(stmt, 2, limit + 1);
     for (int i = 0; i < n_args; i++)
         sqlite3_bind_text(stmt, 3 + i, args[i], -1, SQLITE_STATIC);
@@ -220,4 +223,18 @@ int row_list_below(sqlite3 *db, const row_table *t, const char *where, const cha
     *count = got > (size_t)limit ? (size_t)limit : got;
     *out = recs;
     return RT_OK;
+}
+
+int row_list_below(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                   int n_args, int64_t below, int limit, void **out, size_t *count,
+                   bool *has_more)
+{
+    return row_list(db, t, where, args, n_args, below, false, limit, out, count, has_more);
+}
+
+int row_list_above(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                   int n_args, int64_t above, int limit, void **out, size_t *count,
+                   bool *has_more)
+{
+    return row_list(db, t, where, args, n_args, above, true, limit, out, count, has_more);
 }

@@ -58,6 +58,12 @@ int row_list_below(sqlite3 *db, const row_table *t, const char *where, const cha
                    int n_args, int64_t below, int limit, void **out, size_t *count,
                    bool *has_more);
 
+/* The same oldest first (seq ascending), from seq above `above` (0: from
+ * the oldest). */
+int row_list_above(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+                   int n_args, int64_t above, int limit, void **out, size_t *count,
+                   bool *has_more);
+
 /* The seq (list position) of the newest row meeting where (arguments ?1,
  * ?2, ...), e.g. a cursor looked up within one project. RT_ERR_NOT_FOUND
  * if none. */

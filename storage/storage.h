@@ -168,6 +168,9 @@ typedef struct storage_job_filter {
     int n_meta;
 } storage_job_filter;
 
+/* The number of jobs (of every project) in each of the n statuses. */
+int storage_job_count_by_status(storage *st, const char *const *statuses, int64_t *counts, int n);
+
 /* Lists jobs newest first, those f selects (NULL: all), after the job
  * `after` (NULL: from the newest; RT_ERR_NOT_FOUND if unknown or of another
  * project than f's). *out is
@@ -217,6 +220,12 @@ int storage_event_add(storage *st, const storage_event *ev);
  * *out is malloc'd (caller frees). */
 int storage_event_list(storage *st, const char *job_id, const char *after, int limit,
                        storage_event **out, size_t *count, bool *has_more);
+
+/* Lists a job's events oldest first, those stored after its event `since`
+ * (NULL: from its first; RT_ERR_NOT_FOUND when since is not one of the
+ * job's): what a live stream of the job's events sends next. */
+int storage_event_list_since(storage *st, const char *job_id, const char *since, int limit,
+                             storage_event **out, size_t *count, bool *has_more);
 
 /* A checkpoint of a job, servable as fine_tuned_model_checkpoint. */
 typedef struct storage_checkpoint {
