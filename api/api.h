@@ -69,8 +69,11 @@ void api_server_stop(api_server *srv);
  * Resolves a job's stored hyperparameters (numbers or "auto") for a data set
  * of n_examples into cfg (starting from engine_train_defaults; paths are left
  * to the caller) and rewrites job->hyperparameters with the concrete values.
+ * Defaults that learn: every linear projection (LoRA), a learning rate for
+ * the method and the model's width (hidden_size; 0: unknown), warmup 0.1,
+ * and enough epochs for a small data set.
  */
-int api_job_resolve(storage_job *job, int64_t n_examples, engine_train_config *cfg);
+int api_job_resolve(storage_job *job, int64_t n_examples, int hidden_size, engine_train_config *cfg);
 
 /* The metrics of a progress report as JSON text (events, checkpoints). */
 void api_job_metrics_json(const engine_progress *p, char *buf, size_t size);

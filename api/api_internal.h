@@ -313,9 +313,9 @@ char *api_metrics_render(api_server *srv);
 
 /* ---- jobs (api/job_codec.c) ---- */
 
-/* Base learning rates that learning_rate_multiplier scales. */
-#define API_LORA_BASE_LR 1e-3
-#define API_FULL_BASE_LR 1e-4
+/* A small training set is seen at least this many examples' worth in all
+ * when n_epochs is "auto" (api/job_codec.c). */
+#define API_MIN_EXAMPLES_SEEN 500
 
 /* Checks a hyperparameters object; on failure names the field in param and
  * explains in msg (for a 400). */

@@ -223,13 +223,15 @@ static const char *str(const cJSON *hp, const char *name, const char *def)
     return cJSON_IsString(v) ? v->valuestring : def;
 }
 
-/* "auto" rules: epochs so that small sets still see ~100 examples (1..10,
- * default 3), batch ~ n/50 in 1..8, multiplier 1. */
+/* "auto" rules: epochs so that a small set is still seen API_MIN_EXAMPLES_SEEN
+ * times in all (3..10; 3 from 167 examples up), batch ~ n/50 in 1..8,
+ * multiplier 1. A small set needs many passes to be learnt, as
+ * bench/defaults_bench.py measures. */
 static void resolve_auto(const cJSON *hp, int64_t n_examples, int *epochs, int *batch, double *mult)
 {
     int auto_epochs = 3;
-    if (n_examples > 0 && n_examples * 3 < 100)
-        auto_epochs = (int)((100 + n_examples - 1) / n_examples);
+    if (n_examples > 0 && n_examples * 3 < API_MIN_EXAMPLES_SEEN)
+        auto_epochs = (int)((API_MIN_EXAMPLES_SEEN + n_examples - 1) / n_examples);
     if (auto_epochs > 10)
         auto_epochs = 10;
     int auto_batch = (int)(n_examples / 50);
@@ -248,7 +250,19 @@ static void set_number(cJSON *o, const char *key, double v)
         cJSON_AddNumberToObject(o, key, v);
 }
 
-int api_job_resolve(storage_job *job, int64_t n_examples, engine_train_config *cfg)
+/* The learning rate a job gets when it sets none (see api.h). */
+static double default_learning_rate(bool full, int hidden_size)
+{
+    /* 2e-4 (LoRA) and 1e-5 (full) at hidden 4096, the usual choices for
+     * 7-8B models, rising as models get narrower: a small model takes (and
+     * needs) larger steps. */
+    double width = hidden_size > 0 ? 4096.0 / hidden_size : 1.0;
+    double lr = full ? 1e-5 * width : 2e-4 * pow(width, 0.9);
+    double lo = full ? 5e-6 : 1e-4, hi = full ? 3e-4 : 3e-3;
+    return lr < lo ? lo : lr > hi ? hi : lr;
+}
+
+int api_job_resolve(storage_job *job, int64_t n_examples, int hidden_size, engine_train_config *cfg)
 {
     cJSON *hp = cJSON_Parse(job->hyperparameters[0] ? job->hyperparameters : "{}");
     if (!hp)
@@ -261,11 +275,11 @@ int api_job_resolve(storage_job *job, int64_t n_examples, engine_train_config *c
     cfg->method = full ? ENGINE_FULL : ENGINE_LORA;
     cfg->epochs = epochs;
     cfg->batch_size = batch;
-    cfg->learning_rate = num(hp, "learning_rate", full ? API_FULL_BASE_LR : API_LORA_BASE_LR) * mult;
+    cfg->learning_rate = num(hp, "learning_rate", default_learning_rate(full, hidden_size)) * mult;
     cfg->lora_r = (int)num(hp, "lora_r", cfg->lora_r);
     cfg->lora_alpha = num(hp, "lora_alpha", 2.0 * cfg->lora_r);
     cfg->lora_dropout = num(hp, "lora_dropout", 0.0);
-    cfg->warmup_ratio = num(hp, "warmup_ratio", 0.0);
+    cfg->warmup_ratio = num(hp, "warmup_ratio", 0.1);
     cfg->weight_decay = num(hp, "weight_decay", 0.0);
     cfg->max_seq_len = (int)num(hp, "max_seq_len", 1024);
     cfg->grad_accum = (int)num(hp, "grad_accum", 1);
@@ -278,6 +292,7 @@ int api_job_resolve(storage_job *job, int64_t n_examples, engine_train_config *c
                     : !strcmp(sched, "constant") ? ENGINE_SCHEDULE_CONSTANT : ENGINE_SCHEDULE_COSINE;
     unsigned bits = 0;
     char p[8], m[8];
+    engine_parse_target_modules("all-linear", &cfg->target_modules); /* every projection, as QLoRA advises */
     if (check_targets(hp, &bits, p, sizeof p, m, sizeof m) == RT_OK && bits)
         cfg->target_modules = bits;
     cfg->seed = (uint64_t)job->seed;
@@ -287,6 +302,8 @@ int api_job_resolve(storage_job *job, int64_t n_examples, engine_train_config *c
     set_number(hp, "learning_rate_multiplier", mult);
     if (!cJSON_GetObjectItem(hp, "training_type"))
         cJSON_AddStringToObject(hp, "training_type", full ? "full" : "lora");
+    if (!full && !cJSON_GetObjectItem(hp, "target_modules"))
+        cJSON_AddStringToObject(hp, "target_modules", "all-linear");
     char *text = cJSON_PrintUnformatted(hp);
     cJSON_Delete(hp);
     int rc = text && strlen(text) < sizeof job->hyperparameters ? RT_OK : RT_ERR_TOO_LARGE;

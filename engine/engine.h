@@ -166,6 +166,11 @@ int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
  * caller reports the argument. */
 int engine_parse_target_modules(const char *list, unsigned *out);
 
+/* The hidden size in model_dir's config.json, or 0 when it cannot be read
+ * (the training itself then says why): what the default learning rate
+ * follows. */
+int engine_model_hidden_size(const char *model_dir);
+
 /* ---- Generation and merging (offline) ----------------------------------- */
 
 typedef struct engine_generate_config {

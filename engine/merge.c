@@ -6,8 +6,15 @@
 #include <string.h>
 
 #include "engine/engine.h"
+#include "engine/hf_config.h"
 #include "engine/model.h"
 #include "engine/trainer.h"
+
+int engine_model_hidden_size(const char *model_dir)
+{
+    model_config c;
+    return hf_config_load(model_dir, &c, NULL, 0) == RT_OK ? c.hidden_size : 0;
+}
 
 int engine_parse_target_modules(const char *list, unsigned *out)
 {

@@ -448,7 +448,7 @@ void worker_run_job(const worker_config *cfg, storage_job *job, const volatile i
         return;
     }
     engine_train_config tc;
-    if (api_job_resolve(job, tf.n_examples, &tc) != RT_OK) {
+    if (api_job_resolve(job, tf.n_examples, engine_model_hidden_size(cfg->model_dir), &tc) != RT_OK) {
         fail(&r, "server_error", "hyperparameters", "The job's hyperparameters could not be read.");
         return;
     }
