@@ -38,12 +38,13 @@ endif
 LIB_DIRS  := common storage engine kernels kernels/cpu api server
 LIB_SRC   := $(filter-out server/main.c,$(wildcard $(addsuffix /*.c,$(LIB_DIRS)))) $(CUDA_C_SRC)
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/migrations_embedded.o \
-             $(CU_SRC:%.cu=$(BUILD)/obj/%.cu.o)
+             $(BUILD)/obj/gen/dashboard_embedded.o $(CU_SRC:%.cu=$(BUILD)/obj/%.cu.o)
 TEST_SRC  := $(wildcard tests/test_*.c)
 TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+DASHBOARD  := $(sort $(wildcard api/dashboard/*))
 
 .PHONY: all test unit-test san-test tsan-test deps clean bench print-ldlibs
 all: $(BUILD)/retune $(TEST_BIN) $(BENCH_BIN)
@@ -65,6 +66,15 @@ $(BUILD)/obj/gen/migrations_embedded.o: $(BUILD)/gen/migrations_embedded.c
 $(BUILD)/gen/migrations_embedded.c: $(MIGRATIONS) tools/embed_migrations.sh
 	@mkdir -p $(dir $@)
 	sh tools/embed_migrations.sh $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/obj/gen/dashboard_embedded.o: $(BUILD)/gen/dashboard_embedded.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+# The web dashboard's files (api/dashboard/), served by api/dashboard.c.
+$(BUILD)/gen/dashboard_embedded.c: $(DASHBOARD) tools/embed_files.sh
+	@mkdir -p $(dir $@)
+	sh tools/embed_files.sh rt_dashboard_files $(DASHBOARD) > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/obj/%.cu.o: %.cu
 	@mkdir -p $(dir $@)

@@ -13,6 +13,8 @@
 #define JSON_BODY_LIMIT (1 << 20)
 
 const api_route api_routes[] = {
+    {"GET", "/", api_dashboard, NULL, 0, 0, "dashboard"},
+    {"GET", "/dashboard/{name}", api_dashboard, NULL, 0, 0, "dashboard"},
     {"GET", "/healthz", api_health, NULL, 0, 0, "healthz"},
     {"GET", "/metrics", api_metrics, NULL, 0, 0, "metrics"},
     {"POST", "/v1/files", api_files_upload, api_files_upload_chunk, -1,
@@ -107,13 +109,14 @@ static bool decode_segment(const char *raw, size_t len, char *out, size_t size)
     return engine_utf8_valid(out, strlen(out));
 }
 
-/* Matches one pattern against the decoded segments. */
+/* Matches one pattern against the decoded segments ("/" is the pattern of
+ * no segment at all: the root). */
 static bool pattern_fits(const char *pattern, char segs[][API_PARAM_MAX], int n_segs,
                          char params[API_MAX_PARAMS][API_PARAM_MAX], int *n_params)
 {
     const char *p = pattern;
     int i = 0, np = 0;
-    while (*p) {
+    while (*p && strcmp(p, "/") != 0) {
         const char *seg = p + (*p == '/');
         size_t len = next_segment(&p);
         if (i >= n_segs)

@@ -41,6 +41,13 @@ static void test_route_matching(void)
     CHECK_EQ_INT(match("GET", "/v1/files/%ff", &r, params, &n), API_MATCH_BAD_PATH);
     CHECK_EQ_INT(match("GET", "/v1/files/%5Cx", &r, params, &n), API_MATCH_BAD_PATH);
     CHECK_EQ_INT(match("GET", "v1/files", &r, params, &n), API_MATCH_BAD_PATH);
+    CHECK_EQ_INT(match("GET", "/", &r, params, &n), API_MATCH_OK); /* the dashboard */
+    CHECK_EQ_STR(r->name, "dashboard");
+    CHECK_EQ_INT(n, 0);
+    CHECK_EQ_INT(match("POST", "/", &r, params, &n), API_MATCH_BAD_METHOD);
+    CHECK_EQ_INT(match("GET", "/dashboard/app.js", &r, params, &n), API_MATCH_OK);
+    CHECK_EQ_STR(params[0], "app.js");
+    CHECK_EQ_INT(match("GET", "/dashboard", &r, params, &n), API_MATCH_NOT_FOUND);
 }
 
 static void test_percent_decode(void)
