@@ -109,8 +109,13 @@ tsan-test:
 	$(MAKE) BUILD=build-tsan TSAN=1 OPT=-O1 build-tsan/retune build-tsan/tests/test_infer
 	TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$(CURDIR)/tests/tsan.supp" sh tests/run.sh build-tsan build-tsan/tests/test_infer $(TSAN_TESTS)
 
+# What building and every test needs: Debian's packages (chromium included),
+# then the npm packages of the SDK and browser tests (where npm is missing or
+# offline those tests say so, and fail under CI).
 deps:
 	sh tools/install_deps.sh
+	-cd tests/sdk && npm install --no-audit --no-fund --loglevel=error
+	-cd tests/browser && npm install --no-audit --no-fund --loglevel=error
 
 # The libraries a program linked against libretune.a needs (kernels/cuda/emu/run.sh).
 print-ldlibs:
