@@ -180,6 +180,15 @@ int api_write_error_to_socket(int fd, int status, const char *request_id, const 
  * one connection at debug level, the rest as warnings (api/library_errors.c). */
 void api_library_log(void *cls, const char *fmt, va_list ap);
 
+/* Appends n bytes of data to a growing, NUL-terminated buffer; false when
+ * out of memory (the buffer is then as it was). */
+bool api_buf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n);
+
+/* Answers 200 with a server-sent events stream that read produces (its
+ * cls freed by free_cls, also when this fails). */
+int api_respond_event_stream(api_request *req, MHD_ContentReaderCallback read, void *cls,
+                             MHD_ContentReaderFreeCallback free_cls);
+
 /* Common errors. */
 int api_respond_not_found(api_request *req, const char *what, const char *id);
 int api_respond_internal(api_request *req, int rc);
@@ -235,6 +244,11 @@ enum api_park {
  * API_PARK_AGAIN instead, so no wake is lost between looking and parking.
  */
 enum api_park api_request_park(api_request *req);
+
+/* For a resume step that waits: true once ready(cls) holds (go on and
+ * answer); false when the request was parked (return *rc, RT_OK) or the
+ * server is stopping (*rc: the 503 answer, saying `what` was not finished). */
+bool api_request_wait(api_request *req, bool (*ready)(void *cls), void *cls, const char *what, int *rc);
 
 /* The same, and woken after at most tick seconds (rounded up to the
  * watchdog's second) even when nothing else wakes it: for a request that

@@ -740,22 +740,6 @@ static void gen_release(gen_state *g)
 }
 
 /* Appends bytes to a growing buffer; false when out of memory. */
-static bool grow_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
-{
-    if (*len + n + 1 > *cap) {
-        size_t ncap = (*len + n + 1) * 2;
-        char *nb = realloc(*buf, ncap);
-        if (!nb)
-            return false;
-        *buf = nb;
-        *cap = ncap;
-    }
-    memcpy(*buf + *len, data, n);
-    *len += n;
-    (*buf)[*len] = '\0';
-    return true;
-}
-
 /* Queues one SSE event carrying json (deleted here). Lock held. */
 static void sse_send(gen_state *g, cJSON *json)
 {
@@ -763,9 +747,9 @@ static void sse_send(gen_state *g, cJSON *json)
     cJSON_Delete(json);
     if (!text)
         return;
-    grow_append(&g->out, &g->out_len, &g->out_cap, "data: ", 6);
-    grow_append(&g->out, &g->out_len, &g->out_cap, text, strlen(text));
-    grow_append(&g->out, &g->out_len, &g->out_cap, "\n\n", 2);
+    api_buf_append(&g->out, &g->out_len, &g->out_cap, "data: ", 6);
+    api_buf_append(&g->out, &g->out_len, &g->out_cap, text, strlen(text));
+    api_buf_append(&g->out, &g->out_len, &g->out_cap, "\n\n", 2);
     free(text);
 }
 
@@ -1067,7 +1051,7 @@ static int on_token(void *ctx, const engine_token_event *ev)
     pthread_mutex_lock(&g->lock);
     if (ev->token >= 0 && !ev->prompt)
         observe_token(g, c);
-    grow_append(&c->text, &c->len, &c->cap, ev->text, ev->len);
+    api_buf_append(&c->text, &c->len, &c->cap, ev->text, ev->len);
     if (g->stream && g->tools) {
         stream_content_so_far(g, cc->index, ev);
     } else if (g->stream) {
@@ -1112,7 +1096,7 @@ static void on_done(void *ctx, const engine_result *res)
                 cJSON_AddItemToObject(env, "usage", usage_json(g));
                 sse_send(g, env);
             }
-            grow_append(&g->out, &g->out_len, &g->out_cap, "data: [DONE]\n\n", 14);
+            api_buf_append(&g->out, &g->out_len, &g->out_cap, "data: [DONE]\n\n", 14);
             g->ended = true;
         }
     }
@@ -1228,7 +1212,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         pthread_mutex_lock(&g->lock);
         double now = rt_now_seconds();
         if (g->out_sent == g->out_len && !g->ended && now - g->last_out >= KEEPALIVE_SECONDS)
-            grow_append(&g->out, &g->out_len, &g->out_cap, ": keep-alive\n\n", 14);
+            api_buf_append(&g->out, &g->out_len, &g->out_cap, ": keep-alive\n\n", 14);
         size_t n = g->out_len - g->out_sent;
         if (n > max)
             n = max;
@@ -1265,36 +1249,27 @@ static int respond_stream(api_request *req, gen_state *g)
     g->refs++; /* the response's */
     g->last_out = rt_now_seconds();
     pthread_mutex_unlock(&g->lock);
-    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read,
-                                                                  g, stream_free);
-    if (!resp) {
-        stream_free(g);
-        return RT_ERR_NOMEM;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    return api_respond_response(req, 200, resp);
+    return api_respond_event_stream(req, stream_read, g, stream_free);
 }
 
 /* Answers in one piece once every choice is done; until then parks the
  * connection (the engine's callbacks wake it). It is also the request's
  * resume step, run again on each wake. */
+static bool all_done(void *p)
+{
+    gen_state *g = p;
+    pthread_mutex_lock(&g->lock);
+    bool done = g->done == g->n;
+    pthread_mutex_unlock(&g->lock);
+    return done;
+}
+
 static int respond_whole(api_request *req)
 {
     gen_state *g = req->state;
-    for (;;) {
-        pthread_mutex_lock(&g->lock);
-        bool done = g->done == g->n;
-        pthread_mutex_unlock(&g->lock);
-        if (done)
-            break;
-        enum api_park park = api_request_park(req);
-        if (park == API_PARKED)
-            return RT_OK;
-        if (park == API_PARK_END)
-            return api_respond_error(req, 503, "server_error", NULL, NULL,
-                                     "The server is stopping; the completion was not finished.");
-    }
+    int rc;
+    if (!api_request_wait(req, all_done, g, "the completion", &rc))
+        return rc;
     return g->error ? api_respond_error(req, 500, "server_error", NULL, NULL, "%s", g->error)
                     : api_respond_json(req, 200, final_json(g));
 }

@@ -158,6 +158,24 @@ enum api_park api_request_park(api_request *req)
     return api_request_park_for(req, 0);
 }
 
+bool api_request_wait(api_request *req, bool (*ready)(void *cls), void *cls, const char *what, int *rc)
+{
+    for (;;) {
+        if (ready(cls))
+            return true;
+        enum api_park park = api_request_park(req);
+        if (park == API_PARKED) {
+            *rc = RT_OK;
+            return false;
+        }
+        if (park == API_PARK_END) {
+            *rc = api_respond_error(req, 503, "server_error", NULL, NULL,
+                                    "The server is stopping; %s was not finished.", what);
+            return false;
+        }
+    }
+}
+
 void api_request_wake(api_request *req)
 {
     api_conn *k = req->link;

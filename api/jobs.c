@@ -584,21 +584,12 @@ typedef struct event_stream {
     bool ended;                       /* [DONE] is in out */
 } event_stream;
 
+/* Queues text; what was all sent is dropped first. */
 static bool out_append(event_stream *s, const char *text, size_t n)
 {
     if (s->sent == s->len)
         s->sent = s->len = 0;
-    if (s->len + n > s->cap) {
-        size_t cap = (s->len + n) * 2;
-        char *grown = realloc(s->out, cap);
-        if (!grown)
-            return false;
-        s->out = grown;
-        s->cap = cap;
-    }
-    memcpy(s->out + s->len, text, n);
-    s->len += n;
-    return true;
+    return api_buf_append(&s->out, &s->len, &s->cap, text, n);
 }
 
 /* Appends the events stored since the cursor and, once the job is over and
@@ -709,15 +700,7 @@ static int respond_events_stream(api_request *req)
         stream_free(s);
         return rc;
     }
-    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s,
-                                                                  stream_free);
-    if (!resp) {
-        stream_free(s);
-        return RT_ERR_NOMEM;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-    return api_respond_response(req, 200, resp);
+    return api_respond_event_stream(req, stream_read, s, stream_free);
 }
 
 int api_jobs_events(api_request *req)

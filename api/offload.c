@@ -76,28 +76,27 @@ static void request_over(void *p)
         offload_free(o);
 }
 
+static bool work_done(void *p)
+{
+    api_offload *o = p;
+    pthread_mutex_lock(&o->lock);
+    bool done = o->done;
+    pthread_mutex_unlock(&o->lock);
+    return done;
+}
+
 /* The resume step: parks until the work is done, then gives the request
  * its state back and runs `then`. */
 static int resume(api_request *req)
 {
     api_offload *o = req->state;
-    for (;;) {
-        pthread_mutex_lock(&o->lock);
-        bool done = o->done;
-        pthread_mutex_unlock(&o->lock);
-        if (done)
-            break;
-        enum api_park park = api_request_park(req);
-        if (park == API_PARKED)
-            return RT_OK;
-        if (park == API_PARK_END)
-            return api_respond_error(req, 503, "server_error", NULL, NULL,
-                                     "The server is stopping; the request was not finished.");
-    }
+    int rc;
+    if (!api_request_wait(req, work_done, o, "the request", &rc))
+        return rc;
     req->state = o->request_state;
     req->state_free = o->request_state_free;
     req->resume = NULL;
-    int rc = o->then(req, o->arg);
+    rc = o->then(req, o->arg);
     offload_free(o);
     return rc;
 }

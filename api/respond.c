@@ -51,6 +51,22 @@ void api_utf8_fix(const char *s, char *out, size_t size)
         out[o] = '\0';
 }
 
+bool api_buf_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t ncap = (*len + n + 1) * 2;
+        char *nb = realloc(*buf, ncap);
+        if (!nb)
+            return false;
+        *buf = nb;
+        *cap = ncap;
+    }
+    memcpy(*buf + *len, data, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+    return true;
+}
+
 /* Adds s to o under key, made valid UTF-8 first; NULL adds null. */
 static void add_text(cJSON *o, const char *key, const char *s)
 {
@@ -120,6 +136,19 @@ static int queue(api_request *req, int status, struct MHD_Response *resp)
 int api_respond_response(api_request *req, int status, struct MHD_Response *resp)
 {
     return queue(req, status, resp);
+}
+
+int api_respond_event_stream(api_request *req, MHD_ContentReaderCallback read, void *cls,
+                             MHD_ContentReaderFreeCallback free_cls)
+{
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, read, cls, free_cls);
+    if (!resp) {
+        free_cls(cls);
+        return RT_ERR_NOMEM;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    return queue(req, 200, resp);
 }
 
 int api_respond_error_retry(api_request *req, int status, int retry_after, const char *code,
