@@ -354,19 +354,18 @@ typedef struct api_target {
  * with its cause in *why (field "model"): RT_ERR_NOT_FOUND (no such model
  * for this caller; another project's is no different), RT_ERR_STATE (the
  * server has no model), RT_ERR_IO (it could not be loaded). The handler
- * answers with api_respond_refusal. */
-int api_catalog_resolve(api_request *req, const char *model, api_target *out, engine_error *why);
+ * answers with api_respond_refusal. With may_load false a model that would
+ * first be loaded from disk (an adapter not in memory, a full fine-tune's
+ * engine not open) is RT_ERR_BUSY instead, nothing held: slow work, for
+ * api_offload_start. */
+int api_catalog_resolve(api_request *req, const char *model, bool may_load, api_target *out, engine_error *why);
 void api_model_release(api_request *req, api_target *t);
 
 /* The same for any thread (no request): what serves model for project. */
-int api_catalog_load(api_server *srv, const char *project, const char *model, api_target *out,
-                     engine_error *why);
+int api_catalog_load(api_server *srv, const char *project, const char *model, bool may_load,
+                     api_target *out, engine_error *why);
 void api_target_release(api_server *srv, api_target *t);
 
-/* False when serving the caller's model would first load it from disk (an
- * adapter's weights not resident, a full fine-tune's engine not open):
- * slow work, for api_offload_start. */
-bool api_catalog_ready(api_request *req, const char *model);
 
 /* The one table from a refusal's code to its HTTP answer: 400
  * invalid_value (INVALID, UNSUPPORTED, FORMAT), 400 context_length_exceeded

@@ -1381,7 +1381,7 @@ typedef struct model_load {
 static void model_load_work(void *arg)
 {
     model_load *l = arg;
-    l->rc = api_catalog_load(l->srv, l->project, l->model, &l->target, &l->why);
+    l->rc = api_catalog_load(l->srv, l->project, l->model, true, &l->target, &l->why);
     char err[512] = "";
     if (l->rc == RT_OK && l->target.adapter[0] &&
         engine_adapter_preload(l->target.engine, l->target.adapter, err, sizeof err) != RT_OK) {
@@ -1432,11 +1432,14 @@ static int generate(api_request *req, bool chat, bool loaded)
     api_target t;
     engine_error why = {0};
     int rc = RT_OK;
-    if (!parse_request(body, &p, &b))
+    bool parsed = parse_request(body, &p, &b);
+    /* a model not in memory is loaded off the event loop first, unless it just was */
+    bool may_load = loaded || !parsed || strlen(p.model) >= sizeof ((model_load *)0)->model;
+    if (!parsed)
         rc = api_respond_error(req, 400, BAD, b.param, "invalid_value", "%s", b.message);
-    else if (!loaded && !api_catalog_ready(req, p.model) && strlen(p.model) < sizeof ((model_load *)0)->model)
+    else if ((rc = api_catalog_resolve(req, p.model, may_load, &t, &why)) == RT_ERR_BUSY)
         rc = load_model_then_generate(req, p.model, chat);
-    else if ((rc = api_catalog_resolve(req, p.model, &t, &why)) != RT_OK)
+    else if (rc != RT_OK)
         rc = api_respond_refusal(req, rc, &why);
     else {
         gen_state *g = gen_new(&p, &t);

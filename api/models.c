@@ -183,12 +183,15 @@ static bool shared_adapter(api_server *srv, const char *model)
 /* Serves the project's model found at path: an adapter registered on the
  * base under the model's engine key, or a full model's engine. */
 static int serve_located(api_server *srv, const char *project, const char *model, const char *path,
-                         const char *kind, api_target *out, engine_error *why)
+                         const char *kind, bool may_load, api_target *out, engine_error *why)
 {
     char key[API_ENGINE_KEY_MAX], err[512] = "";
     api_engine_key_of(project, model, key, sizeof key);
+    bool adapter = strcmp(kind, "adapter") == 0;
+    if (!may_load && !(adapter ? engine_adapter_resident(srv->engine, key) : engine_pool_resident(srv->fulls, key)))
+        return RT_ERR_BUSY;
     int rc;
-    if (strcmp(kind, "adapter") == 0) {
+    if (adapter) {
         rc = engine_adapter_add(srv->engine, key, path, err, sizeof err);
         if (rc == RT_OK || rc == RT_ERR_EXISTS) {
             out->engine = srv->engine;
@@ -204,8 +207,8 @@ static int serve_located(api_server *srv, const char *project, const char *model
     return refusal(why, RT_ERR_IO, "The model '%s' could not be loaded: %s", model, err);
 }
 
-int api_catalog_load(api_server *srv, const char *project, const char *model, api_target *out,
-                     engine_error *why)
+int api_catalog_load(api_server *srv, const char *project, const char *model, bool may_load,
+                     api_target *out, engine_error *why)
 {
     const api_config *cfg = &srv->cfg;
     char path[1024];
@@ -218,8 +221,10 @@ int api_catalog_load(api_server *srv, const char *project, const char *model, ap
         return RT_OK;
     }
     if (locate(srv, project, model, path, sizeof path, &kind))
-        return serve_located(srv, project, model, path, kind, out, why);
+        return serve_located(srv, project, model, path, kind, may_load, out, why);
     if (shared_adapter(srv, model)) {
+        if (!may_load && !engine_adapter_resident(srv->engine, model))
+            return RT_ERR_BUSY;
         out->engine = srv->engine;
         snprintf(out->adapter, sizeof out->adapter, "%s", model);
         return RT_OK;
@@ -228,23 +233,9 @@ int api_catalog_load(api_server *srv, const char *project, const char *model, ap
 }
 
 /* The catalog: what serves `model` for the caller (see api_internal.h). */
-int api_catalog_resolve(api_request *req, const char *model, api_target *out, engine_error *why)
+int api_catalog_resolve(api_request *req, const char *model, bool may_load, api_target *out, engine_error *why)
 {
-    return api_catalog_load(req->srv, api_project(req), model, out, why);
-}
-
-bool api_catalog_ready(api_request *req, const char *model)
-{
-    api_server *srv = req->srv;
-    char path[1024], key[API_ENGINE_KEY_MAX];
-    const char *kind = NULL;
-    if (!srv->engine || (srv->cfg.model_id && strcmp(model, srv->cfg.model_id) == 0))
-        return true;
-    if (!locate(srv, api_project(req), model, path, sizeof path, &kind)) /* a --lora one, or none */
-        return !shared_adapter(srv, model) || engine_adapter_resident(srv->engine, model);
-    api_engine_key(req, model, key, sizeof key);
-    return strcmp(kind, "adapter") == 0 ? engine_adapter_resident(srv->engine, key)
-                                        : engine_pool_resident(srv->fulls, key);
+    return api_catalog_load(req->srv, api_project(req), model, may_load, out, why);
 }
 
 void api_target_release(api_server *srv, api_target *t)
