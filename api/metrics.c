@@ -212,6 +212,9 @@ static bool render_service(api_server *srv, char **buf, size_t *len, size_t *cap
                           "Tokens through training forward passes.", buf, len, cap) &&
            render_gauge("retune_training_tokens_per_second", "Training throughput of the running job (0: none).",
                         rt_metric_gauge(RT_METRIC_TRAINING_TOKENS_PER_SECOND), buf, len, cap) &&
+           render_counter(RT_METRIC_PREFIX_CACHE_TOKENS, "retune_prefix_cache_hit_tokens_total",
+                          "Prompt tokens whose keys and values were reused from the prefix cache.",
+                          buf, len, cap) &&
            render_counter(RT_METRIC_GENERATED_TOKENS, "retune_generated_tokens_total",
                           "Tokens sampled for completions.", buf, len, cap) &&
            render_histogram_metric(RT_METRIC_TIME_TO_FIRST_TOKEN, "retune_time_to_first_token_seconds",

@@ -14,6 +14,7 @@ enum rt_counter {
     RT_METRIC_GENERATED_TOKENS,  /* tokens sampled for completions */
     RT_METRIC_ADAPTER_LOADS,     /* adapter weights read into memory */
     RT_METRIC_JOB_TRANSITIONS,   /* job status changes the worker made */
+    RT_METRIC_PREFIX_CACHE_TOKENS, /* prompt tokens whose KV rows came from the prefix cache */
     RT_COUNTER_COUNT
 };
 

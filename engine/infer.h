@@ -35,13 +35,51 @@
 #include "engine/sample.h"
 #include "engine/tokenizer.h"
 
+/* ---- the KV cache's blocks and the prefix cache (engine/infer_kv.c) ----- */
+
+/* Which block holds each position of each slot, and the registry of full
+ * blocks that later prompts with the same prefix (tokens and adapter) take
+ * instead of computing them. Host bookkeeping, engine thread only. */
+typedef struct infer_kv infer_kv;
+
+/* slots tables over slots * ceil(max_context / block_size) blocks. Prefix
+ * sharing is possible only when block_size < max_context. */
+int infer_kv_create(int slots, int max_context, int block_size, infer_kv **out);
+void infer_kv_free(infer_kv *kv);
+int infer_kv_blocks(const infer_kv *kv);
+int infer_kv_block_size(const infer_kv *kv);
+/* Tokens taken from the prefix cache since creation. */
+long long infer_kv_reused_tokens(const infer_kv *kv);
+/* slot's block table (position p is in block table[p / block_size]). */
+const int32_t *infer_kv_table(const infer_kv *kv, int slot);
+/* Grows slot's table to cover positions [0, end). RT_ERR_INVALID beyond
+ * max_context. */
+int infer_kv_reserve(infer_kv *kv, int slot, int end);
+/* RT_OK when positions [p, p + n) of slot are reserved and not shared. */
+int infer_kv_check_write(const infer_kv *kv, int slot, int p, int n);
+/* Positions [p, p + n) of slot now hold the rows of ids, computed with
+ * adapter uid (0: the base): blocks that fill are registered. */
+void infer_kv_written(infer_kv *kv, int slot, int p, const int32_t *ids, int n, uint64_t uid);
+/* An empty slot starting a prompt of n ids: takes the longest registered
+ * run of full blocks matching its start (leaving at least one id to
+ * compute) and returns the positions taken, a multiple of the block size. */
+int infer_kv_attach_prefix(infer_kv *kv, int slot, const int32_t *ids, int n, uint64_t uid);
+/* slot's sequence ended: its blocks are dropped (registered ones stay
+ * cached until their rows are needed). */
+void infer_kv_release(infer_kv *kv, int slot);
+
 /* ---- KV cache and the batched forward pass ------------------------------ */
+
+/* Positions per KV cache block (on a backend with paged attention). */
+#define INFER_KV_BLOCK 32
 
 typedef struct infer_ctx infer_ctx;
 
 /*
- * Allocates the KV cache (slots sequences of max_context positions, every
- * layer, as [slot, position, kv_head, head_dim]) and the buffers of a step
+ * Allocates the KV cache (room for slots sequences of max_context positions,
+ * every layer, in blocks of [block_size, kv_head, head_dim]: INFER_KV_BLOCK
+ * positions when the backend has attention_kv_batch_forward, else one
+ * block of max_context per slot) and the buffers of a step
  * of at most max_tokens tokens for m (borrowed; must outlive the context).
  * Errors: RT_ERR_INVALID (a size < 1 or max_context over the model's
  * max_position_embeddings), RT_ERR_NOMEM. Free with infer_ctx_free.
@@ -50,6 +88,18 @@ int infer_ctx_create(const model *m, int slots, int max_context, int max_tokens,
 
 /* Frees the context; NULL is allowed. */
 void infer_ctx_free(infer_ctx *c);
+
+/* Prefix caching for a sequence starting in an empty slot: the positions
+ * of ids[0, n) it takes from the cache (0 when none or when the backend
+ * keeps one block per slot), computed with adapter ad (NULL: the base).
+ * Its first segment then starts at that past. */
+int infer_ctx_attach_prefix(infer_ctx *c, int slot, const int32_t *ids, int n, const lora *ad);
+
+/* The sequence in slot ended: its cache blocks are released. */
+void infer_ctx_release(infer_ctx *c, int slot);
+
+/* Tokens taken from the prefix cache so far. */
+long long infer_ctx_reused_tokens(const infer_ctx *c);
 
 /* What infer_ctx_create(m, slots, max_context, max_tokens) would allocate:
  * *kv the KV cache's bytes, *step the step buffers' (activations, scratch,

@@ -5,8 +5,9 @@
  *   - every base projection is one matmul over all rows of the step;
  *   - the LoRA term is added per run of rows sharing an adapter
  *     (out[rows] += scaling * (x[rows] A^T) B^T);
- *   - attention runs per sequence, its new keys/values appended to its
- *     cache slot first (attention_kv_forward);
+ *   - each sequence's new keys/values are appended to its cache slot, then
+ *     attention runs over the slots: all short segments (decode) in one
+ *     attention_kv_batch_forward call, each prefill on its own;
  *   - the final norm and lm_head run only on the rows whose logits are
  *     wanted.
  * Memory: the KV cache is one device allocation, the step activations
@@ -22,8 +23,10 @@ struct infer_ctx {
     const model *m;
     const kernels_backend *be;
     int slots, ctx, N;               /* cache slots, positions per slot, rows per step */
+    int bs, n_blocks;                /* positions per cache block, blocks */
     size_t kvd, qd;                  /* kv and q widths (heads * head_dim) */
-    float *kv;                       /* the cache: k then v, each [L, slots, ctx, kvd] */
+    float *kv;                       /* the cache: k then v, each [L, n_blocks, bs, kvd] */
+    infer_kv *blocks;                /* which block holds each slot's positions */
     float *buf;                      /* the step activations, one allocation */
     float *x, *ln, *rstd, *q, *k, *v, *att, *tmp, *gate, *up, *h, *logits;
     float *q_raw, *k_raw, *rstd_qk;  /* Qwen3: q/k before their head norms (else empty) */
@@ -34,6 +37,7 @@ struct infer_ctx {
     int32_t *ids, *pos;              /* device [N] each */
     int32_t *host_pos;               /* host [N] */
     int *seg_row;                    /* host [N]: first row of each segment */
+    kernels_kv_seq *kv_seqs;         /* host [N]: the step's batched attention */
 };
 
 /* Splits buf into the step's tensors, each rounded to 16 floats (64 bytes);
@@ -59,10 +63,10 @@ static size_t point_step(infer_ctx *c, float *buf)
     return off;
 }
 
-/* Floats of the KV cache: keys and values of every layer, slot and position. */
+/* Floats of the KV cache: keys and values of every layer, block and row. */
 static size_t kv_floats(const infer_ctx *c)
 {
-    return 2 * (size_t)c->m->cfg.num_hidden_layers * (size_t)c->slots * (size_t)c->ctx * c->kvd;
+    return 2 * (size_t)c->m->cfg.num_hidden_layers * (size_t)c->n_blocks * (size_t)c->bs * c->kvd;
 }
 
 /* Sets the sizes of a context (no allocation). */
@@ -73,6 +77,10 @@ static void ctx_shape(infer_ctx *c, const model *m, int slots, int max_context, 
     c->slots = slots;
     c->ctx = max_context;
     c->N = max_tokens;
+    /* blocks need the batched attention; without it one block is a slot */
+    c->bs = m->be->attention_kv_batch_forward && INFER_KV_BLOCK < max_context ? INFER_KV_BLOCK
+                                                                              : max_context;
+    c->n_blocks = slots * ((max_context + c->bs - 1) / c->bs);
     c->kvd = (size_t)m->cfg.num_key_value_heads * (size_t)m->cfg.head_dim;
     c->qd = (size_t)m->cfg.num_attention_heads * (size_t)m->cfg.head_dim;
 }
@@ -83,6 +91,8 @@ static int ctx_alloc(infer_ctx *c)
     const model_config *mc = &c->m->cfg;
     const kernels_backend *be = c->be;
     int rc = be->alloc((void **)&c->kv, kv_floats(c) * sizeof(float));
+    if (rc == RT_OK)
+        rc = infer_kv_create(c->slots, c->ctx, c->bs, &c->blocks);
     if (rc == RT_OK)
         rc = be->alloc((void **)&c->buf, point_step(c, NULL) * sizeof(float));
     if (rc == RT_OK)
@@ -100,7 +110,8 @@ static int ctx_alloc(infer_ctx *c)
     c->pos = c->ids + c->N;
     c->host_pos = malloc((size_t)c->N * sizeof *c->host_pos);
     c->seg_row = malloc((size_t)c->N * sizeof *c->seg_row);
-    return c->host_pos && c->seg_row ? RT_OK : RT_ERR_NOMEM;
+    c->kv_seqs = malloc((size_t)c->N * sizeof *c->kv_seqs);
+    return c->host_pos && c->seg_row && c->kv_seqs ? RT_OK : RT_ERR_NOMEM;
 }
 
 /* The KV cache and step buffers for m; see engine/infer.h. */
@@ -150,6 +161,8 @@ void infer_ctx_free(infer_ctx *c)
     c->be->free(c->ids);
     free(c->host_pos);
     free(c->seg_row);
+    free(c->kv_seqs);
+    infer_kv_free(c->blocks);
     free(c);
 }
 
@@ -166,6 +179,11 @@ static int prepare_step(infer_ctx *c, const infer_step *st)
         if (s->slot < 0 || s->slot >= c->slots || s->past < 0 || s->n < 1 ||
             s->past + s->n > c->ctx || row + s->n > st->n_tokens)
             return RT_ERR_INVALID;
+        int rc = infer_kv_reserve(c->blocks, s->slot, s->past + s->n);
+        if (rc == RT_OK)
+            rc = infer_kv_check_write(c->blocks, s->slot, s->past, s->n);
+        if (rc != RT_OK)
+            return rc;
         c->seg_row[i] = row;
         for (int j = 0; j < s->n; j++)
             c->host_pos[row + j] = s->past + j;
@@ -241,29 +259,58 @@ static int proj(infer_ctx *c, const infer_step *st, int layer, enum peft_module 
     return rc;
 }
 
-/* Writes each segment's new keys/values into its cache slot and runs its
- * attention over the slot. */
+static int be_copy(infer_ctx *c, float *dst, const float *src, size_t bytes)
+{
+    return c->be->copy_device(dst, src, bytes, NULL);
+}
+
+/* Copies n rows of k/v (the step's rows from row) to positions [past,
+ * past + n) of a slot's blocks in one layer's cache. */
+static int write_kv(infer_ctx *c, float *kl, float *vl, const int32_t *table, int past, int n,
+                    size_t row)
+{
+    int rc = RT_OK;
+    for (int p = past, e; rc == RT_OK && p < past + n; row += (size_t)(e - p), p = e) {
+        e = (p / c->bs + 1) * c->bs;
+        e = e < past + n ? e : past + n;
+        size_t at = ((size_t)table[p / c->bs] * (size_t)c->bs + (size_t)(p % c->bs)) * c->kvd;
+        size_t bytes = (size_t)(e - p) * c->kvd * sizeof(float);
+        rc = be_copy(c, kl + at, c->k + row * c->kvd, bytes);
+        if (rc == RT_OK)
+            rc = be_copy(c, vl + at, c->v + row * c->kvd, bytes);
+    }
+    return rc;
+}
+
+/* Writes each segment's new keys/values into its cache blocks, then runs
+ * attention over the blocks: every segment in one batched call when the
+ * backend has it, else one call per segment over its single block. */
 static int attend(infer_ctx *c, const infer_step *st, int layer)
 {
     const model_config *mc = &c->m->cfg;
     const kernels_backend *be = c->be;
-    size_t slot_floats = (size_t)c->ctx * c->kvd;
-    float *kl = c->kv + (size_t)layer * (size_t)c->slots * slot_floats;
-    float *vl = kl + (size_t)mc->num_hidden_layers * (size_t)c->slots * slot_floats;
-    int rc = RT_OK;
+    size_t layer_floats = (size_t)c->n_blocks * (size_t)c->bs * c->kvd;
+    float *kl = c->kv + (size_t)layer * layer_floats;
+    float *vl = kl + (size_t)mc->num_hidden_layers * layer_floats;
+    int rc = RT_OK, window = model_layer_window(mc, layer);
     for (int i = 0; rc == RT_OK && i < st->n_segs; i++) {
         const infer_seg *s = &st->segs[i];
-        size_t row = (size_t)c->seg_row[i], bytes = (size_t)s->n * c->kvd * sizeof(float);
-        float *ks = kl + (size_t)s->slot * slot_floats, *vs = vl + (size_t)s->slot * slot_floats;
-        rc = be->copy_device(ks + (size_t)s->past * c->kvd, c->k + row * c->kvd, bytes, NULL);
-        if (rc == RT_OK)
-            rc = be->copy_device(vs + (size_t)s->past * c->kvd, c->v + row * c->kvd, bytes, NULL);
-        if (rc == RT_OK)
+        const int32_t *table = infer_kv_table(c->blocks, s->slot);
+        size_t row = (size_t)c->seg_row[i];
+        rc = write_kv(c, kl, vl, table, s->past, s->n, row);
+        c->kv_seqs[i] = (kernels_kv_seq){table, (int)row, s->n, s->past};
+        if (rc == RT_OK && !be->attention_kv_batch_forward) {
+            size_t at = (size_t)table[0] * (size_t)c->bs * c->kvd;
             rc = be->attention_kv_forward(c->att + row * c->qd, c->scratch, c->q + row * c->qd,
-                                          ks, vs, s->n, s->past, mc->num_attention_heads,
-                                          mc->num_key_value_heads, mc->head_dim,
-                                          model_layer_window(mc, layer), NULL);
+                                          kl + at, vl + at, s->n, s->past,
+                                          mc->num_attention_heads, mc->num_key_value_heads,
+                                          mc->head_dim, window, NULL);
+        }
     }
+    if (rc == RT_OK && be->attention_kv_batch_forward)
+        rc = be->attention_kv_batch_forward(c->att, c->scratch, c->q, kl, vl, c->bs, c->kv_seqs,
+                                            st->n_segs, mc->num_attention_heads,
+                                            mc->num_key_value_heads, mc->head_dim, window, NULL);
     return rc;
 }
 
@@ -354,5 +401,25 @@ int infer_forward(infer_ctx *c, const infer_step *st, float *logits)
         rc = layer_forward(c, st, l);
     if (rc == RT_OK)
         rc = head_forward(c, st, logits);
+    for (int i = 0; rc == RT_OK && i < st->n_segs; i++) { /* the rows are in the cache now */
+        const infer_seg *g = &st->segs[i];
+        infer_kv_written(c->blocks, g->slot, g->past, st->ids + c->seg_row[i], g->n,
+                         g->ad ? g->ad->uid : 0);
+    }
     return rc;
+}
+
+int infer_ctx_attach_prefix(infer_ctx *c, int slot, const int32_t *ids, int n, const lora *ad)
+{
+    return infer_kv_attach_prefix(c->blocks, slot, ids, n, ad ? ad->uid : 0);
+}
+
+void infer_ctx_release(infer_ctx *c, int slot)
+{
+    infer_kv_release(c->blocks, slot);
+}
+
+long long infer_ctx_reused_tokens(const infer_ctx *c)
+{
+    return infer_kv_reused_tokens(c->blocks);
 }

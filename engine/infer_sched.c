@@ -69,6 +69,7 @@ static void seq_end(engine_server *srv, infer_seq *s, const char *reason, const 
     free(s->distinct);
     json_matcher_free(s->json); /* before on_done: the grammar is borrowed until then */
     json_matcher_free(s->trial);
+    infer_ctx_release(srv->ictx, (int)(s - srv->seqs));
     memset(s, 0, sizeof *s);
     active_done(srv); /* the slot is free before on_done runs */
     finish_handle(srv, h, reason, error, n_gen);
@@ -81,7 +82,8 @@ static void mark_seen(uint8_t *seen, int32_t id)
         seen[id >> 3] |= (uint8_t)(1u << (id & 7));
 }
 
-/* Claims a free slot for h: its decoders, RNG and penalty bitmap. */
+/* Claims a free slot for h: its decoders, RNG and penalty bitmap, and the
+ * cached KV blocks of the longest prefix of its prompt already computed. */
 void infer_sched_start(engine_server *srv, engine_handle *h)
 {
     infer_seq *s = NULL;
@@ -112,6 +114,10 @@ void infer_sched_start(engine_server *srv, engine_handle *h)
         for (int i = 0; rc == RT_OK && i < h->n_prompt; i++)
             mark_seen(s->seen, h->tokens[i]);
     }
+    if (rc == RT_OK && !h->echo) /* echo wants every prompt row's logits */
+        s->n_past = infer_ctx_attach_prefix(srv->ictx, (int)(s - srv->seqs), h->tokens,
+                                            h->n_prompt,
+                                            h->adapter ? adapter_entry_lora(h->adapter) : NULL);
     if (rc == RT_OK)
         return;
     if (s)

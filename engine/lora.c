@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -18,6 +19,13 @@
 
 static bool targeted(const peft_config *pc, int m) { return (pc->target_modules >> m) & 1u; }
 
+/* A new adapter uid: 1, 2, ... for the life of the process. */
+static uint64_t next_uid(void)
+{
+    static atomic_uint_fast64_t last;
+    return (uint64_t)atomic_fetch_add(&last, 1) + 1;
+}
+
 /* Allocates the shell, the buffer and the pointer tables for pc on c. */
 static int lora_alloc(const model_config *c, const peft_config *pc, const kernels_backend *be,
                       lora **out)
@@ -25,6 +33,7 @@ static int lora_alloc(const model_config *c, const peft_config *pc, const kernel
     lora *l = calloc(1, sizeof *l);
     if (!l)
         return RT_ERR_NOMEM;
+    l->uid = next_uid();
     l->be = be;
     l->cfg = *pc;
     l->scaling = peft_scaling(pc);
@@ -116,6 +125,7 @@ int lora_clone_zero(const lora *src, lora **out)
     if (!l)
         return RT_ERR_NOMEM;
     *l = *src;
+    l->uid = next_uid();
     size_t slots = (size_t)src->n_layers * PEFT_MODULE_COUNT;
     l->a = calloc(slots, sizeof *l->a);
     l->b = calloc(slots, sizeof *l->b);

@@ -146,6 +146,8 @@ typedef struct lora {
     float *params;            /* device: every A then B, one allocation */
     size_t n_params;
     float **a, **b;           /* host arrays [layer * PEFT_MODULE_COUNT + module]; NULL if untargeted */
+    uint64_t uid;             /* unique per adapter object in this process (never 0): what
+                               * the serving prefix cache keys an adapter's KV rows by */
 } lora;
 
 /* A new adapter for c: A Kaiming-uniform(a = sqrt 5), B zero (PEFT's init). */

@@ -70,6 +70,15 @@ typedef struct kernels_lora_group {
     float scale;    /* alpha / r (or alpha / sqrt(r) for rsLoRA) */
 } kernels_lora_group;
 
+/* One sequence of a serving step for attention_kv_batch_forward. Its keys
+ * and values live in a cache of fixed-size blocks: position p is row
+ * p % block_size of block blocks[p / block_size]. */
+typedef struct kernels_kv_seq {
+    const int32_t *blocks; /* HOST block table, covering positions [0, past + n) */
+    int row0, n;           /* its query rows [row0, row0 + n) of q and out */
+    int past;              /* positions cached before them */
+} kernels_kv_seq;
+
 typedef struct kernels_backend {
     const char *name; /* "cpu", "cuda" */
     /* The largest head_dim attention_kv_forward takes (0: any), checked
@@ -288,6 +297,22 @@ typedef struct kernels_backend {
     int (*lora_group_forward)(float *y, void *scratch, const float *x,
                               const kernels_lora_group *groups, int n_groups,
                               int N, int C, int OC, int max_rank, kernels_stream *s);
+
+    /* Optional (NULL: callers keep each sequence's cache in one block and
+     * loop over attention_kv_forward): the attention_kv_forward of every
+     * sequence of a step in one call, over a cache in blocks, so that a
+     * decode step is one pass over all caches rather than a few small
+     * products per sequence and head:
+     *   k_cache, v_cache: one layer, [n_blocks, block_size, Hkv, D] each;
+     *   for each seq: q[row0 .. row0+n, Hq, D] over its blocks -> out[same rows]
+     * with the causal, windowed, GQA semantics of attention_kv_forward; the
+     * new tokens' rows must already be written. seqs is a HOST array
+     * (borrowed); query rows of different sequences must not overlap.
+     * scratch: attention_kv_scratch_bytes(largest n, largest past + n, ...). */
+    int (*attention_kv_batch_forward)(float *out, void *scratch, const float *q,
+                                      const float *k_cache, const float *v_cache,
+                                      int block_size, const kernels_kv_seq *seqs, int n_seqs,
+                                      int Hq, int Hkv, int D, int window, kernels_stream *s);
 } kernels_backend;
 
 /* The CPU backend (OpenBLAS + C loops). Never NULL; do not free. */

@@ -281,6 +281,93 @@ static void test_attention_kv(void)
     attention_kv_case(70); /* a window across query blocks */
 }
 
+/* The batched op over a cache in blocks equals attention_kv_forward over
+ * each sequence's contiguous cache: several sequences whose blocks are
+ * scattered over one pool in shuffled order, with their own pasts and
+ * new-token counts (decode, short continuations and prefills longer than
+ * the few-row path and than one query block), GQA, head widths with and
+ * without a lane tail, odd block sizes, with and without a window, and
+ * enough work to be split over the CPU backend's threads. Tolerance 1e-5
+ * absolute (values are O(1)). */
+static void attention_kv_batch_case(int Hq, int Hkv, int D, int bs, int window)
+{
+    const kernels_backend *be = kernels_cpu_backend();
+    enum { S = 11, T = 300 };
+    static const int pasts[S] = {0, 1, 5, 63, 64, 65, 130, 250, 291, 0, 40};
+    static const int news[S] = {1, 3, 1, 1, 8, 2, 1, 4, 1, 75, 9};
+    size_t kvrow = (size_t)Hkv * D, qrow = (size_t)Hq * D;
+    int per = (T + bs - 1) / bs, n_blocks = S * per;
+    uint64_t st = 29;
+    float *kpool = malloc((size_t)n_blocks * bs * kvrow * 4), *vpool = malloc((size_t)n_blocks * bs * kvrow * 4);
+    int32_t *order = malloc((size_t)n_blocks * sizeof *order);
+    for (int i = 0; i < n_blocks; i++)
+        order[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) { /* a shuffled pool */
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        int j = (int)((st >> 33) % (uint64_t)(i + 1));
+        int32_t t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    float *k[S], *v[S];
+    kernels_kv_seq seqs[S];
+    int rows = 0;
+    for (int i = 0; i < S; i++) {
+        k[i] = malloc((size_t)T * kvrow * 4);
+        v[i] = malloc((size_t)T * kvrow * 4);
+        fill_random(k[i], (size_t)T * kvrow, 1.0f, &st);
+        fill_random(v[i], (size_t)T * kvrow, 1.0f, &st);
+        const int32_t *table = order + (size_t)i * per;
+        for (int p = 0; p < T; p++) {
+            size_t at = ((size_t)table[p / bs] * bs + (size_t)(p % bs)) * kvrow;
+            memcpy(kpool + at, k[i] + (size_t)p * kvrow, kvrow * 4);
+            memcpy(vpool + at, v[i] + (size_t)p * kvrow, kvrow * 4);
+        }
+        seqs[i] = (kernels_kv_seq){table, rows, news[i], pasts[i]};
+        rows += news[i];
+    }
+    float *q = malloc((size_t)rows * qrow * 4), *got = malloc((size_t)rows * qrow * 4);
+    float *want = malloc((size_t)rows * qrow * 4);
+    fill_random(q, (size_t)rows * qrow, 1.0f, &st);
+    void *scratch = malloc(be->attention_kv_scratch_bytes(75, T, Hq, Hkv, D));
+    CHECK(be->attention_kv_batch_forward(got, scratch, q, kpool, vpool, bs, seqs, S, Hq, Hkv, D,
+                                         window, NULL) == RT_OK);
+    for (int i = 0; i < S; i++) {
+        size_t at = (size_t)seqs[i].row0 * qrow;
+        CHECK(be->attention_kv_forward(want + at, scratch, q + at, k[i], v[i], news[i], pasts[i],
+                                       Hq, Hkv, D, window, NULL) == RT_OK);
+    }
+    double worst = 0;
+    for (size_t j = 0; j < (size_t)rows * qrow; j++)
+        worst = isnan(got[j]) ? INFINITY : fmax(worst, fabs(got[j] - want[j]));
+    CHECK_MSG(worst <= 1e-5, "batched attention Hq %d Hkv %d D %d block %d window %d: max err %.3g",
+              Hq, Hkv, D, bs, window, worst);
+    for (int i = 0; i < S; i++) {
+        free(k[i]);
+        free(v[i]);
+    }
+    free(kpool); free(vpool); free(order); free(q); free(got); free(want); free(scratch);
+}
+
+static void test_attention_kv_batch(void)
+{
+    attention_kv_batch_case(4, 2, 8, 32, 0);
+    attention_kv_batch_case(8, 2, 64, 7, 0);
+    attention_kv_batch_case(8, 8, 37, 32, 0);
+    attention_kv_batch_case(6, 3, 64, 300, 5); /* one block per sequence */
+    attention_kv_batch_case(14, 2, 64, 16, 70);
+    const kernels_backend *be = kernels_cpu_backend();
+    float x[64] = {0};
+    int32_t table[1] = {0};
+    kernels_kv_seq bad = {NULL, 0, 1, 0}, prefill = {table, 0, 9, 0};
+    CHECK(be->attention_kv_batch_forward(x, NULL, x, x, x, 4, &bad, 1, 2, 1, 8, 0, NULL) == RT_ERR_INVALID);
+    CHECK(be->attention_kv_batch_forward(x, NULL, x, x, x, 4, &prefill, 1, 2, 1, 8, 0, NULL) ==
+          RT_ERR_INVALID); /* a prefill needs scratch */
+    CHECK(be->attention_kv_batch_forward(x, NULL, x, x, x, 0, NULL, 0, 2, 1, 8, 0, NULL) == RT_ERR_INVALID);
+    CHECK(be->attention_kv_batch_forward(x, NULL, x, x, x, 4, NULL, 0, 3, 2, 8, 0, NULL) == RT_ERR_INVALID);
+    CHECK(be->attention_kv_batch_forward(x, NULL, x, x, x, 4, NULL, 0, 2, 1, 8, 0, NULL) == RT_OK);
+}
+
 /* ---- output helpers -------------------------------------------------------- */
 
 static void test_text_helpers(void)
@@ -678,6 +765,72 @@ static void test_mixed_batch(engine_server *srv)
     }
     free(together);
     free(alone);
+}
+
+/* Greedy generation from prompt_ids ids[0, n) with adapter (NULL: base),
+ * echoed or not (echo turns the prefix cache off: every prompt row is
+ * computed); returns the prefix-cache tokens the request reused. */
+static long long run_ids(engine_server *srv, collector *c, const char *adapter,
+                         const int32_t *ids, int n, bool echo)
+{
+    collector_init(c);
+    engine_request r = request_of(c, adapter, NULL, 10);
+    r.prompt_ids = ids;
+    r.n_prompt_ids = (size_t)n;
+    r.logprobs = true;
+    r.echo = echo;
+    long long before = infer_ctx_reused_tokens(srv->ictx);
+    run_one(srv, &r);
+    return infer_ctx_reused_tokens(srv->ictx) - before;
+}
+
+/* The same tokens, and logprobs within 1e-4 (the cached rows were computed
+ * in another step, with other matrix shapes). */
+static void same_output(const collector *got, const collector *want, const char *what)
+{
+    CHECK_MSG(got->n_tokens == want->n_tokens &&
+                  memcmp(got->tokens, want->tokens, sizeof(int32_t) * (size_t)want->n_tokens) == 0,
+              "%s: tokens differ from the uncached run", what);
+    double worst = 0;
+    for (int i = 0; i < want->n_tokens && i < got->n_tokens; i++)
+        worst = isnan(got->logprobs[i]) ? INFINITY
+                                        : fmax(worst, fabs(got->logprobs[i] - want->logprobs[i]));
+    CHECK_MSG(worst <= 1e-4, "%s: logprobs differ by %.3g", what, worst);
+}
+
+/* Prefix caching: a prompt's full blocks are reused by a later prompt that
+ * starts the same way (with the same adapter), and the output at
+ * temperature 0 equals the uncached one (an echoed run computes every
+ * prompt row). Blocks computed with one adapter never serve another. */
+static void test_prefix_cache(engine_server *srv, int vocab)
+{
+    enum { N = 100, B = INFER_KV_BLOCK };
+    int32_t p[N], q[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = 1 + (i * 37 + 11) % (vocab - 1);
+        q[i] = i < 70 ? p[i] : 1 + (i * 13 + 5) % (vocab - 1); /* p's first 70, then others */
+    }
+    collector ref, first, again, other, other_ref, ad_first, ad_again, ad_ref;
+    CHECK_EQ_INT(run_ids(srv, &first, NULL, p, N, false), 0);
+    CHECK_EQ_INT(run_ids(srv, &ref, NULL, p, N, true), 0); /* echo never takes cached rows */
+    CHECK_EQ_INT(run_ids(srv, &again, NULL, p, N, false), (N - 1) / B * B);
+    same_output(&first, &ref, "first run");
+    same_output(&again, &ref, "cached prefix");
+    CHECK_EQ_INT(run_ids(srv, &other_ref, NULL, q, N, true), 0);
+    CHECK_EQ_INT(run_ids(srv, &other, NULL, q, N, false), 70 / B * B);
+    same_output(&other, &other_ref, "shared first blocks, then other tokens");
+    CHECK_EQ_INT(run_ids(srv, &ad_first, "a1", p, N, false), 0); /* not the base's blocks */
+    CHECK_EQ_INT(run_ids(srv, &ad_ref, "a1", p, N, true), 0);
+    CHECK_EQ_INT(run_ids(srv, &ad_again, "a1", p, N, false), (N - 1) / B * B);
+    same_output(&ad_first, &ad_ref, "adapter, first run");
+    same_output(&ad_again, &ad_ref, "adapter, cached prefix");
+    double moved = 0; /* the adapter changes the numbers (else this shows nothing) */
+    for (int i = 0; i < ref.n_tokens && i < ad_ref.n_tokens; i++)
+        moved = fmax(moved, fabs(ad_ref.logprobs[i] - ref.logprobs[i]));
+    CHECK_MSG(moved > 1e-3, "the adapter moves the logprobs by only %.3g", moved);
+    collector *all[] = {&ref, &first, &again, &other, &other_ref, &ad_first, &ad_again, &ad_ref};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        collector_free(all[i]);
 }
 
 /* Same seed, same sampled output; another seed, another output. */
@@ -1155,6 +1308,7 @@ int main(void)
         make_adapter(&cfg, dirs[i], 1000 + (uint64_t)i, 4 + 4 * i); /* ranks 4, 8, 12 */
     }
     RUN(test_attention_kv);
+    RUN(test_attention_kv_batch);
     RUN(test_text_helpers);
     RUN(test_sample_padded);
     RUN(test_padded_serve);
@@ -1180,6 +1334,8 @@ int main(void)
         }
         fprintf(stderr, "-- test_mixed_batch\n");
         test_mixed_batch(srv);
+        fprintf(stderr, "-- test_prefix_cache\n");
+        test_prefix_cache(srv, cfg.vocab_size);
         fprintf(stderr, "-- test_seed\n");
         test_seed(srv);
         fprintf(stderr, "-- test_stop_and_length\n");

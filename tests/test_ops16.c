@@ -2,7 +2,7 @@
  * tests/test_ops16.c — the CPU backend's frozen 16-bit weight ops
  * (linear16_forward/backward, embedding16_forward) against a float64
  * reference on the same (converted) weights, for bf16 and f16, on the
- * direct few-row path (N <= 16, on one thread and split over the CPU
+ * direct few-row path (N <= CPU_GEMV_ROWS = 32, on one thread and split over the CPU
  * backend's pool, also from two callers at once) and the panel + sgemm path, with widths that
  * are not multiples of the lanes or of the panel; and their argument checks.
  *
@@ -111,9 +111,9 @@ static void test_linear16(void)
         /* direct, one thread */
         {1, 64, 48}, {2, 37, 5}, {3, 100, 33}, {4, 16, 1}, {5, 129, 70}, {8, 300, 17},
         /* direct, split over the pool's threads, several tiles (C 4100: one row per tile) */
-        {1, 4100, 37}, {7, 513, 301}, {16, 300, 257}, {3, 2049, 65},
+        {1, 4100, 37}, {7, 513, 301}, {16, 300, 257}, {3, 2049, 65}, {32, 70, 300},
         /* panels + sgemm */
-        {17, 64, 48}, {33, 70, 300}, {64, 257, 513}, {17, 5, 3},
+        {33, 64, 48}, {40, 70, 300}, {64, 257, 513}, {33, 5, 3},
     };
     kernels_dtype dts[2] = {KERNELS_BF16, KERNELS_F16};
     for (int d = 0; d < 2; d++)
@@ -149,7 +149,7 @@ static void test_arguments(void)
     uint16_t w[64] = {0};
     CHECK_EQ_INT(be->linear16_forward(out, NULL, x, w, (kernels_dtype)0, NULL, 1, 8, 8, NULL), RT_ERR_INVALID);
     CHECK_EQ_INT(be->linear16_forward(out, NULL, x, NULL, KERNELS_BF16, NULL, 1, 8, 8, NULL), RT_ERR_INVALID);
-    CHECK_EQ_INT(be->linear16_forward(out, NULL, x, w, KERNELS_BF16, NULL, 17, 2, 2, NULL), RT_ERR_INVALID);
+    CHECK_EQ_INT(be->linear16_forward(out, NULL, x, w, KERNELS_BF16, NULL, 33, 2, 2, NULL), RT_ERR_INVALID);
     CHECK_EQ_INT(be->linear16_backward(out, NULL, x, w, KERNELS_F16, 2, 2, 2, NULL), RT_ERR_INVALID);
     CHECK_EQ_INT(be->linear16_forward(out, NULL, x, w, KERNELS_BF16, NULL, 1, 8, 8, NULL), RT_OK);
     CHECK_EQ_INT(be->linear16_scratch_bytes(4, 0, 9), 0);

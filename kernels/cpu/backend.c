@@ -1,8 +1,10 @@
 /*
  * kernels/cpu/backend.c — the "cpu" kernels_backend: host memory stands in
  * for device memory (64-byte aligned malloc), copies are memcpy, streams do
- * not exist (NULL) and every op runs synchronously on the calling thread
- * (BLAS calls use OpenBLAS's own threads). The table is a static constant.
+ * not exist (NULL) and every op runs synchronously: on the calling thread,
+ * or split over the backend's own sleeping pool (kernels/cpu/pool.h), which
+ * also runs every large sgemm, OpenBLAS itself single-threaded. The table
+ * is a static constant.
  */
 #include "kernels/cpu/cpu.h"
 
@@ -106,6 +108,7 @@ static const kernels_backend cpu_backend = {
     .adamw_step = kernels_adamw_step,
     .lora_group_scratch_bytes = kernels_lora_group_scratch_bytes,
     .lora_group_forward = kernels_lora_group_forward,
+    .attention_kv_batch_forward = kernels_attention_kv_batch_forward,
 };
 
 /* The CPU backend table; static, never freed. */

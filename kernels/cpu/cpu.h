@@ -24,6 +24,12 @@ size_t kernels_lora_group_scratch_bytes(int N, int max_rank);
 int kernels_lora_group_forward(float *y, void *scratch, const float *x,
                                const kernels_lora_group *groups, int n_groups,
                                int N, int C, int OC, int max_rank, kernels_stream *s);
+/* The batched serving attention (float only; see
+ * kernels_backend.attention_kv_batch_forward). */
+int kernels_attention_kv_batch_forward(float *out, void *scratch, const float *q,
+                                       const float *k_cache, const float *v_cache,
+                                       int block_size, const kernels_kv_seq *seqs, int n_seqs,
+                                       int Hq, int Hkv, int D, int window, kernels_stream *s);
 /* 1 when groups[n_groups] are valid for N rows and ranks up to max_rank
  * (shared with the CUDA backend's argument check). */
 int kernels_lora_groups_valid(const kernels_lora_group *groups, int n_groups, int N, int max_rank);

@@ -7,6 +7,9 @@
  */
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/cpu_f64.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/gemv.h"
+#include "kernels/cpu/pool.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -96,9 +99,26 @@ static int attention_first_key(int i, int window)
     return window > 0 && i - window + 1 > 0 ? i - window + 1 : 0;
 }
 
+/* linear_forward's product for few rows without BLAS (gemv.h): sgemm would
+ * repack the whole weight matrix for them on every call. */
+static int linear_direct_f32(float *out, const float *inp, const float *weight, int N, int C,
+                             int OC)
+{
+    if (N > CPU_GEMV_ROWS)
+        return 0;
+    cpu_gemv(&(cpu_gemv_args){.out = out, .ldo = OC, .inp = inp, .ldi = C, .weight = weight,
+                              .wt = CPU_W_F32, .N = N, .C = C, .OC = OC, .alpha = 1.0f});
+    return 1;
+}
+
+/* The float products run on the backend's pool (gemm.h). */
+#define POOLED_SGEMM(order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)              \
+    cpu_sgemm((ta) == CblasTrans, (tb) == CblasTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
 #define real float
 #define FN(name) kernels_##name
-#define GEMM cblas_sgemm
+#define LINEAR_DIRECT linear_direct_f32
+#define GEMM POOLED_SGEMM
 #define VEXP fast_expf
 #define HOT HOT_CLONES
 #define LOG logf
@@ -115,9 +135,11 @@ static int attention_first_key(int i, int window)
 #undef SQRT
 #undef COS
 #undef SIN
+#undef LINEAR_DIRECT
 
 #define real double
 #define FN(name) kernels_f64_##name
+#define LINEAR_DIRECT(out, inp, weight, N, C, OC) 0
 #define GEMM cblas_dgemm
 #define VEXP exp
 #define HOT
@@ -135,6 +157,7 @@ static int attention_first_key(int i, int window)
 #undef SQRT
 #undef COS
 #undef SIN
+#undef LINEAR_DIRECT
 
 /* ---- serving: grouped LoRA (float only) ---------------------------------- */
 
@@ -160,8 +183,9 @@ int kernels_lora_groups_valid(const kernels_lora_group *groups, int n_groups, in
     return 1;
 }
 
-/* The reference: per group, t = x[rows] a^T into scratch, then
- * y[rows] += scale * t b^T (two sgemms). */
+/* Per group, t = x[rows] a^T into scratch, then y[rows] += scale * t b^T:
+ * two few-row products (gemv.h) for a group of up to CPU_GEMV_ROWS rows,
+ * else two sgemms. */
 int kernels_lora_group_forward(float *y, void *scratch, const float *x,
                                const kernels_lora_group *groups, int n_groups,
                                int N, int C, int OC, int max_rank, kernels_stream *s)
@@ -175,10 +199,205 @@ int kernels_lora_group_forward(float *y, void *scratch, const float *x,
         const kernels_lora_group *g = &groups[i];
         if (g->rows == 0)
             continue;
+        if (g->rows <= CPU_GEMV_ROWS) { /* a decode step's few rows: no BLAS packing */
+            cpu_gemv(&(cpu_gemv_args){t, g->r, x + (size_t)g->row0 * C, C, g->a, CPU_W_F32,
+                                      g->rows, C, g->r, 1.0f, false});
+            cpu_gemv(&(cpu_gemv_args){y + (size_t)g->row0 * OC, OC, t, g->r, g->b, CPU_W_F32,
+                                      g->rows, g->r, OC, g->scale, true});
+            continue;
+        }
         kernels_gemm(t, x + (size_t)g->row0 * C, g->a, g->rows, g->r, C, 0, 1, 1, 0,
                      imax1(C), imax1(C), g->r);
         kernels_gemm(y + (size_t)g->row0 * OC, t, g->b, g->rows, OC, g->r, 0, 1, g->scale, 1,
                      g->r, g->r, imax1(OC));
     }
+    return RT_OK;
+}
+
+/* ---- serving: attention over every sequence of a step (float only) ------ */
+
+#define KV_BLOCK 64      /* keys scored at a time by the few-row path */
+#define KV_MAX_D 1024    /* the widest head (as ROPE_MAX_D): its sums live on the stack */
+#define KV_FEW_ROWS 8    /* segments up to this many rows take the few-row path */
+
+/* The cache rows of positions [p, end) of one head that lie in p's block,
+ * at most max: returns the row of p and sets *end. */
+static inline const float *kv_run(const float *cache, const int32_t *blocks, int bs, size_t ld,
+                                  int p, int k1, int max, int *end)
+{
+    int e = (p / bs + 1) * bs;
+    e = e < k1 ? e : k1;
+    *end = e - p < max ? e : p + max;
+    return cache + ((size_t)blocks[p / bs] * (size_t)bs + (size_t)(p % bs)) * ld;
+}
+
+/* sc[j] = scale * dot(q, k[j * ld]) for the nk keys of a run. */
+HOT_CLONES static void kv_run_scores(float *restrict sc, const float *restrict q,
+                                     const float *restrict k, size_t ld, int nk, int D,
+                                     float scale)
+{
+    for (int j = 0; j < nk; j++) {
+        const float *restrict kr = k + (size_t)j * ld;
+        float acc[VW] = {0};
+        int d = 0;
+        for (; d + VW <= D; d += VW)
+            for (int t = 0; t < VW; t++)
+                acc[t] += q[d + t] * kr[d + t];
+        float s = kernels_vsum_lanes(acc);
+        for (; d < D; d++)
+            s += q[d] * kr[d];
+        sc[j] = s * scale;
+    }
+}
+
+/* acc[0, D) += sum over the run's keys of p[j] * v[j * ld]. */
+HOT_CLONES static void kv_run_values(float *restrict acc, const float *restrict p,
+                                     const float *restrict v, size_t ld, int nk, int D)
+{
+    for (int j = 0; j < nk; j++) {
+        const float *restrict vr = v + (size_t)j * ld;
+        float pj = p[j];
+        for (int d = 0; d < D; d++)
+            acc[d] += pj * vr[d];
+    }
+}
+
+/* The layer, block table and shape every row of a call shares. */
+typedef struct kv_batch_job {
+    float *out;
+    const float *q, *k, *v;
+    int bs;
+    const kernels_kv_seq *seqs;
+    int n_seqs, Hq, Hkv, D, window;
+    double total; /* the cost of the few-row (sequence, kv head) pairs */
+} kv_batch_job;
+
+/* One query row of head h (kv head g) at position pos over keys [k0, pos]:
+ * softmax by runs with a running maximum (each run's scores exponentiated
+ * once, the sums rescaled when the maximum grows), out = sum p v / sum p.
+ * Reads every key and value in range once. */
+static void kv_row(const kv_batch_job *j, const kernels_kv_seq *s, float *out, const float *q,
+                   int g, int pos)
+{
+    int D = j->D, k1 = pos + 1;
+    size_t ld = (size_t)j->Hkv * D;
+    float scale = (float)(1 / sqrt((double)D)); /* head_dim ** -0.5 as Python forms it */
+    float acc[KV_MAX_D], sc[KV_BLOCK], m = -INFINITY, l = 0;
+    memset(acc, 0, (size_t)D * sizeof *acc);
+    for (int p = attention_first_key(pos, j->window), e; p < k1; p = e) {
+        const float *kr = kv_run(j->k + (size_t)g * D, s->blocks, j->bs, ld, p, k1, KV_BLOCK, &e);
+        const float *vr = kv_run(j->v + (size_t)g * D, s->blocks, j->bs, ld, p, k1, KV_BLOCK, &e);
+        int nk = e - p;
+        kv_run_scores(sc, q, kr, ld, nk, D, scale);
+        float bm = kernels_vmax(sc, nk);
+        if (bm > m) {
+            float r = expf(m - bm); /* 0 for the first run */
+            for (int d = 0; d < D; d++)
+                acc[d] *= r;
+            l *= r;
+            m = bm;
+        }
+        l += kernels_vexp_inplace_sum(sc, nk, m);
+        kv_run_values(acc, sc, vr, ld, nk, D);
+    }
+    float inv = 1.0f / l;
+    for (int d = 0; d < D; d++)
+        out[d] = acc[d] * inv;
+}
+
+/* The key-row products of one few-row (sequence, kv head) pair. */
+static double kv_pair_cost(const kernels_kv_seq *s, int window)
+{
+    double keys = (double)s->past + s->n;
+    if (window > 0 && keys > window)
+        keys = window;
+    return (double)s->n * keys + 1;
+}
+
+/* Every query head of kv head g of one sequence, every new row. */
+static void kv_pair(const kv_batch_job *j, const kernels_kv_seq *s, int g)
+{
+    int group = j->Hq / j->Hkv, D = j->D;
+    size_t ldq = (size_t)j->Hq * D;
+    for (int h = g * group; h < (g + 1) * group; h++)
+        for (int i = 0; i < s->n; i++) {
+            size_t at = (size_t)(s->row0 + i) * ldq + (size_t)h * D;
+            kv_row(j, s, j->out + at, j->q + at, g, s->past + i);
+        }
+}
+
+/* cpu_pool part: the few-row pairs whose cost midpoint falls in this
+ * part's share. */
+static void kv_batch_part(void *ctx, int part, int parts)
+{
+    const kv_batch_job *j = ctx;
+    double done = 0;
+    for (int i = 0; i < j->n_seqs; i++) {
+        const kernels_kv_seq *s = &j->seqs[i];
+        if (s->n > KV_FEW_ROWS)
+            continue;
+        double c = kv_pair_cost(s, j->window);
+        for (int g = 0; g < j->Hkv; g++, done += c) {
+            int owner = (int)((done + c / 2) / j->total * parts);
+            if ((owner < parts ? owner : parts - 1) == part)
+                kv_pair(j, s, g);
+        }
+    }
+}
+
+/* A long segment (a prefill): attention_kv_forward's block products, with
+ * each score block and each P V product taken one cache run at a time. */
+static void kv_prefill(const kv_batch_job *j, const kernels_kv_seq *s, float *scratch)
+{
+    int n = s->n, past = s->past, D = j->D, group = j->Hq / j->Hkv;
+    int ldq = j->Hq * D, ld = j->Hkv * D, qbmax = n < ATTN_QB ? n : ATTN_QB;
+    float *sc = scratch, *lse = sc + (size_t)qbmax * (size_t)(past + n);
+    float scale = (float)(1 / sqrt((double)D));
+    for (int h = 0; h < j->Hq; h++) {
+        const float *kh = j->k + (size_t)(h / group) * D, *vh = j->v + (size_t)(h / group) * D;
+        const float *qh = j->q + (size_t)s->row0 * ldq + (size_t)h * D;
+        float *oh = j->out + (size_t)s->row0 * ldq + (size_t)h * D;
+        for (int i0 = 0; i0 < n; i0 += ATTN_QB) {
+            int nq = n - i0 < ATTN_QB ? n - i0 : ATTN_QB, nk = past + i0 + nq;
+            int k0 = attention_first_key(past + i0, j->window), w = nk - k0;
+            for (int p = k0, e; p < nk; p = e) {
+                const float *kr = kv_run(kh, s->blocks, j->bs, (size_t)ld, p, nk, nk, &e);
+                kernels_gemm(sc + (p - k0), qh + (size_t)i0 * ldq, kr, nq, e - p, D, 0, 1, scale,
+                             0, ldq, ld, w);
+            }
+            kernels_attention_softmax_rows(sc, lse, past + i0, nq, k0, nk, j->window);
+            for (int p = k0, e; p < nk; p = e) {
+                const float *vr = kv_run(vh, s->blocks, j->bs, (size_t)ld, p, nk, nk, &e);
+                kernels_gemm(oh + (size_t)i0 * ldq, sc + (p - k0), vr, nq, D, e - p, 0, 0, 1,
+                             p == k0 ? 0 : 1, w, ld, ldq);
+            }
+        }
+    }
+}
+
+int kernels_attention_kv_batch_forward(float *out, void *scratch, const float *q,
+                                       const float *k_cache, const float *v_cache,
+                                       int block_size, const kernels_kv_seq *seqs, int n_seqs,
+                                       int Hq, int Hkv, int D, int window, kernels_stream *s)
+{
+    (void)s;
+    if (!attention_sizes_ok(1, 1, Hq, Hkv, D) || D > KV_MAX_D || window < 0 || n_seqs < 0 ||
+        block_size < 1 || !out || !q || !k_cache || !v_cache || (n_seqs > 0 && !seqs))
+        return RT_ERR_INVALID;
+    kv_batch_job j = {out, q, k_cache, v_cache, block_size, seqs, n_seqs, Hq, Hkv, D, window, 0};
+    for (int i = 0; i < n_seqs; i++) {
+        const kernels_kv_seq *x = &seqs[i];
+        if (x->n < 0 || x->past < 0 || x->row0 < 0 || (x->n > 0 && !x->blocks) ||
+            (x->n > KV_FEW_ROWS && !scratch))
+            return RT_ERR_INVALID;
+        if (x->n > KV_FEW_ROWS)
+            kv_prefill(&j, x, scratch);
+        else
+            j.total += kv_pair_cost(x, window) * Hkv;
+    }
+    if (j.total * (Hq / Hkv) * D < 65536.0)
+        kv_batch_part(&j, 0, 1);
+    else if (j.total > 0)
+        cpu_pool_run(kv_batch_part, &j);
     return RT_OK;
 }

@@ -14,6 +14,9 @@
  *                exp for double
  *   HOT          function multiversioning (target_clones) for float, empty
  *                for double
+ *   LINEAR_DIRECT(out, inp, weight, N, C, OC)  1 when it computed
+ *                linear_forward's product itself (float: the few-row path
+ *                of gemv.h), 0 to leave it to BLAS
  * and the type-independent helpers in ops.c (cblas_trans, ATTN_QB, VW, ...).
  *
  * No function here allocates; all memory is borrowed from the caller.
@@ -189,7 +192,8 @@ int FN(linear_forward)(real *out, const real *inp, const real *weight, const rea
     (void)s;
     if (N < 0 || C < 0 || OC < 0 || !out || !inp || !weight)
         return RT_ERR_INVALID;
-    FN(gemm)(out, inp, weight, N, OC, C, 0, 1, 1, 0, imax1(C), imax1(C), imax1(OC));
+    if (!LINEAR_DIRECT(out, inp, weight, N, C, OC))
+        FN(gemm)(out, inp, weight, N, OC, C, 0, 1, 1, 0, imax1(C), imax1(C), imax1(OC));
     if (bias) {
         for (int i = 0; i < N; i++) {
             real *restrict o = out + (size_t)i * OC;

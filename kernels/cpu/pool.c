@@ -8,6 +8,8 @@
  */
 #include "kernels/cpu/pool.h"
 
+#include <cblas.h>
+
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -72,6 +74,10 @@ static void start(void)
     }
     pthread_attr_destroy(&attr);
     pool.size = started;
+    /* The pool owns the CPUs: OpenBLAS runs single-threaded inside its
+     * parts (gemm.h), and its own workers, which spin between calls, are
+     * never woken. */
+    openblas_set_num_threads(1);
 }
 
 int cpu_pool_size(void)

@@ -1,7 +1,9 @@
 /*
  * kernels/cpu/pool.h — (internal to kernels/cpu/) the CPU backend's own
- * worker threads, for the loops it runs itself rather than through BLAS
- * (today the 16-bit GEMV of decode steps).
+ * worker threads, the only ones it uses: the few-row products (gemv.h),
+ * the batched decode attention, and every large matrix product, split
+ * into single-threaded sgemm calls (gemm.h; OpenBLAS is set to one thread
+ * when the pool starts).
  *
  * cpu_pool_run(fn, ctx) calls fn(ctx, part, parts) once for each part in
  * [0, parts) on parts threads (the caller runs part 0) and returns when all
