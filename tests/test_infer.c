@@ -1263,6 +1263,62 @@ static void test_lru(engine_server *srv, size_t budget)
     CHECK_MSG(bytes <= budget && resident <= 2, "%zu bytes in %d adapters", bytes, resident);
 }
 
+/* A thousand registered adapters (names over the three adapter
+ * directories), a budget of two resident: requests rotating over many of
+ * them, eight at a time, each answer equal to its directory's adapter
+ * served alone; residency stays within the budget once they are done;
+ * removing the names leaves the registry as it was. */
+static void test_many_adapters(engine_server *srv, char dirs[][128], size_t budget)
+{
+    enum { NAMES = 1000, ROUNDS = 5, AT_ONCE = 8 };
+    char err[256], name[32];
+    for (int i = 0; i < NAMES; i++) {
+        snprintf(name, sizeof name, "many%d", i);
+        CHECK_MSG(engine_adapter_add(srv, name, dirs[i % 3], err, sizeof err) == RT_OK, "%s", err);
+    }
+    collector want[3];
+    for (int d = 0; d < 3; d++) {
+        char a[8];
+        snprintf(a, sizeof a, "a%d", d + 1);
+        collector_init(&want[d]);
+        engine_request r = request_of(&want[d], a, prompts[1], 6);
+        run_one(srv, &r);
+    }
+    int wrong = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        collector got[AT_ONCE];
+        engine_handle *h[AT_ONCE] = {0};
+        int idx[AT_ONCE];
+        for (int j = 0; j < AT_ONCE; j++) {
+            idx[j] = (round * 131 + j * 37) % NAMES; /* spread over the thousand */
+            snprintf(name, sizeof name, "many%d", idx[j]);
+            collector_init(&got[j]);
+            engine_request r = request_of(&got[j], name, prompts[1], 6);
+            CHECK_MSG(submit_err(srv, &r, &h[j], err, sizeof err) == RT_OK, "%s", err);
+        }
+        for (int j = 0; j < AT_ONCE; j++) {
+            collector_wait(&got[j], 0);
+            engine_handle_release(h[j]);
+            const collector *w = &want[idx[j] % 3];
+            wrong += got[j].n_tokens != w->n_tokens ||
+                     memcmp(got[j].tokens, w->tokens, sizeof(int32_t) * (size_t)w->n_tokens) != 0;
+            collector_free(&got[j]);
+        }
+    }
+    CHECK_MSG(wrong == 0, "%d of %d answers differ from their adapter's", wrong, ROUNDS * AT_ONCE);
+    size_t bytes = 0;
+    int resident = 0;
+    adapter_registry_usage(srv->reg, &bytes, &resident);
+    CHECK_MSG(bytes <= budget && resident <= 2, "%zu bytes in %d adapters after the rotation", bytes,
+              resident);
+    for (int i = 0; i < NAMES; i++) {
+        snprintf(name, sizeof name, "many%d", i);
+        CHECK_EQ_INT(engine_adapter_remove(srv, name), RT_OK);
+    }
+    for (int d = 0; d < 3; d++)
+        collector_free(&want[d]);
+}
+
 /* The pool of full fine-tunes' engines: one engine per name however many
  * hold it; a forgotten name's engine stays with those holding it while the
  * next acquire opens a fresh one; the budget closes unused engines. */
@@ -1354,6 +1410,8 @@ int main(void)
         test_bad_adapters(srv, dirs[0]);
         fprintf(stderr, "-- test_lru\n");
         test_lru(srv, 2 * one);
+        fprintf(stderr, "-- test_many_adapters\n");
+        test_many_adapters(srv, dirs, 2 * one);
         fprintf(stderr, "-- test_grammar_greedy_and_sampled\n");
         test_grammar_greedy_and_sampled(srv);
         fprintf(stderr, "-- test_grammar_dead_ends\n");
