@@ -2,9 +2,11 @@
  * kernels/cpu/gemv.c — products with few input rows (see gemv.h).
  *
  * One kernel per (instruction set, weight type, block of NB input rows):
- * each walks weight rows one after another, so that the weights are one
- * sequential stream the hardware prefetcher follows, and keeps U
- * independent accumulators per input row to hide the FMA latency. The
+ * each walks weight rows in order (one, or two side by side when several
+ * input rows share a pass, so that each loaded input vector serves two
+ * weight rows), so that the weights are a sequential stream the hardware
+ * prefetcher follows, and keeps independent accumulators to hide the FMA
+ * latency. The
  * portable kernels use VW-float lanes that gcc vectorizes, compiled for
  * several x86-64 levels (target_clones); the AVX2 and AVX-512 ones are
  * written with intrinsics from one macro, so that they differ only in their
@@ -113,44 +115,68 @@ DEFINE_PORTABLE_ALL(f16, uint16_t, f16_value)
 #include <immintrin.h>
 #define HAVE_SIMD_GEMV 1
 
-/* One kernel from the vector primitives of an instruction set (NB input
- * rows, U vectors of each in flight: 8 independent FMA chains hide the
- * FMA latency of 4 cycles at 2 per cycle):
- * VEC/L the vector type and its lanes, LOADW(p) L weights as floats,
- * HSUM the sum of a vector's lanes. */
-#define DEFINE_SIMD(NAME, ATTR, VEC, L, ZERO, FMA, ADD, HSUM, LOADF, LOADW, WT, CONVERT, NB, U) \
-    ATTR static void NAME(const cpu_gemv_args *a, int n0, int o0, int o1)                       \
-    {                                                                                           \
-        const float *inp = a->inp + (size_t)n0 * (size_t)a->ldi;                               \
-        size_t ldi = (size_t)a->ldi;                                                            \
-        int C = a->C;                                                                           \
-        for (int o = o0; o < o1; o++) {                                                         \
-            const WT *wr = (const WT *)a->weight + (size_t)o * C;                               \
-            VEC acc[NB][U];                                                                     \
-            _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                                \
-                _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) acc[n][u] = ZERO();         \
-            int c = 0;                                                                          \
-            for (; c + L * U <= C; c += L * U)                                                  \
-                _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {                           \
-                    VEC w = LOADW(wr + c + L * u);                                              \
-                    _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                        \
-                        acc[n][u] = FMA(w, LOADF(inp + n * ldi + c + L * u), acc[n][u]);        \
-                }                                                                               \
-            for (; c + L <= C; c += L) {                                                        \
-                VEC w = LOADW(wr + c);                                                          \
-                _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                            \
-                    acc[n][0] = FMA(w, LOADF(inp + n * ldi + c), acc[n][0]);                    \
-            }                                                                                   \
-            for (int n = 0; n < NB; n++) {                                                      \
-                VEC s = acc[n][0];                                                              \
-                for (int u = 1; u < U; u++)                                                     \
-                    s = ADD(s, acc[n][u]);                                                      \
-                float t = HSUM(s);                                                              \
-                for (int k = c; k < C; k++)                                                     \
-                    t += CONVERT(wr[k]) * inp[n * ldi + k];                                     \
-                store(a, n0 + n, o, t);                                                         \
-            }                                                                                   \
-        }                                                                                       \
+/* The products of OB weight rows [o, o + OB) with NB input rows from n0,
+ * from the vector primitives of an instruction set: VEC/L the vector type
+ * and its lanes, LOADW(p) L weights as floats, HSUM the sum of a vector's
+ * lanes. U vectors of each row in flight; OB * NB * U independent FMA
+ * chains hide the FMA latency, and each loaded input vector serves OB
+ * weight rows (fewer loads per FMA when many input rows share a pass). */
+#define DEFINE_SIMD_ROWS(NAME, ATTR, VEC, L, ZERO, FMA, ADD, HSUM, LOADF, LOADW, WT, CONVERT, NB, \
+                         U, OB)                                                                  \
+    ATTR static inline void NAME(const cpu_gemv_args *a, int n0, int o)                          \
+    {                                                                                            \
+        const float *inp = a->inp + (size_t)n0 * (size_t)a->ldi;                                \
+        size_t ldi = (size_t)a->ldi;                                                             \
+        int C = a->C;                                                                            \
+        const WT *wr[OB];                                                                        \
+        for (int r = 0; r < OB; r++)                                                             \
+            wr[r] = (const WT *)a->weight + (size_t)(o + r) * C;                                 \
+        VEC acc[OB][NB][U];                                                                      \
+        _Pragma("GCC unroll 8") for (int r = 0; r < OB; r++)                                     \
+            _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                                 \
+                _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) acc[r][n][u] = ZERO();       \
+        int c = 0;                                                                               \
+        for (; c + L * U <= C; c += L * U)                                                       \
+            _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {                                \
+                VEC w[OB];                                                                       \
+                _Pragma("GCC unroll 8") for (int r = 0; r < OB; r++) w[r] = LOADW(wr[r] + c + L * u); \
+                _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++) {                           \
+                    VEC x = LOADF(inp + n * ldi + c + L * u);                                    \
+                    _Pragma("GCC unroll 8") for (int r = 0; r < OB; r++)                         \
+                        acc[r][n][u] = FMA(w[r], x, acc[r][n][u]);                               \
+                }                                                                                \
+            }                                                                                    \
+        for (; c + L <= C; c += L)                                                               \
+            _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++) {                               \
+                VEC x = LOADF(inp + n * ldi + c);                                                \
+                _Pragma("GCC unroll 8") for (int r = 0; r < OB; r++)                             \
+                    acc[r][n][0] = FMA(LOADW(wr[r] + c), x, acc[r][n][0]);                       \
+            }                                                                                    \
+        for (int r = 0; r < OB; r++)                                                             \
+            for (int n = 0; n < NB; n++) {                                                       \
+                VEC sum = acc[r][n][0];                                                          \
+                for (int u = 1; u < U; u++)                                                      \
+                    sum = ADD(sum, acc[r][n][u]);                                                \
+                float t = HSUM(sum);                                                             \
+                for (int k = c; k < C; k++)                                                      \
+                    t += CONVERT(wr[r][k]) * inp[n * ldi + k];                                   \
+                store(a, n0 + n, o + r, t);                                                      \
+            }                                                                                    \
+    }
+
+/* One kernel: weight rows [o0, o1) OB at a time, the rest one by one. */
+#define DEFINE_SIMD(NAME, ATTR, VEC, L, ZERO, FMA, ADD, HSUM, LOADF, LOADW, WT, CONVERT, NB, U, OB) \
+    DEFINE_SIMD_ROWS(NAME##_wide, ATTR, VEC, L, ZERO, FMA, ADD, HSUM, LOADF, LOADW, WT, CONVERT,   \
+                     NB, U, OB)                                                                    \
+    DEFINE_SIMD_ROWS(NAME##_one, ATTR, VEC, L, ZERO, FMA, ADD, HSUM, LOADF, LOADW, WT, CONVERT,    \
+                     NB, U, 1)                                                                     \
+    ATTR static void NAME(const cpu_gemv_args *a, int n0, int o0, int o1)                          \
+    {                                                                                              \
+        int o = o0;                                                                                \
+        for (; o + OB <= o1; o += OB)                                                              \
+            NAME##_wide(a, n0, o);                                                                 \
+        for (; o < o1; o++)                                                                        \
+            NAME##_one(a, n0, o);                                                                  \
     }
 
 /* AVX2 primitives. */
@@ -177,9 +203,10 @@ AVX2 static inline float avx2_hsum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-#define DEFINE_AVX2(WNAME, WT, CONVERT, NB, U)                                                \
+#define DEFINE_AVX2(WNAME, WT, CONVERT, NB, U, OB)                                            \
     DEFINE_SIMD(avx2_##WNAME##_##NB, AVX2, __m256, 8, _mm256_setzero_ps, _mm256_fmadd_ps,     \
-                _mm256_add_ps, avx2_hsum, _mm256_loadu_ps, avx2_##WNAME##x8, WT, CONVERT, NB, U)
+                _mm256_add_ps, avx2_hsum, _mm256_loadu_ps, avx2_##WNAME##x8, WT, CONVERT, NB, U, \
+                OB)
 
 /* AVX-512 primitives. */
 #define AVX512 __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")))
@@ -199,15 +226,15 @@ AVX512 static inline __m512 avx512_f16x16(const uint16_t *p)
 
 AVX512 static inline float avx512_hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-#define DEFINE_AVX512(WNAME, WT, CONVERT, NB, U)                                              \
+#define DEFINE_AVX512(WNAME, WT, CONVERT, NB, U, OB)                                          \
     DEFINE_SIMD(avx512_##WNAME##_##NB, AVX512, __m512, 16, _mm512_setzero_ps, _mm512_fmadd_ps, \
                 _mm512_add_ps, avx512_hsum, _mm512_loadu_ps, avx512_##WNAME##x16, WT, CONVERT, \
-                NB, U)
+                NB, U, OB)
 
 #define DEFINE_SIMD_ALL(ISA, WNAME, WT, CONVERT)                                              \
-    DEFINE_##ISA(WNAME, WT, CONVERT, 4, 2)                                                    \
-    DEFINE_##ISA(WNAME, WT, CONVERT, 2, 4)                                                    \
-    DEFINE_##ISA(WNAME, WT, CONVERT, 1, 4)
+    DEFINE_##ISA(WNAME, WT, CONVERT, 4, 1, 2)                                                 \
+    DEFINE_##ISA(WNAME, WT, CONVERT, 2, 2, 2)                                                 \
+    DEFINE_##ISA(WNAME, WT, CONVERT, 1, 4, 1)
 
 DEFINE_SIMD_ALL(AVX2, f32, float, f32_value)
 DEFINE_SIMD_ALL(AVX2, bf16, uint16_t, bf16_value)
