@@ -111,11 +111,13 @@ tsan-test:
 
 # What building and every test needs: Debian's packages (chromium included),
 # then the npm packages of the SDK and browser tests (where npm is missing or
-# offline those tests say so, and fail under CI).
+# offline those tests say so, and fail under CI), and of the serving
+# benchmark's llama.cpp side (bench/node, not needed by any test).
 deps:
 	sh tools/install_deps.sh
 	-cd tests/sdk && npm install --no-audit --no-fund --loglevel=error
 	-cd tests/browser && npm install --no-audit --no-fund --loglevel=error
+	-cd bench/node && npm ci --no-audit --no-fund --loglevel=error
 
 # The libraries a program linked against libretune.a needs (kernels/cuda/emu/run.sh).
 print-ldlibs:

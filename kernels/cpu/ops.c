@@ -13,6 +13,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 /* Query rows per attention block: bounds the scratch to [ATTN_QB, T] score
@@ -183,9 +184,58 @@ int kernels_lora_groups_valid(const kernels_lora_group *groups, int n_groups, in
     return 1;
 }
 
+typedef struct lora_job {
+    float *y, *t;
+    const float *x;
+    const kernels_lora_group *groups;
+    int n_groups, C, OC, max_rank;
+    double total; /* multiply-adds of every group */
+} lora_job;
+
+static double lora_cost(const lora_job *j, const kernels_lora_group *g)
+{
+    return (double)g->rows * g->r * ((double)j->C + j->OC) + 1;
+}
+
+/* One group's two products; its t rows are its own rows of the scratch
+ * ([row0, row0 + rows) of [N, max_rank]), so groups can run at once. */
+static void lora_one_group(const lora_job *j, const kernels_lora_group *g)
+{
+    int C = j->C, OC = j->OC;
+    float *t = j->t + (size_t)g->row0 * (size_t)j->max_rank;
+    if (g->rows == 0)
+        return;
+    if (g->rows <= CPU_GEMV_ROWS) { /* a decode step's few rows: no BLAS packing */
+        cpu_gemv(&(cpu_gemv_args){t, g->r, j->x + (size_t)g->row0 * C, C, g->a, CPU_W_F32,
+                                  g->rows, C, g->r, 1.0f, false});
+        cpu_gemv(&(cpu_gemv_args){j->y + (size_t)g->row0 * OC, OC, t, g->r, g->b, CPU_W_F32,
+                                  g->rows, g->r, OC, g->scale, true});
+        return;
+    }
+    kernels_gemm(t, j->x + (size_t)g->row0 * C, g->a, g->rows, g->r, C, 0, 1, 1, 0, imax1(C),
+                 imax1(C), g->r);
+    kernels_gemm(j->y + (size_t)g->row0 * OC, t, g->b, g->rows, OC, g->r, 0, 1, g->scale, 1,
+                 g->r, g->r, imax1(OC));
+}
+
+/* cpu_pool part: the groups whose cost midpoint falls in this part's share. */
+static void lora_part(void *ctx, int part, int parts)
+{
+    const lora_job *j = ctx;
+    double done = 0;
+    for (int i = 0; i < j->n_groups; i++) {
+        double c = lora_cost(j, &j->groups[i]);
+        int owner = (int)((done + c / 2) / j->total * parts);
+        if ((owner < parts ? owner : parts - 1) == part)
+            lora_one_group(j, &j->groups[i]);
+        done += c;
+    }
+}
+
 /* Per group, t = x[rows] a^T into scratch, then y[rows] += scale * t b^T:
  * two few-row products (gemv.h) for a group of up to CPU_GEMV_ROWS rows,
- * else two sgemms. */
+ * else two sgemms. Many small groups (a decode step over many adapters)
+ * are shared out over the backend's threads, each group whole on one. */
 int kernels_lora_group_forward(float *y, void *scratch, const float *x,
                                const kernels_lora_group *groups, int n_groups,
                                int N, int C, int OC, int max_rank, kernels_stream *s)
@@ -194,23 +244,16 @@ int kernels_lora_group_forward(float *y, void *scratch, const float *x,
     if (N < 0 || C < 0 || OC < 0 || max_rank < 1 || !y || !x ||
         !kernels_lora_groups_valid(groups, n_groups, N, max_rank) || (N > 0 && !scratch))
         return RT_ERR_INVALID;
-    float *t = scratch;
+    lora_job j = {y, scratch, x, groups, n_groups, C, OC, max_rank, 0};
+    bool all_small = true;
     for (int i = 0; i < n_groups; i++) {
-        const kernels_lora_group *g = &groups[i];
-        if (g->rows == 0)
-            continue;
-        if (g->rows <= CPU_GEMV_ROWS) { /* a decode step's few rows: no BLAS packing */
-            cpu_gemv(&(cpu_gemv_args){t, g->r, x + (size_t)g->row0 * C, C, g->a, CPU_W_F32,
-                                      g->rows, C, g->r, 1.0f, false});
-            cpu_gemv(&(cpu_gemv_args){y + (size_t)g->row0 * OC, OC, t, g->r, g->b, CPU_W_F32,
-                                      g->rows, g->r, OC, g->scale, true});
-            continue;
-        }
-        kernels_gemm(t, x + (size_t)g->row0 * C, g->a, g->rows, g->r, C, 0, 1, 1, 0,
-                     imax1(C), imax1(C), g->r);
-        kernels_gemm(y + (size_t)g->row0 * OC, t, g->b, g->rows, OC, g->r, 0, 1, g->scale, 1,
-                     g->r, g->r, imax1(OC));
+        j.total += lora_cost(&j, &groups[i]);
+        all_small &= groups[i].rows <= CPU_GEMV_ROWS;
     }
+    if (n_groups > 1 && all_small && j.total >= 65536.0)
+        cpu_pool_run(lora_part, &j);
+    else
+        lora_part(&j, 0, 1);
     return RT_OK;
 }
 
@@ -220,12 +263,16 @@ int kernels_lora_group_forward(float *y, void *scratch, const float *x,
 #define KV_MAX_D 1024    /* the widest head (as ROPE_MAX_D): its sums live on the stack */
 #define KV_FEW_ROWS 8    /* segments up to this many rows take the few-row path */
 
-/* The cache rows of positions [p, end) of one head that lie in p's block,
- * at most max: returns the row of p and sets *end. */
+/* The cache rows of positions [p, end) of one head that are contiguous in
+ * the cache (p's block and the blocks after it whose ids follow on, as a
+ * sequence's blocks taken from a fresh pool do), at most max and before
+ * k1: returns the row of p and sets *end. */
 static inline const float *kv_run(const float *cache, const int32_t *blocks, int bs, size_t ld,
                                   int p, int k1, int max, int *end)
 {
     int e = (p / bs + 1) * bs;
+    while (e < k1 && e - p < max && blocks[e / bs] == blocks[e / bs - 1] + 1)
+        e += bs;
     e = e < k1 ? e : k1;
     *end = e - p < max ? e : p + max;
     return cache + ((size_t)blocks[p / bs] * (size_t)bs + (size_t)(p % bs)) * ld;
