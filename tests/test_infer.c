@@ -1278,7 +1278,7 @@ static void test_many_adapters(engine_server *srv, char dirs[][128], size_t budg
     }
     collector want[3];
     for (int d = 0; d < 3; d++) {
-        char a[8];
+        char a[16];
         snprintf(a, sizeof a, "a%d", d + 1);
         collector_init(&want[d]);
         engine_request r = request_of(&want[d], a, prompts[1], 6);
