@@ -20,10 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef __FLT16_MAX__
-#error "the f16 path needs the compiler's _Float16 (gcc >= 12 on x86-64)"
-#endif
-
 #define VW 16                 /* lanes of the portable kernels' accumulators */
 #define TILE_BYTES (64 << 10) /* weight bytes of a tile (stays in L2) */
 #define POOL_MIN_MACS 65536.0 /* smaller products run on the calling thread */
@@ -39,20 +35,6 @@ typedef void (*gemv_kernel)(const cpu_gemv_args *a, int n0, int o0, int o1);
 
 static inline float f32_value(float x) { return x; }
 
-static inline float bf16_value(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline float f16_value(uint16_t h)
-{
-    _Float16 x;
-    memcpy(&x, &h, sizeof x);
-    return (float)x;
-}
 
 /* out[n, o] = alpha * dot (+ out[n, o]). */
 static inline void store(const cpu_gemv_args *a, int n, int o, float dot)
@@ -107,8 +89,8 @@ static inline float lanes_sum(const float *acc)
     DEFINE_PORTABLE(portable_##WNAME##_1, 1, WT, CONVERT)
 
 DEFINE_PORTABLE_ALL(f32, float, f32_value)
-DEFINE_PORTABLE_ALL(bf16, uint16_t, bf16_value)
-DEFINE_PORTABLE_ALL(f16, uint16_t, f16_value)
+DEFINE_PORTABLE_ALL(bf16, uint16_t, cpu_bf16_value)
+DEFINE_PORTABLE_ALL(f16, uint16_t, cpu_f16_value)
 
 /* ---- AVX2 and AVX-512 kernels ----------------------------------------------- */
 
@@ -238,16 +220,16 @@ AVX512 static inline float avx512_hsum(__m512 v) { return _mm512_reduce_add_ps(v
     DEFINE_##ISA(WNAME, WT, CONVERT, 1, 4, 1)
 
 DEFINE_SIMD_ALL(AVX2, f32, float, f32_value)
-DEFINE_SIMD_ALL(AVX2, bf16, uint16_t, bf16_value)
-DEFINE_SIMD_ALL(AVX2, f16, uint16_t, f16_value)
+DEFINE_SIMD_ALL(AVX2, bf16, uint16_t, cpu_bf16_value)
+DEFINE_SIMD_ALL(AVX2, f16, uint16_t, cpu_f16_value)
 DEFINE_SIMD_ALL(AVX512, f32, float, f32_value)
-DEFINE_SIMD_ALL(AVX512, bf16, uint16_t, bf16_value)
-DEFINE_SIMD_ALL(AVX512, f16, uint16_t, f16_value)
+DEFINE_SIMD_ALL(AVX512, bf16, uint16_t, cpu_bf16_value)
+DEFINE_SIMD_ALL(AVX512, f16, uint16_t, cpu_f16_value)
 /* AVX-512's 32 vector registers also hold the 16 accumulators of 8 input
  * rows by 2 weight rows: half the loads per FMA of the 4-row block. */
 DEFINE_AVX512(f32, float, f32_value, 8, 1, 2)
-DEFINE_AVX512(bf16, uint16_t, bf16_value, 8, 1, 2)
-DEFINE_AVX512(f16, uint16_t, f16_value, 8, 1, 2)
+DEFINE_AVX512(bf16, uint16_t, cpu_bf16_value, 8, 1, 2)
+DEFINE_AVX512(f16, uint16_t, cpu_f16_value, 8, 1, 2)
 #endif
 
 /* kernels[isa][weight type] for blocks of 8 (NULL: none), 4, 2 and 1

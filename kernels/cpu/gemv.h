@@ -23,6 +23,29 @@
 #define RT_KERNELS_CPU_GEMV_H
 
 #include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifndef __FLT16_MAX__
+#error "the f16 path needs the compiler's _Float16 (gcc >= 12 on x86-64)"
+#endif
+
+/* The exact fp32 value of a bf16 or f16 bit pattern (both are subsets of
+ * fp32), shared by the few-row kernels and ops16.c's panel conversion. */
+static inline float cpu_bf16_value(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline float cpu_f16_value(uint16_t h)
+{
+    _Float16 x;
+    memcpy(&x, &h, sizeof x);
+    return (float)x;
+}
 
 /* Up to this many input rows, the CPU linear ops take the direct path. */
 #define CPU_GEMV_ROWS 32

@@ -184,6 +184,14 @@ int kernels_lora_groups_valid(const kernels_lora_group *groups, int n_groups, in
     return 1;
 }
 
+/* The part of `parts` that runs an item of cost c after `done` of `total`:
+ * the one whose equal share holds the item's cost midpoint. */
+static int cost_owner(double done, double c, double total, int parts)
+{
+    int owner = (int)((done + c / 2) / total * parts);
+    return owner < parts ? owner : parts - 1;
+}
+
 typedef struct lora_job {
     float *y, *t;
     const float *x;
@@ -225,8 +233,7 @@ static void lora_part(void *ctx, int part, int parts)
     double done = 0;
     for (int i = 0; i < j->n_groups; i++) {
         double c = lora_cost(j, &j->groups[i]);
-        int owner = (int)((done + c / 2) / j->total * parts);
-        if ((owner < parts ? owner : parts - 1) == part)
+        if (cost_owner(done, c, j->total, parts) == part)
             lora_one_group(j, &j->groups[i]);
         done += c;
     }
@@ -384,11 +391,9 @@ static void kv_batch_part(void *ctx, int part, int parts)
         if (s->n > KV_FEW_ROWS)
             continue;
         double c = kv_pair_cost(s, j->window);
-        for (int g = 0; g < j->Hkv; g++, done += c) {
-            int owner = (int)((done + c / 2) / j->total * parts);
-            if ((owner < parts ? owner : parts - 1) == part)
+        for (int g = 0; g < j->Hkv; g++, done += c)
+            if (cost_owner(done, c, j->total, parts) == part)
                 kv_pair(j, s, g);
-        }
     }
 }
 

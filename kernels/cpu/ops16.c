@@ -18,10 +18,6 @@
 #include <stdbool.h>
 #include <string.h>
 
-#ifndef __FLT16_MAX__
-#error "the f16 path needs the compiler's _Float16 (gcc >= 12 on x86-64)"
-#endif
-
 #define PANEL 256 /* weight rows converted per sgemm */
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
@@ -31,20 +27,6 @@
 #define HOT16
 #endif
 
-static inline float bf16_value(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-static inline float f16_value(uint16_t h)
-{
-    _Float16 x;
-    memcpy(&x, &h, sizeof x);
-    return (float)x;
-}
 
 /* dst[i] = fp32(src[i]) for n elements. */
 HOT16 static void convert16(float *restrict dst, const uint16_t *restrict src, size_t n,
@@ -52,10 +34,10 @@ HOT16 static void convert16(float *restrict dst, const uint16_t *restrict src, s
 {
     if (dt == KERNELS_BF16)
         for (size_t i = 0; i < n; i++)
-            dst[i] = bf16_value(src[i]);
+            dst[i] = cpu_bf16_value(src[i]);
     else
         for (size_t i = 0; i < n; i++)
-            dst[i] = f16_value(src[i]);
+            dst[i] = cpu_f16_value(src[i]);
 }
 
 /* The direct path for few rows (kernels/cpu/gemv.h). */
