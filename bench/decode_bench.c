@@ -19,6 +19,11 @@
  *      pages are read from the file on first touch), then --tokens greedy
  *      tokens (default 32), each one infer_forward of one row, as the server's
  *      scheduler runs a single stream.
+ *   4. With --streams S (S > 1): S sequences in S cache slots, each prefilled
+ *      with its own --prompt random ids, then --warmup and --tokens batched
+ *      steps of S rows (one row per sequence, as the scheduler decodes S
+ *      concurrent streams without HTTP). A second JSON line gives the median
+ *      step and S / step as aggregate tokens/s.
  *
  * The bound: every decoded token reads each projection matrix and the head
  * once (bytes_per_token: their elements times the element size of the loaded
@@ -44,7 +49,7 @@
 
 typedef struct decode_opts {
     const char *model_dir, *dtype;
-    int prompt, tokens, warmup, bw_threads;
+    int prompt, tokens, warmup, bw_threads, streams;
     size_t bw_mib;
 } decode_opts;
 
@@ -145,6 +150,60 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* Step 4: S sequences decoded together. Prints one JSON line. */
+static int run_streams(const decode_opts *o, model *m)
+{
+    int S = o->streams, V = m->cfg.vocab_size, total = o->prompt + o->warmup + o->tokens + 1;
+    infer_ctx *ctx = NULL;
+    int rc = infer_ctx_create(m, S, total, o->prompt > S ? o->prompt : S, &ctx);
+    float *logits = malloc((size_t)S * (size_t)V * sizeof(float));
+    int32_t *ids = malloc((size_t)S * (size_t)total * sizeof(int32_t)), *next = malloc((size_t)S * sizeof(int32_t));
+    int32_t *rows = malloc((size_t)S * sizeof(int32_t));
+    infer_seg *segs = malloc((size_t)S * sizeof(infer_seg));
+    double *secs = malloc((size_t)o->tokens * sizeof(double));
+    if (rc == RT_OK && !(logits && ids && next && rows && segs && secs))
+        rc = RT_ERR_NOMEM;
+    rng r = {7};
+    for (int s = 0; rc == RT_OK && s < S; s++) { /* prefill each slot alone */
+        int32_t *p = ids + (size_t)s * (size_t)total;
+        for (int i = 0; i < o->prompt; i++)
+            p[i] = (int32_t)rng_below(&r, (uint64_t)V);
+        infer_seg seg = {s, 0, o->prompt, NULL};
+        int32_t last = o->prompt - 1;
+        rc = infer_forward(ctx, &(infer_step){p, o->prompt, &seg, 1, &last, 1}, logits);
+        next[s] = argmax(logits, V);
+    }
+    for (int i = 0; rc == RT_OK && i < o->warmup + o->tokens; i++) {
+        for (int s = 0; s < S; s++) {
+            segs[s] = (infer_seg){s, o->prompt + i, 1, NULL};
+            rows[s] = s;
+        }
+        double s0 = rt_now_seconds();
+        rc = infer_forward(ctx, &(infer_step){next, S, segs, S, rows, S}, logits);
+        if (i >= o->warmup)
+            secs[i - o->warmup] = rt_now_seconds() - s0;
+        for (int s = 0; rc == RT_OK && s < S; s++)
+            next[s] = argmax(logits + (size_t)s * (size_t)V, V);
+    }
+    if (rc == RT_OK) {
+        qsort(secs, (size_t)o->tokens, sizeof *secs, cmp_double);
+        double med = secs[o->tokens / 2];
+        printf("{\"bench\":\"decode_streams\",\"streams\":%d,\"past\":%d,\"tokens_timed\":%d,"
+               "\"step_s_median\":%.5f,\"step_s_min\":%.5f,\"tokens_per_s\":%.1f}\n",
+               S, o->prompt, o->tokens, med, secs[0], S / med);
+    } else {
+        fprintf(stderr, "decode_bench: batched step failed: %s\n", rt_strerror(rc));
+    }
+    free(secs);
+    free(segs);
+    free(rows);
+    free(next);
+    free(ids);
+    free(logits);
+    infer_ctx_free(ctx);
+    return rc == RT_OK ? 0 : 1;
+}
+
 static int run(const decode_opts *o)
 {
     size_t n = o->bw_mib * 1024 * 1024 / sizeof(float);
@@ -216,6 +275,8 @@ static int run(const decode_opts *o)
     free(ids);
     free(logits);
     infer_ctx_free(ctx);
+    if (rc == RT_OK && o->streams > 1)
+        rc = run_streams(o, m) == 0 ? RT_OK : RT_ERR_INVALID;
     model_free(m);
     return rc == RT_OK ? 0 : 1;
 }
@@ -223,14 +284,14 @@ static int run(const decode_opts *o)
 static int usage(void)
 {
     fprintf(stderr, "usage: decode_bench --model DIR [--dtype auto|f32|bf16|f16] [--prompt N] "
-                    "[--tokens N] [--warmup N] [--bw-mib M] [--bw-threads N]\n");
+                    "[--tokens N] [--warmup N] [--bw-mib M] [--bw-threads N] [--streams S]\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    decode_opts o = {NULL, "auto", 16, 32, 4, cpus > 0 && cpus <= MAX_BW_THREADS ? (int)cpus : 1, 2048};
+    decode_opts o = {NULL, "auto", 16, 32, 4, cpus > 0 && cpus <= MAX_BW_THREADS ? (int)cpus : 1, 1, 2048};
     for (int i = 1; i < argc; i += 2) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v)
@@ -242,10 +303,11 @@ int main(int argc, char **argv)
         else if (!strcmp(f, "--warmup")) o.warmup = atoi(v);
         else if (!strcmp(f, "--bw-mib")) o.bw_mib = (size_t)atol(v);
         else if (!strcmp(f, "--bw-threads")) o.bw_threads = atoi(v);
+        else if (!strcmp(f, "--streams")) o.streams = atoi(v);
         else return usage();
     }
     if (!o.model_dir || o.prompt < 1 || o.tokens < 2 || o.warmup < 0 || o.bw_mib < 64 ||
-        o.bw_threads < 1 || o.bw_threads > MAX_BW_THREADS)
+        o.bw_threads < 1 || o.bw_threads > MAX_BW_THREADS || o.streams < 1)
         return usage();
     return run(&o);
 }

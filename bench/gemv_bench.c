@@ -50,6 +50,11 @@ static void print_cpu(void)
     printf("gemv kernels: %s\n", isa[cpu_isa_best()]);
 }
 
+static void *aligned64(size_t bytes)
+{
+    return aligned_alloc(64, (bytes + 63) / 64 * 64);
+}
+
 int main(int argc, char **argv)
 {
     int C = 512, OC = 1376, M = 40, reps = 20;
@@ -64,9 +69,10 @@ int main(int argc, char **argv)
         return 2;
     print_cpu();
     size_t per = (size_t)OC * C;
-    float *w = malloc(per * M * sizeof *w), *x = malloc((size_t)64 * C * sizeof *x);
-    uint16_t *w16 = malloc(per * M * sizeof *w16);
-    float *out = malloc((size_t)64 * OC * sizeof *out);
+    /* 64-byte aligned, as the backend allocates weights and activations */
+    float *w = aligned64(per * M * sizeof *w), *x = aligned64((size_t)64 * C * sizeof *x);
+    uint16_t *w16 = aligned64(per * M * sizeof *w16);
+    float *out = aligned64((size_t)64 * OC * sizeof *out);
     for (size_t i = 0; i < per * M; i++) {
         w[i] = (float)((i * 2654435761u) % 1000) / 1000.0f - 0.5f;
         w16[i] = sft_f32_to_bf16(w[i]);

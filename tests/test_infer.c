@@ -356,6 +356,7 @@ static void test_attention_kv_batch(void)
     attention_kv_batch_case(8, 8, 37, 32, 0);
     attention_kv_batch_case(6, 3, 64, 300, 5); /* one block per sequence */
     attention_kv_batch_case(14, 2, 64, 16, 70);
+    attention_kv_batch_case(9, 3, 1024, 16, 0); /* head chunks split a GQA group */
     const kernels_backend *be = kernels_cpu_backend();
     float x[64] = {0};
     int32_t table[1] = {0};

@@ -285,35 +285,61 @@ static inline const float *kv_run(const float *cache, const int32_t *blocks, int
     return cache + ((size_t)blocks[p / bs] * (size_t)bs + (size_t)(p % bs)) * ld;
 }
 
-/* sc[j] = scale * dot(q, k[j * ld]) for the nk keys of a run. */
+/* Query heads whose running sums one few-row unit keeps on the stack: at
+ * most KV_HEADS heads and KV_ACC floats of sums (32 KiB). */
+#define KV_HEADS 64
+#define KV_ACC 8192
+
+/* The query heads [h0, h1) of one new row of a sequence: a unit of the
+ * few-row (decode) path. */
+typedef struct kv_unit {
+    const float *q;  /* the row's query, head h0 first */
+    float *out;      /* the row's output, head h0 first */
+    int h0, h1, pos; /* heads and the row's position */
+} kv_unit;
+
+/* sc[h * KV_BLOCK + j] = scale * dot(q_h, k_j) for the nk keys of a run and
+ * every head of the unit, key rows in order: each cache row's slice of the
+ * unit's kv heads is read once, as one sequential stream. kv(h) is the
+ * offset of query head h's kv head in a cache row. */
 HOT_CLONES static void kv_run_scores(float *restrict sc, const float *restrict q,
-                                     const float *restrict k, size_t ld, int nk, int D,
-                                     float scale)
+                                     const float *restrict k, size_t ld, int nk, int h0, int h1,
+                                     int group, int D, float scale)
 {
-    for (int j = 0; j < nk; j++) {
-        const float *restrict kr = k + (size_t)j * ld;
-        float acc[VW] = {0};
-        int d = 0;
-        for (; d + VW <= D; d += VW)
-            for (int t = 0; t < VW; t++)
-                acc[t] += q[d + t] * kr[d + t];
-        float s = kernels_vsum_lanes(acc);
-        for (; d < D; d++)
-            s += q[d] * kr[d];
-        sc[j] = s * scale;
-    }
+    for (int j = 0; j < nk; j++)
+        for (int h = h0; h < h1; h++) {
+            const float *restrict kr = k + (size_t)j * ld + (size_t)(h / group) * D;
+            const float *restrict qh = q + (size_t)(h - h0) * D;
+            float acc[VW] = {0};
+            int d = 0;
+            for (; d + VW <= D; d += VW)
+                for (int t = 0; t < VW; t++)
+                    acc[t] += qh[d + t] * kr[d + t];
+            float s = kernels_vsum_lanes(acc);
+            for (; d < D; d++)
+                s += qh[d] * kr[d];
+            sc[(h - h0) * KV_BLOCK + j] = s * scale;
+        }
 }
 
-/* acc[0, D) += sum over the run's keys of p[j] * v[j * ld]. */
+/* acc[h, 0:D) += sum over the run's keys of p[h, j] * v_j for every head
+ * of the unit, value rows in order (as kv_run_scores reads keys). */
 HOT_CLONES static void kv_run_values(float *restrict acc, const float *restrict p,
-                                     const float *restrict v, size_t ld, int nk, int D)
+                                     const float *restrict v, size_t ld, int nk, int h0, int h1,
+                                     int group, int D)
 {
-    for (int j = 0; j < nk; j++) {
-        const float *restrict vr = v + (size_t)j * ld;
-        float pj = p[j];
-        for (int d = 0; d < D; d++)
-            acc[d] += pj * vr[d];
-    }
+    for (int j = 0; j < nk; j++)
+        for (int h = h0; h < h1; h++) {
+            const float *restrict vr = v + (size_t)j * ld + (size_t)(h / group) * D;
+            float *restrict ah = acc + (size_t)(h - h0) * D;
+            float pj = p[(h - h0) * KV_BLOCK + j];
+            int d = 0;
+            for (; d + VW <= D; d += VW) /* fixed-width chunks: -O2 vectorizes these */
+                for (int t = 0; t < VW; t++)
+                    ah[d + t] += pj * vr[d + t];
+            for (; d < D; d++)
+                ah[d] += pj * vr[d];
+        }
 }
 
 /* The layer, block table and shape every row of a call shares. */
@@ -323,78 +349,98 @@ typedef struct kv_batch_job {
     int bs;
     const kernels_kv_seq *seqs;
     int n_seqs, Hq, Hkv, D, window;
-    double total; /* the cost of the few-row (sequence, kv head) pairs */
+    int head_chunk; /* query heads per few-row unit */
+    double total;   /* the cost of every few-row unit */
 } kv_batch_job;
 
-/* One query row of head h (kv head g) at position pos over keys [k0, pos]:
- * softmax by runs with a running maximum (each run's scores exponentiated
- * once, the sums rescaled when the maximum grows), out = sum p v / sum p.
- * Reads every key and value in range once. */
-static void kv_row(const kv_batch_job *j, const kernels_kv_seq *s, float *out, const float *q,
-                   int g, int pos)
+/* The softmax of one score run folded into a head's running state: the
+ * scores become exp(s - m) in place, the sums and acc are rescaled when the
+ * maximum m grows (exp(-inf) = 0 for the first run). */
+static void kv_fold_run(float *sc, int nk, float *acc, int D, float *m, float *l)
 {
-    int D = j->D, k1 = pos + 1;
-    size_t ld = (size_t)j->Hkv * D;
-    float scale = (float)(1 / sqrt((double)D)); /* head_dim ** -0.5 as Python forms it */
-    float acc[KV_MAX_D], sc[KV_BLOCK], m = -INFINITY, l = 0;
-    memset(acc, 0, (size_t)D * sizeof *acc);
-    for (int p = attention_first_key(pos, j->window), e; p < k1; p = e) {
-        const float *kr = kv_run(j->k + (size_t)g * D, s->blocks, j->bs, ld, p, k1, KV_BLOCK, &e);
-        const float *vr = kv_run(j->v + (size_t)g * D, s->blocks, j->bs, ld, p, k1, KV_BLOCK, &e);
-        int nk = e - p;
-        kv_run_scores(sc, q, kr, ld, nk, D, scale);
-        float bm = kernels_vmax(sc, nk);
-        if (bm > m) {
-            float r = expf(m - bm); /* 0 for the first run */
-            for (int d = 0; d < D; d++)
-                acc[d] *= r;
-            l *= r;
-            m = bm;
-        }
-        l += kernels_vexp_inplace_sum(sc, nk, m);
-        kv_run_values(acc, sc, vr, ld, nk, D);
+    float bm = kernels_vmax(sc, nk);
+    if (bm > *m) {
+        float r = expf(*m - bm);
+        for (int d = 0; d < D; d++)
+            acc[d] *= r;
+        *l *= r;
+        *m = bm;
     }
-    float inv = 1.0f / l;
-    for (int d = 0; d < D; d++)
-        out[d] = acc[d] * inv;
+    *l += kernels_vexp_inplace_sum(sc, nk, *m);
 }
 
-/* The key-row products of one few-row (sequence, kv head) pair. */
-static double kv_pair_cost(const kernels_kv_seq *s, int window)
+/* One unit over keys [k0, pos]: softmax by runs with a running maximum per
+ * head, out = sum p v / sum p. Every head's arithmetic is the same whatever
+ * the unit's other heads, so the split never changes a bit. */
+static void kv_unit_run(const kv_batch_job *j, const kernels_kv_seq *s, const kv_unit *u)
+{
+    int D = j->D, k1 = u->pos + 1, group = j->Hq / j->Hkv, nh = u->h1 - u->h0;
+    size_t ld = (size_t)j->Hkv * D;
+    float scale = (float)(1 / sqrt((double)D)); /* head_dim ** -0.5 as Python forms it */
+    float acc[KV_ACC], sc[KV_HEADS * KV_BLOCK], m[KV_HEADS], l[KV_HEADS];
+    memset(acc, 0, (size_t)nh * (size_t)D * sizeof *acc);
+    for (int h = 0; h < nh; h++)
+        m[h] = -INFINITY, l[h] = 0;
+    for (int p = attention_first_key(u->pos, j->window), e; p < k1; p = e) {
+        const float *kr = kv_run(j->k, s->blocks, j->bs, ld, p, k1, KV_BLOCK, &e);
+        const float *vr = kv_run(j->v, s->blocks, j->bs, ld, p, k1, KV_BLOCK, &e);
+        int nk = e - p;
+        kv_run_scores(sc, u->q, kr, ld, nk, u->h0, u->h1, group, D, scale);
+        for (int h = 0; h < nh; h++)
+            kv_fold_run(sc + h * KV_BLOCK, nk, acc + (size_t)h * D, D, &m[h], &l[h]);
+        kv_run_values(acc, sc, vr, ld, nk, u->h0, u->h1, group, D);
+    }
+    for (int h = 0; h < nh; h++) {
+        float inv = 1.0f / l[h];
+        for (int d = 0; d < D; d++)
+            u->out[(size_t)h * D + d] = acc[(size_t)h * D + d] * inv;
+    }
+}
+
+/* The key-row products of one few-row unit of nh heads. */
+static double kv_unit_cost(const kernels_kv_seq *s, int window, int nh)
 {
     double keys = (double)s->past + s->n;
     if (window > 0 && keys > window)
         keys = window;
-    return (double)s->n * keys + 1;
+    return (double)s->n * keys * nh + 1;
 }
 
-/* Every query head of kv head g of one sequence, every new row. */
-static void kv_pair(const kv_batch_job *j, const kernels_kv_seq *s, int g)
-{
-    int group = j->Hq / j->Hkv, D = j->D;
-    size_t ldq = (size_t)j->Hq * D;
-    for (int h = g * group; h < (g + 1) * group; h++)
-        for (int i = 0; i < s->n; i++) {
-            size_t at = (size_t)(s->row0 + i) * ldq + (size_t)h * D;
-            kv_row(j, s, j->out + at, j->q + at, g, s->past + i);
-        }
-}
-
-/* cpu_pool part: the few-row pairs whose cost midpoint falls in this
- * part's share. */
+/* cpu_pool part: the few-row units (a sequence's new rows, a chunk of
+ * query heads each) whose cost midpoint falls in this part's share. */
 static void kv_batch_part(void *ctx, int part, int parts)
 {
     const kv_batch_job *j = ctx;
+    size_t ldq = (size_t)j->Hq * j->D;
     double done = 0;
     for (int i = 0; i < j->n_seqs; i++) {
         const kernels_kv_seq *s = &j->seqs[i];
         if (s->n > KV_FEW_ROWS)
             continue;
-        double c = kv_pair_cost(s, j->window);
-        for (int g = 0; g < j->Hkv; g++, done += c)
+        for (int h0 = 0; h0 < j->Hq; h0 += j->head_chunk) {
+            int h1 = h0 + j->head_chunk < j->Hq ? h0 + j->head_chunk : j->Hq;
+            double c = kv_unit_cost(s, j->window, h1 - h0);
             if (cost_owner(done, c, j->total, parts) == part)
-                kv_pair(j, s, g);
+                for (int r = 0; r < s->n; r++) {
+                    size_t at = (size_t)(s->row0 + r) * ldq + (size_t)h0 * j->D;
+                    kv_unit u = {j->q + at, j->out + at, h0, h1, s->past + r};
+                    kv_unit_run(j, s, &u);
+                }
+            done += c;
+        }
     }
+}
+
+/* Query heads per few-row unit: all of them (each sequence's cache rows
+ * read whole, in order) up to the stack's bound, split further when there
+ * are too few sequences to keep every thread busy. */
+static int kv_head_chunk(int Hq, int D, int n_few)
+{
+    int most = KV_ACC / D < KV_HEADS ? KV_ACC / D : KV_HEADS;
+    int threads = cpu_pool_size(), chunks = (Hq + most - 1) / most;
+    if (n_few < 4 * threads && chunks < threads)
+        chunks = threads < Hq ? threads : Hq;
+    return (Hq + chunks - 1) / chunks;
 }
 
 /* A long segment (a prefill): attention_kv_forward's block products, with
@@ -436,7 +482,11 @@ int kernels_attention_kv_batch_forward(float *out, void *scratch, const float *q
     if (!attention_sizes_ok(1, 1, Hq, Hkv, D) || D > KV_MAX_D || window < 0 || n_seqs < 0 ||
         block_size < 1 || !out || !q || !k_cache || !v_cache || (n_seqs > 0 && !seqs))
         return RT_ERR_INVALID;
-    kv_batch_job j = {out, q, k_cache, v_cache, block_size, seqs, n_seqs, Hq, Hkv, D, window, 0};
+    kv_batch_job j = {out, q, k_cache, v_cache, block_size, seqs, n_seqs, Hq, Hkv, D, window, 0, 0};
+    int n_few = 0;
+    for (int i = 0; i < n_seqs; i++)
+        n_few += seqs[i].n <= KV_FEW_ROWS;
+    j.head_chunk = kv_head_chunk(Hq, D, n_few);
     for (int i = 0; i < n_seqs; i++) {
         const kernels_kv_seq *x = &seqs[i];
         if (x->n < 0 || x->past < 0 || x->row0 < 0 || (x->n > 0 && !x->blocks) ||
@@ -445,9 +495,10 @@ int kernels_attention_kv_batch_forward(float *out, void *scratch, const float *q
         if (x->n > KV_FEW_ROWS)
             kv_prefill(&j, x, scratch);
         else
-            j.total += kv_pair_cost(x, window) * Hkv;
+            for (int h0 = 0; h0 < Hq; h0 += j.head_chunk)
+                j.total += kv_unit_cost(x, window, (h0 + j.head_chunk < Hq ? h0 + j.head_chunk : Hq) - h0);
     }
-    if (j.total * (Hq / Hkv) * D < 65536.0)
+    if (j.total * D < 65536.0)
         kv_batch_part(&j, 0, 1);
     else if (j.total > 0)
         cpu_pool_run(kv_batch_part, &j);
