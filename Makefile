@@ -35,6 +35,19 @@ ifeq ($(CUDA),1)
   CUDA_C_SRC := $(wildcard kernels/cuda/*.c)
 endif
 
+# MPI, for data-parallel training (`mpirun -np N retune train`): Debian's Open
+# MPI when it is installed (make deps), compiled into server/mpi_comm.c alone;
+# its headers as system headers (their warnings are not ours), and libmpi
+# linked only into the programs that call it (--as-needed). Without it the
+# build still works and refuses an mpirun launch.
+MPICC      ?= mpicc
+MPI_CFLAGS := $(patsubst -I%,-isystem %,$(shell $(MPICC) --showme:compile 2>/dev/null))
+MPI_LIBS   := $(shell $(MPICC) --showme:link 2>/dev/null)
+ifneq ($(MPI_LIBS),)
+  $(BUILD)/obj/server/mpi_comm.o: CFLAGS += -DRT_WITH_MPI $(MPI_CFLAGS)
+  LDLIBS += -Wl,--as-needed $(MPI_LIBS) -Wl,--no-as-needed
+endif
+
 LIB_DIRS  := common storage engine kernels kernels/cpu api server
 LIB_SRC   := $(filter-out server/main.c,$(wildcard $(addsuffix /*.c,$(LIB_DIRS)))) $(CUDA_C_SRC)
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/migrations_embedded.o \
@@ -117,7 +130,7 @@ deps:
 	sh tools/install_deps.sh
 	-cd tests/sdk && npm install --no-audit --no-fund --loglevel=error
 	-cd tests/browser && npm install --no-audit --no-fund --loglevel=error
-	-cd bench/node && npm ci --no-audit --no-fund --loglevel=error
+	-cd bench/node && npm install --no-audit --no-fund --loglevel=error
 
 # The libraries a program linked against libretune.a needs (kernels/cuda/emu/run.sh).
 print-ldlibs:

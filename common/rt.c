@@ -27,6 +27,7 @@ const char *rt_strerror(int code)
     case RT_ERR_DEVICE: return "compute device error";
     case RT_ERR_VERSION: return "written by a newer version";
     case RT_ERR_STATE: return "not allowed in the current state";
+    case RT_ERR_COMM: return "collective communication failed";
     default: return "unknown error";
     }
 }

@@ -31,7 +31,8 @@ enum rt_error {
     RT_ERR_BUSY = -11,       /* resource busy; retry later */
     RT_ERR_DEVICE = -12,     /* compute backend failure */
     RT_ERR_VERSION = -13,    /* data written by a newer version */
-    RT_ERR_STATE = -14       /* operation not allowed in the current state */
+    RT_ERR_STATE = -14,      /* operation not allowed in the current state */
+    RT_ERR_COMM = -15        /* a collective across processes failed (MPI, NCCL) */
 };
 
 /* Returns a static, human-readable name for an rt_error code. */

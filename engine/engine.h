@@ -67,6 +67,27 @@ enum engine_schedule { ENGINE_SCHEDULE_COSINE = 0, ENGINE_SCHEDULE_LINEAR = 1,
 /* LoRA target modules, as bits (q_proj = bit 0 ... down_proj = bit 6). */
 #define ENGINE_TARGET_ALL_LINEAR 0x7Fu
 
+/* The processes that train one job together (data parallelism), as the
+ * engine sees them: a rank, a count, and a sum over all of them. The caller
+ * implements it over MPI or NCCL (server/mpi_comm.c), so the engine never
+ * sees a transport. Every rank runs engine_train with the same config; each
+ * computes its share of every optimizer step's micro-batches, the gradients
+ * and loss statistics are summed, and every rank applies the same AdamW
+ * step. Rank 0 alone writes checkpoints and the result and calls on_step,
+ * on_event and on_checkpoint; should_stop is asked on rank 0 and its answer
+ * shared. A rank that fails returns its error while the others may wait in
+ * a sum: the caller then ends the whole group (MPI_Abort). */
+typedef struct engine_collective {
+    int rank;                    /* 0 .. size-1 */
+    int size;                    /* processes in the group, >= 1 */
+    void *ctx;                   /* the implementation's, passed back below */
+    /* Replace data[0..n) (host memory) on every rank with the element-wise
+     * sum over all ranks, the same bits on every rank. Every rank calls
+     * them in the same order. RT_OK or RT_ERR_COMM. */
+    int (*sum_f32)(void *ctx, float *data, size_t n);
+    int (*sum_f64)(void *ctx, double *data, size_t n);
+} engine_collective;
+
 /* Everything a training run needs; strings are borrowed for the call. */
 typedef struct engine_train_config {
     const char *model_dir;       /* HF model directory (config, safetensors, tokenizer) */
@@ -100,6 +121,8 @@ typedef struct engine_train_config {
     unsigned target_modules;     /* bits; 0 means q_proj|v_proj */
     int grad_checkpoint;         /* activation checkpointing: 0 auto (on when the memory
                                     estimate needs it), 1 on, -1 off */
+    const engine_collective *comm; /* data parallel: this process's group (borrowed);
+                                    NULL (or size 1): this process alone */
 } engine_train_config;
 
 /* Fills cfg with defaults (LoRA r=8, alpha=16, q/v, lr 1e-4, AdamW .9/.999,
@@ -146,6 +169,8 @@ typedef struct engine_train_result {
     int64_t n_examples, truncated_examples;
     int steps, total_steps;
     double seconds;
+    double comm_seconds;          /* of this process's seconds, those spent in the
+                                     group's sums (0 alone) */
     bool stopped;                 /* cancelled or paused before the end */
     double retention_loss_before, retention_loss_after; /* NaN without a retention set */
     engine_memory_plan memory;    /* the estimate the run was planned with */

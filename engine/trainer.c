@@ -8,6 +8,13 @@
  * Everything random derives from cfg->seed: the data order of epoch e and
  * the dropout masks of step s are functions of (seed, e) and (seed, s), so a
  * run is deterministic and a checkpoint needs only counters, not RNG state.
+ *
+ * Data parallel (cfg->comm, train_parallel.c): every rank walks the same
+ * order; rank r computes micro-batches r, r+N, ... of each step with the
+ * dropout key micro-batch j has alone, the gradient and the statistics are
+ * summed over the ranks and divided by the step's micro-batch count, and
+ * every rank applies the same AdamW step. Validation sets are split the same
+ * way. The result equals one process's up to the order of float additions.
  */
 #include "engine/trainer.h"
 
@@ -54,8 +61,13 @@ static void epoch_order(size_t *order, size_t n, uint64_t seed, int epoch)
     }
 }
 
+/* A step's loss statistics as sums, in one array so that a group sums
+ * them in one call: token-weighted loss, correct tokens, counted tokens,
+ * tokens through the forward pass. */
+enum { STAT_LOSS, STAT_CORRECT, STAT_COUNT, STAT_TOKENS, STAT_N };
+
 /* Runs forward + backward of one micro-batch; adds its loss statistics. */
-static int micro_step(trainer *t, size_t first, int count, uint64_t key, model_loss *sum)
+static int micro_step(trainer *t, size_t first, int count, uint64_t key, double sum[STAT_N])
 {
     int T = 0;
     train_batch_fill(t->train, t->order, first, count, t->ids, t->targets, &T);
@@ -67,25 +79,29 @@ static int micro_step(trainer *t, size_t first, int count, uint64_t key, model_l
                             t->ad_grad);
     if (rc != RT_OK)
         return rc;
-    sum->loss += l.loss * (double)l.count;
-    sum->correct += l.correct;
-    sum->count += l.count;
-    t->tokens += (int64_t)count * T;
+    sum[STAT_LOSS] += l.loss * (double)l.count;
+    sum[STAT_CORRECT] += l.correct;
+    sum[STAT_COUNT] += (double)l.count;
+    sum[STAT_TOKENS] += (double)count * T;
     return RT_OK;
 }
 
-/* One optimizer step over up to grad_accum micro-batches. */
-static int optimizer_step(trainer *t, const engine_callbacks *cb, model_loss *stats)
+/* The number of micro-batches of the next optimizer step: grad_accum, or
+ * what is left of the epoch. */
+static int step_micro_batches(const trainer *t)
+{
+    size_t nb = (t->train->n + (size_t)t->cfg.batch_size - 1) / (size_t)t->cfg.batch_size;
+    size_t left = nb - t->batch_in_epoch;
+    return (size_t)t->cfg.grad_accum > left ? (int)left : t->cfg.grad_accum;
+}
+
+/* Forward + backward of this rank's micro-batches of the step (all of them
+ * alone; j = rank, rank + N, ... in a group), gradients into t->grad. */
+static int accumulate(trainer *t, const engine_callbacks *cb, int micro, double sum[STAT_N])
 {
     const engine_train_config *c = &t->cfg;
-    const kernels_backend *be = t->be;
-    size_t nb = (t->train->n + (size_t)c->batch_size - 1) / (size_t)c->batch_size;
-    int micro = c->grad_accum;
-    if ((size_t)micro > nb - t->batch_in_epoch)
-        micro = (int)(nb - t->batch_in_epoch);
-    int rc = be->zero(t->grad, (size_t)t->n_trainable * sizeof(float), NULL);
-    model_loss sum = {0};
-    for (int j = 0; rc == RT_OK && j < micro; j++) {
+    int rc = t->be->zero(t->grad, (size_t)t->n_trainable * sizeof(float), NULL);
+    for (int j = trainer_rank(t); rc == RT_OK && j < micro; j += trainer_ranks(t)) {
         size_t first = (t->batch_in_epoch + (size_t)j) * (size_t)c->batch_size;
         int count = c->batch_size;
         if (first + (size_t)count > t->train->n)
@@ -93,8 +109,25 @@ static int optimizer_step(trainer *t, const engine_callbacks *cb, model_loss *st
         uint64_t key = rng_mix(c->seed ^ rng_mix(((uint64_t)t->step << 16) | (uint64_t)j));
         if (cb && cb->yield)
             cb->yield(cb->ctx);
-        rc = micro_step(t, first, count, key, &sum);
+        rc = micro_step(t, first, count, key, sum);
     }
+    return rc;
+}
+
+/* One optimizer step over up to grad_accum micro-batches: this rank's
+ * share, then the group's sums, the mean over micro-batches, clipping of
+ * the summed gradient and the AdamW step. */
+static int optimizer_step(trainer *t, const engine_callbacks *cb, model_loss *stats)
+{
+    const engine_train_config *c = &t->cfg;
+    const kernels_backend *be = t->be;
+    int micro = step_micro_batches(t);
+    double sum[STAT_N] = {0};
+    int rc = accumulate(t, cb, micro, sum);
+    if (rc == RT_OK)
+        rc = trainer_sum_grad(t);
+    if (rc == RT_OK)
+        rc = trainer_sum(t, sum, STAT_N);
     if (rc == RT_OK && micro > 1)
         rc = be->scale(t->grad, t->n_trainable, 1.0f / (float)micro, NULL);
     double norm = 0;
@@ -108,17 +141,20 @@ static int optimizer_step(trainer *t, const engine_callbacks *cb, model_loss *st
         return rc;
     t->step++;
     t->batch_in_epoch += (size_t)micro;
-    stats->loss = sum.count ? sum.loss / (double)sum.count : 0;
-    stats->correct = sum.count ? sum.correct / (double)sum.count : 0;
-    stats->count = sum.count;
+    t->tokens += (int64_t)sum[STAT_TOKENS];
+    double n = sum[STAT_COUNT];
+    stats->loss = n > 0 ? sum[STAT_LOSS] / n : 0;
+    stats->correct = n > 0 ? sum[STAT_CORRECT] / n : 0;
+    stats->count = (int64_t)n;
     return RT_OK;
 }
 
 int trainer_validate(trainer *t, const train_set *set, double *loss, double *accuracy)
 {
     int B = t->cfg.batch_size, T = 0;
-    model_loss sum = {0};
-    for (size_t first = 0; first < set->n; first += (size_t)B) {
+    size_t stride = (size_t)trainer_ranks(t) * (size_t)B;
+    double sum[STAT_N] = {0};
+    for (size_t first = (size_t)trainer_rank(t) * (size_t)B; first < set->n; first += stride) {
         int count = first + (size_t)B > set->n ? (int)(set->n - first) : B;
         train_batch_fill(set, t->identity, first, count, t->ids, t->targets, &T);
         model_batch b = {t->ids, t->targets, count, T, 0, false};
@@ -126,12 +162,15 @@ int trainer_validate(trainer *t, const train_set *set, double *loss, double *acc
         int rc = model_forward(t->model, t->ad, t->acts, &b, &l);
         if (rc != RT_OK)
             return rc;
-        sum.loss += l.loss * (double)l.count;
-        sum.correct += l.correct;
-        sum.count += l.count;
+        sum[STAT_LOSS] += l.loss * (double)l.count;
+        sum[STAT_CORRECT] += l.correct;
+        sum[STAT_COUNT] += (double)l.count;
     }
-    *loss = sum.count ? sum.loss / (double)sum.count : NAN;
-    *accuracy = sum.count ? sum.correct / (double)sum.count : NAN;
+    int rc = trainer_sum(t, sum, STAT_N); /* a group splits the batches the same way */
+    if (rc != RT_OK)
+        return rc;
+    *loss = sum[STAT_COUNT] > 0 ? sum[STAT_LOSS] / sum[STAT_COUNT] : NAN;
+    *accuracy = sum[STAT_COUNT] > 0 ? sum[STAT_CORRECT] / sum[STAT_COUNT] : NAN;
     return RT_OK;
 }
 
@@ -162,10 +201,16 @@ static int run_validation(trainer *t)
     return rc;
 }
 
-/* True when the run should end now; writes a checkpoint first on pause. */
+/* True when the run should end now; writes a checkpoint first on pause.
+ * In a group rank 0 asks and every rank follows its answer. */
 static bool stop_requested(trainer *t, const engine_callbacks *cb, int *rc)
 {
-    int what = cb && cb->should_stop ? cb->should_stop(cb->ctx) : ENGINE_CONTINUE;
+    int what = ENGINE_CONTINUE;
+    if (trainer_is_lead(t) && cb && cb->should_stop)
+        what = cb->should_stop(cb->ctx);
+    *rc = trainer_share(t, &what);
+    if (*rc != RT_OK)
+        return true;
     if (what == ENGINE_CONTINUE)
         return false;
     if (what == ENGINE_STOP_PAUSE && t->cfg.checkpoint_dir)
@@ -184,7 +229,7 @@ static int after_step(trainer *t, const engine_callbacks *cb)
     int rc = RT_OK;
     if (c->eval_interval > 0 && t->step % c->eval_interval == 0)
         rc = run_validation(t);
-    if (rc == RT_OK && cb && cb->on_step)
+    if (rc == RT_OK && cb && cb->on_step && trainer_is_lead(t))
         cb->on_step(cb->ctx, &t->progress);
     if (rc == RT_OK && c->checkpoint_interval > 0 && t->step % c->checkpoint_interval == 0 &&
         c->checkpoint_dir)
@@ -238,6 +283,23 @@ static int retention_loss(trainer *t, const char *resume_dir, double *loss, doub
     return rc;
 }
 
+/* Says (on rank 0: in the log and as an event) how a group shares out its
+ * steps, warning when some ranks get no micro-batch in a step. */
+static void group_event(const trainer *t, const engine_callbacks *cb)
+{
+    int n = trainer_ranks(t);
+    if (n == 1 || !trainer_is_lead(t))
+        return;
+    char text[256];
+    snprintf(text, sizeof text, "Data parallel: %d processes share each step's %d micro-batches of "
+             "%d sequences%s.", n, t->cfg.grad_accum, t->cfg.batch_size,
+             t->cfg.grad_accum < n ? " (fewer micro-batches than processes: some wait idle; raise "
+                                     "--grad-accum to a multiple of the process count)" : "");
+    rt_log(t->cfg.grad_accum < n ? RT_LOG_WARN : RT_LOG_INFO, "%s", text);
+    if (cb && cb->on_event)
+        cb->on_event(cb->ctx, text);
+}
+
 int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
                  engine_train_result *result, engine_error *why)
 {
@@ -254,8 +316,9 @@ int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
         snprintf(e->field, sizeof e->field, "%s", input ? input : "");
         return rc;
     }
-    if (cb && cb->on_event)
+    if (cb && cb->on_event && trainer_is_lead(t))
         cb->on_event(cb->ctx, t->memory_text);
+    group_event(t, cb);
     if (cfg->resume_dir)
         rc = trainer_resume(t, cfg->resume_dir, err, errsize);
     double retention_before = NAN, retention_after = NAN, unused;
@@ -271,7 +334,7 @@ int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
             rc = run_validation(t);
         if (rc == RT_OK && t->retention)
             rc = trainer_validate(t, t->retention, &retention_after, &unused);
-        if (rc == RT_OK)
+        if (rc == RT_OK && trainer_is_lead(t)) /* a group's ranks hold the same weights */
             rc = trainer_save_result(t, cfg->out_dir, err, errsize);
     }
     if (rc == RT_OK) {
@@ -287,6 +350,7 @@ int engine_train(const engine_train_config *cfg, const engine_callbacks *cb,
         r.steps = t->step;
         r.total_steps = t->total_steps;
         r.seconds = t->seconds_before + rt_now_seconds() - t->started;
+        r.comm_seconds = t->comm_seconds;
         r.stopped = t->stopped;
         r.retention_loss_before = retention_before;
         r.retention_loss_after = retention_after;

@@ -44,6 +44,10 @@ typedef struct trainer {
     double started, seconds_before;
     bool stopped;
     engine_progress progress;
+    const engine_collective *comm; /* the data-parallel group; NULL when alone (size 1) */
+    float *comm_host;              /* host staging for the gradient sum (comm only) */
+    size_t comm_chunk;             /* its length in floats */
+    double comm_seconds;           /* spent in the group's sums */
 } trainer;
 
 /* Checks cfg, loads model, tokenizer and data, allocates everything. On
@@ -64,6 +68,35 @@ int trainer_save_result(trainer *t, const char *dir, char *err, size_t errsize);
 
 /* Mean loss and token accuracy over a set (no dropout, no gradients). */
 int trainer_validate(trainer *t, const train_set *set, double *loss, double *accuracy);
+
+/* ---- data parallelism (train_parallel.c) ------------------------------------
+ * With t->comm set, rank r computes micro-batches r, r+N, r+2N, ... of every
+ * optimizer step and the sums below make every rank hold what one process
+ * would have computed alone. Alone (t->comm NULL) each is a no-op. */
+
+/* Takes cfg->comm when its group has more than one rank and allocates the
+ * host staging buffer of the gradient sum. RT_ERR_INVALID (a malformed
+ * group), RT_ERR_NOMEM. */
+int trainer_group_open(trainer *t);
+
+/* This process's rank and the group's size (0 and 1 alone). */
+int trainer_rank(const trainer *t);
+int trainer_ranks(const trainer *t);
+
+/* True on the rank that writes files and reports (rank 0, or alone). */
+bool trainer_is_lead(const trainer *t);
+
+/* Sums v[0..n) over the group in place. RT_OK or RT_ERR_COMM. */
+int trainer_sum(trainer *t, double *v, size_t n);
+
+/* Sums the step's gradient (t->grad) over the group in place, through the
+ * host staging buffer a chunk at a time. RT_OK, RT_ERR_COMM, or a backend
+ * copy error. */
+int trainer_sum_grad(trainer *t);
+
+/* Rank 0's value of x on every rank (the others' x is ignored): how the
+ * lead's decisions (stop, pause) reach the group. */
+int trainer_share(trainer *t, int *x);
 
 /* Copies the tokenizer files of one model directory into another. */
 int engine_copy_tokenizer_files(const char *from_dir, const char *to_dir, char *err, size_t errsize);

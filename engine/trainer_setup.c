@@ -6,7 +6,9 @@
  * for LoRA, an HF model directory for full fine-tuning), optimizer.safetensors
  * (AdamW m and v) and trainer_state.json (step, epoch, position in the epoch,
  * tokens, seconds). It is written as ckpt-step-N.tmp and renamed, so a
- * checkpoint either exists whole or not at all.
+ * checkpoint either exists whole or not at all. Every count in it is the
+ * whole group's (data parallelism), so a checkpoint written by N processes
+ * resumes with any other number; rank 0 alone writes it, every rank reads it.
  */
 #include "engine/trainer.h"
 
@@ -277,6 +279,10 @@ int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_
         rc = setup_trainable(t);
     if (rc == RT_OK)
         rc = setup_buffers(t);
+    if (rc == RT_OK)
+        rc = trainer_group_open(t);
+    if (rc == RT_ERR_INVALID)
+        rt_fail(err, errsize, rc, "the data-parallel group is malformed");
     if (rc != RT_OK) {
         trainer_close(t);
         return rc;
@@ -309,6 +315,7 @@ void trainer_close(trainer *t)
     free(t->identity);
     free(t->ids);
     free(t->targets);
+    free(t->comm_host);
     free(t);
 }
 
@@ -400,6 +407,8 @@ static int save_state(trainer *t, const char *dir, char *err, size_t errsize)
 
 int trainer_checkpoint(trainer *t, const engine_callbacks *cb)
 {
+    if (!trainer_is_lead(t)) /* data parallel: every rank holds the same state; rank 0 writes it */
+        return RT_OK;
     char dir[3800], tmp[3808], err[256] = "";
     snprintf(dir, sizeof dir, "%s/ckpt-step-%d", t->cfg.checkpoint_dir, t->step);
     snprintf(tmp, sizeof tmp, "%s.tmp", dir);

@@ -3,6 +3,11 @@
  * line (offline use, and how tests drive the engine). Shows a progress line
  * on a terminal and prints a JSON summary as the last line of stdout.
  * Bad arguments exit 2 naming the argument; training failures exit 1.
+ *
+ * Under `mpirun -np N` the N processes train the one job data-parallel
+ * (server/mpi_comm.c, engine_collective); rank 0 alone shows progress,
+ * writes the results CSV, checkpoints and the result, and prints the
+ * summary. A rank that fails ends the whole group.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -27,7 +32,10 @@ static void train_usage(FILE *out)
             "    [--checkpoint-dir DIR] [--checkpoint-interval N] [--resume DIR] [--device cpu|cuda]\n"
             "    [--dtype auto|f32|bf16|f16]  frozen LoRA base in memory (auto: as the checkpoint stores it)\n"
             "    [--grad-checkpoint]  recompute each layer's forward in backward (automatic when needed)\n"
-            "    [--retention FILE]   (loss on FILE before and after: what the model kept)\n");
+            "    [--retention FILE]   (loss on FILE before and after: what the model kept)\n"
+            "    [--results FILE]     append a CSV row per optimizer step (loss, accuracy, lr, tokens)\n"
+            "Data parallel: mpirun -np N retune train ... trains the job with N processes, each\n"
+            "computing its share of every step's --grad-accum micro-batches (rank 0 writes the files).\n");
 }
 
 /* Parses a number option into *out within [lo, hi]; 2 on a bad value. */
@@ -59,6 +67,12 @@ int server_parse_int(const char *cmd, const char *name, const char *text, long l
     *out = (int)v;
     return 0;
 }
+
+/* What the step callback needs: where the results CSV goes (NULL: none). */
+typedef struct train_cmd {
+    const char *results_path;
+    bool results_failed;         /* a write failed (said once) */
+} train_cmd;
 
 /* Applies one parsed flag to cfg; 2 on a bad value. */
 static int apply_flag(engine_train_config *c, int opt, const char *arg)
@@ -121,7 +135,7 @@ static int apply_flag(engine_train_config *c, int opt, const char *arg)
     return rc;
 }
 
-static int parse_train_flags(engine_train_config *c, int argc, char **argv)
+static int parse_train_flags(engine_train_config *c, train_cmd *cmd, int argc, char **argv)
 {
     static const struct option opts[] = {
         {"model", 1, 0, 'm'}, {"train", 1, 0, 't'}, {"valid", 1, 0, 'v'}, {"out", 1, 0, 'o'},
@@ -132,13 +146,17 @@ static int parse_train_flags(engine_train_config *c, int argc, char **argv)
         {"warmup-ratio", 1, 0, 'w'}, {"scheduler", 1, 0, 'S'}, {"weight-decay", 1, 0, 'W'},
         {"max-grad-norm", 1, 0, 'G'}, {"max-steps", 1, 0, 'x'}, {"eval-interval", 1, 0, 'E'},
         {"checkpoint-dir", 1, 0, 'c'}, {"checkpoint-interval", 1, 0, 'C'}, {"resume", 1, 0, 'u'},
-        {"device", 1, 0, 'D'}, {"dtype", 1, 0, 'y'}, {"grad-checkpoint", 0, 0, 'P'}, {"retention", 1, 0, 'K'}, {"help", 0, 0, 'h'},
+        {"device", 1, 0, 'D'}, {"dtype", 1, 0, 'y'}, {"grad-checkpoint", 0, 0, 'P'}, {"retention", 1, 0, 'K'}, {"results", 1, 0, 'Z'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (opt == 'h') {
             train_usage(stdout);
             return -1;
+        }
+        if (opt == 'Z') {
+            cmd->results_path = optarg;
+            continue;
         }
         if (opt == '?' || apply_flag(c, opt, optarg)) {
             train_usage(stderr);
@@ -157,10 +175,38 @@ static int parse_train_flags(engine_train_config *c, int argc, char **argv)
     return 0;
 }
 
-/* The progress line, redrawn in place on a terminal. */
+/* Appends the step's row to the results CSV (header first in a new file;
+ * a resumed run goes on appending). A failed write is said once; training
+ * goes on. */
+static void results_append(train_cmd *cmd, const engine_progress *p)
+{
+    FILE *f = fopen(cmd->results_path, "a");
+    bool ok = f != NULL;
+    if (ok && ftell(f) == 0)
+        ok = fprintf(f, "step,train_loss,train_accuracy,valid_loss,valid_accuracy,learning_rate,"
+                        "tokens\n") > 0;
+    if (ok)
+        ok = fprintf(f, "%d,%.9g,%.9g,", p->step, p->train_loss, p->train_accuracy) > 0;
+    if (ok && p->has_valid)
+        ok = fprintf(f, "%.9g,%.9g", p->valid_loss, p->valid_accuracy) > 0;
+    if (ok)
+        ok = fprintf(f, "%s%.9g,%lld\n", p->has_valid ? "," : ",,", p->learning_rate,
+                     (long long)p->tokens) > 0;
+    if (f && fclose(f) != 0)
+        ok = false;
+    if (!ok && !cmd->results_failed) {
+        cmd->results_failed = true;
+        fprintf(stderr, "retune train: cannot write %s (training goes on)\n", cmd->results_path);
+    }
+}
+
+/* After each step: the results row, and the progress line, redrawn in
+ * place on a terminal. (The engine calls it on rank 0 only.) */
 static void on_step(void *ctx, const engine_progress *p)
 {
-    (void)ctx;
+    train_cmd *cmd = ctx;
+    if (cmd->results_path)
+        results_append(cmd, p);
     if (!isatty(STDERR_FILENO))
         return;
     double tps = p->seconds > 0 ? (double)p->tokens / p->seconds : 0;
@@ -197,6 +243,7 @@ static void print_summary(const engine_train_result *r)
     printf("\"tokens\": %lld, \"steps\": %d, \"examples\": %lld, \"truncated_examples\": %lld, ",
            (long long)r->tokens, r->steps, (long long)r->n_examples, (long long)r->truncated_examples);
     print_number("seconds", r->seconds, ", ");
+    print_number("comm_seconds", r->comm_seconds, ", ");
     print_number("tokens_per_second", r->seconds > 0 ? (double)r->tokens / r->seconds : NAN, ", ");
     print_number("memory_estimate_bytes", r->memory.total, ", ");
     printf("\"grad_checkpoint\": %s, ", r->memory.grad_checkpoint ? "true" : "false");
@@ -208,17 +255,35 @@ int server_train_main(int argc, char **argv)
 {
     engine_train_config cfg;
     engine_train_defaults(&cfg);
-    int rc = parse_train_flags(&cfg, argc, argv);
+    train_cmd cmd = {0};
+    int rc = parse_train_flags(&cfg, &cmd, argc, argv);
     if (rc)
         return rc < 0 ? 0 : rc;
-    engine_callbacks cb = {.on_step = on_step};
+    engine_collective *group = NULL;
+    char err[256] = "";
+    if (server_mpi_open(&group, err, sizeof err) != RT_OK) {
+        fprintf(stderr, "retune train: %s\n", err);
+        return 1;
+    }
+    cfg.comm = group;
+    engine_callbacks cb = {.ctx = &cmd, .on_step = on_step};
     engine_train_result result;
     engine_error why = {0};
     rc = engine_train(&cfg, &cb, &result, &why);
     if (rc != RT_OK) {
-        fprintf(stderr, "retune train: %s\n", why.message[0] ? why.message : rt_strerror(rc));
-        return rc == RT_ERR_INVALID ? 2 : 1;
+        bool many = group && group->size > 1;
+        char who[32] = "";
+        if (many)
+            snprintf(who, sizeof who, " (rank %d)", group->rank);
+        fprintf(stderr, "retune train%s: %s\n", who, why.message[0] ? why.message : rt_strerror(rc));
+        int status = rc == RT_ERR_INVALID ? 2 : 1;
+        if (many)
+            server_mpi_abort(group, status); /* the other ranks may wait for this one */
+        server_mpi_close(group);
+        return status;
     }
-    print_summary(&result);
+    if (!group || group->rank == 0)
+        print_summary(&result);
+    server_mpi_close(group);
     return 0;
 }

@@ -3,8 +3,11 @@
  * the same seed gives the same losses; a run resumed from a checkpoint
  * continues with exactly the losses of an uninterrupted run; a saved adapter
  * reloads to the same logits; merging equals applying; LoRA never writes the
- * base weights; cancellation stops between steps.
+ * base weights; cancellation stops between steps; two data-parallel ranks
+ * (threads sharing an in-process engine_collective) train what one process
+ * trains, and only rank 0 writes or reports.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -220,6 +223,112 @@ static void test_save_reload_exact(void)
     model_free(m);
 }
 
+/* ---- data parallelism without MPI: two threads as the ranks of a group ---- */
+
+typedef struct thread_group {
+    pthread_barrier_t barrier;
+    const void *slot[2];          /* each rank's buffer during a sum */
+} thread_group;
+
+typedef struct thread_rank {
+    engine_collective comm;
+    thread_group *g;
+    engine_train_config cfg;
+    losses l;
+    engine_train_result r;
+    int rc;
+} thread_rank;
+
+/* Both ranks' buffers added in rank order, so both get the same bits. */
+static int thread_sum(void *ctx, void *data, size_t n, size_t elem)
+{
+    thread_rank *me = ctx;
+    thread_group *g = me->g;
+    void *sum = malloc(n > 0 ? n * elem : 1);
+    g->slot[me->comm.rank] = data;
+    pthread_barrier_wait(&g->barrier);
+    for (size_t i = 0; sum && i < n; i++) {
+        if (elem == sizeof(float))
+            ((float *)sum)[i] = ((const float *)g->slot[0])[i] + ((const float *)g->slot[1])[i];
+        else
+            ((double *)sum)[i] = ((const double *)g->slot[0])[i] + ((const double *)g->slot[1])[i];
+    }
+    pthread_barrier_wait(&g->barrier); /* both have read both before either writes */
+    if (sum)
+        memcpy(data, sum, n * elem);
+    free(sum);
+    return sum ? RT_OK : RT_ERR_COMM;
+}
+
+static int thread_sum_f32(void *ctx, float *data, size_t n) { return thread_sum(ctx, data, n, sizeof *data); }
+static int thread_sum_f64(void *ctx, double *data, size_t n) { return thread_sum(ctx, data, n, sizeof *data); }
+
+static void *thread_rank_main(void *arg)
+{
+    thread_rank *me = arg;
+    engine_callbacks cb = {&me->l, on_step, NULL, on_checkpoint, NULL, NULL};
+    engine_error why = {0};
+    me->rc = engine_train(&me->cfg, &cb, &me->r, &why);
+    if (me->rc != RT_OK)
+        fprintf(stderr, "rank %d: %s\n", me->comm.rank, why.message);
+    return NULL;
+}
+
+static bool exists(const char *path)
+{
+    struct stat sb;
+    return stat(path, &sb) == 0;
+}
+
+/* Two ranks (micro-batches split 1 + 1 per step, 1 + 0 at each epoch's end)
+ * against one process: the same losses to float rounding, the same step
+ * and token counts; rank 1 reports nothing and writes nothing (it is given
+ * its own out and checkpoint folders, which must stay absent). */
+static void test_data_parallel_threads(void)
+{
+    char out[512], ck[512], out1[512], ck1[512], alone[512];
+    snprintf(out, sizeof out, "%s/dp-out", g_dir);
+    snprintf(ck, sizeof ck, "%s/dp-ckpt", g_dir);
+    snprintf(out1, sizeof out1, "%s/dp-out-rank1", g_dir);
+    snprintf(ck1, sizeof ck1, "%s/dp-ckpt-rank1", g_dir);
+    snprintf(alone, sizeof alone, "%s/dp-alone", g_dir);
+    engine_train_config c;
+    base_config(&c, alone);
+    losses one = {0};
+    engine_train_result r1;
+    train(&c, &one, &r1);
+    thread_group g;
+    pthread_barrier_init(&g.barrier, NULL, 2);
+    thread_rank ranks[2];
+    pthread_t th[2];
+    for (int k = 0; k < 2; k++) {
+        thread_rank *me = &ranks[k];
+        memset(me, 0, sizeof *me);
+        me->g = &g;
+        me->comm = (engine_collective){k, 2, me, thread_sum_f32, thread_sum_f64};
+        base_config(&me->cfg, k == 0 ? out : out1);
+        me->cfg.checkpoint_dir = k == 0 ? ck : ck1;
+        me->cfg.comm = &me->comm;
+        pthread_create(&th[k], NULL, thread_rank_main, me);
+    }
+    for (int k = 0; k < 2; k++)
+        pthread_join(th[k], NULL);
+    pthread_barrier_destroy(&g.barrier);
+    CHECK(ranks[0].rc == RT_OK && ranks[1].rc == RT_OK);
+    CHECK_EQ_INT(ranks[0].l.n, one.n);
+    for (int i = 0; i < one.n; i++)
+        CHECK_NEAR(ranks[0].l.v[i], one.v[i], 1e-5 * fabs(one.v[i]));
+    CHECK_EQ_INT(ranks[0].r.tokens, r1.tokens);
+    CHECK_EQ_INT(ranks[1].r.tokens, r1.tokens);
+    CHECK_MSG(ranks[0].r.train_loss == ranks[1].r.train_loss, "the ranks agree bit for bit");
+    CHECK(ranks[0].r.comm_seconds > 0 && r1.comm_seconds == 0);
+    CHECK_EQ_INT(ranks[1].l.n, 0);             /* on_step on rank 0 only */
+    CHECK_EQ_INT(ranks[1].l.checkpoints, 0);
+    CHECK(ranks[0].l.checkpoints > 0);
+    CHECK(exists(out) && exists(ck));
+    CHECK(!exists(out1) && !exists(ck1));     /* rank 1 writes nothing */
+}
+
 int main(void)
 {
     snprintf(g_dir, sizeof g_dir, "/tmp/retune-trainer-XXXXXX");
@@ -232,6 +341,7 @@ int main(void)
     RUN(test_cancel);
     RUN(test_adapter_roundtrip_and_merge);
     RUN(test_save_reload_exact);
+    RUN(test_data_parallel_threads);
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
     if (system(cmd) != 0)
