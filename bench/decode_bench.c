@@ -23,7 +23,11 @@
  *      with its own --prompt random ids, then --warmup and --tokens batched
  *      steps of S rows (one row per sequence, as the scheduler decodes S
  *      concurrent streams without HTTP). A second JSON line gives the median
- *      step and S / step as aggregate tokens/s.
+ *      step and S / step as aggregate tokens/s. With --adapters K (1..S),
+ *      stream s uses adapter s % K: K adapters made in-process (r 16, alpha
+ *      32, --targets qv or all), rows ordered by adapter as the scheduler
+ *      orders them, and the same steps are timed with no adapter first, in
+ *      the same process: the line gives both and their ratio.
  *
  * The bound: every decoded token reads each projection matrix and the head
  * once (bytes_per_token: their elements times the element size of the loaded
@@ -49,7 +53,8 @@
 
 typedef struct decode_opts {
     const char *model_dir, *dtype;
-    int prompt, tokens, warmup, bw_threads, streams;
+    int prompt, tokens, warmup, bw_threads, streams, adapters;
+    const char *targets;
     size_t bw_mib;
 } decode_opts;
 
@@ -150,49 +155,63 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Step 4: S sequences decoded together. Prints one JSON line. */
-static int run_streams(const decode_opts *o, model *m)
+/* Random-free LoRA adapters of the benchmark's shape (B stays zero: the
+ * products cost the same whatever the values). NULL entries when K = 0. */
+static int make_adapters(const decode_opts *o, const model *m, lora **ads)
+{
+    peft_config pc = {.r = 16, .lora_alpha = 32};
+    pc.target_modules = !strcmp(o->targets, "all") ? 0x7Fu : (1u << PEFT_Q_PROJ) | (1u << PEFT_V_PROJ);
+    for (int i = 0; i < o->adapters; i++) {
+        int rc = lora_create(&m->cfg, &pc, m->be, (uint64_t)i + 1, &ads[i]);
+        if (rc != RT_OK)
+            return rc;
+    }
+    return RT_OK;
+}
+
+/* Median seconds of --tokens batched steps of S one-row segments (after
+ * --warmup), stream s with adapter ads[s % K] (none when K = 0), each slot
+ * prefilled first with its own prompt. */
+static int time_streams(const decode_opts *o, model *m, lora **ads, int K, double *med)
 {
     int S = o->streams, V = m->cfg.vocab_size, total = o->prompt + o->warmup + o->tokens + 1;
     infer_ctx *ctx = NULL;
     int rc = infer_ctx_create(m, S, total, o->prompt > S ? o->prompt : S, &ctx);
     float *logits = malloc((size_t)S * (size_t)V * sizeof(float));
-    int32_t *ids = malloc((size_t)S * (size_t)total * sizeof(int32_t)), *next = malloc((size_t)S * sizeof(int32_t));
-    int32_t *rows = malloc((size_t)S * sizeof(int32_t));
+    int32_t *ids = malloc((size_t)(o->prompt > S ? o->prompt : S) * sizeof(int32_t));
+    int32_t *next = malloc((size_t)S * sizeof(int32_t)), *rows = malloc((size_t)S * sizeof(int32_t));
     infer_seg *segs = malloc((size_t)S * sizeof(infer_seg));
     double *secs = malloc((size_t)o->tokens * sizeof(double));
     if (rc == RT_OK && !(logits && ids && next && rows && segs && secs))
         rc = RT_ERR_NOMEM;
     rng r = {7};
     for (int s = 0; rc == RT_OK && s < S; s++) { /* prefill each slot alone */
-        int32_t *p = ids + (size_t)s * (size_t)total;
         for (int i = 0; i < o->prompt; i++)
-            p[i] = (int32_t)rng_below(&r, (uint64_t)V);
-        infer_seg seg = {s, 0, o->prompt, NULL};
+            ids[i] = (int32_t)rng_below(&r, (uint64_t)V);
+        infer_seg seg = {s, 0, o->prompt, K ? ads[s % K] : NULL};
         int32_t last = o->prompt - 1;
-        rc = infer_forward(ctx, &(infer_step){p, o->prompt, &seg, 1, &last, 1}, logits);
+        rc = infer_forward(ctx, &(infer_step){ids, o->prompt, &seg, 1, &last, 1}, logits);
         next[s] = argmax(logits, V);
     }
     for (int i = 0; rc == RT_OK && i < o->warmup + o->tokens; i++) {
-        for (int s = 0; s < S; s++) {
-            segs[s] = (infer_seg){s, o->prompt + i, 1, NULL};
-            rows[s] = s;
-        }
+        for (int k = 0, row = 0; k < (K ? K : 1); k++) /* rows grouped by adapter */
+            for (int s = k; s < S; s += K ? K : 1, row++) {
+                segs[row] = (infer_seg){s, o->prompt + i, 1, K ? ads[k] : NULL};
+                rows[row] = row;
+            }
+        int32_t *step_ids = ids; /* the step's ids in row order */
+        for (int row = 0; row < S; row++)
+            step_ids[row] = next[segs[row].slot];
         double s0 = rt_now_seconds();
-        rc = infer_forward(ctx, &(infer_step){next, S, segs, S, rows, S}, logits);
+        rc = infer_forward(ctx, &(infer_step){step_ids, S, segs, S, rows, S}, logits);
         if (i >= o->warmup)
             secs[i - o->warmup] = rt_now_seconds() - s0;
-        for (int s = 0; rc == RT_OK && s < S; s++)
-            next[s] = argmax(logits + (size_t)s * (size_t)V, V);
+        for (int row = 0; rc == RT_OK && row < S; row++)
+            next[segs[row].slot] = argmax(logits + (size_t)row * (size_t)V, V);
     }
     if (rc == RT_OK) {
         qsort(secs, (size_t)o->tokens, sizeof *secs, cmp_double);
-        double med = secs[o->tokens / 2];
-        printf("{\"bench\":\"decode_streams\",\"streams\":%d,\"past\":%d,\"tokens_timed\":%d,"
-               "\"step_s_median\":%.5f,\"step_s_min\":%.5f,\"tokens_per_s\":%.1f}\n",
-               S, o->prompt, o->tokens, med, secs[0], S / med);
-    } else {
-        fprintf(stderr, "decode_bench: batched step failed: %s\n", rt_strerror(rc));
+        *med = secs[o->tokens / 2];
     }
     free(secs);
     free(segs);
@@ -201,6 +220,35 @@ static int run_streams(const decode_opts *o, model *m)
     free(ids);
     free(logits);
     infer_ctx_free(ctx);
+    return rc;
+}
+
+/* Step 4: S sequences decoded together, with and without adapters. Prints
+ * one JSON line. */
+static int run_streams(const decode_opts *o, model *m)
+{
+    int S = o->streams, K = o->adapters;
+    lora **ads = calloc((size_t)(K > 0 ? K : 1), sizeof *ads);
+    double base = 0, with = 0;
+    int rc = ads ? make_adapters(o, m, ads) : RT_ERR_NOMEM;
+    if (rc == RT_OK)
+        rc = time_streams(o, m, NULL, 0, &base);
+    if (rc == RT_OK && K > 0)
+        rc = time_streams(o, m, ads, K, &with);
+    if (rc == RT_OK) {
+        printf("{\"bench\":\"decode_streams\",\"streams\":%d,\"past\":%d,\"tokens_timed\":%d,"
+               "\"step_s_median\":%.5f,\"tokens_per_s\":%.1f", S, o->prompt, o->tokens, base, S / base);
+        if (K > 0)
+            printf(",\"adapters\":%d,\"targets\":\"%s\",\"adapter_step_s_median\":%.5f,"
+                   "\"adapter_tokens_per_s\":%.1f,\"adapters_vs_base\":%.3f",
+                   K, o->targets, with, S / with, base / with);
+        printf("}\n");
+    } else {
+        fprintf(stderr, "decode_bench: batched step failed: %s\n", rt_strerror(rc));
+    }
+    for (int i = 0; ads && i < K; i++)
+        lora_free(ads[i]);
+    free(ads);
     return rc == RT_OK ? 0 : 1;
 }
 
@@ -284,14 +332,15 @@ static int run(const decode_opts *o)
 static int usage(void)
 {
     fprintf(stderr, "usage: decode_bench --model DIR [--dtype auto|f32|bf16|f16] [--prompt N] "
-                    "[--tokens N] [--warmup N] [--bw-mib M] [--bw-threads N] [--streams S]\n");
+                    "[--tokens N] [--warmup N] [--bw-mib M] [--bw-threads N] [--streams S]\n"
+                    "    [--adapters K] [--targets qv|all]\n");
     return 2;
 }
 
 int main(int argc, char **argv)
 {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    decode_opts o = {NULL, "auto", 16, 32, 4, cpus > 0 && cpus <= MAX_BW_THREADS ? (int)cpus : 1, 1, 2048};
+    decode_opts o = {NULL, "auto", 16, 32, 4, cpus > 0 && cpus <= MAX_BW_THREADS ? (int)cpus : 1, 1, 0, "qv", 2048};
     for (int i = 1; i < argc; i += 2) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v)
@@ -304,10 +353,13 @@ int main(int argc, char **argv)
         else if (!strcmp(f, "--bw-mib")) o.bw_mib = (size_t)atol(v);
         else if (!strcmp(f, "--bw-threads")) o.bw_threads = atoi(v);
         else if (!strcmp(f, "--streams")) o.streams = atoi(v);
+        else if (!strcmp(f, "--adapters")) o.adapters = atoi(v);
+        else if (!strcmp(f, "--targets")) o.targets = v;
         else return usage();
     }
     if (!o.model_dir || o.prompt < 1 || o.tokens < 2 || o.warmup < 0 || o.bw_mib < 64 ||
-        o.bw_threads < 1 || o.bw_threads > MAX_BW_THREADS || o.streams < 1)
+        o.bw_threads < 1 || o.bw_threads > MAX_BW_THREADS || o.streams < 1 ||
+        o.adapters < 0 || o.adapters > o.streams || (strcmp(o.targets, "qv") && strcmp(o.targets, "all")))
         return usage();
     return run(&o);
 }

@@ -30,8 +30,9 @@ struct infer_ctx {
     float *buf;                      /* the step activations, one allocation */
     float *x, *ln, *rstd, *q, *k, *v, *att, *tmp, *gate, *up, *h, *logits;
     float *q_raw, *k_raw, *rstd_qk;  /* Qwen3: q/k before their head norms (else empty) */
-    float *lora_t;                   /* [N, lora_r] */
+    void *lora_t;                    /* LoRA scratch: [N, lora_r] first (lora_scratch_bytes) */
     int lora_r;
+    size_t max_oc;                   /* the widest projection output */
     void *scratch;                   /* attention_kv scratch */
     void *w16_scratch;               /* 16-bit weight panels (NULL for fp32 weights) */
     int32_t *ids, *pos;              /* device [N] each */
@@ -83,6 +84,18 @@ static void ctx_shape(infer_ctx *c, const model *m, int slots, int max_context, 
     c->n_blocks = slots * ((max_context + c->bs - 1) / c->bs);
     c->kvd = (size_t)m->cfg.num_key_value_heads * (size_t)m->cfg.head_dim;
     c->qd = (size_t)m->cfg.num_attention_heads * (size_t)m->cfg.head_dim;
+    size_t d = (size_t)m->cfg.hidden_size, F = (size_t)m->cfg.intermediate_size;
+    c->max_oc = c->qd > d ? c->qd : d;
+    c->max_oc = F > c->max_oc ? F : c->max_oc;
+}
+
+/* Bytes of LoRA scratch for ranks up to r: the fused projection's when the
+ * backend has it (its head is the [N, r] block the grouped op uses). */
+static size_t lora_scratch_bytes(const infer_ctx *c, int r)
+{
+    if (c->be->linear_lora_forward)
+        return c->be->linear_lora_scratch_bytes(c->N, (int)c->max_oc, r);
+    return (size_t)c->N * (size_t)r * sizeof(float);
 }
 
 /* Allocates the cache, the step buffers and the host arrays. */
@@ -198,8 +211,8 @@ static int prepare_step(infer_ctx *c, const infer_step *st)
             return RT_ERR_INVALID;
     if (r_max <= c->lora_r)
         return RT_OK;
-    float *t = NULL;
-    int rc = c->be->alloc((void **)&t, (size_t)c->N * (size_t)r_max * sizeof(float));
+    void *t = NULL;
+    int rc = c->be->alloc(&t, lora_scratch_bytes(c, r_max));
     if (rc != RT_OK)
         return rc;
     c->be->free(c->lora_t);
@@ -227,35 +240,49 @@ static int lora_groups(infer_ctx *c, float *out, const float *in, const kernels_
     return rc;
 }
 
-/* out[N, OC] = in @ W^T (+ b) once for every row of the step, then the LoRA
- * term of each run of segments sharing an adapter (rows are ordered by
- * adapter, so each adapter is one contiguous group). */
-static int proj(infer_ctx *c, const infer_step *st, int layer, enum peft_module mod, float *out,
-                const float *in)
+/* The LoRA groups of projection mod in a layer: each run of segments
+ * sharing an adapter that targets it (rows are ordered by adapter, so each
+ * adapter is one contiguous group), from segment *next on, at most max;
+ * *next moves past the segments taken. Returns the count. */
+static int collect_groups(const infer_ctx *c, const infer_step *st, int layer,
+                          enum peft_module mod, kernels_lora_group *groups, int max, int *next)
 {
-    enum { BATCH = 64 };
-    int OC, C, N = st->n_tokens;
-    model_module_shape(&c->m->cfg, mod, &OC, &C);
-    int rc = model_proj_forward(c->m, layer, mod, out, c->w16_scratch, in, N);
     size_t s = (size_t)layer * PEFT_MODULE_COUNT + (size_t)mod;
-    kernels_lora_group groups[BATCH];
-    int n = 0;
-    for (int i = 0; rc == RT_OK && i < st->n_segs;) {
+    int n = 0, i = *next;
+    while (i < st->n_segs && n < max) {
         const lora *ad = st->segs[i].ad;
         int j = i + 1;
         while (j < st->n_segs && st->segs[j].ad == ad)
             j++;
-        int r0 = c->seg_row[i], rows = (j < st->n_segs ? c->seg_row[j] : N) - r0;
+        int r0 = c->seg_row[i], rows = (j < st->n_segs ? c->seg_row[j] : st->n_tokens) - r0;
         if (ad && ad->a[s])
             groups[n++] = (kernels_lora_group){ad->a[s], ad->b[s], r0, rows, ad->cfg.r, ad->scaling};
-        if (n == BATCH) {
-            rc = lora_groups(c, out, in, groups, n, N, C, OC);
-            n = 0;
-        }
         i = j;
     }
-    if (rc == RT_OK && n)
+    *next = i;
+    return n;
+}
+
+/* out[N, OC] = in @ W^T (+ b) once for every row of the step, plus the LoRA
+ * term of each adapter's rows: in one backend call when the backend fuses
+ * the two and the step's adapters fit one batch of groups, else the base
+ * product and then the groups a batch at a time. */
+static int proj(infer_ctx *c, const infer_step *st, int layer, enum peft_module mod, float *out,
+                const float *in)
+{
+    enum { BATCH = 64 };
+    int OC, C, N = st->n_tokens, next = 0;
+    model_module_shape(&c->m->cfg, mod, &OC, &C);
+    kernels_lora_group groups[BATCH];
+    int n = collect_groups(c, st, layer, mod, groups, BATCH, &next);
+    if (n > 0 && next == st->n_segs && c->be->linear_lora_forward)
+        return model_proj_lora_forward(c->m, layer, mod, out, c->lora_t, c->w16_scratch, in, N,
+                                       groups, n, c->lora_r);
+    int rc = model_proj_forward(c->m, layer, mod, out, c->w16_scratch, in, N);
+    while (rc == RT_OK && n > 0) {
         rc = lora_groups(c, out, in, groups, n, N, C, OC);
+        n = rc == RT_OK ? collect_groups(c, st, layer, mod, groups, BATCH, &next) : 0;
+    }
     return rc;
 }
 

@@ -115,6 +115,13 @@ size_t model_scratch_bytes(const model *m, int N);
 /* out[N, OC] = in @ W^T (+ bias) of projection mod of a layer. */
 int model_proj_forward(const model *m, int layer, enum peft_module mod, float *out, void *scratch,
                        const float *in, int N);
+/* The same plus the LoRA terms of groups (rows grouped by adapter), in
+ * one backend call when the backend fuses them (linear_lora_forward; the
+ * caller checks it is there): lora_scratch is its linear_lora_scratch_bytes
+ * (N, OC, max_rank), scratch as above. */
+int model_proj_lora_forward(const model *m, int layer, enum peft_module mod, float *out,
+                            void *lora_scratch, void *scratch, const float *in, int N,
+                            const kernels_lora_group *groups, int n_groups, int max_rank);
 /* dx += dy @ W; dw/db (fp32 models only, full fine-tuning) += their gradients. */
 int model_proj_backward(const model *m, int layer, enum peft_module mod, float *dx, float *dw,
                         float *db, void *scratch, const float *dy, const float *in, int N);

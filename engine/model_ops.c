@@ -35,6 +35,19 @@ int model_proj_forward(const model *m, int layer, enum peft_module mod, float *o
     return m->be->linear_forward(out, in, lw->proj[mod], bias, N, C, OC, NULL);
 }
 
+int model_proj_lora_forward(const model *m, int layer, enum peft_module mod, float *out,
+                            void *lora_scratch, void *scratch, const float *in, int N,
+                            const kernels_lora_group *groups, int n_groups, int max_rank)
+{
+    const layer_weights *lw = &m->w.layers[layer];
+    int OC, C;
+    model_module_shape(&m->cfg, mod, &OC, &C);
+    const float *bias = mod <= PEFT_V_PROJ ? lw->bias[mod] : NULL;
+    const void *weight = m->w16 ? (const void *)lw->proj16[mod] : (const void *)lw->proj[mod];
+    return m->be->linear_lora_forward(out, lora_scratch, scratch, in, weight, (int)m->w16, bias,
+                                      groups, n_groups, N, C, OC, max_rank, NULL);
+}
+
 int model_proj_backward(const model *m, int layer, enum peft_module mod, float *dx, float *dw,
                         float *db, void *scratch, const float *dy, const float *in, int N)
 {

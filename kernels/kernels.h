@@ -298,6 +298,21 @@ typedef struct kernels_backend {
                               const kernels_lora_group *groups, int n_groups,
                               int N, int C, int OC, int max_rank, kernels_stream *s);
 
+    /* Optional (NULL: callers run linear_forward or linear16_forward, then
+     * lora_group_forward): the two in one call, with the same result bit
+     * for bit: out[N, OC] = x @ weight^T (+ bias), weight [OC, C] fp32
+     * (w16 = 0) or of dtype w16, then the groups' terms added as
+     * lora_group_forward adds them. A backend can overlap the adapters'
+     * memory-bound reads with the base product and synchronize once.
+     * scratch is linear_lora_scratch_bytes(N, OC, max_rank) bytes (it
+     * replaces lora_group_forward's), w16_scratch linear16_scratch_bytes
+     * (N, C, OC) for 16-bit weights (may be NULL when that is 0). */
+    size_t (*linear_lora_scratch_bytes)(int N, int OC, int max_rank);
+    int (*linear_lora_forward)(float *out, void *scratch, void *w16_scratch, const float *x,
+                               const void *weight, int w16, const float *bias,
+                               const kernels_lora_group *groups, int n_groups, int N, int C,
+                               int OC, int max_rank, kernels_stream *s);
+
     /* Optional (NULL: callers keep each sequence's cache in one block and
      * loop over attention_kv_forward): the attention_kv_forward of every
      * sequence of a step in one call, over a cache in blocks, so that a

@@ -767,6 +767,71 @@ static void test_lora_group(void)
     release_all();
 }
 
+/* linear_lora_forward against the two ops it fuses, on the same backend,
+ * bit for bit: fp32 (w16 0) or bf16 weights, with a bias, groups with gaps
+ * and an empty one; N up to the few-row limit takes the fused path, more
+ * rows the two products in turn. */
+static void fused_lora_case(int N, int C, int OC, int n_groups, int max_rank, int w16)
+{
+    kernels_lora_group *g = (kernels_lora_group *)track_host(calloc((size_t)n_groups, sizeof *g));
+    for (int i = 0, row = 0; i < n_groups; i++) {
+        int r = 1 + (i * 5) % max_rank, rows = i == 1 ? 0 : 1 + (i * 7) % 3;
+        row += i % 4 == 3; /* a row in no group */
+        row = row > N ? N : row;
+        rows = row + rows > N ? N - row : rows;
+        g[i] = (kernels_lora_group){up(be, hrand((int64_t)r * C, -1, 1), (int64_t)r * C),
+                                    up(be, hrand((int64_t)OC * r, -1, 1), (int64_t)OC * r), row,
+                                    rows, r, (float)(2.0 / r)};
+        row += rows;
+    }
+    int64_t nw = (int64_t)OC * C;
+    float *w32 = hrand(nw, -1, 1);
+    const void *w = up(be, w32, nw);
+    if (w16) { /* the bf16 bits of w32 */
+        uint16_t *h = track_host(malloc((size_t)nw * sizeof *h));
+        for (int64_t i = 0; i < nw; i++) {
+            uint32_t u;
+            memcpy(&u, &w32[i], 4);
+            h[i] = (uint16_t)(u >> 16);
+        }
+        uint16_t *d = dev_raw(be, (size_t)nw * sizeof *d);
+        CHECK_EQ_INT(be->copy_to_device(d, h, (size_t)nw * sizeof *h, NULL), RT_OK);
+        w = d;
+    }
+    float *x = up(be, hrand((int64_t)N * C, -1, 1), (int64_t)N * C), *bias = up(be, hrand(OC, -1, 1), OC);
+    size_t s16 = w16 ? be->linear16_scratch_bytes(N, C, OC) : 0;
+    void *sc16 = s16 ? dev_raw(be, s16) : NULL;
+    float *want = up_nan(be, (int64_t)N * OC), *got = up_nan(be, (int64_t)N * OC);
+    int rc = w16 ? be->linear16_forward(want, sc16, x, w, KERNELS_BF16, bias, N, C, OC, NULL)
+                 : be->linear_forward(want, x, w, bias, N, C, OC, NULL);
+    CHECK_EQ_INT(rc, RT_OK);
+    CHECK_EQ_INT(be->lora_group_forward(want, dev_raw(be, be->lora_group_scratch_bytes(N, max_rank)),
+                                        x, g, n_groups, N, C, OC, max_rank, NULL), RT_OK);
+    void *sc = dev_raw(be, be->linear_lora_scratch_bytes(N, OC, max_rank));
+    CHECK_EQ_INT(be->linear_lora_forward(got, sc, sc16, x, w, w16 ? KERNELS_BF16 : 0, bias, g,
+                                         n_groups, N, C, OC, max_rank, NULL), RT_OK);
+    float *hw = down(be, want, (int64_t)N * OC), *hg = down(be, got, (int64_t)N * OC);
+    CHECK_MSG(memcmp(hw, hg, (size_t)N * OC * sizeof *hw) == 0,
+              "linear_lora_forward N%d C%d OC%d groups %d w16 %d differs from the two ops", N, C,
+              OC, n_groups, w16);
+    release_all();
+}
+
+static void test_linear_lora(void)
+{
+    if (!be->linear_lora_forward) {
+        printf("note: backend %s has no fused linear_lora_forward\n", be->name);
+        return;
+    }
+    fused_lora_case(2, 16, 8, 2, 4, 0);       /* small: one thread */
+    fused_lora_case(12, 256, 300, 6, 16, 0);  /* pooled, fused */
+    fused_lora_case(32, 130, 77, 9, 8, KERNELS_BF16);
+    fused_lora_case(40, 96, 64, 12, 8, 0);    /* beyond the few-row path */
+    fused_lora_case(40, 96, 64, 12, 8, KERNELS_BF16);
+    CHECK_EQ_INT(be->linear_lora_forward(NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL, 0, 4, 8, 8, 4,
+                                         NULL), RT_ERR_INVALID);
+}
+
 /* ---- driver ------------------------------------------------------------------ */
 
 static void test_names(void)
@@ -812,6 +877,7 @@ static void run_backend(const kernels_backend *b)
     RUN(test_elementwise);
     RUN(test_adamw);
     RUN(test_lora_group);
+    RUN(test_linear_lora);
 }
 
 int main(void)

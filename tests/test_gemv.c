@@ -107,6 +107,8 @@ static void gemv_case(int isa, cpu_wtype wt, int N, int C, int OC, float alpha, 
 static const int shapes[][3] = {
     {1, 64, 48}, {2, 37, 5}, {3, 100, 33}, {4, 16, 1}, {5, 129, 70}, {7, 7, 9},
     {8, 300, 17}, {16, 1, 3}, {31, 65, 40}, {32, 130, 21}, {1, 4100, 19},
+    /* short rows (a LoRA B [OC, r]): blocks of 16 outputs, masked chunks, a tail */
+    {2, 16, 70}, {1, 8, 33}, {3, 40, 50}, {1, 64, 16},
 };
 
 static void test_each_isa(void)
@@ -129,7 +131,8 @@ static void test_each_isa(void)
 static void test_pooled(void)
 {
     printf("note: cpu_gemv uses the %s kernels\n", isa_name[cpu_isa_best()]);
-    static const int big[][3] = {{1, 4100, 37}, {7, 513, 301}, {16, 300, 257}, {32, 2049, 65}};
+    static const int big[][3] = {{1, 4100, 37}, {7, 513, 301}, {16, 300, 257}, {32, 2049, 65},
+                                 {2, 16, 4001}};
     for (int wt = CPU_W_F32; wt <= CPU_W_F16; wt++)
         for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) {
             gemv_case(-1, (cpu_wtype)wt, big[i][0], big[i][1], big[i][2], 1.0f, false);

@@ -108,6 +108,8 @@ static const kernels_backend cpu_backend = {
     .adamw_step = kernels_adamw_step,
     .lora_group_scratch_bytes = kernels_lora_group_scratch_bytes,
     .lora_group_forward = kernels_lora_group_forward,
+    .linear_lora_scratch_bytes = kernels_linear_lora_scratch_bytes,
+    .linear_lora_forward = kernels_linear_lora_forward,
     .attention_kv_batch_forward = kernels_attention_kv_batch_forward,
 };
 

@@ -19,6 +19,14 @@
 #undef FN
 #undef real
 
+/* A projection plus its grouped LoRA terms in one call (see
+ * kernels_backend.linear_lora_forward). */
+size_t kernels_linear_lora_scratch_bytes(int N, int OC, int max_rank);
+int kernels_linear_lora_forward(float *out, void *scratch, void *w16_scratch, const float *x,
+                                const void *weight, int w16, const float *bias,
+                                const kernels_lora_group *groups, int n_groups, int N, int C,
+                                int OC, int max_rank, kernels_stream *s);
+
 /* The grouped-LoRA op (float only; see kernels_backend.lora_group_forward). */
 size_t kernels_lora_group_scratch_bytes(int N, int max_rank);
 int kernels_lora_group_forward(float *y, void *scratch, const float *x,

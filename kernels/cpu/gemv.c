@@ -230,6 +230,77 @@ DEFINE_SIMD_ALL(AVX512, f16, uint16_t, cpu_f16_value)
 DEFINE_AVX512(f32, float, f32_value, 8, 1, 2)
 DEFINE_AVX512(bf16, uint16_t, cpu_bf16_value, 8, 1, 2)
 DEFINE_AVX512(f16, uint16_t, cpu_f16_value, 8, 1, 2)
+
+/* ---- short weight rows: the B product of a LoRA term ---------------------- */
+
+/* The lane sums of 16 vectors as one vector, in order (lane i = the sum of
+ * v[i]), by a transposing tree: 45 shuffles and adds where 16 separate
+ * reductions take about 130. Neighbouring pairs are interleaved and added
+ * (each 128-bit lane then holds two partial sums of each), pairs of those
+ * likewise in 64-bit halves (a lane holds one partial sum of four vectors),
+ * and the four 128-bit lanes of four such vectors are added crosswise. */
+AVX512 static inline __m512 avx512_hsum16(const __m512 *v)
+{
+    __m512 t[8], u[4];
+    for (int k = 0; k < 8; k++)
+        t[k] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * k], v[2 * k + 1]),
+                             _mm512_unpackhi_ps(v[2 * k], v[2 * k + 1]));
+    for (int m = 0; m < 4; m++) {
+        __m512d c = _mm512_castps_pd(t[2 * m]), d = _mm512_castps_pd(t[2 * m + 1]);
+        u[m] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(c, d)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(c, d)));
+    }
+    __m512 w01 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], 0x88), _mm512_shuffle_f32x4(u[0], u[1], 0xDD));
+    __m512 w23 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], 0x88), _mm512_shuffle_f32x4(u[2], u[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w01, w23, 0x88), _mm512_shuffle_f32x4(w01, w23, 0xDD));
+}
+
+/* Lanes of chunk k of a row of C floats (the last one masked). */
+AVX512 static inline __mmask16 avx512_chunk_mask(int C, int k)
+{
+    int left = C - 16 * k;
+    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+}
+
+/* fp32 weight rows of at most SHORT_C floats (a LoRA B of rank <= 64, [OC,
+ * r]): each input row is held in registers, 16 weight rows are multiplied
+ * at once and their dot products reduced together (avx512_hsum16) into one
+ * vector of outputs, stored with one vector access. The
+ * general kernels would reduce every output on its own, which costs more
+ * than the products when a row is a single vector. */
+#define SHORT_C 64
+AVX512 static void avx512_f32_short(const cpu_gemv_args *a, int o0, int o1)
+{
+    int C = a->C, chunks = (C + 15) / 16;
+    const float *W = a->weight;
+    for (int n = 0; n < a->N; n++) {
+        const float *x = a->inp + (size_t)n * (size_t)a->ldi;
+        __m512 xv[SHORT_C / 16];
+        for (int k = 0; k < chunks; k++)
+            xv[k] = _mm512_maskz_loadu_ps(avx512_chunk_mask(C, k), x + 16 * k);
+        int o = o0;
+        for (; o + 16 <= o1; o += 16) {
+            __m512 acc[16];
+            for (int r = 0; r < 16; r++) {
+                const float *w = W + (size_t)(o + r) * (size_t)C;
+                acc[r] = _mm512_mul_ps(_mm512_maskz_loadu_ps(avx512_chunk_mask(C, 0), w), xv[0]);
+                for (int k = 1; k < chunks; k++)
+                    acc[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(avx512_chunk_mask(C, k), w + 16 * k),
+                                             xv[k], acc[r]);
+            }
+            float *out = a->out + (size_t)n * (size_t)a->ldo + o;
+            __m512 v = _mm512_mul_ps(_mm512_set1_ps(a->alpha), avx512_hsum16(acc));
+            _mm512_storeu_ps(out, a->accumulate ? _mm512_add_ps(_mm512_loadu_ps(out), v) : v);
+        }
+        for (; o < o1; o++) {
+            const float *w = W + (size_t)o * (size_t)C;
+            float t = 0;
+            for (int c = 0; c < C; c++)
+                t += w[c] * x[c];
+            store(a, n, o, t);
+        }
+    }
+}
 #endif
 
 /* kernels[isa][weight type] for blocks of 8 (NULL: none), 4, 2 and 1
@@ -296,13 +367,18 @@ typedef struct gemv_job {
     const cpu_gemv_args *a;
     const gemv_kernel *k; /* blocks of 8 (or NULL), 4, 2, 1 rows */
     int tile;             /* weight rows per tile */
+    bool short_rows;      /* fp32 rows of <= SHORT_C floats on AVX-512 */
 } gemv_job;
 
 static gemv_job job_for(const cpu_gemv_args *a, cpu_isa isa)
 {
     size_t row_bytes = (size_t)(a->C > 0 ? a->C : 1) * (a->wt == CPU_W_F32 ? 4 : 2);
     size_t tile = TILE_BYTES / row_bytes;
-    return (gemv_job){a, kernel_table[isa][a->wt], tile > 0 ? (int)tile : 1};
+    gemv_job j = {a, kernel_table[isa][a->wt], tile > 0 ? (int)tile : 1, false};
+#ifdef HAVE_SIMD_GEMV
+    j.short_rows = isa == CPU_ISA_AVX512 && a->wt == CPU_W_F32 && a->C >= 1 && a->C <= SHORT_C;
+#endif
+    return j;
 }
 
 /* Weight rows [o0, o1), a tile at a time: every block of input rows passes
@@ -310,6 +386,12 @@ static gemv_job job_for(const cpu_gemv_args *a, cpu_isa isa)
 static void gemv_rows(const gemv_job *j, int o0, int o1)
 {
     const cpu_gemv_args *a = j->a;
+#ifdef HAVE_SIMD_GEMV
+    if (j->short_rows) {
+        avx512_f32_short(a, o0, o1);
+        return;
+    }
+#endif
     for (int t0 = o0; t0 < o1; t0 += j->tile) {
         int t1 = o1 - t0 < j->tile ? o1 : t0 + j->tile, n = 0;
         for (; j->k[0] && n + 8 <= a->N; n += 8)
@@ -341,6 +423,14 @@ void cpu_gemv(const cpu_gemv_args *a)
         gemv_part(&j, 0, 1);
     else
         cpu_pool_run(gemv_part, &j);
+}
+
+void cpu_gemv_share(const cpu_gemv_args *a, int part, int parts)
+{
+    if (a->N <= 0 || a->OC <= 0)
+        return;
+    gemv_job j = job_for(a, cpu_isa_best());
+    gemv_part(&j, part, parts);
 }
 
 void cpu_gemv_isa(const cpu_gemv_args *a, cpu_isa isa)

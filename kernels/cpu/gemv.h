@@ -69,6 +69,11 @@ typedef struct cpu_gemv_args {
 /* The product above with the best kernels for this CPU. */
 void cpu_gemv(const cpu_gemv_args *a);
 
+/* Share `part` of `parts` of that product's weight rows (an equal share of
+ * its cache tiles), with the best kernels, on the calling thread: for an op
+ * that splits one pool run between this product and other work. */
+void cpu_gemv_share(const cpu_gemv_args *a, int part, int parts);
+
 /* The same with the kernels of one instruction set (which the CPU must run:
  * see cpu_isa_supported), on the calling thread only. For tests. */
 void cpu_gemv_isa(const cpu_gemv_args *a, cpu_isa isa);

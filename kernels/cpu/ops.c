@@ -198,6 +198,7 @@ typedef struct lora_job {
     const kernels_lora_group *groups;
     int n_groups, C, OC, max_rank;
     double total; /* multiply-adds of every group */
+    bool add;     /* y[rows] += the terms (else y[rows] = them: few rows only) */
 } lora_job;
 
 static double lora_cost(const lora_job *j, const kernels_lora_group *g)
@@ -217,7 +218,7 @@ static void lora_one_group(const lora_job *j, const kernels_lora_group *g)
         cpu_gemv(&(cpu_gemv_args){t, g->r, j->x + (size_t)g->row0 * C, C, g->a, CPU_W_F32,
                                   g->rows, C, g->r, 1.0f, false});
         cpu_gemv(&(cpu_gemv_args){j->y + (size_t)g->row0 * OC, OC, t, g->r, g->b, CPU_W_F32,
-                                  g->rows, g->r, OC, g->scale, true});
+                                  g->rows, g->r, OC, g->scale, j->add});
         return;
     }
     kernels_gemm(t, j->x + (size_t)g->row0 * C, g->a, g->rows, g->r, C, 0, 1, 1, 0, imax1(C),
@@ -251,7 +252,7 @@ int kernels_lora_group_forward(float *y, void *scratch, const float *x,
     if (N < 0 || C < 0 || OC < 0 || max_rank < 1 || !y || !x ||
         !kernels_lora_groups_valid(groups, n_groups, N, max_rank) || (N > 0 && !scratch))
         return RT_ERR_INVALID;
-    lora_job j = {y, scratch, x, groups, n_groups, C, OC, max_rank, 0};
+    lora_job j = {y, scratch, x, groups, n_groups, C, OC, max_rank, 0, true};
     bool all_small = true;
     for (int i = 0; i < n_groups; i++) {
         j.total += lora_cost(&j, &groups[i]);
@@ -261,6 +262,98 @@ int kernels_lora_group_forward(float *y, void *scratch, const float *x,
         cpu_pool_run(lora_part, &j);
     else
         lora_part(&j, 0, 1);
+    return RT_OK;
+}
+
+/* ---- a projection and its LoRA terms in one pool run ----------------------- */
+
+/* Floats of the groups' x A^T rows at the head of linear_lora_forward's
+ * scratch, rounded to 64 bytes. */
+static size_t lora_t_floats(int N, int max_rank)
+{
+    return ((size_t)(N > 0 ? N : 0) * (size_t)(max_rank > 0 ? max_rank : 0) + 15) & ~(size_t)15;
+}
+
+/* The x A^T rows [N, max_rank], then the groups' terms [rows, OC] before
+ * they are added to the projection, for the steps of up to CPU_GEMV_ROWS
+ * rows that take the fused path. */
+size_t kernels_linear_lora_scratch_bytes(int N, int OC, int max_rank)
+{
+    size_t rows = (size_t)(N < CPU_GEMV_ROWS ? N : CPU_GEMV_ROWS);
+    return (lora_t_floats(N, max_rank) + rows * (size_t)(OC > 0 ? OC : 0)) * sizeof(float);
+}
+
+typedef struct fused_job {
+    cpu_gemv_args base; /* out = x W^T */
+    lora_job lora;      /* the groups' terms, into the scratch */
+} fused_job;
+
+/* cpu_pool part: this part's share of the base product and of the groups,
+ * in opposite orders on neighbouring parts: while one thread multiplies
+ * the base weights (bound by arithmetic at a few dozen rows), the other
+ * reads its adapters (bound by memory), and the two overlap. */
+static void fused_part(void *ctx, int part, int parts)
+{
+    fused_job *j = ctx;
+    if (part % 2 == 0) {
+        cpu_gemv_share(&j->base, part, parts);
+        lora_part(&j->lora, part, parts);
+    } else {
+        lora_part(&j->lora, part, parts);
+        cpu_gemv_share(&j->base, part, parts);
+    }
+}
+
+/* out[rows] += bias, then += the groups' terms: the order, and so the
+ * bits, of linear_forward followed by lora_group_forward. */
+static void fused_finish(float *out, const float *terms, const float *bias,
+                         const kernels_lora_group *groups, int n_groups, int N, int OC)
+{
+    for (int i = 0; bias && i < N; i++) {
+        float *restrict o = out + (size_t)i * OC;
+        for (int k = 0; k < OC; k++)
+            o[k] += bias[k];
+    }
+    for (int g = 0; g < n_groups; g++)
+        for (int i = groups[g].row0; i < groups[g].row0 + groups[g].rows; i++) {
+            float *restrict o = out + (size_t)i * OC;
+            const float *restrict t = terms + (size_t)i * OC;
+            for (int k = 0; k < OC; k++)
+                o[k] += t[k];
+        }
+}
+
+/* A projection with fp32 (w16 0) or 16-bit weights plus the LoRA terms of
+ * groups; see kernels_backend.linear_lora_forward. Few rows: one pool run
+ * for both (fused_part); more rows: the two ops one after the other. */
+int kernels_linear_lora_forward(float *out, void *scratch, void *w16_scratch, const float *x,
+                                const void *weight, int w16, const float *bias,
+                                const kernels_lora_group *groups, int n_groups, int N, int C,
+                                int OC, int max_rank, kernels_stream *s)
+{
+    if (N < 0 || C < 0 || OC < 0 || max_rank < 1 || !out || !x || !weight ||
+        (w16 != 0 && w16 != KERNELS_BF16 && w16 != KERNELS_F16) ||
+        !kernels_lora_groups_valid(groups, n_groups, N, max_rank) || (N > 0 && !scratch))
+        return RT_ERR_INVALID;
+    if (N > CPU_GEMV_ROWS || C == 0) {
+        int rc = w16 ? kernels_linear16_forward(out, w16_scratch, x, weight, (kernels_dtype)w16, bias,
+                                                N, C, OC, s)
+                     : kernels_linear_forward(out, x, weight, bias, N, C, OC, s);
+        return rc == RT_OK ? kernels_lora_group_forward(out, scratch, x, groups, n_groups, N, C,
+                                                        OC, max_rank, s)
+                           : rc;
+    }
+    float *terms = (float *)scratch + lora_t_floats(N, max_rank);
+    cpu_wtype wt = w16 == KERNELS_BF16 ? CPU_W_BF16 : w16 == KERNELS_F16 ? CPU_W_F16 : CPU_W_F32;
+    fused_job j = {{out, OC, x, C, weight, wt, N, C, OC, 1.0f, false},
+                   {terms, scratch, x, groups, n_groups, C, OC, max_rank, 0, false}};
+    for (int i = 0; i < n_groups; i++)
+        j.lora.total += lora_cost(&j.lora, &groups[i]);
+    if ((double)N * C * OC + j.lora.total < 65536.0)
+        fused_part(&j, 0, 1);
+    else
+        cpu_pool_run(fused_part, &j);
+    fused_finish(out, terms, bias, groups, n_groups, N, OC);
     return RT_OK;
 }
 
