@@ -6,7 +6,7 @@
 ARG CUDA_VERSION=13.0.0
 FROM nvidia/cuda:${CUDA_VERSION}-devel-ubuntu24.04 AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        build-essential make pkg-config libmicrohttpd-dev libcjson-dev libsqlite3-dev \
+        build-essential make pkg-config libmicrohttpd-dev libcjson-dev libsqlite3-dev libpq-dev \
         libopenblas-dev libpcre2-dev libutf8proc-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -14,7 +14,7 @@ RUN make -j"$(nproc)" CUDA=1 build/retune
 
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-ubuntu24.04
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        libmicrohttpd12t64 libcjson1 libsqlite3-0 libopenblas0-pthread libpcre2-8-0 libutf8proc2 \
+        libmicrohttpd12t64 libcjson1 libsqlite3-0 libpq5 libopenblas0-pthread libpcre2-8-0 libutf8proc2 \
         libcublas-13-0 && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /data retune \
     && mkdir -p /data && chown retune /data

@@ -11,8 +11,8 @@ BUILD   ?= build
 OPT     ?= -O2
 CFLAGS  ?=
 CFLAGS  += -std=c11 -Wall -Wextra -Werror $(OPT) -g -D_GNU_SOURCE -I. -I$(BUILD)/gen \
-           -I/usr/include/x86_64-linux-gnu/openblas-pthread -pthread
-LDLIBS  += -lmicrohttpd -lcjson -lsqlite3 -lpcre2-8 -lutf8proc \
+           -I/usr/include/x86_64-linux-gnu/openblas-pthread -isystem /usr/include/postgresql -pthread
+LDLIBS  += -lmicrohttpd -lcjson -lsqlite3 -lpq -lpcre2-8 -lutf8proc \
            -L/usr/lib/x86_64-linux-gnu/openblas-pthread -lopenblas -lm -lpthread
 
 ifeq ($(SAN),1)
@@ -57,6 +57,7 @@ TEST_BIN  := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 MIGRATIONS := $(sort $(wildcard migrations/*.sql))
+MIGRATIONS_PG := $(wildcard migrations/postgres/*.sql)
 DASHBOARD  := $(sort $(wildcard api/dashboard/*))
 
 .PHONY: all test unit-test san-test tsan-test deps clean bench print-ldlibs
@@ -76,7 +77,7 @@ $(BUILD)/obj/gen/migrations_embedded.o: $(BUILD)/gen/migrations_embedded.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/gen/migrations_embedded.c: $(MIGRATIONS) tools/embed_migrations.sh
+$(BUILD)/gen/migrations_embedded.c: $(MIGRATIONS) $(MIGRATIONS_PG) tools/embed_migrations.sh
 	@mkdir -p $(dir $@)
 	sh tools/embed_migrations.sh $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
 

@@ -25,7 +25,7 @@ enum rt_error {
     RT_ERR_EXISTS = -5,      /* already exists */
     RT_ERR_FORMAT = -6,      /* malformed file or encoding */
     RT_ERR_UNSUPPORTED = -7, /* understood but not supported */
-    RT_ERR_DB = -8,          /* SQLite failure */
+    RT_ERR_DB = -8,          /* database failure (SQLite or PostgreSQL) */
     RT_ERR_TOO_LARGE = -9,   /* over a configured size limit */
     RT_ERR_CANCELLED = -10,  /* stopped on request */
     RT_ERR_BUSY = -11,       /* resource busy; retry later */

@@ -23,14 +23,15 @@
 static void keys_usage(FILE *out)
 {
     fprintf(out,
-            "usage: retune keys add --project NAME [--data-dir DIR]\n"
-            "       retune keys list [--data-dir DIR]\n"
-            "       retune keys revoke ID [--data-dir DIR]\n"
+            "usage: retune keys add --project NAME [--data-dir DIR] [--database DB]\n"
+            "       retune keys list [--data-dir DIR] [--database DB]\n"
+            "       retune keys revoke ID [--data-dir DIR] [--database DB]\n"
             "  add      makes a key for project NAME (1-63 of letters, digits, '.', '_', '-')\n"
             "           and prints its secret once: only its SHA-256 is stored\n"
             "  list     every key: id, project, the secret's first characters, created, revoked\n"
             "  revoke   refuses key ID from the next request on, without a restart\n"
-            "  --data-dir DIR  the server's data directory (RETUNE_DATA_DIR, default ./data)\n");
+            "  --data-dir DIR  the server's data directory (RETUNE_DATA_DIR, default ./data)\n"
+            "  --database DB   the server's database, as retune serve takes it (RETUNE_DATABASE)\n");
 }
 
 /* Writes a new secret into buf: SECRET_TAG and 48 random hex digits.
@@ -132,7 +133,7 @@ static int keys_revoke(storage *st, const char *id)
 
 /* The options every subcommand takes. */
 typedef struct keys_options {
-    const char *data_dir, *project;
+    const char *data_dir, *database, *project;
     const char *args[2];   /* positional arguments after the subcommand */
     int n_args;
 } keys_options;
@@ -141,14 +142,18 @@ typedef struct keys_options {
 static int parse_keys_flags(keys_options *o, int argc, char **argv)
 {
     static const struct option longopts[] = {{"data-dir", required_argument, NULL, 'd'},
+                                             {"database", required_argument, NULL, 'Q'},
                                              {"project", required_argument, NULL, 'p'},
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
     o->data_dir = getenv("RETUNE_DATA_DIR") ? getenv("RETUNE_DATA_DIR") : "./data";
+    o->database = getenv("RETUNE_DATABASE");
     int c;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         if (c == 'd')
             o->data_dir = optarg;
+        else if (c == 'Q')
+            o->database = optarg;
         else if (c == 'p')
             o->project = optarg;
         else if (c == 'h')
@@ -196,10 +201,8 @@ int server_keys_main(int argc, char **argv)
         return rc < 0 ? 0 : rc;
     }
     storage *st = NULL;
-    if (storage_open(o.data_dir, &st) != RT_OK) {
-        fprintf(stderr, "retune keys: cannot open data directory %s\n", o.data_dir);
+    if (server_storage_open("retune keys", o.data_dir, o.database, &st) != 0)
         return 1;
-    }
     rc = keys_run(st, cmd, &o);
     storage_close(st);
     return rc;

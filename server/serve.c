@@ -28,6 +28,7 @@
 
 typedef struct serve_options {
     const char *data_dir;
+    const char *database;         /* NULL: SQLite in the data directory */
     const char *host;
     int port;
     const char *model_dir;
@@ -48,11 +49,35 @@ typedef struct serve_options {
     char *key_storage[MAX_KEYS]; /* owned copies of keys read from a file */
 } serve_options;
 
+/* See server.h. Storage logs the detail (libpq's or SQLite's reason); this
+ * line says which setting to fix, without echoing a connection string
+ * (it may hold a password). */
+int server_storage_open(const char *cmd, const char *data_dir, const char *database,
+                        storage **out)
+{
+    int err = storage_open_database(data_dir, database, out);
+    if (err == RT_OK)
+        return 0;
+    bool named = database && *database;
+    if (err == RT_ERR_INVALID && named)
+        fprintf(stderr, "%s: --database (RETUNE_DATABASE) is not sqlite:PATH, postgres://USER@HOST/DB "
+                        "or a libpq connection string\n", cmd);
+    else if (named && (err == RT_ERR_DB || err == RT_ERR_VERSION || err == RT_ERR_BUSY))
+        fprintf(stderr, "%s: cannot use the database given by --database (RETUNE_DATABASE): %s\n",
+                cmd, rt_strerror(err));
+    else
+        fprintf(stderr, "%s: cannot open data directory %s (%s)\n", cmd, data_dir, rt_strerror(err));
+    return 1;
+}
+
 static void serve_usage(FILE *out)
 {
     fprintf(out,
             "usage: retune serve [options]\n"
             "  --data-dir DIR         where records and files live (RETUNE_DATA_DIR, default ./data)\n"
+            "  --database DB          where records live: sqlite:PATH (default: DATA-DIR/retune.db)\n"
+            "                         or postgres://USER@HOST/DB, any libpq connection string\n"
+            "                         (RETUNE_DATABASE); files and models stay in DATA-DIR\n"
             "  --host ADDR            address to bind (RETUNE_HOST, default 127.0.0.1)\n"
             "  --port N               TCP port (RETUNE_PORT, default 8080; 0 = any free port)\n"
             "  --model DIR            base model directory (RETUNE_MODEL); default: the built-in\n"
@@ -203,6 +228,7 @@ static int read_environment(serve_options *o)
     if (read_connection_environment(o))
         return 2;
     o->data_dir = getenv("RETUNE_DATA_DIR") ? getenv("RETUNE_DATA_DIR") : "./data";
+    o->database = getenv("RETUNE_DATABASE");
     o->host = getenv("RETUNE_HOST") ? getenv("RETUNE_HOST") : "127.0.0.1";
     o->model_dir = getenv("RETUNE_MODEL");
     o->keys_file = getenv("RETUNE_API_KEYS_FILE");
@@ -249,6 +275,7 @@ static int parse_flags(serve_options *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"data-dir", required_argument, NULL, 'd'}, {"host", required_argument, NULL, 'H'},
+        {"database", required_argument, NULL, 'Q'},
         {"port", required_argument, NULL, 'p'},     {"model", required_argument, NULL, 'm'},
         {"api-key", required_argument, NULL, 'k'},  {"api-keys-file", required_argument, NULL, 'K'},
         {"max-upload-bytes", required_argument, NULL, 'u'},
@@ -268,6 +295,7 @@ static int parse_flags(serve_options *o, int argc, char **argv)
         int rc = 0;
         switch (c) {
         case 'd': o->data_dir = optarg; break;
+        case 'Q': o->database = optarg; break;
         case 'H': o->host = optarg; break;
         case 'p': rc = parse_int64("--port", optarg, 0, 65535, &v); o->port = (int)v; break;
         case 'm': o->model_dir = optarg; break;
@@ -432,8 +460,10 @@ int server_serve_main(int argc, char **argv)
     char model_id[256] = "";
     int status = 1;
     bool stored_keys = false;
-    if (storage_open(o.data_dir, &st) != RT_OK || storage_key_any(st, &stored_keys) != RT_OK) {
-        fprintf(stderr, "retune serve: cannot open data directory %s\n", o.data_dir);
+    if (server_storage_open("retune serve", o.data_dir, o.database, &st) != 0)
+        goto out_storage;
+    if (storage_key_any(st, &stored_keys) != RT_OK) {
+        fprintf(stderr, "retune serve: cannot read the API keys from the database\n");
         goto out_storage;
     }
     if (o.n_keys == 0 && !stored_keys && !is_loopback(o.host) && !o.insecure_no_auth) {

@@ -20,6 +20,14 @@ int server_keys_main(int argc, char **argv);
 int server_pretrain(const char *out_dir, const char *preset, int steps, uint64_t seed,
                     const char *device);
 
+/* Opens storage for command cmd ("retune serve") on data_dir and database
+ * (--database; NULL: SQLite in data_dir). On failure prints why, naming
+ * --database when the database is at fault, and returns 1 (0 ok); the
+ * caller closes *out with storage_close. */
+struct storage;
+int server_storage_open(const char *cmd, const char *data_dir, const char *database,
+                        struct storage **out);
+
 /* Makes sure the built-in model exists in dir, pre-training it on first use. */
 int server_ensure_default_model(const char *dir, const char *device);
 

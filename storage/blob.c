@@ -161,7 +161,7 @@ int storage_blob_commit(storage_blob *blob, const storage_file *meta, storage_fi
     if (!blob)
         return RT_ERR_INVALID;
     storage_file rec;
-    sqlite3 *db = NULL;
+    storage_db *db = NULL;
     int err = storage_file_meta_check(meta);
     if (!err && (blob->failed || blob->fd < 0))
         err = RT_ERR_STATE;

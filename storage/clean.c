@@ -10,6 +10,10 @@
  * mid-upload on the same folder. Every open handle holds a shared flock on
  * files/ for its lifetime; clean-up runs only when an exclusive flock can be
  * had at once, otherwise it is skipped (the next lone open does it).
+ *
+ * With PostgreSQL the data directory may be shared by several hosts (a
+ * network file system); a flock then speaks for this host's handles only,
+ * so a fleet (issue 16, item 2) must not clean while another host uploads.
  */
 #include "storage/storage_internal.h"
 
@@ -25,20 +29,19 @@
 #define STORAGE_TMP_PREFIX ".tmp-"
 
 /* Whether a files row exists for id; q is "SELECT 1 ... WHERE id = ?1". */
-static int storage_clean_has_row(sqlite3 *db, sqlite3_stmt *q, const char *id, bool *out)
+static int storage_clean_has_row(storage_stmt *q, const char *id, bool *out)
 {
-    sqlite3_reset(q);
-    int rc = sqlite3_bind_text(q, 1, id, -1, SQLITE_STATIC);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_step(q);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        return storage_db_error(db, rc, "look up file id");
-    *out = rc == SQLITE_ROW;
+    storage_stmt_reset(q);
+    storage_stmt_text(q, 1, id);
+    int rc = storage_stmt_step(q);
+    if (rc < 0)
+        return rc;
+    *out = rc == STORAGE_ROW;
     return RT_OK;
 }
 
 /* Decides whether the entry name in dfd is a leftover; *out says so. */
-static int storage_clean_is_orphan(sqlite3 *db, sqlite3_stmt *q, int dfd,
+static int storage_clean_is_orphan(storage_stmt *q, int dfd,
                                    const char *name, bool *out)
 {
     *out = false;
@@ -53,7 +56,7 @@ static int storage_clean_is_orphan(sqlite3 *db, sqlite3_stmt *q, int dfd,
         return RT_OK;
     }
     bool has_row = true;
-    int err = storage_clean_has_row(db, q, name, &has_row);
+    int err = storage_clean_has_row(q, name, &has_row);
     if (!err)
         *out = !has_row;
     return err;
@@ -61,10 +64,10 @@ static int storage_clean_is_orphan(sqlite3 *db, sqlite3_stmt *q, int dfd,
 
 /* Walks files/ and unlinks every leftover. Unlink failures are logged and
  * skipped; a database failure stops the walk and is returned. */
-static int storage_clean_dir(storage *st, sqlite3 *db)
+static int storage_clean_dir(storage *st, storage_db *db)
 {
-    sqlite3_stmt *q = NULL;
-    int err = storage_db_prepare(db, "SELECT 1 FROM files WHERE id = ?1", &q);
+    storage_stmt *q = NULL;
+    int err = storage_stmt_prepare(db, "SELECT 1 FROM files WHERE id = ?1", &q);
     if (err)
         return err;
     DIR *d = opendir(st->files_dir);
@@ -76,7 +79,7 @@ static int storage_clean_dir(storage *st, sqlite3 *db)
     struct dirent *e;
     while (!err && (e = readdir(d)) != NULL) {
         bool orphan = false;
-        err = storage_clean_is_orphan(db, q, dirfd(d), e->d_name, &orphan);
+        err = storage_clean_is_orphan(q, dirfd(d), e->d_name, &orphan);
         if (err || !orphan)
             continue;
         if (unlinkat(dirfd(d), e->d_name, 0) == 0)
@@ -87,33 +90,36 @@ static int storage_clean_dir(storage *st, sqlite3 *db)
     }
     closedir(d);
 cleanup_stmt:
-    sqlite3_finalize(q);
+    storage_stmt_free(q);
     return err;
 }
 
 /* Whether a models row points at <folder>/<name> (whatever the data
- * directory was called when the row was written). */
-static int model_dir_has_row(sqlite3 *db, const char *folder, const char *name, bool *out)
+ * directory was called when the row was written). The path's tail is
+ * substr(path, -n) on SQLite, right(path, n) on PostgreSQL. */
+static int model_dir_has_row(storage_db *db, const char *folder, const char *name, bool *out)
 {
-    sqlite3_stmt *q = NULL;
-    int err = storage_db_prepare(db, "SELECT 1 FROM models WHERE substr(path, -length(?1)) = ?1", &q);
+    storage_stmt *q = NULL;
+    int err = storage_stmt_prepare(db, storage_db_dialect(db) == STORAGE_SQLITE
+                                   ? "SELECT 1 FROM models WHERE substr(path, -length(?1)) = ?1"
+                                   : "SELECT 1 FROM models WHERE right(path, length(?1)) = ?1", &q);
     if (err)
         return err;
     char tail[512];
     snprintf(tail, sizeof tail, "/%s/%s", folder, name);
-    sqlite3_bind_text(q, 1, tail, -1, SQLITE_TRANSIENT);
-    int rc = sqlite3_step(q);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        err = storage_db_error(db, rc, "look up model directory");
-    *out = rc == SQLITE_ROW;
-    sqlite3_finalize(q);
+    storage_stmt_text(q, 1, tail);
+    int rc = storage_stmt_step(q);
+    if (rc < 0)
+        err = rc;
+    *out = rc == STORAGE_ROW;
+    storage_stmt_free(q);
     return err;
 }
 
 /* Removes from adapters/ or models/ what a crash left: an import's
  * temporary ".<id>" folder, or a published folder whose row never came
  * (or was deleted). Only folders named like generated ids are touched. */
-static int clean_model_folder(storage *st, sqlite3 *db, const char *folder)
+static int clean_model_folder(storage *st, storage_db *db, const char *folder)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", storage_data_dir(st), folder);
@@ -148,7 +154,7 @@ static int clean_model_folder(storage *st, sqlite3 *db, const char *folder)
  * flock on st->files_fd until storage_close closes it. A failing flock only
  * skips the clean-up (logged); a database failure is returned.
  */
-int storage_clean_orphans(storage *st, sqlite3 *db)
+int storage_clean_orphans(storage *st, storage_db *db)
 {
     int err = RT_OK;
     if (flock(st->files_fd, LOCK_EX | LOCK_NB) == 0) {

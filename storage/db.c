@@ -1,24 +1,27 @@
 /*
- * storage/db.c — per-thread SQLite connections and the few SQL helpers the
- * rest of storage/ uses.
+ * storage/db.c — per-thread database connections and the one statement
+ * interface the rest of storage/ uses, over either backend (db_sqlite.c,
+ * db_pg.c; the handle's ops say which).
  *
- * The handle is shared by threads; SQLite connections are not. Each thread
- * opens its own connection the first time it calls into storage and keeps it
- * in a pthread key; the connection is closed when the thread exits (the key's
- * destructor) or, for threads still alive, by storage_close. Every connection
- * sits in the handle's list, guarded by conns_lock, for that purpose.
+ * The handle is shared by threads; connections are not (SQLite's and
+ * libpq's alike). Each thread opens its own connection the first time it
+ * calls into storage and keeps it in a pthread key; the connection is closed
+ * when the thread exits (the key's destructor) or, for threads still alive,
+ * by storage_close. Every connection sits in the handle's list, guarded by
+ * conns_lock, for that purpose.
  */
 #include "storage/storage_internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* Unlinks c from its handle's list. Takes conns_lock. */
-static void storage_conn_unlink(struct storage_conn *c)
+static void storage_conn_unlink(storage_db *c)
 {
     storage *st = c->st;
     pthread_mutex_lock(&st->conns_lock);
-    for (struct storage_conn **p = &st->conns; *p; p = &(*p)->next) {
+    for (storage_db **p = &st->conns; *p; p = &(*p)->next) {
         if (*p == c) {
             *p = c->next;
             break;
@@ -27,19 +30,17 @@ static void storage_conn_unlink(struct storage_conn *c)
     pthread_mutex_unlock(&st->conns_lock);
 }
 
-/* Closes one connection and frees its record. Logs, never fails. */
-static void storage_conn_free(struct storage_conn *c)
+/* Closes one connection and frees its record. Never fails. */
+static void storage_conn_free(storage_db *c)
 {
-    int rc = sqlite3_close_v2(c->db);
-    if (rc != SQLITE_OK)
-        rt_log(RT_LOG_WARN, "storage: closing connection: %s", sqlite3_errstr(rc));
+    c->ops->close(c->conn);
     free(c);
 }
 
 /* pthread key destructor: a thread that used storage is exiting. */
 static void storage_conn_destroy(void *p)
 {
-    struct storage_conn *c = p;
+    storage_db *c = p;
     storage_conn_unlink(c);
     storage_conn_free(c);
 }
@@ -65,175 +66,39 @@ void storage_conns_close(storage *st)
         st->key_made = false;
     }
     pthread_mutex_lock(&st->conns_lock);
-    struct storage_conn *c = st->conns;
+    storage_db *c = st->conns;
     st->conns = NULL;
     pthread_mutex_unlock(&st->conns_lock);
     while (c) {
-        struct storage_conn *next = c->next;
+        storage_db *next = c->next;
         storage_conn_free(c);
         c = next;
     }
 }
 
 /*
- * Logs a SQLite failure (what = the operation) and maps its result code to
- * an rt_error: busy -> RT_ERR_BUSY, unique key -> RT_ERR_EXISTS, foreign key
- * -> RT_ERR_STATE, check/not-null -> RT_ERR_INVALID, disk -> RT_ERR_IO,
- * anything else -> RT_ERR_DB.
- */
-int storage_db_error(sqlite3 *db, int rc, const char *what)
-{
-    rt_log(RT_LOG_ERROR, "storage: %s: %s (sqlite %d)", what,
-           db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), rc);
-    switch (rc & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED: return RT_ERR_BUSY;
-    case SQLITE_NOMEM: return RT_ERR_NOMEM;
-    case SQLITE_IOERR:
-    case SQLITE_FULL: return RT_ERR_IO;
-    case SQLITE_TOOBIG: return RT_ERR_TOO_LARGE;
-    case SQLITE_CONSTRAINT: break;
-    default: return RT_ERR_DB;
-    }
-    switch (rc) {
-    case SQLITE_CONSTRAINT_UNIQUE:
-    case SQLITE_CONSTRAINT_PRIMARYKEY: return RT_ERR_EXISTS;
-    case SQLITE_CONSTRAINT_FOREIGNKEY: return RT_ERR_STATE;
-    case SQLITE_CONSTRAINT_CHECK:
-    case SQLITE_CONSTRAINT_NOTNULL: return RT_ERR_INVALID;
-    default: return RT_ERR_DB;
-    }
-}
-
-/* Prepares one statement; the caller finalizes *out. */
-int storage_db_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **out)
-{
-    int rc = sqlite3_prepare_v2(db, sql, -1, out, NULL);
-    if (rc != SQLITE_OK)
-        return storage_db_error(db, rc, "prepare");
-    return RT_OK;
-}
-
-/*
- * Runs every statement of a fixed, parameterless SQL text in turn (pragmas,
- * transaction control, migration scripts), discarding any rows. Stops at the
- * first failure.
- */
-int storage_db_exec(sqlite3 *db, const char *sql)
-{
-    const char *next = sql;
-    while (next && *next) {
-        sqlite3_stmt *stmt = NULL;
-        int rc = sqlite3_prepare_v2(db, next, -1, &stmt, &next);
-        if (rc != SQLITE_OK)
-            return storage_db_error(db, rc, "prepare");
-        if (!stmt) /* only whitespace or comments left */
-            break;
-        while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        }
-        if (rc != SQLITE_DONE) {
-            int err = storage_db_error(db, rc, "exec");
-            sqlite3_finalize(stmt);
-            return err;
-        }
-        sqlite3_finalize(stmt);
-    }
-    return RT_OK;
-}
-
-/* Reads PRAGMA user_version, the schema version migrations have reached. */
-int storage_db_user_version(sqlite3 *db, int *out)
-{
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, "PRAGMA user_version", &stmt);
-    if (err)
-        return err;
-    int rc = sqlite3_step(stmt);
-    if (rc != SQLITE_ROW) {
-        err = storage_db_error(db, rc, "read user_version");
-        goto cleanup;
-    }
-    *out = sqlite3_column_int(stmt, 0);
-cleanup:
-    sqlite3_finalize(stmt);
-    return err;
-}
-
-/* Switches the database to WAL (persistent, so a no-op after the first
- * connection) and checks that it took. */
-static int storage_db_wal(sqlite3 *db)
-{
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, "PRAGMA journal_mode=WAL", &stmt);
-    if (err)
-        return err;
-    int rc = sqlite3_step(stmt);
-    if (rc != SQLITE_ROW) {
-        err = storage_db_error(db, rc, "set journal_mode");
-        goto cleanup;
-    }
-    const char *mode = (const char *)sqlite3_column_text(stmt, 0);
-    if (!mode || strcmp(mode, "wal") != 0) {
-        rt_log(RT_LOG_ERROR, "storage: WAL mode refused (journal_mode=%s)",
-               mode ? mode : "?");
-        err = RT_ERR_DB;
-    }
-cleanup:
-    sqlite3_finalize(stmt);
-    return err;
-}
-
-/*
- * Opens one connection to path, configured as every storage connection is:
- * WAL, busy_timeout, foreign keys on, synchronous=FULL. FULL rather than
- * NORMAL: in WAL mode NORMAL may lose the last commits on power loss, and a
- * lost files row would turn an upload the client saw succeed into an orphan
- * blob that the next open deletes. Our write rate is low; one WAL fsync per
- * commit is cheap. The caller closes *out.
- */
-static int storage_db_open(const char *path, sqlite3 **out)
-{
-    sqlite3 *db = NULL;
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
-    int rc = sqlite3_open_v2(path, &db, flags, NULL);
-    if (rc != SQLITE_OK) {
-        rt_log(RT_LOG_ERROR, "storage: cannot open %s: %s", path,
-               db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-        sqlite3_close(db);
-        return rc == SQLITE_NOMEM ? RT_ERR_NOMEM : RT_ERR_DB;
-    }
-    sqlite3_extended_result_codes(db, 1);
-    sqlite3_busy_timeout(db, STORAGE_BUSY_TIMEOUT_MS);
-    int err = storage_db_wal(db);
-    if (!err)
-        err = storage_db_exec(db, "PRAGMA foreign_keys=ON; PRAGMA synchronous=FULL;");
-    if (err) {
-        sqlite3_close(db);
-        return err;
-    }
-    *out = db;
-    return RT_OK;
-}
-
-/*
  * Returns the calling thread's connection for st, opening and registering it
- * on first use. The connection is borrowed: it belongs to the handle and to
- * this thread, and must not be passed to another thread.
+ * on first use (and reconnecting one the server dropped, PostgreSQL). The
+ * connection is borrowed: it belongs to the handle and to this thread, and
+ * must not be passed to another thread.
  */
-int storage_db_get(storage *st, sqlite3 **out)
+int storage_db_get(storage *st, storage_db **out)
 {
-    struct storage_conn *c = pthread_getspecific(st->conn_key);
+    storage_db *c = pthread_getspecific(st->conn_key);
     if (c) {
-        *out = c->db;
-        return RT_OK;
+        int err = c->ops->check(c->conn);
+        if (!err)
+            *out = c;
+        return err;
     }
     c = calloc(1, sizeof *c);
     if (!c)
         return RT_ERR_NOMEM;
-    int err = storage_db_open(st->db_path, &c->db);
+    c->st = st;
+    c->ops = st->ops;
+    int err = c->ops->open(st->target, &c->conn);
     if (err)
         goto fail_free;
-    c->st = st;
     if (pthread_setspecific(st->conn_key, c) != 0) {
         err = RT_ERR_NOMEM;
         goto fail_close;
@@ -242,11 +107,196 @@ int storage_db_get(storage *st, sqlite3 **out)
     c->next = st->conns;
     st->conns = c;
     pthread_mutex_unlock(&st->conns_lock);
-    *out = c->db;
+    *out = c;
     return RT_OK;
 fail_close:
-    sqlite3_close(c->db);
+    c->ops->close(c->conn);
 fail_free:
     free(c);
     return err;
+}
+
+enum storage_dialect storage_db_dialect(const storage_db *db)
+{
+    return db->ops->dialect;
+}
+
+/* Runs a fixed, parameterless SQL text (one or more statements: pragmas,
+ * transaction control, migration scripts), discarding any rows. Stops at
+ * the first failure, which is logged and returned as an rt_error. */
+int storage_db_exec(storage_db *db, const char *sql)
+{
+    return db->ops->exec(db->conn, sql);
+}
+
+/* Starts a transaction (see enum storage_txn). SQLite: BEGIN IMMEDIATE
+ * takes the write lock now, so a read-then-write cannot lose a race;
+ * PostgreSQL: READ COMMITTED, and the rows read to be changed are locked
+ * (storage_db_for_update). A read snapshot is a deferred BEGIN (SQLite) or
+ * REPEATABLE READ, READ ONLY (PostgreSQL). */
+int storage_db_begin(storage_db *db, enum storage_txn kind)
+{
+    static const char *const sql[2][2] = {
+        [STORAGE_SQLITE] = {[STORAGE_TXN_WRITE] = "BEGIN IMMEDIATE", [STORAGE_TXN_READ] = "BEGIN"},
+        [STORAGE_POSTGRES] = {[STORAGE_TXN_WRITE] = "BEGIN",
+                              [STORAGE_TXN_READ] = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"},
+    };
+    return storage_db_exec(db, sql[db->ops->dialect][kind]);
+}
+
+int storage_db_commit(storage_db *db)
+{
+    return storage_db_exec(db, "COMMIT");
+}
+
+/* Rolls back the open transaction, if there is one. */
+void storage_db_rollback(storage_db *db)
+{
+    if (db->ops->in_txn(db->conn))
+        storage_db_exec(db, "ROLLBACK");
+}
+
+/* What ends a SELECT of rows the transaction will change: " FOR UPDATE"
+ * on PostgreSQL (a row lock), nothing on SQLite (whose write transaction
+ * already excludes every other writer). */
+const char *storage_db_for_update(const storage_db *db)
+{
+    return db->ops->dialect == STORAGE_POSTGRES ? " FOR UPDATE" : "";
+}
+
+/* The lock every migration of a PostgreSQL database takes (an arbitrary
+ * constant: "retune" in ASCII). */
+#define STORAGE_PG_MIGRATE_LOCK "126943360249445"
+
+/* Makes sure the schema version can be read. SQLite: always (PRAGMA
+ * user_version). PostgreSQL: the one-row table retune_schema, created under
+ * the migration lock so that two processes opening a new database at once
+ * do not both create it. */
+int storage_db_schema_init(storage_db *db)
+{
+    if (db->ops->dialect == STORAGE_SQLITE)
+        return RT_OK;
+    return storage_db_exec(db, "BEGIN; SELECT pg_advisory_xact_lock(" STORAGE_PG_MIGRATE_LOCK ");"
+                               "CREATE TABLE IF NOT EXISTS retune_schema (version INTEGER NOT NULL);"
+                               "COMMIT");
+}
+
+/* Reads the schema version migrations have reached into *out. Inside a
+ * write transaction on PostgreSQL it first takes the migration lock, so the
+ * version read is the one this transaction may move on from. */
+int storage_db_user_version(storage_db *db, int *out)
+{
+    bool pg = db->ops->dialect == STORAGE_POSTGRES;
+    if (pg && db->ops->in_txn(db->conn)) {
+        int err = storage_db_exec(db, "SELECT pg_advisory_xact_lock(" STORAGE_PG_MIGRATE_LOCK ")");
+        if (err)
+            return err;
+    }
+    storage_stmt *s = NULL;
+    int err = storage_stmt_prepare(db, pg ? "SELECT COALESCE(MAX(version), 0) FROM retune_schema"
+                                          : "PRAGMA user_version", &s);
+    if (err)
+        return err;
+    int rc = storage_stmt_step(s);
+    if (rc == STORAGE_ROW)
+        *out = (int)storage_stmt_col_int(s, 0);
+    else
+        err = rc < 0 ? rc : RT_ERR_DB;
+    storage_stmt_free(s);
+    return err;
+}
+
+/* Sets the schema version (inside the caller's transaction, if any). */
+int storage_db_set_user_version(storage_db *db, int version)
+{
+    char sql[128];
+    if (db->ops->dialect == STORAGE_SQLITE)
+        snprintf(sql, sizeof sql, "PRAGMA user_version=%d", version);
+    else
+        snprintf(sql, sizeof sql, "DELETE FROM retune_schema; INSERT INTO retune_schema VALUES (%d)",
+                 version);
+    return storage_db_exec(db, sql);
+}
+
+/* ---- statements --------------------------------------------------------- */
+
+/* Prepares one statement of sql (?N placeholders); the caller frees *out
+ * with storage_stmt_free. Errors are logged. */
+int storage_stmt_prepare(storage_db *db, const char *sql, storage_stmt **out)
+{
+    return db->ops->prepare(db, sql, out);
+}
+
+/* Binds text (copied; NULL: SQL NULL) to ?i. */
+void storage_stmt_text(storage_stmt *s, int i, const char *text)
+{
+    if (!text)
+        s->db->ops->bind(s, i, STORAGE_BIND_NULL, NULL, 0, 0, 0);
+    else
+        s->db->ops->bind(s, i, STORAGE_BIND_TEXT, text, strlen(text), 0, 0);
+}
+
+/* Binds the first len bytes of text (copied) to ?i. */
+void storage_stmt_text_n(storage_stmt *s, int i, const char *text, size_t len)
+{
+    s->db->ops->bind(s, i, STORAGE_BIND_TEXT, text, len, 0, 0);
+}
+
+void storage_stmt_int(storage_stmt *s, int i, int64_t v)
+{
+    s->db->ops->bind(s, i, STORAGE_BIND_INT, NULL, 0, v, 0);
+}
+
+void storage_stmt_real(storage_stmt *s, int i, double v)
+{
+    s->db->ops->bind(s, i, STORAGE_BIND_REAL, NULL, 0, 0, v);
+}
+
+/* Runs the statement (first call) or moves to its next row: STORAGE_ROW
+ * with a row to read, STORAGE_DONE when there is none left, or a negative
+ * rt_error (logged): RT_ERR_EXISTS for a unique key, RT_ERR_STATE for a
+ * foreign key, RT_ERR_INVALID for a check, RT_ERR_BUSY for a lock, ... */
+int storage_stmt_step(storage_stmt *s)
+{
+    return s->db->ops->step(s);
+}
+
+/* Column i of the current row as text (NULL for SQL NULL), valid until the
+ * next step, reset or free; *len (may be NULL) gets its length in bytes. */
+const char *storage_stmt_col_text(storage_stmt *s, int i, size_t *len)
+{
+    size_t n = 0;
+    const char *t = s->db->ops->col_text(s, i, &n);
+    if (len)
+        *len = n;
+    return t;
+}
+
+int64_t storage_stmt_col_int(storage_stmt *s, int i)
+{
+    return s->db->ops->col_int(s, i);
+}
+
+double storage_stmt_col_real(storage_stmt *s, int i)
+{
+    return s->db->ops->col_real(s, i);
+}
+
+/* Rows the statement inserted, updated or deleted (after it is done). */
+int64_t storage_stmt_changes(storage_stmt *s)
+{
+    return s->db->ops->changes(s);
+}
+
+/* Makes the statement runnable again; its bindings stay. */
+void storage_stmt_reset(storage_stmt *s)
+{
+    s->db->ops->reset(s);
+}
+
+/* Frees a statement. Accepts NULL. */
+void storage_stmt_free(storage_stmt *s)
+{
+    if (s)
+        s->db->ops->finalize(s);
 }

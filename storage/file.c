@@ -57,13 +57,12 @@ int storage_file_meta_check(const storage_file *meta)
 
 /* Copies text column i into dst (size bytes). RT_ERR_DB if it does not fit
  * (the schema's length checks make that a corrupt row). */
-static int storage_col_text(sqlite3_stmt *stmt, int i, char *dst, size_t size)
+static int storage_col_text(storage_stmt *stmt, int i, char *dst, size_t size)
 {
-    const unsigned char *s = sqlite3_column_text(stmt, i);
-    size_t len = (size_t)sqlite3_column_bytes(stmt, i);
+    size_t len = 0;
+    const char *s = storage_stmt_col_text(stmt, i, &len);
     if (len >= size) {
-        rt_log(RT_LOG_ERROR, "storage: column %s too long (%zu bytes)",
-               sqlite3_column_name(stmt, i), len);
+        rt_log(RT_LOG_ERROR, "storage: files column %d too long (%zu bytes)", i, len);
         return RT_ERR_DB;
     }
     if (s)
@@ -73,7 +72,7 @@ static int storage_col_text(sqlite3_stmt *stmt, int i, char *dst, size_t size)
 }
 
 /* Reads the current row of a "SELECT " FILE_COLS statement into *out. */
-int storage_file_row_read(sqlite3_stmt *stmt, storage_file *out)
+int storage_file_row_read(storage_stmt *stmt, storage_file *out)
 {
     storage_file rec;
     memset(&rec, 0, sizeof rec);
@@ -90,81 +89,79 @@ int storage_file_row_read(sqlite3_stmt *stmt, storage_file *out)
         err = storage_col_text(stmt, 10, rec.project, sizeof rec.project);
     if (err)
         return err;
-    rec.bytes = sqlite3_column_int64(stmt, 5);
-    rec.created_at = sqlite3_column_int64(stmt, 6);
-    rec.n_examples = sqlite3_column_int64(stmt, 7);
-    rec.n_tokens = sqlite3_column_int64(stmt, 8);
-    rec.expires_at = sqlite3_column_int64(stmt, 9);
+    rec.bytes = storage_stmt_col_int(stmt, 5);
+    rec.created_at = storage_stmt_col_int(stmt, 6);
+    rec.n_examples = storage_stmt_col_int(stmt, 7);
+    rec.n_tokens = storage_stmt_col_int(stmt, 8);
+    rec.expires_at = storage_stmt_col_int(stmt, 9);
     *out = rec;
     return RT_OK;
 }
 
-/* Inserts a complete record; seq (insertion order) is assigned by SQLite.
+/* Inserts a complete record; seq (insertion order) is assigned by the
+ * database.
  * rec is borrowed. RT_ERR_EXISTS if the id is taken. */
-int storage_file_insert(sqlite3 *db, const storage_file *rec)
+int storage_file_insert(storage_db *db, const storage_file *rec)
 {
     static const char sql[] = "INSERT INTO files (" FILE_COLS ") "
                               "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, sql, &stmt);
+    storage_stmt *stmt = NULL;
+    int err = storage_stmt_prepare(db, sql, &stmt);
     if (err)
         return err;
-    sqlite3_bind_text(stmt, 1, rec->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(stmt, 2, rec->filename, -1, SQLITE_STATIC);
-    sqlite3_bind_text(stmt, 3, rec->purpose, -1, SQLITE_STATIC);
-    sqlite3_bind_text(stmt, 4, rec->status, -1, SQLITE_STATIC);
-    sqlite3_bind_text(stmt, 5, rec->status_details, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(stmt, 6, rec->bytes);
-    sqlite3_bind_int64(stmt, 7, rec->created_at);
-    sqlite3_bind_int64(stmt, 8, rec->n_examples);
-    sqlite3_bind_int64(stmt, 9, rec->n_tokens);
-    sqlite3_bind_int64(stmt, 10, rec->expires_at);
-    sqlite3_bind_text(stmt, 11, rec->project, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(stmt);
-    if (rc != SQLITE_DONE)
-        err = storage_db_error(db, rc, "insert file");
-    sqlite3_finalize(stmt);
+    storage_stmt_text(stmt, 1, rec->id);
+    storage_stmt_text(stmt, 2, rec->filename);
+    storage_stmt_text(stmt, 3, rec->purpose);
+    storage_stmt_text(stmt, 4, rec->status);
+    storage_stmt_text(stmt, 5, rec->status_details);
+    storage_stmt_int(stmt, 6, rec->bytes);
+    storage_stmt_int(stmt, 7, rec->created_at);
+    storage_stmt_int(stmt, 8, rec->n_examples);
+    storage_stmt_int(stmt, 9, rec->n_tokens);
+    storage_stmt_int(stmt, 10, rec->expires_at);
+    storage_stmt_text(stmt, 11, rec->project);
+    int rc = storage_stmt_step(stmt);
+    if (rc != STORAGE_DONE)
+        err = rc < 0 ? rc : RT_ERR_DB;
+    storage_stmt_free(stmt);
     return err;
 }
 
 /* Deletes every file whose expires_at has passed: the row, then its blob
  * (as storage_file_delete). Each is logged. */
-static int expire_due(storage *st, sqlite3 *db)
+static int expire_due(storage *st, storage_db *db)
 {
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, "DELETE FROM files WHERE expires_at > 0 AND expires_at <= ?1 "
+    storage_stmt *stmt = NULL;
+    int err = storage_stmt_prepare(db, "DELETE FROM files WHERE expires_at > 0 AND expires_at <= ?1 "
                                      "RETURNING id", &stmt);
     if (err)
         return err;
-    sqlite3_bind_int64(stmt, 1, rt_unix_time());
+    storage_stmt_int(stmt, 1, rt_unix_time());
     int rc;
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        const char *id = (const char *)sqlite3_column_text(stmt, 0);
+    while ((rc = storage_stmt_step(stmt)) == STORAGE_ROW) {
+        const char *id = storage_stmt_col_text(stmt, 0, NULL);
         if (!id || storage_id_check(id))
             continue;
         rt_log(RT_LOG_INFO, "storage: file %s expired (expires_after) and was deleted", id);
         if (unlinkat(st->files_fd, id, 0) != 0 && errno != ENOENT)
             rt_log(RT_LOG_WARN, "storage: cannot remove files/%s: %s", id, strerror(errno));
     }
-    err = rc == SQLITE_DONE ? RT_OK : storage_db_error(db, rc, "expire files");
-    sqlite3_finalize(stmt);
+    err = rc == STORAGE_DONE ? RT_OK : rc;
+    storage_stmt_free(stmt);
     return err;
 }
 
 int storage_file_expire(storage *st)
 {
-    sqlite3 *db = NULL;
+    storage_db *db = NULL;
     int err = st ? storage_db_get(st, &db) : RT_ERR_INVALID;
     return err ? err : expire_due(st, db);
 }
 
 /* Binds a project argument: NULL (any project) stays SQL NULL. */
-static void bind_project(sqlite3_stmt *stmt, int i, const char *project)
+static void bind_project(storage_stmt *stmt, int i, const char *project)
 {
-    if (project)
-        sqlite3_bind_text(stmt, i, project, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(stmt, i);
+    storage_stmt_text(stmt, i, project);
 }
 
 /* See storage.h. RT_ERR_INVALID for a NULL or overlong id. */
@@ -172,48 +169,44 @@ int storage_file_get(storage *st, const char *project, const char *id, storage_f
 {
     if (!st || !out || storage_id_check(id))
         return RT_ERR_INVALID;
-    sqlite3 *db = NULL;
-    sqlite3_stmt *stmt = NULL;
+    storage_db *db = NULL;
+    storage_stmt *stmt = NULL;
     int err = storage_db_get(st, &db);
     if (!err)
         err = expire_due(st, db);
     if (!err)
-        err = storage_db_prepare(db, "SELECT " FILE_COLS " FROM files WHERE id = ?1 AND "
+        err = storage_stmt_prepare(db, "SELECT " FILE_COLS " FROM files WHERE id = ?1 AND "
                                  IN_PROJECT(2), &stmt);
     if (err)
         return err;
-    sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+    storage_stmt_text(stmt, 1, id);
     bind_project(stmt, 2, project);
-    int rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW)
+    int rc = storage_stmt_step(stmt);
+    if (rc == STORAGE_ROW)
         err = storage_file_row_read(stmt, out);
-    else if (rc == SQLITE_DONE)
-        err = RT_ERR_NOT_FOUND;
     else
-        err = storage_db_error(db, rc, "get file");
-    sqlite3_finalize(stmt);
+        err = rc == STORAGE_DONE ? RT_ERR_NOT_FOUND : rc;
+    storage_stmt_free(stmt);
     return err;
 }
 
 /* Looks up the seq (list position) of record id in project (NULL: any).
  * RT_ERR_NOT_FOUND if none. */
-static int storage_file_seq(sqlite3 *db, const char *project, const char *id, int64_t *out)
+static int storage_file_seq(storage_db *db, const char *project, const char *id, int64_t *out)
 {
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, "SELECT seq FROM files WHERE id = ?1 AND " IN_PROJECT(2),
+    storage_stmt *stmt = NULL;
+    int err = storage_stmt_prepare(db, "SELECT seq FROM files WHERE id = ?1 AND " IN_PROJECT(2),
                                  &stmt);
     if (err)
         return err;
-    sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+    storage_stmt_text(stmt, 1, id);
     bind_project(stmt, 2, project);
-    int rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW)
-        *out = sqlite3_column_int64(stmt, 0);
-    else if (rc == SQLITE_DONE)
-        err = RT_ERR_NOT_FOUND;
+    int rc = storage_stmt_step(stmt);
+    if (rc == STORAGE_ROW)
+        *out = storage_stmt_col_int(stmt, 0);
     else
-        err = storage_db_error(db, rc, "look up file");
-    sqlite3_finalize(stmt);
+        err = rc == STORAGE_DONE ? RT_ERR_NOT_FOUND : rc;
+    storage_stmt_free(stmt);
     return err;
 }
 
@@ -239,12 +232,12 @@ static int storage_file_rows_grow(struct storage_file_rows *rows)
 
 /* Runs a prepared list query (LIMIT limit + 1) and keeps up to limit rows;
  * *more says whether a further row exists. */
-static int storage_file_rows_collect(sqlite3 *db, sqlite3_stmt *stmt, int limit,
+static int storage_file_rows_collect(storage_stmt *stmt, int limit,
                                      struct storage_file_rows *rows, bool *more)
 {
-    int rc = SQLITE_DONE, err = RT_OK;
+    int rc = STORAGE_DONE, err = RT_OK;
     *more = false;
-    while (!err && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    while (!err && (rc = storage_stmt_step(stmt)) == STORAGE_ROW) {
         if (rows->n == (size_t)limit) {
             *more = true;
             return RT_OK;
@@ -255,14 +248,14 @@ static int storage_file_rows_collect(sqlite3 *db, sqlite3_stmt *stmt, int limit,
         if (!err)
             rows->n++;
     }
-    if (!err && rc != SQLITE_DONE)
-        err = storage_db_error(db, rc, "list files");
+    if (!err && rc != STORAGE_DONE)
+        err = rc < 0 ? rc : RT_ERR_DB;
     return err;
 }
 
 /* Selects up to limit records of project (NULL: any) strictly beyond seq
  * `cursor` in the given order, optionally of one purpose, into rows. */
-static int storage_file_query(sqlite3 *db, const char *project, const char *purpose,
+static int storage_file_query(storage_db *db, const char *project, const char *purpose,
                               int64_t cursor, int limit, bool descending,
                               struct storage_file_rows *rows, bool *more)
 {
@@ -272,30 +265,27 @@ static int storage_file_query(sqlite3 *db, const char *project, const char *purp
         "SELECT " FILE_COLS " FROM files WHERE seq < ?1 AND (?2 IS NULL OR purpose = ?2) AND "
         IN_PROJECT(4) " ORDER BY seq DESC LIMIT ?3",
     };
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, sql[descending], &stmt);
+    storage_stmt *stmt = NULL;
+    int err = storage_stmt_prepare(db, sql[descending], &stmt);
     if (err)
         return err;
-    sqlite3_bind_int64(stmt, 1, cursor);
-    if (purpose)
-        sqlite3_bind_text(stmt, 2, purpose, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_null(stmt, 2);
-    sqlite3_bind_int64(stmt, 3, (int64_t)limit + 1);
+    storage_stmt_int(stmt, 1, cursor);
+    storage_stmt_text(stmt, 2, purpose);
+    storage_stmt_int(stmt, 3, (int64_t)limit + 1);
     bind_project(stmt, 4, project);
-    err = storage_file_rows_collect(db, stmt, limit, rows, more);
-    sqlite3_finalize(stmt);
+    err = storage_file_rows_collect(stmt, limit, rows, more);
+    storage_stmt_free(stmt);
     return err;
 }
 
 /* The cursor lookup and the query, in one read transaction so both see the
  * same snapshot. */
-static int storage_file_list_txn(sqlite3 *db, const char *project, const char *purpose,
+static int storage_file_list_txn(storage_db *db, const char *project, const char *purpose,
                                  const char *after, int limit, bool descending,
                                  struct storage_file_rows *rows, bool *more)
 {
     int64_t cursor = descending ? INT64_MAX : 0;
-    int err = storage_db_exec(db, "BEGIN");
+    int err = storage_db_begin(db, STORAGE_TXN_READ);
     if (err)
         return err;
     if (after)
@@ -303,9 +293,9 @@ static int storage_file_list_txn(sqlite3 *db, const char *project, const char *p
     if (!err)
         err = storage_file_query(db, project, purpose, cursor, limit, descending, rows, more);
     if (!err)
-        err = storage_db_exec(db, "COMMIT");
-    if (err && !sqlite3_get_autocommit(db))
-        storage_db_exec(db, "ROLLBACK");
+        err = storage_db_commit(db);
+    if (err)
+        storage_db_rollback(db);
     return err;
 }
 
@@ -321,7 +311,7 @@ int storage_file_list(storage *st, const char *project, const char *purpose, con
     if ((purpose && strnlen(purpose, STORAGE_PURPOSE_MAX) >= STORAGE_PURPOSE_MAX) ||
         (after && storage_id_check(after)))
         return RT_ERR_INVALID;
-    sqlite3 *db = NULL;
+    storage_db *db = NULL;
     int err = storage_db_get(st, &db);
     if (!err)
         err = expire_due(st, db);
@@ -343,7 +333,7 @@ int storage_file_list(storage *st, const char *project, const char *purpose, con
 }
 
 /* Whether project (NULL: any) has a row for id. */
-static int storage_file_exists(sqlite3 *db, const char *project, const char *id)
+static int storage_file_exists(storage_db *db, const char *project, const char *id)
 {
     int64_t seq = 0;
     return storage_file_seq(db, project, id, &seq);
@@ -354,7 +344,7 @@ int storage_file_path(storage *st, const char *project, const char *id, char *bu
 {
     if (!st || !buf || size == 0 || storage_id_check(id))
         return RT_ERR_INVALID;
-    sqlite3 *db = NULL;
+    storage_db *db = NULL;
     int err = storage_db_get(st, &db);
     if (!err)
         err = expire_due(st, db);
@@ -376,21 +366,21 @@ int storage_file_delete(storage *st, const char *project, const char *id)
 {
     if (!st || storage_id_check(id))
         return RT_ERR_INVALID;
-    sqlite3 *db = NULL;
-    sqlite3_stmt *stmt = NULL;
+    storage_db *db = NULL;
+    storage_stmt *stmt = NULL;
     int err = storage_db_get(st, &db);
     if (!err)
-        err = storage_db_prepare(db, "DELETE FROM files WHERE id = ?1 AND " IN_PROJECT(2), &stmt);
+        err = storage_stmt_prepare(db, "DELETE FROM files WHERE id = ?1 AND " IN_PROJECT(2), &stmt);
     if (err)
         return err;
-    sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
+    storage_stmt_text(stmt, 1, id);
     bind_project(stmt, 2, project);
-    int rc = sqlite3_step(stmt);
-    if (rc != SQLITE_DONE)
-        err = storage_db_error(db, rc, "delete file");
-    else if (sqlite3_changes(db) == 0)
+    int rc = storage_stmt_step(stmt);
+    if (rc != STORAGE_DONE)
+        err = rc < 0 ? rc : RT_ERR_DB;
+    else if (storage_stmt_changes(stmt) == 0)
         err = RT_ERR_NOT_FOUND;
-    sqlite3_finalize(stmt);
+    storage_stmt_free(stmt);
     if (err)
         return err;
     /* id named a row, so it is a generated id: safe as a name in files/ */

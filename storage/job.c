@@ -2,8 +2,11 @@
  * storage/job.c — fine-tuning jobs, their events and checkpoints.
  *
  * Status changes that race with the worker (cancel of a queued job vs the
- * worker claiming it) are single conditional UPDATEs inside BEGIN IMMEDIATE
- * transactions, so exactly one side wins.
+ * worker claiming it) are read-then-update inside write transactions: BEGIN
+ * IMMEDIATE on SQLite; on PostgreSQL the row read is locked (FOR UPDATE),
+ * and a claim skips jobs another transaction holds (FOR UPDATE SKIP
+ * LOCKED), so several workers never claim the same job. Exactly one side
+ * wins.
  *
  * A job's project is its tenant column; a checkpoint's is its job's. Reads
  * by id or model name and lists take the caller's project (storage.h).
@@ -54,7 +57,7 @@ static const row_table ckpt_table = {"job_checkpoints", ckpt_cols,
                                      sizeof ckpt_cols / sizeof ckpt_cols[0], sizeof(storage_checkpoint)};
 
 /* This thread's connection, after checking the id argument. */
-static int conn(storage *st, const char *id, sqlite3 **db)
+static int conn(storage *st, const char *id, storage_db **db)
 {
     if (!st || (id && storage_id_check(id)))
         return RT_ERR_INVALID;
@@ -63,36 +66,36 @@ static int conn(storage *st, const char *id, sqlite3 **db)
 
 int storage_job_count_by_status(storage *st, const char *const *statuses, int64_t *counts, int n)
 {
-    sqlite3 *db;
-    sqlite3_stmt *stmt = NULL;
+    storage_db *db;
+    storage_stmt *stmt = NULL;
     int err = conn(st, NULL, &db);
     if (!err)
-        err = storage_db_prepare(db, "SELECT status, COUNT(*) FROM jobs GROUP BY status", &stmt);
+        err = storage_stmt_prepare(db, "SELECT status, COUNT(*) FROM jobs GROUP BY status", &stmt);
     if (err)
         return err;
     for (int i = 0; i < n; i++)
         counts[i] = 0;
     int rc;
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
-        const char *status = (const char *)sqlite3_column_text(stmt, 0);
+    while ((rc = storage_stmt_step(stmt)) == STORAGE_ROW) {
+        const char *status = storage_stmt_col_text(stmt, 0, NULL);
         for (int i = 0; status && i < n; i++)
             if (!strcmp(status, statuses[i]))
-                counts[i] = sqlite3_column_int64(stmt, 1);
+                counts[i] = storage_stmt_col_int(stmt, 1);
     }
-    err = rc == SQLITE_DONE ? RT_OK : storage_db_error(db, rc, "count jobs");
-    sqlite3_finalize(stmt);
+    err = rc == STORAGE_DONE ? RT_OK : rc;
+    storage_stmt_free(stmt);
     return err;
 }
 
 int storage_job_insert(storage *st, const storage_job *job)
 {
-    sqlite3 *db;
+    storage_db *db;
     int err = conn(st, job->id, &db);
     return err ? err : row_insert(db, &job_table, job);
 }
 
 /* Reads the job id of project (NULL: any) with db. */
-static int job_get_in(sqlite3 *db, const char *project, const char *id, storage_job *out)
+static int job_get_in(storage_db *db, const char *project, const char *id, storage_job *out)
 {
     const char *args[2] = {id, project};
     return row_get_where(db, &job_table, project ? "id = ?1 AND tenant = ?2" : "id = ?1", args,
@@ -101,16 +104,29 @@ static int job_get_in(sqlite3 *db, const char *project, const char *id, storage_
 
 int storage_job_get(storage *st, const char *project, const char *id, storage_job *out)
 {
-    sqlite3 *db;
+    storage_db *db;
     int err = conn(st, id, &db);
     return err ? err : job_get_in(db, project, id, out);
 }
 
+/* One metadata condition: the string member ?a of the metadata object
+ * equals ?b. SQLite: json_extract with the path built by job_where (a
+ * non-string member is an integer or real there, never equal to text);
+ * PostgreSQL: retune_json_string (migrations/postgres/0002_jobs.sql), which
+ * is NULL for a non-string member or text that is no JSON object. */
+static const char *meta_condition(enum storage_dialect dialect)
+{
+    return dialect == STORAGE_SQLITE
+        ? "%sjson_extract(CASE WHEN json_valid(metadata) THEN metadata END, ?%d) = ?%d"
+        : "%sretune_json_string(metadata, ?%d) = ?%d";
+}
+
 /* The WHERE condition and arguments of a job filter: tenant = ?, status =
- * ?, then one json_extract(metadata, path) = value per metadata key (paths
- * quoted, so any key is one member name). paths holds the built paths. */
-static int job_where(const storage_job_filter *f, char *where, size_t size, const char **args,
-                     char paths[][160], int *n_args)
+ * ?, then one metadata condition per key (meta_condition; on SQLite the
+ * path is quoted, so any key is one member name). paths holds the built
+ * paths. */
+static int job_where(enum storage_dialect dialect, const storage_job_filter *f, char *where,
+                     size_t size, const char **args, char paths[][160], int *n_args)
 {
     size_t used = 0;
     int n = 0;
@@ -127,9 +143,9 @@ static int job_where(const storage_job_filter *f, char *where, size_t size, cons
         const char *k = f->meta_keys[i];
         if (strlen(k) > 64 || strpbrk(k, "\"\\"))
             return RT_ERR_INVALID;
-        snprintf(paths[i], 160, "$.\"%s\"", k);
-        used += (size_t)snprintf(where + used, size - used, "%sjson_extract(CASE WHEN json_valid(metadata) "
-                                 "THEN metadata END, ?%d) = ?%d", n ? " AND " : "", 3 + n, 4 + n);
+        snprintf(paths[i], 160, dialect == STORAGE_SQLITE ? "$.\"%s\"" : "%s", k);
+        used += (size_t)snprintf(where + used, size - used, meta_condition(dialect),
+                                 n ? " AND " : "", 3 + n, 4 + n);
         args[n++] = paths[i];
         args[n++] = f->meta_values[i];
         if (used >= size)
@@ -149,10 +165,10 @@ int storage_job_list(storage *st, const storage_job_filter *f, const char *after
     f = f ? f : &none;
     if (f->n_meta < 0 || f->n_meta > STORAGE_MAX_META_FILTERS)
         return RT_ERR_INVALID;
-    int err = job_where(f, where, sizeof where, args, paths, &n_args);
-    sqlite3 *db;
+    storage_db *db;
+    int err = conn(st, after, &db);
     if (!err)
-        err = conn(st, after, &db);
+        err = job_where(storage_db_dialect(db), f, where, sizeof where, args, paths, &n_args);
     int64_t below = INT64_MAX;
     const char *cursor[2] = {after, f->project}; /* another project's job is no cursor */
     if (!err && after)
@@ -165,7 +181,7 @@ int storage_job_list(storage *st, const storage_job_filter *f, const char *after
 int storage_job_update(storage *st, const storage_job *job)
 {
     static const char *const skip[] = {"id", "created_at", "control", NULL};
-    sqlite3 *db;
+    storage_db *db;
     int err = conn(st, job->id, &db);
     return err ? err : row_update(db, &job_table, job, skip);
 }
@@ -175,17 +191,17 @@ static bool is_terminal(const char *status)
     return !strcmp(status, "succeeded") || !strcmp(status, "failed") || !strcmp(status, "cancelled");
 }
 
-/* Runs fn inside BEGIN IMMEDIATE .. COMMIT (ROLLBACK on error). */
-static int in_transaction(sqlite3 *db, int (*fn)(sqlite3 *, void *), void *arg)
+/* Runs fn inside a write transaction (ROLLBACK on error). */
+static int in_transaction(storage_db *db, int (*fn)(storage_db *, void *), void *arg)
 {
-    int err = storage_db_exec(db, "BEGIN IMMEDIATE");
+    int err = storage_db_begin(db, STORAGE_TXN_WRITE);
     if (err)
         return err;
     err = fn(db, arg);
     if (!err)
-        err = storage_db_exec(db, "COMMIT");
+        err = storage_db_commit(db);
     if (err)
-        storage_db_exec(db, "ROLLBACK");
+        storage_db_rollback(db);
     return err;
 }
 
@@ -196,10 +212,10 @@ typedef struct transition_args {
     storage_job job;
 } transition_args;
 
-static int transition_fn(sqlite3 *db, void *p)
+static int transition_fn(storage_db *db, void *p)
 {
     transition_args *a = p;
-    int err = row_get(db, &job_table, "id", a->id, &a->job);
+    int err = row_lock(db, &job_table, "id", a->id, &a->job);
     if (err)
         return err;
     bool allowed = false;
@@ -217,7 +233,7 @@ static int transition_fn(sqlite3 *db, void *p)
 int storage_job_transition(storage *st, const char *id, const char *const *from, const char *to,
                            storage_job *out)
 {
-    sqlite3 *db;
+    storage_db *db;
     int err = conn(st, id, &db);
     transition_args *a = calloc(1, sizeof *a);
     if (!err && !a)
@@ -236,35 +252,44 @@ int storage_job_transition(storage *st, const char *id, const char *const *from,
 
 int storage_job_request(storage *st, const char *id, const char *control)
 {
-    sqlite3 *db;
-    sqlite3_stmt *stmt = NULL;
+    storage_db *db;
+    storage_stmt *stmt = NULL;
     int err = conn(st, id, &db);
     if (!err)
-        err = storage_db_prepare(db, "UPDATE jobs SET control = ?1 WHERE id = ?2 AND status = 'running'", &stmt);
+        err = storage_stmt_prepare(db, "UPDATE jobs SET control = ?1 WHERE id = ?2 AND status = 'running'", &stmt);
     if (err)
         return err;
-    sqlite3_bind_text(stmt, 1, control, -1, SQLITE_STATIC);
-    sqlite3_bind_text(stmt, 2, id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(stmt);
-    err = rc == SQLITE_DONE ? (sqlite3_changes(db) ? RT_OK : RT_ERR_STATE) : storage_db_error(db, rc, "request");
-    sqlite3_finalize(stmt);
+    storage_stmt_text(stmt, 1, control);
+    storage_stmt_text(stmt, 2, id);
+    int rc = storage_stmt_step(stmt);
+    err = rc == STORAGE_DONE ? (storage_stmt_changes(stmt) ? RT_OK : RT_ERR_STATE) : rc < 0 ? rc : RT_ERR_DB;
+    storage_stmt_free(stmt);
     return err;
 }
 
-static int claim_fn(sqlite3 *db, void *p)
+/* The oldest queued job; on PostgreSQL locked, skipping any job another
+ * transaction holds (another worker claiming it, or a cancel deciding). */
+static const char *claim_sql(enum storage_dialect dialect)
+{
+    return dialect == STORAGE_SQLITE
+        ? "SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1"
+        : "SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED";
+}
+
+static int claim_fn(storage_db *db, void *p)
 {
     storage_job *job = p;
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, "SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1", &stmt);
+    storage_stmt *stmt = NULL;
+    int err = storage_stmt_prepare(db, claim_sql(storage_db_dialect(db)), &stmt);
     if (err)
         return err;
     char id[STORAGE_ID_MAX] = "";
-    int rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW)
-        snprintf(id, sizeof id, "%s", (const char *)sqlite3_column_text(stmt, 0));
-    sqlite3_finalize(stmt);
-    if (rc != SQLITE_ROW)
-        return rc == SQLITE_DONE ? RT_ERR_NOT_FOUND : storage_db_error(db, rc, "claim");
+    int rc = storage_stmt_step(stmt);
+    const char *got = rc == STORAGE_ROW ? storage_stmt_col_text(stmt, 0, NULL) : NULL;
+    snprintf(id, sizeof id, "%s", got ? got : "");
+    storage_stmt_free(stmt);
+    if (rc != STORAGE_ROW)
+        return rc == STORAGE_DONE ? RT_ERR_NOT_FOUND : rc < 0 ? rc : RT_ERR_DB;
     err = row_get(db, &job_table, "id", id, job);
     if (err)
         return err;
@@ -277,7 +302,7 @@ static int claim_fn(sqlite3 *db, void *p)
 
 int storage_job_claim(storage *st, storage_job *out)
 {
-    sqlite3 *db;
+    storage_db *db;
     int err = conn(st, NULL, &db);
     storage_job *job = malloc(sizeof *job);
     if (!err && !job)
@@ -292,21 +317,23 @@ int storage_job_claim(storage *st, storage_job *out)
 
 int storage_job_recover(storage *st, char (*ids)[STORAGE_ID_MAX], size_t max, size_t *count)
 {
-    sqlite3 *db;
-    sqlite3_stmt *stmt = NULL;
+    storage_db *db;
+    storage_stmt *stmt = NULL;
     int err = conn(st, NULL, &db);
     if (!err)
-        err = storage_db_prepare(db, "UPDATE jobs SET status = 'queued', control = '' "
-                                     "WHERE status = 'running' RETURNING id", &stmt);
+        err = storage_stmt_prepare(db, "UPDATE jobs SET status = 'queued', control = '' "
+                                       "WHERE status = 'running' RETURNING id", &stmt);
     if (err)
         return err;
     size_t n = 0;
     int rc;
-    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW)
+    while ((rc = storage_stmt_step(stmt)) == STORAGE_ROW) {
+        const char *id = storage_stmt_col_text(stmt, 0, NULL);
         if (n < max)
-            snprintf(ids[n++], STORAGE_ID_MAX, "%s", (const char *)sqlite3_column_text(stmt, 0));
-    err = rc == SQLITE_DONE ? RT_OK : storage_db_error(db, rc, "recover");
-    sqlite3_finalize(stmt);
+            snprintf(ids[n++], STORAGE_ID_MAX, "%s", id ? id : "");
+    }
+    err = rc == STORAGE_DONE ? RT_OK : rc;
+    storage_stmt_free(stmt);
     if (!err)
         *count = n;
     return err;
@@ -316,7 +343,7 @@ int storage_job_recover(storage *st, char (*ids)[STORAGE_ID_MAX], size_t max, si
 
 int storage_event_add(storage *st, const storage_event *ev)
 {
-    sqlite3 *db;
+    storage_db *db;
     int err = conn(st, ev->job_id, &db);
     if (err)
         return err;
@@ -333,7 +360,7 @@ int storage_event_add(storage *st, const storage_event *ev)
 static int event_list(storage *st, const char *job_id, const char *cursor, bool oldest_first, int limit,
                       storage_event **out, size_t *count, bool *has_more)
 {
-    sqlite3 *db;
+    storage_db *db;
     int64_t bound = oldest_first ? 0 : INT64_MAX;
     const char *args[2] = {cursor, job_id};
     int err = conn(st, job_id, &db);
@@ -361,7 +388,7 @@ int storage_event_list_since(storage *st, const char *job_id, const char *since,
 
 int storage_checkpoint_add(storage *st, const storage_checkpoint *ck)
 {
-    sqlite3 *db;
+    storage_db *db;
     int err = conn(st, ck->job_id, &db);
     if (err)
         return err;
@@ -378,7 +405,7 @@ typedef struct checkpoint_args {
     const storage_job *job;
 } checkpoint_args;
 
-static int checkpoint_fn(sqlite3 *db, void *p)
+static int checkpoint_fn(storage_db *db, void *p)
 {
     static const char *const skip[] = {"id", "created_at", "control", NULL};
     checkpoint_args *a = p;
@@ -390,7 +417,7 @@ static int checkpoint_fn(sqlite3 *db, void *p)
  * transaction; see storage.h. */
 int storage_checkpoint_commit(storage *st, const storage_checkpoint *ck, const storage_job *job)
 {
-    sqlite3 *db;
+    storage_db *db;
     int err = conn(st, ck->job_id, &db);
     if (!err && (!job || strcmp(job->id, ck->job_id)))
         err = RT_ERR_INVALID;
@@ -412,7 +439,7 @@ int storage_checkpoint_commit(storage *st, const storage_checkpoint *ck, const s
 
 /* Which checkpoints a list or lookup sees: of job ?n (NULL: any job) and
  * of a job of project ?n+1 (NULL: any project). Arguments bound as NULL
- * (sqlite3_bind_text of a NULL pointer) match everything. */
+ * (storage_stmt_text of a NULL pointer) match everything. */
 #define CKPT_SCOPE(a, b) "(?" #a " IS NULL OR job_id = ?" #a ") AND (?" #b " IS NULL OR " \
                          "job_id IN (SELECT id FROM jobs WHERE tenant = ?" #b "))"
 
@@ -420,7 +447,7 @@ int storage_checkpoint_list(storage *st, const char *project, const char *job_id
                             const char *after, int limit, storage_checkpoint **out,
                             size_t *count, bool *has_more)
 {
-    sqlite3 *db;
+    storage_db *db;
     int64_t below = INT64_MAX;
     const char *args[3] = {after, job_id, project};
     int err = conn(st, job_id, &db);
@@ -435,7 +462,7 @@ int storage_checkpoint_list(storage *st, const char *project, const char *job_id
 int storage_checkpoint_find_model(storage *st, const char *project, const char *model,
                                   storage_checkpoint *out)
 {
-    sqlite3 *db;
+    storage_db *db;
     int err = conn(st, NULL, &db);
     const char *args[3] = {model, NULL, project};
     return err ? err : row_get_where(db, &ckpt_table, "fine_tuned_model_checkpoint = ?1 AND "

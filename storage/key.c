@@ -34,7 +34,7 @@ static bool hash_ok(const char *hash)
 
 int storage_key_add(storage *st, const storage_key *key, storage_key *out)
 {
-    sqlite3 *db;
+    storage_db *db;
     if (!st || !key || !storage_project_valid(key->project) || !hash_ok(key->hash) ||
         strnlen(key->prefix, sizeof key->prefix) >= sizeof key->prefix)
         return RT_ERR_INVALID;
@@ -59,7 +59,7 @@ int storage_key_add(storage *st, const storage_key *key, storage_key *out)
 
 int storage_key_find(storage *st, const char *hash, storage_key *out)
 {
-    sqlite3 *db;
+    storage_db *db;
     if (!st || !hash || !out || !hash_ok(hash))
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
@@ -69,21 +69,21 @@ int storage_key_find(storage *st, const char *hash, storage_key *out)
 
 int storage_key_any(storage *st, bool *out)
 {
-    sqlite3 *db;
-    sqlite3_stmt *stmt = NULL;
+    storage_db *db;
+    storage_stmt *stmt = NULL;
     if (!st || !out)
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
     if (!err)
-        err = storage_db_prepare(db, "SELECT EXISTS (SELECT 1 FROM api_keys)", &stmt);
+        err = storage_stmt_prepare(db, "SELECT COUNT(*) FROM (SELECT 1 FROM api_keys LIMIT 1) AS k", &stmt);
     if (err)
         return err;
-    int rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW)
-        *out = sqlite3_column_int(stmt, 0) != 0;
+    int rc = storage_stmt_step(stmt);
+    if (rc == STORAGE_ROW)
+        *out = storage_stmt_col_int(stmt, 0) != 0;
     else
-        err = storage_db_error(db, rc, "look for keys");
-    sqlite3_finalize(stmt);
+        err = rc < 0 ? rc : RT_ERR_DB;
+    storage_stmt_free(stmt);
     return err;
 }
 
@@ -99,7 +99,7 @@ static void reverse_keys(storage_key *v, size_t n)
 
 int storage_key_list(storage *st, storage_key **out, size_t *count)
 {
-    sqlite3 *db;
+    storage_db *db;
     if (!st || !out || !count)
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
@@ -119,8 +119,8 @@ int storage_key_list(storage *st, storage_key **out, size_t *count)
 
 int storage_key_revoke(storage *st, const char *id)
 {
-    sqlite3 *db;
-    sqlite3_stmt *stmt = NULL;
+    storage_db *db;
+    storage_stmt *stmt = NULL;
     if (!st || storage_id_check(id))
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
@@ -130,15 +130,15 @@ int storage_key_revoke(storage *st, const char *id)
     if (!err && k.revoked_at)
         err = RT_ERR_STATE;
     if (!err)
-        err = storage_db_prepare(db, "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND "
-                                     "revoked_at = 0", &stmt);
+        err = storage_stmt_prepare(db, "UPDATE api_keys SET revoked_at = ?1 WHERE id = ?2 AND "
+                                       "revoked_at = 0", &stmt);
     if (err)
         return err;
-    sqlite3_bind_int64(stmt, 1, rt_unix_time() > 0 ? rt_unix_time() : 1);
-    sqlite3_bind_text(stmt, 2, id, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(stmt);
-    err = rc != SQLITE_DONE ? storage_db_error(db, rc, "revoke key")
-          : sqlite3_changes(db) ? RT_OK : RT_ERR_STATE;
-    sqlite3_finalize(stmt);
+    storage_stmt_int(stmt, 1, rt_unix_time() > 0 ? rt_unix_time() : 1);
+    storage_stmt_text(stmt, 2, id);
+    int rc = storage_stmt_step(stmt);
+    err = rc != STORAGE_DONE ? (rc < 0 ? rc : RT_ERR_DB)
+          : storage_stmt_changes(stmt) ? RT_OK : RT_ERR_STATE;
+    storage_stmt_free(stmt);
     return err;
 }

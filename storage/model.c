@@ -29,7 +29,7 @@ static int name_ok(const char *id)
 }
 
 /* Reads project's model id with db. */
-static int model_get_in(sqlite3 *db, const char *project, const char *id, storage_model *out)
+static int model_get_in(storage_db *db, const char *project, const char *id, storage_model *out)
 {
     const char *args[2] = {id, project};
     return row_get_where(db, &model_table, "id = ?1 AND owned_by = ?2", args, 2, out);
@@ -37,7 +37,7 @@ static int model_get_in(sqlite3 *db, const char *project, const char *id, storag
 
 int storage_model_add(storage *st, const storage_model *m)
 {
-    sqlite3 *db;
+    storage_db *db;
     if (!st || !name_ok(m->id) || !storage_project_valid(m->owned_by))
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
@@ -55,7 +55,7 @@ int storage_model_add(storage *st, const storage_model *m)
 
 int storage_model_get(storage *st, const char *project, const char *id, storage_model *out)
 {
-    sqlite3 *db;
+    storage_db *db;
     if (!st || !project || !name_ok(id))
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
@@ -67,7 +67,7 @@ int storage_model_get(storage *st, const char *project, const char *id, storage_
 int storage_model_list(storage *st, const char *project, const char *after, int limit,
                        storage_model **out, size_t *count, bool *has_more)
 {
-    sqlite3 *db;
+    storage_db *db;
     if (!st || (after && (!name_ok(after) || !project)))
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
@@ -82,20 +82,20 @@ int storage_model_list(storage *st, const char *project, const char *after, int 
 
 int storage_model_delete(storage *st, const char *project, const char *id)
 {
-    sqlite3 *db;
-    sqlite3_stmt *stmt = NULL;
+    storage_db *db;
+    storage_stmt *stmt = NULL;
     if (!st || !project || !name_ok(id))
         return RT_ERR_INVALID;
     int err = storage_db_get(st, &db);
     if (!err)
-        err = storage_db_prepare(db, "DELETE FROM models WHERE id = ?1 AND owned_by = ?2", &stmt);
+        err = storage_stmt_prepare(db, "DELETE FROM models WHERE id = ?1 AND owned_by = ?2", &stmt);
     if (err)
         return err;
-    sqlite3_bind_text(stmt, 1, id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(stmt, 2, project, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(stmt);
-    err = rc == SQLITE_DONE ? (sqlite3_changes(db) ? RT_OK : RT_ERR_NOT_FOUND) : storage_db_error(db, rc, "delete model");
-    sqlite3_finalize(stmt);
+    storage_stmt_text(stmt, 1, id);
+    storage_stmt_text(stmt, 2, project);
+    int rc = storage_stmt_step(stmt);
+    err = rc == STORAGE_DONE ? (storage_stmt_changes(stmt) ? RT_OK : RT_ERR_NOT_FOUND) : rc < 0 ? rc : RT_ERR_DB;
+    storage_stmt_free(stmt);
     return err;
 }
 

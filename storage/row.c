@@ -35,7 +35,7 @@ static void append_cols(char *sql, size_t size, const row_table *t, const char *
 }
 
 /* Binds the non-skipped columns of rec as ?1..?n. */
-static void bind_cols(sqlite3_stmt *stmt, const row_table *t, const void *rec,
+static void bind_cols(storage_stmt *stmt, const row_table *t, const void *rec,
                       const char *const *skip)
 {
     int n = 0;
@@ -47,30 +47,30 @@ static void bind_cols(sqlite3_stmt *stmt, const row_table *t, const void *rec,
             continue;
         const char *field = (const char *)rec + t->cols[i].offset;
         if (t->cols[i].type == ROW_TEXT)
-            sqlite3_bind_text(stmt, ++n, field, (int)strnlen(field, t->cols[i].size), SQLITE_STATIC);
+            storage_stmt_text_n(stmt, ++n, field, strnlen(field, t->cols[i].size));
         else if (t->cols[i].type == ROW_REAL)
-            sqlite3_bind_double(stmt, ++n, *(const double *)field);
+            storage_stmt_real(stmt, ++n, *(const double *)field);
         else
-            sqlite3_bind_int64(stmt, ++n, *(const int64_t *)field);
+            storage_stmt_int(stmt, ++n, *(const int64_t *)field);
     }
 }
 
 /* Reads the current row (all columns, in table order) into rec. */
-static int read_cols(sqlite3_stmt *stmt, const row_table *t, void *rec)
+static int read_cols(storage_stmt *stmt, const row_table *t, void *rec)
 {
     memset(rec, 0, t->rec_size);
     for (size_t i = 0; i < t->n_cols; i++) {
         char *field = (char *)rec + t->cols[i].offset;
         if (t->cols[i].type == ROW_INT) {
-            *(int64_t *)field = sqlite3_column_int64(stmt, (int)i);
+            *(int64_t *)field = storage_stmt_col_int(stmt, (int)i);
             continue;
         }
         if (t->cols[i].type == ROW_REAL) {
-            *(double *)field = sqlite3_column_double(stmt, (int)i);
+            *(double *)field = storage_stmt_col_real(stmt, (int)i);
             continue;
         }
-        const unsigned char *s = sqlite3_column_text(stmt, (int)i);
-        size_t len = (size_t)sqlite3_column_bytes(stmt, (int)i);
+        size_t len = 0;
+        const char *s = storage_stmt_col_text(stmt, (int)i, &len);
         if (len >= t->cols[i].size) {
             rt_log(RT_LOG_ERROR, "storage: %s.%s too long (%zu bytes)", t->name, t->cols[i].name, len);
             return RT_ERR_DB;
@@ -82,16 +82,19 @@ static int read_cols(sqlite3_stmt *stmt, const row_table *t, void *rec)
     return RT_OK;
 }
 
-/* Runs a statement that returns no rows. */
-static int run(sqlite3 *db, sqlite3_stmt *stmt, const char *what)
+/* Runs a statement that returns no rows and frees it; *changes (may be
+ * NULL) gets the number of rows it changed. */
+static int run(storage_stmt *stmt, int64_t *changes)
 {
-    int rc = sqlite3_step(stmt);
-    int err = rc == SQLITE_DONE ? RT_OK : storage_db_error(db, rc, what);
-    sqlite3_finalize(stmt);
+    int rc = storage_stmt_step(stmt);
+    int err = rc == STORAGE_DONE ? RT_OK : rc < 0 ? rc : RT_ERR_DB;
+    if (!err && changes)
+        *changes = storage_stmt_changes(stmt);
+    storage_stmt_free(stmt);
     return err;
 }
 
-int row_insert(sqlite3 *db, const row_table *t, const void *rec)
+int row_insert(storage_db *db, const row_table *t, const void *rec)
 {
     char sql[SQL_MAX], cols[COLS_MAX] = "", marks[COLS_MAX] = "";
     int n = 0;
@@ -101,90 +104,108 @@ int row_insert(sqlite3 *db, const row_table *t, const void *rec)
         snprintf(marks + len, sizeof marks - len, "%s?%d", i ? ", " : "", i + 1);
     }
     snprintf(sql, sizeof sql, "INSERT INTO %s (%s) VALUES (%s)", t->name, cols, marks);
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, sql, &stmt);
+    storage_stmt *stmt = NULL;
+    int err = storage_stmt_prepare(db, sql, &stmt);
     if (err)
         return err;
     bind_cols(stmt, t, rec, NULL);
-    return run(db, stmt, "insert");
+    return run(stmt, NULL);
 }
 
-int row_update(sqlite3 *db, const row_table *t, const void *rec, const char *const *skip)
+int row_update(storage_db *db, const row_table *t, const void *rec, const char *const *skip)
 {
     char sql[SQL_MAX], sets[COLS_MAX] = "";
     int n = 0;
     append_cols(sets, sizeof sets, t, skip, true, &n);
     snprintf(sql, sizeof sql, "UPDATE %s SET %s WHERE %s = ?%d", t->name, sets, t->cols[0].name, n + 1);
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, sql, &stmt);
+    storage_stmt *stmt = NULL;
+    int err = storage_stmt_prepare(db, sql, &stmt);
     if (err)
         return err;
     bind_cols(stmt, t, rec, skip);
-    sqlite3_bind_text(stmt, n + 1, (const char *)rec + t->cols[0].offset, -1, SQLITE_STATIC);
-    err = run(db, stmt, "update");
-    if (!err && sqlite3_changes(db) == 0)
+    storage_stmt_text(stmt, n + 1, (const char *)rec + t->cols[0].offset);
+    int64_t changed = 0;
+    err = run(stmt, &changed);
+    if (!err && changed == 0)
         err = RT_ERR_NOT_FOUND;
     return err;
 }
 
-int row_get(sqlite3 *db, const row_table *t, const char *key, const char *value, void *rec)
+/* The newest row meeting where, locked for the caller's transaction when
+ * lock (see row_lock). */
+static int get_where(storage_db *db, const row_table *t, const char *where, const char *const *args,
+                     int n_args, bool lock, void *rec)
+{
+    char sql[SQL_MAX], cols[COLS_MAX] = "";
+    int n = 0;
+    append_cols(cols, sizeof cols, t, NULL, false, &n);
+    if (snprintf(sql, sizeof sql, "SELECT %s FROM %s WHERE %s ORDER BY seq DESC LIMIT 1%s", cols,
+                 t->name, where, lock ? storage_db_for_update(db) : "") >= (int)sizeof sql)
+        return RT_ERR_INVALID;
+    storage_stmt *stmt = NULL;
+    int err = storage_stmt_prepare(db, sql, &stmt);
+    if (err)
+        return err;
+    for (int i = 0; i < n_args; i++)
+        storage_stmt_text(stmt, 1 + i, args[i]);
+    int rc = storage_stmt_step(stmt);
+    if (rc == STORAGE_ROW)
+        err = read_cols(stmt, t, rec);
+    else
+        err = rc == STORAGE_DONE ? RT_ERR_NOT_FOUND : rc;
+    storage_stmt_free(stmt);
+    return err;
+}
+
+int row_get(storage_db *db, const row_table *t, const char *key, const char *value, void *rec)
 {
     char where[256];
     if (snprintf(where, sizeof where, "%s = ?1", key) >= (int)sizeof where)
         return RT_ERR_INVALID;
     const char *args[1] = {value};
-    return row_get_where(db, t, where, args, 1, rec);
+    return get_where(db, t, where, args, 1, false, rec);
 }
 
-int row_get_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+int row_lock(storage_db *db, const row_table *t, const char *key, const char *value, void *rec)
+{
+    char where[256];
+    if (snprintf(where, sizeof where, "%s = ?1", key) >= (int)sizeof where)
+        return RT_ERR_INVALID;
+    const char *args[1] = {value};
+    return get_where(db, t, where, args, 1, true, rec);
+}
+
+int row_get_where(storage_db *db, const row_table *t, const char *where, const char *const *args,
                   int n_args, void *rec)
 {
-    char sql[SQL_MAX], cols[COLS_MAX] = "";
-    int n = 0;
-    append_cols(cols, sizeof cols, t, NULL, false, &n);
-    if (snprintf(sql, sizeof sql, "SELECT %s FROM %s WHERE %s ORDER BY seq DESC LIMIT 1", cols,
-                 t->name, where) >= (int)sizeof sql)
-        return RT_ERR_INVALID;
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, sql, &stmt);
-    if (err)
-        return err;
-    for (int i = 0; i < n_args; i++)
-        sqlite3_bind_text(stmt, 1 + i, args[i], -1, SQLITE_STATIC);
-    int rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW)
-        err = read_cols(stmt, t, rec);
-    else
-        err = rc == SQLITE_DONE ? RT_ERR_NOT_FOUND : storage_db_error(db, rc, "get");
-    sqlite3_finalize(stmt);
-    return err;
+    return get_where(db, t, where, args, n_args, false, rec);
 }
 
-int row_seq_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+int row_seq_where(storage_db *db, const row_table *t, const char *where, const char *const *args,
                   int n_args, int64_t *seq)
 {
     char sql[SQL_MAX];
     if (snprintf(sql, sizeof sql, "SELECT seq FROM %s WHERE %s ORDER BY seq DESC LIMIT 1", t->name,
                  where) >= (int)sizeof sql)
         return RT_ERR_INVALID;
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, sql, &stmt);
+    storage_stmt *stmt = NULL;
+    int err = storage_stmt_prepare(db, sql, &stmt);
     if (err)
         return err;
     for (int i = 0; i < n_args; i++)
-        sqlite3_bind_text(stmt, 1 + i, args[i], -1, SQLITE_STATIC);
-    int rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW)
-        *seq = sqlite3_column_int64(stmt, 0);
+        storage_stmt_text(stmt, 1 + i, args[i]);
+    int rc = storage_stmt_step(stmt);
+    if (rc == STORAGE_ROW)
+        *seq = storage_stmt_col_int(stmt, 0);
     else
-        err = rc == SQLITE_DONE ? RT_ERR_NOT_FOUND : storage_db_error(db, rc, "seq");
-    sqlite3_finalize(stmt);
+        err = rc == STORAGE_DONE ? RT_ERR_NOT_FOUND : rc;
+    storage_stmt_free(stmt);
     return err;
 }
 
 /* Up to limit rows past the bound (seq < bound newest first, or seq > bound
  * oldest first), filtered by where; see row_list_below. */
-static int row_list(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+static int row_list(storage_db *db, const row_table *t, const char *where, const char *const *args,
                     int n_args, int64_t bound, bool oldest_first, int limit, void **out, size_t *count,
                     bool *has_more)
 {
@@ -197,24 +218,24 @@ static int row_list(sqlite3 *db, const row_table *t, const char *where, const ch
                  cols, t->name, oldest_first ? ">" : "<", where ? " AND " : "", where ? where : "",
                  oldest_first ? "ASC" : "DESC") >= (int)sizeof sql)
         return RT_ERR_INVALID;
-    sqlite3_stmt *stmt = NULL;
-    int err = storage_db_prepare(db, sql, &stmt);
+    storage_stmt *stmt = NULL;
+    int err = storage_stmt_prepare(db, sql, &stmt);
     if (err)
         return err;
-    sqlite3_bind_int64(stmt, 1, bound);
-    sqlite3_bind_int(stmt, 2, limit + 1);
+    storage_stmt_int(stmt, 1, bound);
+    storage_stmt_int(stmt, 2, (int64_t)limit + 1);
     for (int i = 0; i < n_args; i++)
-        sqlite3_bind_text(stmt, 3 + i, args[i], -1, SQLITE_STATIC);
+        storage_stmt_text(stmt, 3 + i, args[i]);
     char *recs = calloc((size_t)limit + 1, t->rec_size);
     size_t got = 0;
-    int rc = SQLITE_ROW;
-    while (!err && recs && (rc = sqlite3_step(stmt)) == SQLITE_ROW)
+    int rc = STORAGE_ROW;
+    while (!err && recs && (rc = storage_stmt_step(stmt)) == STORAGE_ROW)
         err = read_cols(stmt, t, recs + got++ * t->rec_size);
     if (!recs)
         err = RT_ERR_NOMEM;
-    else if (!err && rc != SQLITE_DONE)
-        err = storage_db_error(db, rc, "list");
-    sqlite3_finalize(stmt);
+    else if (!err && rc != STORAGE_DONE)
+        err = rc < 0 ? rc : RT_ERR_DB;
+    storage_stmt_free(stmt);
     if (err) {
         free(recs);
         return err;
@@ -225,14 +246,14 @@ static int row_list(sqlite3 *db, const row_table *t, const char *where, const ch
     return RT_OK;
 }
 
-int row_list_below(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+int row_list_below(storage_db *db, const row_table *t, const char *where, const char *const *args,
                    int n_args, int64_t below, int limit, void **out, size_t *count,
                    bool *has_more)
 {
     return row_list(db, t, where, args, n_args, below, false, limit, out, count, has_more);
 }
 
-int row_list_above(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+int row_list_above(storage_db *db, const row_table *t, const char *where, const char *const *args,
                    int n_args, int64_t above, int limit, void **out, size_t *count,
                    bool *has_more)
 {

@@ -33,19 +33,24 @@ typedef struct row_table {
 } row_table;
 
 /* INSERT every column of rec. */
-int row_insert(sqlite3 *db, const row_table *t, const void *rec);
+int row_insert(storage_db *db, const row_table *t, const void *rec);
 
 /* UPDATE every column of rec but the listed ones (NULL-terminated), by id.
  * RT_ERR_NOT_FOUND when no row has that id. */
-int row_update(sqlite3 *db, const row_table *t, const void *rec, const char *const *skip);
+int row_update(storage_db *db, const row_table *t, const void *rec, const char *const *skip);
 
 /* Reads the row where `key` = value into rec. RT_ERR_NOT_FOUND if none. */
-int row_get(sqlite3 *db, const row_table *t, const char *key, const char *value, void *rec);
+int row_get(storage_db *db, const row_table *t, const char *key, const char *value, void *rec);
+
+/* row_get, locking the row until the caller's write transaction ends
+ * (SELECT ... FOR UPDATE on PostgreSQL; SQLite's write transaction already
+ * excludes other writers). For a read-then-update that must not race. */
+int row_lock(storage_db *db, const row_table *t, const char *key, const char *value, void *rec);
 
 /* Reads the newest row meeting the SQL condition where, which refers to its
  * n_args text arguments as ?1, ?2, ... (bound, never pasted into the SQL; a
  * NULL argument is SQL NULL). */
-int row_get_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+int row_get_where(storage_db *db, const row_table *t, const char *where, const char *const *args,
                   int n_args, void *rec);
 
 /* Lists rows newest first (seq descending) whose seq is below `below` (a
@@ -54,20 +59,20 @@ int row_get_where(sqlite3 *db, const row_table *t, const char *where, const char
  * text arguments as ?3, ?4, ... (bound, never pasted into the SQL; a NULL
  * argument is SQL NULL). At most limit rows come back in a malloc'd array
  * (*out, caller frees); *has_more says whether more follow. */
-int row_list_below(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+int row_list_below(storage_db *db, const row_table *t, const char *where, const char *const *args,
                    int n_args, int64_t below, int limit, void **out, size_t *count,
                    bool *has_more);
 
 /* The same oldest first (seq ascending), from seq above `above` (0: from
  * the oldest). */
-int row_list_above(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+int row_list_above(storage_db *db, const row_table *t, const char *where, const char *const *args,
                    int n_args, int64_t above, int limit, void **out, size_t *count,
                    bool *has_more);
 
 /* The seq (list position) of the newest row meeting where (arguments ?1,
  * ?2, ...), e.g. a cursor looked up within one project. RT_ERR_NOT_FOUND
  * if none. */
-int row_seq_where(sqlite3 *db, const row_table *t, const char *where, const char *const *args,
+int row_seq_where(storage_db *db, const row_table *t, const char *where, const char *const *args,
                   int n_args, int64_t *seq);
 
 #endif

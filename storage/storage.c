@@ -1,7 +1,9 @@
 /*
  * storage/storage.c — the storage handle: opening a data directory (folders,
  * database, migrations, crash clean-up), closing it, and the schema version.
- * Connections live in db.c, blobs in blob.c, file records in file.c.
+ * Which database: SQLite (the default, <data-dir>/retune.db, or
+ * "sqlite:PATH") or PostgreSQL (a libpq connection string). Connections
+ * live in db.c and its backends, blobs in blob.c, file records in file.c.
  */
 #include "storage/storage_internal.h"
 
@@ -39,6 +41,49 @@ static int storage_mkdir_parents(const char *path)
     return storage_mkdir(buf);
 }
 
+/* Whether database starts with prefix. */
+static bool has_prefix(const char *database, const char *prefix)
+{
+    return strncmp(database, prefix, strlen(prefix)) == 0;
+}
+
+/*
+ * Picks the backend and target for database (see storage_open_database):
+ * NULL or "" is SQLite at <dir>/retune.db; "sqlite:PATH" SQLite at PATH;
+ * "postgres://", "postgresql://" or a key=value string PostgreSQL (the
+ * string is checked by libpq here, connected later). RT_ERR_INVALID, logged
+ * without echoing the string (it may hold a password), otherwise.
+ */
+static int storage_target_init(storage *st, const char *database)
+{
+    if (!database || !*database) {
+        st->ops = &storage_sqlite_ops;
+        snprintf(st->target, sizeof st->target, "%s/retune.db", st->dir);
+    } else if (has_prefix(database, "sqlite:")) {
+        st->ops = &storage_sqlite_ops;
+        if (!database[7] || snprintf(st->target, sizeof st->target, "%s", database + 7) >=
+                                (int)sizeof st->target) {
+            rt_log(RT_LOG_ERROR, "storage: sqlite:PATH needs a path (of at most %d bytes)",
+                   STORAGE_TARGET_MAX - 1);
+            return RT_ERR_INVALID;
+        }
+    } else if (has_prefix(database, "postgres://") || has_prefix(database, "postgresql://") ||
+               strchr(database, '=')) {
+        st->ops = &storage_pg_ops;
+        if (snprintf(st->target, sizeof st->target, "%s", database) >= (int)sizeof st->target) {
+            rt_log(RT_LOG_ERROR, "storage: the PostgreSQL connection string is too long");
+            return RT_ERR_INVALID;
+        }
+        return storage_pg_check_target(st->target);
+    } else {
+        rt_log(RT_LOG_ERROR, "storage: unknown database: expected sqlite:PATH, "
+               "postgres://USER@HOST/DB or a libpq key=value connection string");
+        return RT_ERR_INVALID;
+    }
+    snprintf(st->db_name, sizeof st->db_name, "%s", st->target);
+    return RT_OK;
+}
+
 /* Checks data_dir, fills in the handle's paths and creates the folders. */
 static int storage_paths_init(storage *st, const char *data_dir)
 {
@@ -48,7 +93,6 @@ static int storage_paths_init(storage *st, const char *data_dir)
         return RT_ERR_INVALID;
     }
     memcpy(st->dir, data_dir, len + 1);
-    snprintf(st->db_path, sizeof st->db_path, "%s/retune.db", st->dir);
     snprintf(st->files_dir, sizeof st->files_dir, "%s/files", st->dir);
     int err = storage_mkdir_parents(st->dir);
     if (!err)
@@ -63,9 +107,15 @@ static int storage_paths_init(storage *st, const char *data_dir)
     return RT_OK;
 }
 
-/* See storage.h. Order: folders, this thread's connection, migrations, then
- * clean-up (which needs the files table). */
+/* See storage.h. */
 int storage_open(const char *data_dir, storage **out)
+{
+    return storage_open_database(data_dir, NULL, out);
+}
+
+/* See storage.h. Order: the database's kind, folders, this thread's
+ * connection, migrations, then clean-up (which needs the files table). */
+int storage_open_database(const char *data_dir, const char *database, storage **out)
 {
     if (!data_dir || !out)
         return RT_ERR_INVALID;
@@ -73,18 +123,21 @@ int storage_open(const char *data_dir, storage **out)
     if (!st)
         return RT_ERR_NOMEM;
     st->files_fd = -1;
+    snprintf(st->db_name, sizeof st->db_name, "(the PostgreSQL database)");
     if (pthread_mutex_init(&st->conns_lock, NULL) != 0) {
         free(st);
         return RT_ERR_NOMEM;
     }
-    sqlite3 *db = NULL;
+    storage_db *db = NULL;
     int err = storage_paths_init(st, data_dir);
+    if (!err)
+        err = storage_target_init(st, database);
     if (!err)
         err = storage_conn_key_init(st);
     if (!err)
         err = storage_db_get(st, &db);
     if (!err)
-        err = storage_migrate(db, st->db_path);
+        err = storage_migrate(db, st->db_name);
     if (!err)
         err = storage_clean_orphans(st, db);
     if (err) {
@@ -112,9 +165,15 @@ int storage_schema_version(storage *st, int *out)
 {
     if (!st || !out)
         return RT_ERR_INVALID;
-    sqlite3 *db = NULL;
+    storage_db *db = NULL;
     int err = storage_db_get(st, &db);
     if (err)
         return err;
     return storage_db_user_version(db, out);
+}
+
+/* See storage.h. */
+bool storage_is_postgres(const storage *st)
+{
+    return st && st->ops == &storage_pg_ops;
 }

@@ -1,13 +1,18 @@
 /*
- * storage/storage.h — retune's records (SQLite) and uploaded bytes (blob files).
+ * storage/storage.h — retune's records (SQLite or PostgreSQL) and uploaded
+ * bytes (blob files).
  *
  * One handle per process, shared by every thread: internally each thread gets
- * its own SQLite connection (opened on first use, WAL mode, busy_timeout,
- * foreign keys on), so no connection is ever used by two threads.
+ * its own database connection (opened on first use; SQLite: WAL mode,
+ * busy_timeout, foreign keys on; PostgreSQL: one libpq connection), so no
+ * connection is ever used by two threads. Nothing outside storage/ knows
+ * which database a handle talks to.
  *
  * On disk (DESIGN.md §3):
- *   <data-dir>/retune.db      every record; the source of truth
+ *   <data-dir>/retune.db      every record; the source of truth (SQLite, the default)
  *   <data-dir>/files/<id>     uploaded bytes, written tmp -> fsync -> rename -> row
+ * With PostgreSQL the records live there instead; blobs and model folders
+ * stay under the data directory, and the row remains the commit point.
  *
  * All functions return RT_OK or a negative rt_error code (common/rt.h);
  * out-parameters are untouched on failure. storage never sees HTTP or the engine.
@@ -61,18 +66,33 @@ typedef struct storage_file {
 /*
  * Opens (creating when missing) the data directory, its database and its
  * files/ folder; applies pending migrations in order, each in a transaction,
- * tracked by PRAGMA user_version. Refuses (RT_ERR_VERSION, message logged) a
- * database whose user_version is newer than the newest embedded migration.
- * Cleans crash leftovers: temporary upload files and blob files without a row.
- * The caller owns *out and frees it with storage_close().
+ * tracked by the schema version (SQLite's PRAGMA user_version). Refuses
+ * (RT_ERR_VERSION, message logged) a database whose version is newer than
+ * the newest embedded migration. Cleans crash leftovers: temporary upload
+ * files and blob files without a row. The caller owns *out and frees it
+ * with storage_close(). SQLite at <data-dir>/retune.db.
  */
 int storage_open(const char *data_dir, storage **out);
+
+/*
+ * storage_open with the database named: NULL or "" for the default
+ * (SQLite at <data-dir>/retune.db), "sqlite:PATH" for SQLite at PATH, or a
+ * PostgreSQL connection string ("postgres://user@host/db", any libpq URL or
+ * key=value string). RT_ERR_INVALID for a string that is none of these (or
+ * that libpq cannot parse), RT_ERR_DB for a database that cannot be
+ * reached; the reason is logged (never the string, which may hold a
+ * password).
+ */
+int storage_open_database(const char *data_dir, const char *database, storage **out);
+
+/* Whether the handle's records live in PostgreSQL (for messages and tests). */
+bool storage_is_postgres(const storage *st);
 
 /* Closes every connection and frees the handle. Accepts NULL. Call it only
  * once no other thread uses the handle. */
 void storage_close(storage *st);
 
-/* The schema version the database is at (PRAGMA user_version). */
+/* The schema version the database is at (the last migration applied). */
 int storage_schema_version(storage *st, int *out);
 
 /* Writes a new random id "<prefix>-<24 hex>" into buf (size >= STORAGE_ID_MAX). */

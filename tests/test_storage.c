@@ -4,16 +4,18 @@
  * crash leftovers, concurrent use from several threads, abort, bad input;
  * projects (files and models of one are unknown to another), API keys and
  * the migration of old data to the default project.
- * Every test works in its own mkdtemp folder under /tmp, removed at the end.
+ * Every test works in its own mkdtemp folder under /tmp, removed at the end,
+ * and its own database: SQLite in that folder, or, with RETUNE_TEST_DATABASE
+ * set, a fresh schema of that PostgreSQL database (tests/test_db.h).
  */
 #include "storage/storage.h"
 #include "storage/storage_internal.h" /* rt_migrations: the newest version */
 #include "tests/test.h"
+#include "tests/test_db.h"
 
 #include <dirent.h>
 #include <ftw.h>
 #include <pthread.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -36,6 +38,7 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 
 static void tmpdir_remove(char *dir)
 {
+    test_db_drop(dir);
     if (dir)
         nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(dir);
@@ -109,17 +112,24 @@ static int upload(storage *st, const void *data, size_t len, const char *purpose
     return storage_blob_commit(b, &m, out);
 }
 
+/* Sets the schema version of dir's database, as a newer retune would. */
 static int set_user_version(const char *dir, int v)
 {
-    char p[PATH_MAX], sql[64];
-    snprintf(p, sizeof p, "%s/retune.db", dir);
-    snprintf(sql, sizeof sql, "PRAGMA user_version=%d", v);
-    sqlite3 *db = NULL;
-    int rc = sqlite3_open(p, &db);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
-    sqlite3_close(db);
-    return rc;
+    storage *st = NULL;
+    storage_db *db = NULL;
+    int err = test_storage_open(dir, &st);
+    if (!err)
+        err = storage_db_get(st, &db);
+    if (!err)
+        err = storage_db_set_user_version(db, v);
+    storage_close(st);
+    return err;
+}
+
+/* Whether dir holds the SQLite database (it does not on PostgreSQL). */
+static bool has_db_file(const char *dir)
+{
+    return test_db_is_pg() || path_exists(dir, ".", "retune.db");
 }
 
 /* ---- tests ---- */
@@ -128,12 +138,12 @@ static void test_migrate_fresh(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     int v = -1;
     CHECK_EQ_INT(storage_schema_version(st, &v), RT_OK);
     CHECK(newest_version() >= 1);
     CHECK_EQ_INT(v, newest_version());
-    CHECK(path_exists(dir, ".", "retune.db"));
+    CHECK(has_db_file(dir));
     CHECK(path_exists(dir, ".", "files"));
     storage_close(st);
 
@@ -141,8 +151,9 @@ static void test_migrate_fresh(void)
     char nested[PATH_MAX];
     snprintf(nested, sizeof nested, "%s/a/b/c", dir);
     st = NULL;
-    CHECK_EQ_INT(storage_open(nested, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(nested, &st), RT_OK);
     storage_close(st);
+    test_db_drop(nested);
     storage_close(NULL);
     tmpdir_remove(dir);
 }
@@ -152,12 +163,12 @@ static void test_reopen_keeps_data(void)
     char *dir = tmpdir_make();
     storage *st = NULL;
     storage_file f;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     CHECK_EQ_INT(upload(st, "hello\n", 6, "fine-tune", &f), RT_OK);
     storage_close(st);
 
     st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     int v = -1;
     CHECK_EQ_INT(storage_schema_version(st, &v), RT_OK);
     CHECK_EQ_INT(v, newest_version());
@@ -174,11 +185,11 @@ static void test_newer_version_refused(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     storage_close(st);
-    CHECK_EQ_INT(set_user_version(dir, 999), SQLITE_OK);
+    CHECK_EQ_INT(set_user_version(dir, 999), RT_OK);
     st = (storage *)0x1; /* must stay untouched */
-    CHECK_EQ_INT(storage_open(dir, &st), RT_ERR_VERSION);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_ERR_VERSION);
     CHECK(st == (storage *)0x1);
     tmpdir_remove(dir);
 }
@@ -187,7 +198,7 @@ static void test_blob_roundtrip(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
 
     unsigned char data[70000];
     for (size_t i = 0; i < sizeof data; i++)
@@ -255,7 +266,7 @@ static void test_list_pagination(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     storage_file f[5];
     for (int i = 0; i < 5; i++) /* purposes: ft, res, ft, res, ft */
         CHECK_EQ_INT(upload(st, "x", 1, i % 2 ? "fine-tune-results" : "fine-tune", &f[i]),
@@ -351,7 +362,7 @@ static void test_delete(void)
     char *dir = tmpdir_make();
     storage *st = NULL;
     storage_file f, g;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     CHECK_EQ_INT(upload(st, "abc", 3, "fine-tune", &f), RT_OK);
     CHECK_EQ_INT(upload(st, "def", 3, "fine-tune", &g), RT_OK);
     CHECK(path_exists(dir, "files", f.id));
@@ -382,7 +393,7 @@ static void test_expiry(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     storage_blob *b = NULL;
     storage_file m = meta_make("short.jsonl", "fine-tune"), f, keep, tmp;
     m.expires_at = 1; /* one second */
@@ -430,7 +441,7 @@ static void test_model_publish(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     char tmp[PATH_MAX], tmp2[PATH_MAX], orphan[PATH_MAX], importing[PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s/work-a", dir);
     make_model_dir(tmp);
@@ -471,7 +482,7 @@ static void test_model_publish(void)
     char keep[PATH_MAX];
     snprintf(keep, sizeof keep, "%s/adapters/not-an-id", dir);
     make_model_dir(keep);
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     CHECK(!path_exists(dir, "adapters", "adapter-2123456789abcdef01234567"));
     CHECK(!path_exists(dir, "adapters", ".import-0123456789abcdef01234567"));
     CHECK(path_exists(dir, "adapters", "not-an-id"));
@@ -487,7 +498,7 @@ static void test_work_dirs(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     char job[PATH_MAX], again[PATH_MAX], imp[PATH_MAX], imp2[PATH_MAX];
     CHECK_EQ_INT(storage_work_dir(st, STORAGE_WORK_JOB, "ftjob-0123456789abcdef01234567", job, sizeof job), RT_OK);
     CHECK(path_exists(dir, "jobs", "ftjob-0123456789abcdef01234567"));
@@ -499,7 +510,7 @@ static void test_work_dirs(void)
     CHECK_EQ_INT(storage_work_dir(st, STORAGE_WORK_IMPORT, NULL, imp2, sizeof imp2), RT_OK);
     CHECK(strcmp(imp, imp2) != 0 && strstr(imp, "/adapters/.import-") != NULL);
     storage_close(st);
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     struct stat sb;
     CHECK(stat(imp, &sb) != 0); /* a crash's leftover import is gone */
     CHECK(path_exists(dir, "jobs", "ftjob-0123456789abcdef01234567"));
@@ -512,7 +523,7 @@ static void test_orphan_cleanup(void)
     char *dir = tmpdir_make();
     storage *st = NULL;
     storage_file f;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     CHECK_EQ_INT(upload(st, "keep", 4, "fine-tune", &f), RT_OK);
     storage_close(st);
 
@@ -527,7 +538,7 @@ static void test_orphan_cleanup(void)
     CHECK_EQ_INT(files_in(dir), 5);
 
     st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     CHECK(!path_exists(dir, "files", ".tmp-0123456789abcdef01234567"));
     CHECK(!path_exists(dir, "files", orphan));
     CHECK(path_exists(dir, "files", f.id));
@@ -544,7 +555,7 @@ static void test_orphan_cleanup(void)
     CHECK_EQ_INT(storage_blob_write(b, "live", 4), RT_OK);
     CHECK_EQ_INT(files_in(dir), 4);
     storage *st2 = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st2), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st2), RT_OK);
     CHECK_EQ_INT(files_in(dir), 4);
     storage_file m = meta_make("live.jsonl", "fine-tune"), h;
     CHECK_EQ_INT(storage_blob_commit(b, &m, &h), RT_OK);
@@ -593,7 +604,7 @@ static void test_threads(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     static struct thread_arg args[THREADS];
     pthread_t tids[THREADS];
     for (int t = 0; t < THREADS; t++) {
@@ -638,7 +649,7 @@ static void test_blob_abort(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     storage_blob *b = NULL;
     CHECK_EQ_INT(storage_blob_begin(st, &b), RT_OK);
     CHECK_EQ_INT(storage_blob_write(b, "some bytes", 10), RT_OK);
@@ -676,7 +687,7 @@ static void test_bad_input(void)
     CHECK_EQ_INT(storage_open(NULL, &st), RT_ERR_INVALID);
     CHECK_EQ_INT(storage_open(dir, NULL), RT_ERR_INVALID);
     CHECK_EQ_INT(storage_open("", &st), RT_ERR_INVALID);
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
 
     char long_id[200];
     memset(long_id, 'a', sizeof long_id - 1);
@@ -693,7 +704,7 @@ static void test_bad_input(void)
     CHECK_EQ_INT(storage_file_delete(st, NULL, NULL), RT_ERR_INVALID);
     CHECK_EQ_INT(storage_file_delete(st, NULL, long_id), RT_ERR_INVALID);
     CHECK_EQ_INT(storage_file_delete(st, NULL, "../retune.db"), RT_ERR_NOT_FOUND);
-    CHECK(path_exists(dir, ".", "retune.db"));
+    CHECK(has_db_file(dir));
 
     storage_file *rows = NULL;
     size_t count = 0;
@@ -770,7 +781,7 @@ static void test_file_projects(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     storage_file a, b, got, *rows = NULL;
     size_t n = 0;
     bool more = false;
@@ -804,7 +815,7 @@ static void test_model_projects(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     storage_model m = {0}, got, *rows = NULL;
     size_t n = 0;
     bool more = false;
@@ -839,7 +850,7 @@ static void test_keys(void)
 {
     char *dir = tmpdir_make();
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     bool any = true;
     CHECK_EQ_INT(storage_key_any(st, &any), RT_OK);
     CHECK(!any);
@@ -879,30 +890,61 @@ static void test_keys(void)
 static void test_projects_migration(void)
 {
     char *dir = tmpdir_make();
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/retune.db", dir);
-    sqlite3 *db = NULL;
-    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
-    char *err = NULL;
-    for (size_t i = 0; i < rt_migration_count && rt_migrations[i].version < 7; i++)
-        CHECK(sqlite3_exec(db, rt_migrations[i].sql, NULL, NULL, &err) == SQLITE_OK);
-    const char *old = "PRAGMA user_version=6;"
+    bool pg = test_db_is_pg();
+    for (size_t i = 0; i < rt_migration_count && rt_migrations[i].version < 7; i++) {
+        const char *sql = pg && rt_migrations[i].sql_pg ? rt_migrations[i].sql_pg : rt_migrations[i].sql;
+        CHECK_EQ_INT(test_db_exec(dir, sql), 0);
+    }
+    const char *version = pg ? "CREATE TABLE retune_schema (version INTEGER NOT NULL);"
+                               "INSERT INTO retune_schema VALUES (6);"
+                             : "PRAGMA user_version=6;";
+    const char *old =
         "INSERT INTO files(id, filename, purpose, status, bytes, created_at)"
         " VALUES ('file-000000000000000000000001', 'old.jsonl', 'fine-tune', 'processed', 3, 1);"
         "INSERT INTO models(id, kind, parent, owned_by, path, created_at)"
         " VALUES ('ft:b:acme:s:1', 'adapter', 'b', 'acme', '/x', 1);";
-    CHECK(sqlite3_exec(db, old, NULL, NULL, &err) == SQLITE_OK);
-    sqlite3_free(err);
-    sqlite3_close(db);
+    CHECK_EQ_INT(test_db_exec(dir, version), 0);
+    CHECK_EQ_INT(test_db_exec(dir, old), 0);
     write_file(dir, "file-000000000000000000000001", "{}\n");
     storage *st = NULL;
-    CHECK_EQ_INT(storage_open(dir, &st), RT_OK);
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
     storage_file f;
-    storage_model m;
+    storage_model m = {0};
     CHECK_EQ_INT(storage_file_get(st, "retune", "file-000000000000000000000001", &f), RT_OK);
     CHECK_EQ_STR(f.project, "retune");
     CHECK_EQ_INT(storage_model_get(st, "acme", "ft:b:acme:s:1", &m), RT_OK);
     CHECK_EQ_INT(storage_model_get(st, "retune", "ft:b:acme:s:1", &m), RT_ERR_NOT_FOUND);
+    /* and the name is now unique per project only */
+    snprintf(m.owned_by, sizeof m.owned_by, "other");
+    CHECK_EQ_INT(storage_model_add(st, &m), RT_OK);
+    CHECK_EQ_INT(storage_model_add(st, &m), RT_ERR_EXISTS);
+    storage_close(st);
+    tmpdir_remove(dir);
+}
+
+/* Storage speaks to the database named, and refuses what names none. */
+static void test_database_names(void)
+{
+    char *dir = tmpdir_make();
+    storage *st = (storage *)0x1;
+    CHECK_EQ_INT(storage_open_database(dir, "mysql://x/y", &st), RT_ERR_INVALID);
+    CHECK_EQ_INT(storage_open_database(dir, "sqlite:", &st), RT_ERR_INVALID);
+    CHECK_EQ_INT(storage_open_database(dir, "postgres://x/y?nosuchoption=1", &st), RT_ERR_INVALID);
+    CHECK_EQ_INT(storage_open_database(dir, "host='unterminated", &st), RT_ERR_INVALID);
+    /* nothing listens on this socket folder: refused at open, not later */
+    CHECK_EQ_INT(storage_open_database(dir, "postgresql:///x?host=/nonexistent-rt&connect_timeout=2", &st),
+                 RT_ERR_DB);
+    CHECK(st == (storage *)0x1);
+    char db[PATH_MAX];
+    snprintf(db, sizeof db, "sqlite:%s/elsewhere.db", dir);
+    st = NULL;
+    CHECK_EQ_INT(storage_open_database(dir, db, &st), RT_OK);
+    CHECK(path_exists(dir, ".", "elsewhere.db") && !path_exists(dir, ".", "retune.db"));
+    CHECK(!storage_is_postgres(st));
+    storage_close(st);
+    st = NULL;
+    CHECK_EQ_INT(test_storage_open(dir, &st), RT_OK);
+    CHECK(storage_is_postgres(st) == test_db_is_pg());
     storage_close(st);
     tmpdir_remove(dir);
 }
@@ -928,5 +970,8 @@ int main(void)
     RUN(test_model_projects);
     RUN(test_keys);
     RUN(test_projects_migration);
+    RUN(test_database_names);
+    if (test_db_is_pg())
+        printf("(storage tests ran against PostgreSQL)\n");
     return TEST_SUMMARY();
 }

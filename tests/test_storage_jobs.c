@@ -2,15 +2,17 @@
  * tests/test_storage_jobs.c — jobs, events and checkpoints in storage:
  * FIFO claims, guarded status transitions, control requests, crash
  * recovery, newest-first pagination of events and checkpoints, and
- * projects (another project's job and checkpoints are unknown).
+ * projects (another project's job and checkpoints are unknown). SQLite by
+ * default; RETUNE_TEST_DATABASE names a PostgreSQL database to run them
+ * against instead (tests/test_db.h).
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "storage/storage.h"
 #include "tests/test.h"
+#include "tests/test_db.h"
 
 static storage_job make_job(const char *id, const char *status)
 {
@@ -175,33 +177,40 @@ static void test_checkpoint_commit(storage *st)
     CHECK_EQ_INT(storage_checkpoint_commit(st, &ck, NULL), RT_ERR_INVALID);
 }
 
+/* What undoes migrations 0006 and 0007 (projects), in each dialect, so
+ * that they run again: back to version 5. */
+static const char undo_sqlite[] =
+    "DROP INDEX job_checkpoints_step; DROP INDEX files_project_seq;"
+    "DROP INDEX jobs_tenant_seq; ALTER TABLE files DROP COLUMN project; DROP TABLE api_keys;"
+    "PRAGMA user_version=5;";
+static const char undo_pg[] =
+    "DROP INDEX job_checkpoints_step; DROP INDEX files_project_seq;"
+    "DROP INDEX jobs_tenant_seq; ALTER TABLE files DROP COLUMN project; DROP TABLE api_keys;"
+    "DROP INDEX models_id; ALTER TABLE models DROP CONSTRAINT models_owned_by_id_key;"
+    "ALTER TABLE models ADD CONSTRAINT models_id_key UNIQUE (id);"
+    "UPDATE retune_schema SET version = 5;";
+
 /* Migration 0006 on a database from before it: duplicate steps (left by
  * the old two-commit checkpointing) keep their first row. */
 static void test_checkpoint_dedupe_migration(void)
 {
-    char dir[] = "/tmp/retune-jobs-mig-XXXXXX", path[128];
+    char dir[] = "/tmp/retune-jobs-mig-XXXXXX";
     if (!mkdtemp(dir))
         return;
-    snprintf(path, sizeof path, "%s/retune.db", dir);
     storage *st = NULL;
-    CHECK(storage_open(dir, &st) == RT_OK);
+    CHECK(test_storage_open(dir, &st) == RT_OK);
     storage_job j = make_job("ftjob-dup", "running");
     CHECK(st && storage_job_insert(st, &j) == RT_OK);
     storage_close(st);
-    sqlite3 *db = NULL;
-    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
-    /* back to version 5: undo 0006 and 0007 (projects) so they run again */
-    const char *old = "DROP INDEX job_checkpoints_step; DROP INDEX files_project_seq;"
-        "DROP INDEX jobs_tenant_seq; ALTER TABLE files DROP COLUMN project; DROP TABLE api_keys;"
-        "PRAGMA user_version=5;"
+    const char *dups =
         "INSERT INTO job_checkpoints(id, job_id, created_at, step, fine_tuned_model_checkpoint, path)"
         " VALUES ('ftckpt-1', 'ftjob-dup', 1, 4, 'ft:d:ckpt-step-4', '/a'),"
         " ('ftckpt-2', 'ftjob-dup', 2, 4, 'ft:d:ckpt-step-4', '/a'),"
         " ('ftckpt-3', 'ftjob-dup', 3, 8, 'ft:d:ckpt-step-8', '/b');";
-    CHECK(sqlite3_exec(db, old, NULL, NULL, NULL) == SQLITE_OK);
-    sqlite3_close(db);
+    CHECK_EQ_INT(test_db_exec(dir, test_db_is_pg() ? undo_pg : undo_sqlite), 0);
+    CHECK_EQ_INT(test_db_exec(dir, dups), 0);
     st = NULL;
-    CHECK(storage_open(dir, &st) == RT_OK);
+    CHECK(test_storage_open(dir, &st) == RT_OK);
     storage_checkpoint *list = NULL;
     size_t n = 0;
     bool more = false;
@@ -210,6 +219,7 @@ static void test_checkpoint_dedupe_migration(void)
     CHECK(n == 2 && !strcmp(list[1].id, "ftckpt-1") && !strcmp(list[0].id, "ftckpt-3"));
     free(list);
     storage_close(st);
+    test_db_drop(dir);
     char cmd[160];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK(system(cmd) == 0);
@@ -260,25 +270,101 @@ static void test_job_projects(storage *st)
     free(evs);
 }
 
+/* ---- concurrent claims: each queued job is claimed exactly once ---- */
+
+#define CLAIMERS 4
+#define CLAIM_JOBS 40
+#define CLAIM_MAX (CLAIM_JOBS + 16) /* with the jobs earlier tests left queued */
+
+struct claimer {
+    storage *st;
+    int n, errors;
+    char ids[CLAIM_MAX][STORAGE_ID_MAX];
+};
+
+/* Claims until the queue is empty (each thread on its own connection, as
+ * workers of a fleet would be). A busy database is retried. */
+static void *claim_loop(void *p)
+{
+    struct claimer *c = p;
+    for (int tries = 0; tries < 10 * CLAIM_JOBS; tries++) {
+        storage_job job;
+        int err = storage_job_claim(c->st, &job);
+        if (err == RT_ERR_NOT_FOUND)
+            break;
+        if (err == RT_ERR_BUSY)
+            continue;
+        if (err || c->n == CLAIM_MAX) {
+            fprintf(stderr, "claim: %s\n", rt_strerror(err));
+            c->errors++;
+            break;
+        }
+        snprintf(c->ids[c->n++], STORAGE_ID_MAX, "%s", job.id);
+    }
+    return NULL;
+}
+
+static void test_claim_concurrent(storage *st)
+{
+    for (int i = 0; i < CLAIM_JOBS; i++) {
+        char id[STORAGE_ID_MAX];
+        snprintf(id, sizeof id, "ftjob-c%02d", i);
+        storage_job j = make_job(id, "queued");
+        CHECK(storage_job_insert(st, &j) == RT_OK);
+    }
+    static struct claimer cs[CLAIMERS];
+    pthread_t tids[CLAIMERS];
+    for (int t = 0; t < CLAIMERS; t++) {
+        memset(&cs[t], 0, sizeof cs[t]);
+        cs[t].st = st;
+        CHECK(pthread_create(&tids[t], NULL, claim_loop, &cs[t]) == 0);
+    }
+    int seen[CLAIM_JOBS] = {0}, total = 0;
+    for (int t = 0; t < CLAIMERS; t++) {
+        pthread_join(tids[t], NULL);
+        CHECK_EQ_INT(cs[t].errors, 0);
+        for (int i = 0; i < cs[t].n; i++) {
+            if (strncmp(cs[t].ids[i], "ftjob-c", 7) != 0)
+                continue; /* queued by the tests before */
+            int k = atoi(cs[t].ids[i] + 7);
+            if (k >= 0 && k < CLAIM_JOBS)
+                seen[k]++;
+            total++;
+        }
+    }
+    CHECK_EQ_INT(total, CLAIM_JOBS);
+    int once = 0;
+    for (int i = 0; i < CLAIM_JOBS; i++)
+        once += seen[i] == 1;
+    CHECK_EQ_INT(once, CLAIM_JOBS); /* no job twice, none missed */
+    storage_job got;
+    CHECK(storage_job_get(st, NULL, "ftjob-c00", &got) == RT_OK);
+    CHECK_EQ_STR(got.status, "running");
+}
+
 int main(void)
 {
     char dir[] = "/tmp/retune-jobs-XXXXXX";
     if (!mkdtemp(dir))
         return 1;
     storage *st = NULL;
-    CHECK(storage_open(dir, &st) == RT_OK);
+    CHECK(test_storage_open(dir, &st) == RT_OK);
     if (st) {
         RUN_ARG(test_claim_and_transitions, st);
         RUN_ARG(test_lists, st);
         RUN_ARG(test_metadata_filter, st);
         RUN_ARG(test_checkpoint_commit, st);
         RUN_ARG(test_job_projects, st);
+        RUN_ARG(test_claim_concurrent, st);
     }
     storage_close(st);
+    test_db_drop(dir);
     RUN(test_checkpoint_dedupe_migration);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0)
         return 1;
+    if (test_db_is_pg())
+        printf("(storage tests ran against PostgreSQL)\n");
     return TEST_SUMMARY();
 }
