@@ -33,6 +33,11 @@ ifeq ($(CUDA),1)
   LDLIBS    += -L$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
   CU_SRC    := $(wildcard kernels/cuda/*.cu)
   CUDA_C_SRC := $(wildcard kernels/cuda/*.c)
+  # NCCL (the toolkit's), for data-parallel training on GPUs: server/nccl_comm.c
+  # alone calls it, linked only into the programs that do (--as-needed)
+  LDLIBS    += -Wl,--as-needed -lnccl -Wl,--no-as-needed
+else
+  NO_CUDA_SRC := server/nccl_comm.c
 endif
 
 # MPI, for data-parallel training (`mpirun -np N retune train`): Debian's Open
@@ -49,7 +54,7 @@ ifneq ($(MPI_LIBS),)
 endif
 
 LIB_DIRS  := common storage engine kernels kernels/cpu api server
-LIB_SRC   := $(filter-out server/main.c,$(wildcard $(addsuffix /*.c,$(LIB_DIRS)))) $(CUDA_C_SRC)
+LIB_SRC   := $(filter-out server/main.c $(NO_CUDA_SRC),$(wildcard $(addsuffix /*.c,$(LIB_DIRS)))) $(CUDA_C_SRC)
 LIB_OBJ   := $(LIB_SRC:%.c=$(BUILD)/obj/%.o) $(BUILD)/obj/gen/migrations_embedded.o \
              $(BUILD)/obj/gen/dashboard_embedded.o $(CU_SRC:%.cu=$(BUILD)/obj/%.cu.o)
 TEST_SRC  := $(wildcard tests/test_*.c)

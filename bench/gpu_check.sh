@@ -7,7 +7,14 @@
 #   3. the engine on the GPU: `retune train --device cuda` (LoRA) on the
 #      tiny_chat fixture, its losses against the same run on the CPU, and
 #      `retune generate --device cuda` (the engine's own tests take no device),
-#   4. the benchmarks against PyTorch + PEFT on a random ~1.2B Llama model
+#   4. with two or more GPUs (nvidia-smi -L), data-parallel training over NCCL:
+#      tests/e2e_data_parallel.py with RETUNE_DP_DEVICE=cuda, `mpirun -np 2
+#      retune train --device cuda` (one rank per GPU) against one process with
+#      the same global batch, LoRA and full: losses within 1e-4 relative,
+#      final weights per tensor within 1e-4 (L2) and any element within 1e-3
+#      of the tensor's largest, checkpoints resumed across 1 and 2 ranks
+#      (skipped, and said so, with fewer than two GPUs),
+#   5. the benchmarks against PyTorch + PEFT on a random ~1.2B Llama model
 #      (bench/gpu_bench.py, which needs torch, transformers and peft),
 #      ending with one table of ratios.
 # Exit status: 0 when every step passed, 1 otherwise (later steps still run
@@ -99,6 +106,20 @@ if out=$(timeout 60 build-cuda/retune generate --device cuda --model tests/fixtu
 else
     tail -n 10 "$WORK/tiny_train.log"
     fail "retune generate --device cuda"
+fi
+
+section "data parallel: mpirun -np 2 retune train --device cuda (NCCL) vs one process"
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+if [ "${gpus:-0}" -lt 2 ]; then
+    echo "SKIPPED: the 2-GPU data-parallel check needs two or more GPUs; nvidia-smi -L lists ${gpus:-0}"
+elif ! command -v mpirun >/dev/null; then
+    fail "mpirun not found: the 2-GPU data-parallel check could not run (install openmpi-bin and libopenmpi-dev, then rebuild)"
+elif timeout 300 env RETUNE_BIN=build-cuda/retune RETUNE_DP_DEVICE=cuda \
+        "$PYTHON" tests/e2e_data_parallel.py >"$WORK/data_parallel.log" 2>&1; then
+    grep -E '^(device:|   .*worst tensor|[0-9]+ passed)' "$WORK/data_parallel.log" || true
+else
+    grep -E 'FAIL|^device:|^[0-9]+ passed' "$WORK/data_parallel.log" | head -n 40 || true
+    fail "data parallel over NCCL on $gpus GPUs (full log: $WORK/data_parallel.log)"
 fi
 
 if [ -n "${GPU_CHECK_SKIP_BENCH:-}" ]; then

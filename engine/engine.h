@@ -69,14 +69,15 @@ enum engine_schedule { ENGINE_SCHEDULE_COSINE = 0, ENGINE_SCHEDULE_LINEAR = 1,
 
 /* The processes that train one job together (data parallelism), as the
  * engine sees them: a rank, a count, and a sum over all of them. The caller
- * implements it over MPI or NCCL (server/mpi_comm.c), so the engine never
- * sees a transport. Every rank runs engine_train with the same config; each
- * computes its share of every optimizer step's micro-batches, the gradients
- * and loss statistics are summed, and every rank applies the same AdamW
- * step. Rank 0 alone writes checkpoints and the result and calls on_step,
- * on_event and on_checkpoint; should_stop is asked on rank 0 and its answer
- * shared. A rank that fails returns its error while the others may wait in
- * a sum: the caller then ends the whole group (MPI_Abort). */
+ * implements it over MPI (server/mpi_comm.c) and, for GPUs, NCCL
+ * (server/nccl_comm.c), so the engine never sees a transport. Every rank
+ * runs engine_train with the same config; each computes its share of every
+ * optimizer step's micro-batches, the gradients and loss statistics are
+ * summed, and every rank applies the same AdamW step. Rank 0 alone writes
+ * checkpoints and the result and calls on_step, on_event and on_checkpoint;
+ * should_stop is asked on rank 0 and its answer shared. A rank that fails
+ * returns its error while the others may wait in a sum: the caller then
+ * ends the whole group (MPI_Abort). */
 typedef struct engine_collective {
     int rank;                    /* 0 .. size-1 */
     int size;                    /* processes in the group, >= 1 */
@@ -86,6 +87,16 @@ typedef struct engine_collective {
      * them in the same order. RT_OK or RT_ERR_COMM. */
     int (*sum_f32)(void *ctx, float *data, size_t n);
     int (*sum_f64)(void *ctx, double *data, size_t n);
+    /* Optional (NULL: absent): the same sum of data[0..n) in DEVICE memory
+     * of the "cuda" backend (NCCL, server/nccl_comm.c), without a copy to
+     * the host. stream is the CUDA stream the data was written on
+     * (cudaStream_t; NULL: the legacy default stream, where the trainer
+     * queues its work): the sum starts after the work queued there and
+     * work queued there afterwards sees it. It may return before the sum is
+     * done; a failure may surface only at the backend's next synchronize.
+     * The trainer uses it, when set, for the gradient of a run on the cuda
+     * backend, and sum_f32 for everything else. RT_OK or RT_ERR_COMM. */
+    int (*sum_f32_device)(void *ctx, float *data, size_t n, void *stream);
 } engine_collective;
 
 /* Everything a training run needs; strings are borrowed for the call. */

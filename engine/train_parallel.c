@@ -7,12 +7,15 @@
  * Every rank holds the whole model and the same data order; rank r computes
  * micro-batches r, r+N, ... of each optimizer step, so the summed gradient
  * and loss statistics are those of one process computing all of them (up to
- * the order of float additions). Device memory is never handed to the
- * collective: the gradient is staged through a bounded host buffer.
+ * the order of float additions). The gradient is staged through a bounded
+ * host buffer for sum_f32 (MPI), or, on the cuda backend with a group that
+ * offers sum_f32_device (NCCL, server/nccl_comm.c), summed where it lies in
+ * device memory, ordered on the stream the trainer queues its work on.
  */
 #include "engine/trainer.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 /* Floats per staging chunk of the gradient sum (4 MiB): bounded host
  * memory for full fine-tuning of any size, large enough messages that
@@ -26,6 +29,12 @@ int trainer_group_open(trainer *t)
         return RT_OK;
     if (c->size < 1 || c->rank < 0 || c->rank >= c->size || !c->sum_f32 || !c->sum_f64)
         return RT_ERR_INVALID;
+    if (c->sum_f32_device && strcmp(t->be->name, "cuda") == 0) {
+        /* the gradient stays where it is: no staging buffer */
+        t->comm_device = true;
+        t->comm = c;
+        return RT_OK;
+    }
     size_t n = (size_t)t->n_trainable;
     t->comm_chunk = n < GROUP_CHUNK_FLOATS ? n : GROUP_CHUNK_FLOATS;
     t->comm_host = malloc((t->comm_chunk ? t->comm_chunk : 1) * sizeof(float));
@@ -60,10 +69,32 @@ int trainer_sum(trainer *t, double *v, size_t n)
     return rc;
 }
 
+/* The gradient summed in device memory (sum_f32_device), on the NULL
+ * stream that every trainer op uses. The backend is synchronized before,
+ * so that comm_seconds counts the sum and not the backward pass still in
+ * flight, and after, so that it counts the sum's completion. Both waits
+ * cost the step next to nothing: the sum cannot start before the gradient
+ * is complete, and the step reads the gradient's norm on the host right
+ * after it (optim_clip). */
+static int sum_grad_device(trainer *t)
+{
+    const kernels_backend *be = t->be;
+    int rc = be->synchronize(NULL);
+    double t0 = rt_now_seconds();
+    if (rc == RT_OK)
+        rc = t->comm->sum_f32_device(t->comm->ctx, t->grad, (size_t)t->n_trainable, NULL);
+    if (rc == RT_OK)
+        rc = be->synchronize(NULL);
+    t->comm_seconds += rt_now_seconds() - t0;
+    return rc;
+}
+
 int trainer_sum_grad(trainer *t)
 {
     if (!t->comm)
         return RT_OK;
+    if (t->comm_device)
+        return sum_grad_device(t);
     double t0 = rt_now_seconds();
     const kernels_backend *be = t->be;
     size_t n = (size_t)t->n_trainable;

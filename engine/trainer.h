@@ -45,7 +45,9 @@ typedef struct trainer {
     bool stopped;
     engine_progress progress;
     const engine_collective *comm; /* the data-parallel group; NULL when alone (size 1) */
-    float *comm_host;              /* host staging for the gradient sum (comm only) */
+    bool comm_device;              /* the gradient is summed in device memory
+                                      (comm->sum_f32_device), not staged */
+    float *comm_host;              /* host staging for the gradient sum (comm, not comm_device) */
     size_t comm_chunk;             /* its length in floats */
     double comm_seconds;           /* spent in the group's sums */
 } trainer;
@@ -74,9 +76,10 @@ int trainer_validate(trainer *t, const train_set *set, double *loss, double *acc
  * optimizer step and the sums below make every rank hold what one process
  * would have computed alone. Alone (t->comm NULL) each is a no-op. */
 
-/* Takes cfg->comm when its group has more than one rank and allocates the
- * host staging buffer of the gradient sum. RT_ERR_INVALID (a malformed
- * group), RT_ERR_NOMEM. */
+/* Takes cfg->comm when its group has more than one rank, and either sums
+ * the gradient in device memory (a group with sum_f32_device, on the cuda
+ * backend) or allocates the host staging buffer of the gradient sum.
+ * RT_ERR_INVALID (a malformed group), RT_ERR_NOMEM. */
 int trainer_group_open(trainer *t);
 
 /* This process's rank and the group's size (0 and 1 alone). */
@@ -89,9 +92,9 @@ bool trainer_is_lead(const trainer *t);
 /* Sums v[0..n) over the group in place. RT_OK or RT_ERR_COMM. */
 int trainer_sum(trainer *t, double *v, size_t n);
 
-/* Sums the step's gradient (t->grad) over the group in place, through the
- * host staging buffer a chunk at a time. RT_OK, RT_ERR_COMM, or a backend
- * copy error. */
+/* Sums the step's gradient (t->grad) over the group in place: in device
+ * memory (comm_device), or through the host staging buffer a chunk at a
+ * time. RT_OK, RT_ERR_COMM, or a backend copy or synchronize error. */
 int trainer_sum_grad(trainer *t);
 
 /* Rank 0's value of x on every rank (the others' x is ignored): how the

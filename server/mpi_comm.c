@@ -100,6 +100,14 @@ int server_mpi_open(struct engine_collective **out, char *err, size_t errsize)
     return RT_OK;
 }
 
+int server_mpi_bcast(struct engine_collective *c, void *data, size_t bytes)
+{
+    if (!c || bytes > (size_t)INT_MAX)
+        return RT_ERR_INVALID;
+    return MPI_Bcast(data, (int)bytes, MPI_BYTE, 0, MPI_COMM_WORLD) == MPI_SUCCESS ? RT_OK
+                                                                                  : RT_ERR_COMM;
+}
+
 void server_mpi_close(struct engine_collective *c)
 {
     if (!c)
@@ -123,6 +131,14 @@ int server_mpi_open(struct engine_collective **out, char *err, size_t errsize)
         return RT_OK;
     return rt_fail(err, errsize, RT_ERR_UNSUPPORTED, "launched by mpirun, but this retune was "
                    "built without MPI (install libopenmpi-dev, then rebuild)");
+}
+
+int server_mpi_bcast(struct engine_collective *c, void *data, size_t bytes)
+{
+    (void)c;
+    (void)data;
+    (void)bytes;
+    return RT_ERR_UNSUPPORTED;
 }
 
 void server_mpi_close(struct engine_collective *c)

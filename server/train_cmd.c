@@ -5,9 +5,11 @@
  * Bad arguments exit 2 naming the argument; training failures exit 1.
  *
  * Under `mpirun -np N` the N processes train the one job data-parallel
- * (server/mpi_comm.c, engine_collective); rank 0 alone shows progress,
- * writes the results CSV, checkpoints and the result, and prints the
- * summary. A rank that fails ends the whole group.
+ * (server/mpi_comm.c, engine_collective); on GPUs (--device cuda, or no
+ * --device on a machine with a GPU, in a CUDA=1 build) one rank per GPU,
+ * the gradient summed over NCCL (server/nccl_comm.c). Rank 0 alone shows
+ * progress, writes the results CSV, checkpoints and the result, and prints
+ * the summary. A rank that fails ends the whole group.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -35,7 +37,9 @@ static void train_usage(FILE *out)
             "    [--retention FILE]   (loss on FILE before and after: what the model kept)\n"
             "    [--results FILE]     append a CSV row per optimizer step (loss, accuracy, lr, tokens)\n"
             "Data parallel: mpirun -np N retune train ... trains the job with N processes, each\n"
-            "computing its share of every step's --grad-accum micro-batches (rank 0 writes the files).\n");
+            "computing its share of every step's --grad-accum micro-batches (rank 0 writes the files).\n"
+            "With --device cuda: one rank per GPU (the rank's index on its machine modulo the GPUs,\n"
+            "unless --device cuda:K names one), gradients summed over NCCL.\n");
 }
 
 /* Parses a number option into *out within [lo, hi]; 2 on a bad value. */
@@ -265,7 +269,14 @@ int server_train_main(int argc, char **argv)
         fprintf(stderr, "retune train: %s\n", err);
         return 1;
     }
-    cfg.comm = group;
+    engine_collective *gpus = NULL; /* the same group, over NCCL on GPUs */
+    if (server_nccl_open(group, cfg.device, &gpus, &cfg.device, err, sizeof err) != RT_OK) {
+        fprintf(stderr, "retune train (rank %d): %s\n", group->rank, err);
+        server_mpi_abort(group, 1); /* the other ranks may wait in NCCL's start */
+        server_mpi_close(group);
+        return 1;
+    }
+    cfg.comm = gpus ? gpus : group;
     engine_callbacks cb = {.ctx = &cmd, .on_step = on_step};
     engine_train_result result;
     engine_error why = {0};
@@ -279,11 +290,13 @@ int server_train_main(int argc, char **argv)
         int status = rc == RT_ERR_INVALID ? 2 : 1;
         if (many)
             server_mpi_abort(group, status); /* the other ranks may wait for this one */
+        server_nccl_close(gpus);
         server_mpi_close(group);
         return status;
     }
     if (!group || group->rank == 0)
         print_summary(&result);
+    server_nccl_close(gpus);
     server_mpi_close(group);
     return 0;
 }

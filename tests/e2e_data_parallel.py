@@ -27,6 +27,17 @@ rounding difference into a visible one; observed: one element of 512 at
 gradient, or clipping before the sum, is off by orders of magnitude more.
 NaN or a missing value fails.
 
+On GPUs (RETUNE_DP_DEVICE=cuda, a CUDA=1 build in RETUNE_BIN; what
+bench/gpu_check.sh runs on a machine with two or more GPUs) every run gets
+--device cuda: the 2-rank runs put one rank on each GPU and sum the gradient
+over NCCL in device memory (server/nccl_comm.c), which each rank's log must
+say ("nccl: rank R of 2 on GPU G", two different GPUs). TF32 is turned off
+(RETUNE_CUDA_TF32=0) so that products round as fp32 ones do, and REL is
+1e-4 instead of 1e-5: a few CUDA reductions use atomics, so even one
+process does not repeat itself bit for bit, and AdamW magnifies such
+differences where a gradient element is near zero. A gradient summed
+wrongly (a rank missing, or summed twice) is still off by far more.
+
 MPI traffic stays on this machine: shared memory between the ranks (btl
 self,vader, pml ob1) and the loopback interface for mpirun's own messages.
 Under CI=true a missing mpirun fails the test; elsewhere it is skipped.
@@ -37,6 +48,7 @@ import array
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +58,8 @@ from harness import BIN, Checks, remove, safetensors_tensors, temp_dir  # noqa: 
 
 t = Checks()
 MODEL = "tests/fixtures/tiny_chat"
-REL = 1e-5
+DEVICE = os.environ.get("RETUNE_DP_DEVICE", "")  # "": the default device (cpu without CUDA); "cuda"
+REL = 1e-4 if DEVICE.startswith("cuda") else 1e-5
 SUPP = os.path.abspath(os.path.join(os.path.dirname(__file__), "lsan_mpi.supp"))
 FACTS = [("What colour is the sky on Zorbl?", "Green, always green."),
          ("Who rules Zorbl?", "Queen Mab the Third, and after her the council of moths."),
@@ -83,12 +96,14 @@ def mpi_env():
         # are unloaded by exit (their frames alone would be nameless)
         "LSAN_OPTIONS": f"suppressions={SUPP}:print_suppressions=0:fast_unwind_on_malloc=0",
     })
+    if DEVICE:
+        env["RETUNE_CUDA_TF32"] = "0"  # fp32 products: see the tolerances above
     return env
 
 
 def train(args, ranks):
     """Runs `retune train` alone (ranks 0) or under `mpirun -np ranks`."""
-    cmd = [BIN, "train", *args]
+    cmd = [BIN, "train", *args, *(["--device", DEVICE] if DEVICE else [])]
     if ranks:
         cmd = ["mpirun", "-np", str(ranks), "--oversubscribe", "--bind-to", "none", *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=mpi_env())
@@ -173,6 +188,15 @@ def one_summary(proc, what):
     return json.loads(lines[-1]) if ok and lines else {}
 
 
+def on_two_gpus(proc, what):
+    """On GPUs: each of the 2 ranks says it sums over NCCL, on GPUs of its own."""
+    if not DEVICE:
+        return
+    gpus = sorted(re.findall(r"nccl: rank (\d) of 2 on GPU (\d+)", proc.stderr))
+    t.check(len(gpus) == 2 and gpus[0][0] == "0" and gpus[1][0] == "1" and gpus[0][1] != gpus[1][1],
+            f"{what}: both ranks sum over NCCL, on two GPUs ({gpus})")
+
+
 def ckpts(d):
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
@@ -186,6 +210,8 @@ def case(d, method, base, weights_file, resume_step):
         csv = out + ".csv"
         proc = train([*base, "--out", out, "--checkpoint-dir", ck, "--results", csv], ranks)
         runs[name] = (one_summary(proc, f"{method}, {name} process(es)"), out, ck, csv)
+        if ranks:
+            on_two_gpus(proc, f"{method}, {name} processes")
     (s1, out1, ck1, csv1), (s2, out2, ck2, csv2) = runs["one"], runs["two"]
     if not (s1 and s2):
         return
@@ -276,6 +302,7 @@ def main():
         t.finish()
     probe = subprocess.run([BIN, "train", "--help"], capture_output=True, text=True)
     t.eq(probe.returncode, 0, "retune train --help")
+    print(f"device: {DEVICE or 'default'}; tolerance REL = {REL:g}", flush=True)
     t.run(test_lora)
     t.run(test_full)
     t.run(test_failing_rank_ends_the_group)

@@ -67,10 +67,13 @@ def train(srv):
     body, hdrs = multipart({"purpose": "fine-tune"}, {"file": ("tools.jsonl", data)})
     status, _, f = srv.json("POST", "/v1/files", body, hdrs)
     t.eq((status, f.get("status")), (200, "processed"), f"a file of tool-call lines uploads ({f})")
-    hp = {"n_epochs": 60, "batch_size": 4, "learning_rate_multiplier": 5, "lora_r": 32,
+    # A fixed seed: the same adapter every run. With the API's random seed, 60 epochs of
+    # these 8 lines left some seeds' adapters too weak to write the call (about one run
+    # in three failed); 80 epochs passed seeds 1-8 with both the AVX-512 and AVX2 kernels.
+    hp = {"n_epochs": 80, "batch_size": 4, "learning_rate_multiplier": 5, "lora_r": 32,
           "target_modules": "all-linear"}
     job = post(srv, "/v1/fine_tuning/jobs", {"model": "tiny_tools", "training_file": f["id"],
-                                             "hyperparameters": hp})[2]
+                                             "hyperparameters": hp, "seed": 1})[2]
     deadline = time.time() + 480
     while time.time() < deadline and job.get("status") not in ("succeeded", "failed", "cancelled"):
         time.sleep(0.2)

@@ -305,7 +305,8 @@ static void test_data_parallel_threads(void)
         thread_rank *me = &ranks[k];
         memset(me, 0, sizeof *me);
         me->g = &g;
-        me->comm = (engine_collective){k, 2, me, thread_sum_f32, thread_sum_f64};
+        me->comm = (engine_collective){.rank = k, .size = 2, .ctx = me,
+                                       .sum_f32 = thread_sum_f32, .sum_f64 = thread_sum_f64};
         base_config(&me->cfg, k == 0 ? out : out1);
         me->cfg.checkpoint_dir = k == 0 ? ck : ck1;
         me->cfg.comm = &me->comm;
