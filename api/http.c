@@ -73,55 +73,67 @@ static bool same_secret(const char *given, const char *key)
     return diff == 0;
 }
 
+/* What the key check found: a caller let in, a caller refused (401), or no
+ * answer because the stored keys could not be read (503: the database is
+ * down, which is not the caller's fault and must not read as a bad key). */
+enum auth_result { AUTH_OK, AUTH_DENIED, AUTH_UNAVAILABLE };
+
 /* Whether callers must show a key: keys were configured (flags, keys file,
  * environment) or `retune keys` has ever stored one. The second is looked
  * up until it is true, then remembered: keys are never deleted, and
- * revoking the last one must not turn auth off. A storage error counts as
- * "yes" (refusing is the safe side). */
-static bool keys_required(api_server *srv)
+ * revoking the last one must not turn auth off. Sets *required; a storage
+ * error is returned (nobody is let in on it). */
+static int keys_required(api_server *srv, bool *required)
 {
+    *required = true;
     if (srv->cfg.n_keys > 0 || atomic_load(&srv->keys_stored))
-        return true;
+        return RT_OK;
     bool any = false;
-    if (storage_key_any(srv->st, &any) != RT_OK)
-        return true;
+    int rc = storage_key_any(srv->st, &any);
+    if (rc != RT_OK)
+        return rc;
     if (any)
         atomic_store(&srv->keys_stored, true);
-    return any;
+    *required = any;
+    return RT_OK;
 }
 
 /* Finds token among the stored keys by its SHA-256 (the secret itself is
  * never stored); a revoked key is not found from the moment it is revoked.
  * Copies the key's project into the request. */
-static bool stored_key_project(api_request *req, const char *token)
+static enum auth_result stored_key_project(api_request *req, const char *token)
 {
     char hash[RT_SHA256_HEX_SIZE];
     storage_key key;
     rt_sha256_hex(token, strlen(token), hash);
     int rc = storage_key_find(req->srv->st, hash, &key);
+    if (rc == RT_ERR_NOT_FOUND)
+        return AUTH_DENIED;
     if (rc != RT_OK) {
-        if (rc != RT_ERR_NOT_FOUND)
-            rt_log(RT_LOG_WARN, "key lookup failed: %s", rt_strerror(rc));
-        return false;
+        rt_log(RT_LOG_WARN, "key lookup failed: %s", rt_strerror(rc));
+        return AUTH_UNAVAILABLE;
     }
     snprintf(req->key_project, sizeof req->key_project, "%s", key.project);
     req->tenant = req->key_project;
-    return true;
+    return AUTH_OK;
 }
 
 /* Checks the bearer token against the configured keys, then the stored
  * ones; sets req->tenant to the key's project ("retune" when there is no
  * auth or the key names none). */
-static bool authorized(api_request *req)
+static enum auth_result authorized(api_request *req)
 {
     const api_config *cfg = &req->srv->cfg;
     req->tenant = STORAGE_DEFAULT_PROJECT;
-    if (!keys_required(req->srv))
-        return true;
+    bool required = true;
+    if (keys_required(req->srv, &required) != RT_OK)
+        return AUTH_UNAVAILABLE;
+    if (!required)
+        return AUTH_OK;
     const char *auth = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                                    MHD_HTTP_HEADER_AUTHORIZATION);
     if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
-        return false;
+        return AUTH_DENIED;
     const char *token = auth + 7;
     bool found = false;
     for (size_t i = 0; i < cfg->n_keys; i++)
@@ -130,7 +142,25 @@ static bool authorized(api_request *req)
             if (cfg->keys[i].tenant)
                 req->tenant = cfg->keys[i].tenant;
         }
-    return found || (token[0] && stored_key_project(req, token));
+    if (found)
+        return AUTH_OK;
+    return token[0] ? stored_key_project(req, token) : AUTH_DENIED;
+}
+
+/* Answers a request the key check refused; false when it was let in. */
+static bool refuse_unauthorized(api_request *req)
+{
+    enum auth_result a = authorized(req);
+    if (a == AUTH_UNAVAILABLE)
+        api_respond_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "server_error", NULL,
+                          "database_unavailable",
+                          "The API keys cannot be checked right now: the record store is "
+                          "unreachable. Retry shortly.");
+    else if (a == AUTH_DENIED)
+        api_respond_error(req, MHD_HTTP_UNAUTHORIZED, "invalid_request_error", "authorization",
+                          "invalid_api_key",
+                          "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.");
+    return a != AUTH_OK;
 }
 
 /* True when the request's Content-Type has the given media type. */
@@ -211,12 +241,8 @@ static bool admit(api_request *req, const char *url)
         reject_path(req, m);
         return false;
     }
-    if ((req->route->flags & API_FLAG_AUTH) && !authorized(req)) {
-        api_respond_error(req, MHD_HTTP_UNAUTHORIZED, "invalid_request_error", "authorization",
-                          "invalid_api_key",
-                          "Incorrect or missing API key. Send 'Authorization: Bearer <key>'.");
+    if ((req->route->flags & API_FLAG_AUTH) && refuse_unauthorized(req))
         return false;
-    }
     req->body_limit = req->route->body_limit < 0 ? req->srv->cfg.max_upload_bytes
                                                  : req->route->body_limit;
     const char *cl = header(req, MHD_HTTP_HEADER_CONTENT_LENGTH);
