@@ -279,9 +279,7 @@ int trainer_open(const engine_train_config *cfg, trainer **out, char *err, size_
         rc = setup_trainable(t);
     if (rc == RT_OK)
         rc = setup_buffers(t);
-    if (rc == RT_OK)
-        rc = trainer_group_open(t);
-    if (rc == RT_ERR_INVALID)
+    if (rc == RT_OK && (rc = trainer_group_open(t)) == RT_ERR_INVALID)
         rt_fail(err, errsize, rc, "the data-parallel group is malformed");
     if (rc != RT_OK) {
         trainer_close(t);

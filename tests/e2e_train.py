@@ -155,6 +155,8 @@ def test_bad_arguments():
     try:
         train = os.path.join(d, "train.jsonl")
         write_dataset(train, 4)
+        empty = os.path.join(d, "empty.jsonl")
+        open(empty, "w").close()
         bad = os.path.join(d, "bad.jsonl")
         with open(bad, "w") as f:
             f.write(open(train).readline())
@@ -168,6 +170,7 @@ def test_bad_arguments():
             (base + ["--train", train, "--target-modules", "q_proj,nope"], "--target-modules"),
             (base + ["--train", os.path.join(d, "missing.jsonl")], "missing.jsonl"),
             (base + ["--train", bad], "line 2"),
+            (base + ["--train", empty], "has no examples"),
             (["train", "--model", os.path.join(d, "nomodel"), "--train", train, "--out", d], "config.json"),
         ]
         for args, needle in cases:
