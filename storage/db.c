@@ -129,6 +129,24 @@ int storage_db_exec(storage_db *db, const char *sql)
     return db->ops->exec(db->conn, sql);
 }
 
+/* The first column of the one row a fixed, parameterless query returns
+ * (a count, a version). RT_ERR_DB when it returns no row; *out is then
+ * untouched. */
+int storage_db_query_int(storage_db *db, const char *sql, int64_t *out)
+{
+    storage_stmt *s = NULL;
+    int err = storage_stmt_prepare(db, sql, &s);
+    if (err)
+        return err;
+    int rc = storage_stmt_step(s);
+    if (rc == STORAGE_ROW)
+        *out = storage_stmt_col_int(s, 0);
+    else
+        err = rc < 0 ? rc : RT_ERR_DB;
+    storage_stmt_free(s);
+    return err;
+}
+
 /* Starts a transaction (see enum storage_txn). SQLite: BEGIN IMMEDIATE
  * takes the write lock now, so a read-then-write cannot lose a race;
  * PostgreSQL: READ COMMITTED, and the rows read to be changed are locked
@@ -192,17 +210,11 @@ int storage_db_user_version(storage_db *db, int *out)
         if (err)
             return err;
     }
-    storage_stmt *s = NULL;
-    int err = storage_stmt_prepare(db, pg ? "SELECT COALESCE(MAX(version), 0) FROM retune_schema"
-                                          : "PRAGMA user_version", &s);
-    if (err)
-        return err;
-    int rc = storage_stmt_step(s);
-    if (rc == STORAGE_ROW)
-        *out = (int)storage_stmt_col_int(s, 0);
-    else
-        err = rc < 0 ? rc : RT_ERR_DB;
-    storage_stmt_free(s);
+    int64_t version = 0;
+    int err = storage_db_query_int(db, pg ? "SELECT COALESCE(MAX(version), 0) FROM retune_schema"
+                                          : "PRAGMA user_version", &version);
+    if (!err)
+        *out = (int)version;
     return err;
 }
 

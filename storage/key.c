@@ -70,20 +70,14 @@ int storage_key_find(storage *st, const char *hash, storage_key *out)
 int storage_key_any(storage *st, bool *out)
 {
     storage_db *db;
-    storage_stmt *stmt = NULL;
     if (!st || !out)
         return RT_ERR_INVALID;
+    int64_t n = 0;
     int err = storage_db_get(st, &db);
     if (!err)
-        err = storage_stmt_prepare(db, "SELECT COUNT(*) FROM (SELECT 1 FROM api_keys LIMIT 1) AS k", &stmt);
-    if (err)
-        return err;
-    int rc = storage_stmt_step(stmt);
-    if (rc == STORAGE_ROW)
-        *out = storage_stmt_col_int(stmt, 0) != 0;
-    else
-        err = rc < 0 ? rc : RT_ERR_DB;
-    storage_stmt_free(stmt);
+        err = storage_db_query_int(db, "SELECT COUNT(*) FROM (SELECT 1 FROM api_keys LIMIT 1) AS k", &n);
+    if (!err)
+        *out = n != 0;
     return err;
 }
 

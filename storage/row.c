@@ -157,22 +157,25 @@ static int get_where(storage_db *db, const row_table *t, const char *where, cons
     return err;
 }
 
-int row_get(storage_db *db, const row_table *t, const char *key, const char *value, void *rec)
+/* The record whose column key equals value, locked for update or not. */
+static int get_by_key(storage_db *db, const row_table *t, const char *key, const char *value,
+                      bool lock, void *rec)
 {
     char where[256];
     if (snprintf(where, sizeof where, "%s = ?1", key) >= (int)sizeof where)
         return RT_ERR_INVALID;
     const char *args[1] = {value};
-    return get_where(db, t, where, args, 1, false, rec);
+    return get_where(db, t, where, args, 1, lock, rec);
+}
+
+int row_get(storage_db *db, const row_table *t, const char *key, const char *value, void *rec)
+{
+    return get_by_key(db, t, key, value, false, rec);
 }
 
 int row_lock(storage_db *db, const row_table *t, const char *key, const char *value, void *rec)
 {
-    char where[256];
-    if (snprintf(where, sizeof where, "%s = ?1", key) >= (int)sizeof where)
-        return RT_ERR_INVALID;
-    const char *args[1] = {value};
-    return get_where(db, t, where, args, 1, true, rec);
+    return get_by_key(db, t, key, value, true, rec);
 }
 
 int row_get_where(storage_db *db, const row_table *t, const char *where, const char *const *args,

@@ -110,6 +110,7 @@ int storage_db_get(storage *st, storage_db **out);
 void storage_conns_close(storage *st);
 enum storage_dialect storage_db_dialect(const storage_db *db);
 int storage_db_exec(storage_db *db, const char *sql);
+int storage_db_query_int(storage_db *db, const char *sql, int64_t *out);
 int storage_db_begin(storage_db *db, enum storage_txn kind);
 int storage_db_commit(storage_db *db);
 void storage_db_rollback(storage_db *db);

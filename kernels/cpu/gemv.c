@@ -22,7 +22,6 @@
 
 #define VW 16                 /* lanes of the portable kernels' accumulators */
 #define TILE_BYTES (64 << 10) /* weight bytes of a tile (stays in L2) */
-#define POOL_MIN_MACS 65536.0 /* smaller products run on the calling thread */
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && \
     !defined(KERNELS_NO_CLONES) && !defined(__SANITIZE_THREAD__) /* TSan: resolvers run too early */
@@ -419,7 +418,7 @@ void cpu_gemv(const cpu_gemv_args *a)
     if (a->N <= 0 || a->OC <= 0)
         return;
     gemv_job j = job_for(a, cpu_isa_best());
-    if ((double)a->N * a->C * a->OC < POOL_MIN_MACS)
+    if ((double)a->N * a->C * a->OC < CPU_POOL_MIN_WORK)
         gemv_part(&j, 0, 1);
     else
         cpu_pool_run(gemv_part, &j);

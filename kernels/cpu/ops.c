@@ -258,7 +258,7 @@ int kernels_lora_group_forward(float *y, void *scratch, const float *x,
         j.total += lora_cost(&j, &groups[i]);
         all_small &= groups[i].rows <= CPU_GEMV_ROWS;
     }
-    if (n_groups > 1 && all_small && j.total >= 65536.0)
+    if (n_groups > 1 && all_small && j.total >= CPU_POOL_MIN_WORK)
         cpu_pool_run(lora_part, &j);
     else
         lora_part(&j, 0, 1);
@@ -349,7 +349,7 @@ int kernels_linear_lora_forward(float *out, void *scratch, void *w16_scratch, co
                    {terms, scratch, x, groups, n_groups, C, OC, max_rank, 0, false}};
     for (int i = 0; i < n_groups; i++)
         j.lora.total += lora_cost(&j.lora, &groups[i]);
-    if ((double)N * C * OC + j.lora.total < 65536.0)
+    if ((double)N * C * OC + j.lora.total < CPU_POOL_MIN_WORK)
         fused_part(&j, 0, 1);
     else
         cpu_pool_run(fused_part, &j);
@@ -393,8 +393,8 @@ typedef struct kv_unit {
 
 /* sc[h * KV_BLOCK + j] = scale * dot(q_h, k_j) for the nk keys of a run and
  * every head of the unit, key rows in order: each cache row's slice of the
- * unit's kv heads is read once, as one sequential stream. kv(h) is the
- * offset of query head h's kv head in a cache row. */
+ * unit's kv heads is read once, as one sequential stream. Query head h
+ * reads kv head h / group, at offset (h / group) * D of a cache row. */
 HOT_CLONES static void kv_run_scores(float *restrict sc, const float *restrict q,
                                      const float *restrict k, size_t ld, int nk, int h0, int h1,
                                      int group, int D, float scale)
@@ -490,6 +490,12 @@ static void kv_unit_run(const kv_batch_job *j, const kernels_kv_seq *s, const kv
     }
 }
 
+/* The end of the few-row unit whose query heads start at h0. */
+static int kv_chunk_end(const kv_batch_job *j, int h0)
+{
+    return h0 + j->head_chunk < j->Hq ? h0 + j->head_chunk : j->Hq;
+}
+
 /* The key-row products of one few-row unit of nh heads. */
 static double kv_unit_cost(const kernels_kv_seq *s, int window, int nh)
 {
@@ -511,7 +517,7 @@ static void kv_batch_part(void *ctx, int part, int parts)
         if (s->n > KV_FEW_ROWS)
             continue;
         for (int h0 = 0; h0 < j->Hq; h0 += j->head_chunk) {
-            int h1 = h0 + j->head_chunk < j->Hq ? h0 + j->head_chunk : j->Hq;
+            int h1 = kv_chunk_end(j, h0);
             double c = kv_unit_cost(s, j->window, h1 - h0);
             if (cost_owner(done, c, j->total, parts) == part)
                 for (int r = 0; r < s->n; r++) {
@@ -589,9 +595,9 @@ int kernels_attention_kv_batch_forward(float *out, void *scratch, const float *q
             kv_prefill(&j, x, scratch);
         else
             for (int h0 = 0; h0 < Hq; h0 += j.head_chunk)
-                j.total += kv_unit_cost(x, window, (h0 + j.head_chunk < Hq ? h0 + j.head_chunk : Hq) - h0);
+                j.total += kv_unit_cost(x, window, kv_chunk_end(&j, h0) - h0);
     }
-    if (j.total * D < 65536.0)
+    if (j.total * D < CPU_POOL_MIN_WORK)
         kv_batch_part(&j, 0, 1);
     else if (j.total > 0)
         cpu_pool_run(kv_batch_part, &j);

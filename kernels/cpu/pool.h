@@ -23,6 +23,10 @@ typedef void (*cpu_pool_fn)(void *ctx, int part, int parts);
 
 void cpu_pool_run(cpu_pool_fn fn, void *ctx);
 
+/* Multiply-adds below which a product or a batch of small ones runs on the
+ * calling thread: waking the pool costs more than it saves. */
+#define CPU_POOL_MIN_WORK 65536.0
+
 /* Threads a run splits over (1 when the pool could not start). */
 int cpu_pool_size(void);
 
