@@ -51,13 +51,15 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import threading
 import time
+
+# the machine probes and the table printer train_bench.py already has (bench/ is this script's folder)
+from train_bench import children_cpu_s, cpu_model, cpu_ticks, table, wait_quiet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "tests", "fixtures", "real_configs")
@@ -179,35 +181,6 @@ def print_expectations(args):
 
 # ---- part 1: measured on this machine ----------------------------------------
 
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def cpu_ticks():
-    """(busy, total) jiffies of all CPUs from /proc/stat."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    idle = v[3] + v[4]
-    return sum(v) - idle, sum(v)
-
-
-def wait_quiet(max_wait, threshold=0.10):
-    """Waits (1 s samples, at most max_wait s) for idle CPUs; returns the last
-    sample's busy fraction."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        b0, t0 = cpu_ticks()
-        time.sleep(1.0)
-        b1, t1 = cpu_ticks()
-        busy = (b1 - b0) / max(t1 - t0, 1)
-        if busy < threshold or time.monotonic() >= deadline:
-            return busy
-
-
 def wait_for_exit_line(path):
     """Waits until path holds a line starting with 'exit' (another run of the
     machine's CI has finished), polling every 60 s."""
@@ -220,11 +193,6 @@ def wait_for_exit_line(path):
             pass
         print(f"waiting for a line starting with 'exit' in {path} ...", flush=True)
         time.sleep(60)
-
-
-def children_cpu_s():
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 def mpi_env(env):
@@ -248,14 +216,6 @@ def human_bytes(n):
         if n >= k:
             return f"{n / k:.2f} {unit}"
     return f"{n} B"
-
-
-def table(headers, rows):
-    w = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    fmt = "| " + " | ".join("{:<%d}" % n for n in w) + " |"
-    out = [fmt.format(*headers), "|" + "|".join("-" * (n + 2) for n in w) + "|"]
-    out += [fmt.format(*map(str, r)) for r in rows]
-    return "\n".join(out)
 
 
 def ensure_model(args):
